@@ -1,0 +1,116 @@
+//! `cudaimg images`: what the store holds, and how much the images share.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
+use crate::store::Store;
+
+use super::{emit, emit_json, human_bytes, Ctx};
+
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    digest: String,
+    platform: Option<String>,
+    /// Config and layers, compressed, as stored.
+    size: u64,
+    /// Bytes of this image's blobs that other stored images use too.
+    shared: u64,
+    layers: usize,
+}
+
+pub fn run(ctx: &Ctx) -> Result<(), Error> {
+    let store = ctx.store()?;
+    let rows = rows(&store)?;
+    if ctx.json {
+        emit_json(&rows);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        eprintln!("the store at {} holds no images", store.root().display());
+        return Ok(());
+    }
+    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    emit(&format!(
+        "{:<w$}  {:<19}  {:<14}  {:>10}  {:>10}  LAYERS",
+        "NAME", "DIGEST", "PLATFORM", "SIZE", "SHARED"
+    ));
+    for r in &rows {
+        emit(&format!(
+            "{:<w$}  {:<19}  {:<14}  {:>10}  {:>10}  {}",
+            r.name,
+            &r.digest[..r.digest.len().min(19)],
+            r.platform.as_deref().unwrap_or("-"),
+            human_bytes(r.size),
+            human_bytes(r.shared),
+            r.layers
+        ));
+    }
+    Ok(())
+}
+
+fn rows(store: &Store) -> Result<Vec<Row>, Error> {
+    let index = store.read_index()?;
+    // Blobs of each entry; a blob used by two or more entries is shared.
+    struct Entry {
+        name: String,
+        digest: String,
+        platform: Option<String>,
+        blobs: Vec<(Digest, u64)>,
+    }
+    let mut per_entry: Vec<Entry> = Vec::new();
+    for e in &index.manifests {
+        let name = e.ref_name().unwrap_or("<unnamed>").to_owned();
+        let platform = e.platform.as_ref().map(|p| p.to_platform().to_string());
+        let blobs = match e.digest() {
+            Ok(d) => match store.read_blob(&d, MAX_MANIFEST_BYTES) {
+                Ok(bytes) => match manifest::parse(&bytes, Some(&e.media_type)) {
+                    Ok(Manifest::Image(m)) => std::iter::once(&m.config)
+                        .chain(&m.layers)
+                        .map(|d| (d.digest.clone(), d.size))
+                        .collect(),
+                    _ => Vec::new(),
+                },
+                Err(_) => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        per_entry.push(Entry {
+            name,
+            digest: e.digest.clone(),
+            platform,
+            blobs,
+        });
+    }
+    let mut users: BTreeMap<&Digest, usize> = BTreeMap::new();
+    for e in &per_entry {
+        let mut unique: Vec<&Digest> = e.blobs.iter().map(|(d, _)| d).collect();
+        unique.sort();
+        unique.dedup();
+        for d in unique {
+            *users.entry(d).or_default() += 1;
+        }
+    }
+    let mut rows: Vec<Row> = per_entry
+        .iter()
+        .map(|e| Row {
+            name: e.name.clone(),
+            digest: e.digest.clone(),
+            platform: e.platform.clone(),
+            size: e.blobs.iter().map(|(_, s)| s).sum(),
+            shared: e
+                .blobs
+                .iter()
+                .filter(|(d, _)| users.get(d).copied().unwrap_or(0) > 1)
+                .map(|(_, s)| s)
+                .sum(),
+            layers: e.blobs.len().saturating_sub(1),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.platform.cmp(&b.platform)));
+    Ok(rows)
+}

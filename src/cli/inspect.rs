@@ -1,0 +1,163 @@
+//! `cudaimg inspect REF`: environment, labels and layers of a stored image.
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::manifest::{self, ImageConfig, Manifest, MAX_MANIFEST_BYTES};
+use crate::platform::Platform;
+use crate::store::IndexEntry;
+
+use super::{emit, emit_json, human_bytes, Ctx};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A stored image, e.g. `nvidia/cuda:12.4.1-runtime-ubuntu22.04`
+    #[arg(value_name = "REFERENCE")]
+    reference: String,
+    /// Which platform, when the store holds several for this name [default: the host's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Inspection {
+    name: String,
+    digest: String,
+    index_digest: Option<String>,
+    media_type: String,
+    platform: String,
+    created: Option<String>,
+    env: Vec<String>,
+    labels: std::collections::BTreeMap<String, String>,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    working_dir: Option<String>,
+    user: Option<String>,
+    config_digest: String,
+    layers: Vec<Layer>,
+    size: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Layer {
+    digest: String,
+    size: u64,
+    media_type: String,
+    diff_id: Option<String>,
+}
+
+pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
+    let config = ctx.config()?;
+    let name = config.canonicalize(&args.reference)?.image.to_string();
+    let want: Option<Platform> = args.platform.as_deref().map(str::parse).transpose()?;
+    let store = ctx.store()?;
+    let index = store.read_index()?;
+    let candidates: Vec<&IndexEntry> = index.find(&name).collect();
+    let entry = pick(&candidates, want.as_ref()).ok_or_else(|| Error::NotInStore(name.clone()))?;
+    let digest = entry
+        .digest()
+        .map_err(|e| Error::Corrupt(format!("{name}: {e}")))?;
+    let bytes = store.read_blob(&digest, MAX_MANIFEST_BYTES)?;
+    let Ok(Manifest::Image(m)) = manifest::parse(&bytes, Some(&entry.media_type)) else {
+        return Err(Error::Corrupt(format!(
+            "{name}: manifest {digest} is not an image manifest"
+        )));
+    };
+    let cfg_bytes = store.read_blob(&m.config.digest, MAX_MANIFEST_BYTES)?;
+    let cfg: ImageConfig = serde_json::from_slice(&cfg_bytes).map_err(|e| {
+        Error::Corrupt(format!(
+            "{name}: config {} is not JSON: {e}",
+            m.config.digest
+        ))
+    })?;
+    let out = Inspection {
+        name: name.clone(),
+        digest: digest.to_string(),
+        index_digest: entry.index_digest().map(str::to_owned),
+        media_type: entry.media_type.clone(),
+        platform: entry.platform.as_ref().map_or_else(
+            || format!("{}/{}", cfg.os, cfg.architecture),
+            |p| p.to_platform().to_string(),
+        ),
+        created: cfg.created.clone(),
+        env: cfg.config.env.clone().unwrap_or_default(),
+        labels: cfg.config.labels.clone().unwrap_or_default(),
+        entrypoint: cfg.config.entrypoint.clone(),
+        cmd: cfg.config.cmd.clone(),
+        working_dir: cfg.config.working_dir.clone().filter(|w| !w.is_empty()),
+        user: cfg.config.user.clone().filter(|u| !u.is_empty()),
+        config_digest: m.config.digest.to_string(),
+        size: m.content_size(),
+        layers: m
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Layer {
+                digest: l.digest.to_string(),
+                size: l.size,
+                media_type: l.media_type.clone(),
+                diff_id: cfg.rootfs.diff_ids.get(i).cloned(),
+            })
+            .collect(),
+    };
+    if ctx.json {
+        emit_json(&out);
+    } else {
+        print(&out);
+    }
+    Ok(())
+}
+
+/// The entry for the requested platform, else the host's, else the only one.
+fn pick<'a>(candidates: &[&'a IndexEntry], want: Option<&Platform>) -> Option<&'a IndexEntry> {
+    let platform_of = |e: &IndexEntry| e.platform.as_ref().map(|p| p.to_platform());
+    if let Some(w) = want {
+        return candidates
+            .iter()
+            .copied()
+            .find(|e| platform_of(e).is_some_and(|p| w.matches(&p)));
+    }
+    let host = Platform::host();
+    candidates
+        .iter()
+        .copied()
+        .find(|e| platform_of(e).is_some_and(|p| host.matches(&p)))
+        .or_else(|| candidates.first().copied())
+}
+
+fn print(i: &Inspection) {
+    emit(&i.name);
+    emit(&format!("  digest:     {}", i.digest));
+    if let Some(d) = &i.index_digest {
+        emit(&format!("  index:      {d}"));
+    }
+    emit(&format!("  platform:   {}", i.platform));
+    emit(&format!("  media type: {}", i.media_type));
+    if let Some(c) = &i.created {
+        emit(&format!("  created:    {c}"));
+    }
+    if let Some(e) = &i.entrypoint {
+        emit(&format!("  entrypoint: {}", e.join(" ")));
+    }
+    if let Some(c) = &i.cmd {
+        emit(&format!("  cmd:        {}", c.join(" ")));
+    }
+    emit("  env:");
+    for e in &i.env {
+        emit(&format!("    {e}"));
+    }
+    if !i.labels.is_empty() {
+        emit("  labels:");
+        for (k, v) in &i.labels {
+            emit(&format!("    {k}={v}"));
+        }
+    }
+    emit(&format!(
+        "  layers ({}, {}):",
+        i.layers.len(),
+        human_bytes(i.size)
+    ));
+    for l in &i.layers {
+        emit(&format!("    {}  {:>10}", l.digest, human_bytes(l.size)));
+    }
+}

@@ -1,0 +1,153 @@
+//! The command line: argument parsing, the per-command modules, output, and the one place
+//! where errors become messages and exit codes.
+//!
+//! Only this layer prints. stdout carries results (tables, or one JSON document per result
+//! under `--json`); stderr carries progress, warnings and errors.
+
+mod images;
+mod inspect;
+mod progress;
+mod pull;
+mod verify;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::error::{exit, Error};
+use crate::sources::chain;
+use crate::store::{Store, StoreError};
+
+/// Pull NVIDIA CUDA images through mirrors, verified, into a local OCI store.
+#[derive(Debug, Parser)]
+#[command(name = "cudaimg", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Mirror configuration file [default: ./mirrors.toml, then $XDG_CONFIG_HOME/cudaimg/mirrors.toml]
+    #[arg(long, global = true, env = "CUDAIMG_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The local OCI image layout [default: $XDG_DATA_HOME/cudaimg]
+    #[arg(long, global = true, env = "CUDAIMG_STORE", value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    /// Print no progress
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Print every step as a line, and every source failure
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Pull images into the store, through the configured mirrors
+    Pull(pull::Args),
+    /// List the images in the store
+    Images,
+    /// Show the environment, labels and layers of a stored image
+    Inspect(inspect::Args),
+    /// Re-hash every blob and check every reference in the store
+    Verify,
+}
+
+/// Global settings the commands share.
+pub(crate) struct Ctx {
+    config_path: Option<PathBuf>,
+    store_path: Option<PathBuf>,
+    pub json: bool,
+    pub progress: progress::Mode,
+}
+
+impl Ctx {
+    pub fn config(&self) -> Result<Config, Error> {
+        Ok(Config::load(self.config_path.as_deref())?)
+    }
+
+    pub fn store(&self) -> Result<Store, Error> {
+        let root = match &self.store_path {
+            Some(p) => p.clone(),
+            None => Store::default_root().ok_or(StoreError::NoLocation)?,
+        };
+        Ok(Store::open(&root)?)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Ctx {
+        config_path: cli.config,
+        store_path: cli.store,
+        json: cli.json,
+        progress: progress::Mode::choose(cli.quiet, cli.verbose, std::io::stderr().is_terminal()),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Pull(args) => pull::run(&ctx, args).await,
+            Command::Images => images::run(&ctx),
+            Command::Inspect(args) => inspect::run(&ctx, &args),
+            Command::Verify => verify::run(&ctx).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            report_error(&e);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn report_error(e: &Error) {
+    let mut text = format!("error: {e}");
+    if let Some(cause) = std::error::Error::source(e) {
+        // `chain` walks the rest of the causes; multi-line causes (one line per source
+        // tried) stay indented under it.
+        text.push_str(&format!(
+            "\n  caused by: {}",
+            chain(cause).replace('\n', "\n  ")
+        ));
+    }
+    if let Some(h) = e.hint() {
+        text.push_str(&format!("\nhint: {h}"));
+    }
+    eprintln!("{text}");
+}
+
+/// Writes a result line to stdout. A closed pipe (`cudaimg images | head`) ends the
+/// process quietly instead of panicking.
+pub(crate) fn emit(line: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Writes one JSON document to stdout.
+pub(crate) fn emit_json(value: &impl serde::Serialize) {
+    match serde_json::to_string(value) {
+        Ok(s) => emit(&s),
+        Err(e) => eprintln!("error: cannot encode the result as JSON: {e}"),
+    }
+}
+
+pub(crate) fn human_bytes(n: u64) -> String {
+    indicatif::HumanBytes(n).to_string()
+}

@@ -1,0 +1,206 @@
+//! Turning engine events into what a person sees: indicatif bars on a terminal, plain
+//! lines otherwise (CI logs), nothing under `--quiet`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::digest::Digest;
+use crate::platform::Platform;
+use crate::progress::{Reporter, Silent};
+use crate::registry::RegistryError;
+use crate::sources::chain;
+
+use super::human_bytes;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    Bars,
+    Lines { verbose: bool },
+    Quiet,
+}
+
+impl Mode {
+    /// Bars only on a terminal and without `-v`; `-v` wants every step as a line.
+    pub fn choose(quiet: bool, verbose: u8, stderr_is_tty: bool) -> Self {
+        match (quiet, verbose, stderr_is_tty) {
+            (true, _, _) => Mode::Quiet,
+            (false, 0, true) => Mode::Bars,
+            (false, v, _) => Mode::Lines { verbose: v > 0 },
+        }
+    }
+
+    pub fn reporter(&self) -> Box<dyn Reporter> {
+        match *self {
+            Mode::Bars => Box::new(Bars::new()),
+            Mode::Lines { verbose } => Box::new(Lines { verbose }),
+            Mode::Quiet => Box::new(Silent),
+        }
+    }
+
+    /// A byte counter for long local work (verify); drawn only as a bar.
+    pub fn counter(&self, label: &str) -> ProgressBar {
+        match self {
+            Mode::Bars => {
+                let bar = ProgressBar::new_spinner().with_style(
+                    ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec})")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.set_message(label.to_owned());
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bar
+            }
+            _ => ProgressBar::hidden(),
+        }
+    }
+}
+
+/// Plain lines on stderr, one per step.
+struct Lines {
+    verbose: bool,
+}
+
+impl Reporter for Lines {
+    fn resolved(
+        &self,
+        name: &str,
+        digest: &Digest,
+        platform: &Platform,
+        total: u64,
+        to_fetch: u64,
+    ) {
+        eprintln!(
+            "resolved {name} ({platform}) to {digest}: {} to fetch of {}",
+            human_bytes(to_fetch),
+            human_bytes(total)
+        );
+    }
+    fn blob_cached(&self, digest: &Digest, size: u64) {
+        if self.verbose {
+            eprintln!("{} already stored ({})", digest.short(), human_bytes(size));
+        }
+    }
+    fn blob_started(&self, digest: &Digest, size: u64, offset: u64, source: &str) {
+        if offset > 0 {
+            eprintln!(
+                "resuming {} at {} of {} from {source}",
+                digest.short(),
+                human_bytes(offset),
+                human_bytes(size)
+            );
+        } else {
+            eprintln!(
+                "fetching {} ({}) from {source}",
+                digest.short(),
+                human_bytes(size)
+            );
+        }
+    }
+    fn blob_finished(&self, digest: &Digest) {
+        if self.verbose {
+            eprintln!("verified {}", digest.short());
+        }
+    }
+    fn source_failed(&self, source: &str, what: &str, error: &RegistryError) {
+        eprintln!(
+            "{source} failed for {what}: {}; trying the next source",
+            chain(error)
+        );
+    }
+}
+
+/// Bars: one for the whole image, one per blob in flight.
+struct Bars {
+    multi: MultiProgress,
+    total: Mutex<Option<ProgressBar>>,
+    blobs: Mutex<HashMap<Digest, ProgressBar>>,
+}
+
+impl Bars {
+    fn new() -> Self {
+        Bars {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            total: Mutex::new(None),
+            blobs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn style(template: &str) -> ProgressStyle {
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ")
+    }
+}
+
+impl Reporter for Bars {
+    fn resolved(
+        &self,
+        name: &str,
+        _digest: &Digest,
+        platform: &Platform,
+        _total: u64,
+        to_fetch: u64,
+    ) {
+        let bar = self
+            .multi
+            .add(ProgressBar::new(to_fetch).with_style(Self::style(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )));
+        bar.set_message(format!("{name} ({platform})"));
+        if let Ok(mut t) = self.total.lock() {
+            *t = Some(bar);
+        }
+    }
+    fn blob_started(&self, digest: &Digest, size: u64, offset: u64, source: &str) {
+        let host = source.split("://").nth(1).unwrap_or(source).to_owned();
+        if let Ok(mut blobs) = self.blobs.lock() {
+            let bar = blobs.entry(digest.clone()).or_insert_with(|| {
+                self.multi
+                    .add(ProgressBar::new(size).with_style(Self::style(
+                    "  {prefix} {msg:24!} [{bar:20}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
+                )))
+            });
+            bar.set_prefix(digest.short()[7..].to_owned());
+            bar.set_message(host);
+            bar.set_position(offset);
+        }
+    }
+    fn blob_progress(&self, digest: &Digest, bytes: u64) {
+        if let Ok(blobs) = self.blobs.lock() {
+            if let Some(b) = blobs.get(digest) {
+                b.inc(bytes);
+            }
+        }
+        if let Ok(t) = self.total.lock() {
+            if let Some(t) = t.as_ref() {
+                t.inc(bytes);
+            }
+        }
+    }
+    fn blob_finished(&self, digest: &Digest) {
+        if let Ok(blobs) = self.blobs.lock() {
+            if let Some(b) = blobs.get(digest) {
+                b.finish_with_message("verified");
+            }
+        }
+    }
+    fn source_failed(&self, source: &str, what: &str, error: &RegistryError) {
+        let _ = self.multi.println(format!(
+            "{source} failed for {what}: {}; trying the next source",
+            chain(error)
+        ));
+    }
+}
+
+impl Drop for Bars {
+    fn drop(&mut self) {
+        if let Ok(t) = self.total.lock() {
+            if let Some(t) = t.as_ref() {
+                t.finish();
+            }
+        }
+        let _ = self.multi.clear();
+    }
+}

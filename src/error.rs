@@ -1,0 +1,68 @@
+//! The top-level error: every failure a command can end with, mapped once to an exit code
+//! and a hint that tells the user what to do.
+
+use crate::config::ConfigError;
+use crate::engine::PullError;
+use crate::platform::PlatformError;
+use crate::reference::ReferenceError;
+use crate::store::StoreError;
+
+/// Process exit codes, documented in README.md.
+pub mod exit {
+    /// Everything worked.
+    pub const OK: u8 = 0;
+    /// The operation failed: every source failed, a local I/O error, a full disk.
+    pub const FAILURE: u8 = 1;
+    /// The command line, a reference or the configuration file is wrong.
+    pub const USAGE: u8 = 2;
+    /// `verify` found a corrupt or missing blob or a broken reference.
+    pub const CORRUPT: u8 = 3;
+    /// The image does not exist: no source has it, or it is not in the store.
+    pub const NOT_FOUND: u8 = 4;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error("`{0}` is not in the store")]
+    NotInStore(String),
+    #[error("the store has problems: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Reference(_) | Error::Platform(_) | Error::Config(_) => exit::USAGE,
+            Error::NotInStore(_) => exit::NOT_FOUND,
+            Error::Pull(e) if e.is_not_found() => exit::NOT_FOUND,
+            Error::Corrupt(_) => exit::CORRUPT,
+            Error::Store(_) | Error::Pull(_) => exit::FAILURE,
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Reference(e) => Some(e.hint()),
+            Error::Config(e) => Some(e.hint()),
+            Error::Platform(_) => Some("for example `--platform linux/arm64`".into()),
+            Error::Store(e) => e.hint(),
+            Error::Pull(e) => e.hint(),
+            Error::NotInStore(r) => Some(format!(
+                "`cudaimg images` lists what is stored; `cudaimg pull {r}` fetches it"
+            )),
+            Error::Corrupt(_) => {
+                Some("remove the affected image with its blob files and pull it again".into())
+            }
+        }
+    }
+}

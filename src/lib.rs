@@ -1,0 +1,27 @@
+//! cudaimg: get NVIDIA CUDA container images where they are needed, fast and verified.
+//!
+//! The crate is layered the way the tree is laid out:
+//! - [`reference`], [`digest`], [`platform`], [`manifest`]: the vocabulary (names, content
+//!   addresses, platforms, manifest shapes), with no I/O.
+//! - [`config`]: `mirrors.toml`, the user's mirror policy.
+//! - [`registry`]: the distribution protocol against one endpoint (auth, manifests, blobs),
+//!   with typed errors that say whether to try another source.
+//! - [`sources`]: the mirror policy at run time: which endpoints to ask, in which order, and the
+//!   one loop that falls from one to the next.
+//! - [`store`]: the local OCI image layout; the only code that writes image data to disk.
+//! - [`engine`]: the transfer engine that resolves an image and moves its blobs into the store.
+//! - [`progress`]: the reporter trait through which the engine tells what it is doing.
+//! - [`cli`]: the commands; the only layer that prints or draws progress bars.
+
+pub mod cli;
+pub mod config;
+pub mod digest;
+pub mod engine;
+pub mod error;
+pub mod manifest;
+pub mod platform;
+pub mod progress;
+pub mod reference;
+pub mod registry;
+pub mod sources;
+pub mod store;

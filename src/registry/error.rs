@@ -1,0 +1,148 @@
+//! What can go wrong talking to a registry, and what to do about it.
+//!
+//! [`RegistryError::next`] is the one place that decides between trying another source and
+//! giving up; the fallback loop and the exit code both follow it.
+
+use std::time::Duration;
+
+use crate::digest::Digest;
+use crate::manifest::ManifestError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot connect to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} did not answer in time")]
+    Timeout {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("the transfer from {url} broke off")]
+    Transfer {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered HTTP {status}{detail}")]
+    Status {
+        url: String,
+        status: u16,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{url} has no such {what}{detail}")]
+    NotFound {
+        url: String,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("{url} refused access: {reason}")]
+    Denied { url: String, reason: String },
+    #[error("{url} sent content whose digest is {actual}, not the expected {expected}")]
+    DigestMismatch {
+        url: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("{url} sent {actual} bytes where {expected} were expected")]
+    SizeMismatch {
+        url: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{url} sent an unusable manifest")]
+    BadManifest {
+        url: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("reading credentials for `{host}` failed: {reason}")]
+    Credentials { host: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the caller should do after an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The source is unusable for this request: ask the next one.
+    TryNextSource,
+    /// No other source can help (the local disk failed): stop.
+    GiveUp,
+}
+
+impl RegistryError {
+    pub fn next(&self) -> Next {
+        match self {
+            RegistryError::Store(_) => Next::GiveUp,
+            _ => Next::TryNextSource,
+        }
+    }
+
+    /// Whether the source is unreachable as a whole, so later requests should skip it.
+    pub fn source_is_down(&self) -> bool {
+        matches!(self, RegistryError::Connect { .. })
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RegistryError::NotFound { .. })
+    }
+
+    /// A short label of the failure kind, for reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RegistryError::Connect { .. } => "connect",
+            RegistryError::Timeout { .. } => "timeout",
+            RegistryError::Transfer { .. } => "transfer",
+            RegistryError::Status { status: 429, .. } => "rate-limited",
+            RegistryError::Status { status, .. } if *status >= 500 => "server-error",
+            RegistryError::Status { .. } => "http-error",
+            RegistryError::NotFound { .. } => "not-found",
+            RegistryError::Denied { .. } => "denied",
+            RegistryError::DigestMismatch { .. } => "digest-mismatch",
+            RegistryError::SizeMismatch { .. } => "size-mismatch",
+            RegistryError::BadManifest { .. } => "bad-manifest",
+            RegistryError::Credentials { .. } => "credentials",
+            RegistryError::Store(_) => "store",
+        }
+    }
+
+    pub(crate) fn from_reqwest(url: &reqwest::Url, source: reqwest::Error) -> Self {
+        let url = redact_url(url);
+        if source.is_timeout() {
+            RegistryError::Timeout { url, source }
+        } else if source.is_connect() {
+            RegistryError::Connect { url, source }
+        } else {
+            RegistryError::Transfer { url, source }
+        }
+    }
+}
+
+/// A URL fit for messages: no user info, no query (blob CDNs sign URLs in the query).
+pub fn redact_url(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_drops_signed_queries_and_userinfo() {
+        let u = reqwest::Url::parse("https://user:pw@cdn.example/blob?X-Amz-Signature=abc#f")
+            .expect("url");
+        assert_eq!(redact_url(&u), "https://cdn.example/blob");
+    }
+}
