@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ pub struct Pusher {
     basic: Option<(String, String)>,
     /// Bearer tokens by scope, for registries with token auth.
     tokens: Mutex<HashMap<String, String>>,
+    /// Set once the registry asked for Bearer tokens: from then on the credentials go only to
+    /// the token realm, never to the registry itself.
+    bearer: AtomicBool,
 }
 
 impl Pusher {
@@ -50,11 +54,12 @@ impl Pusher {
             base: url.trim_end_matches('/').to_string(),
             basic: None,
             tokens: Mutex::new(HashMap::new()),
+            bearer: AtomicBool::new(false),
         }
     }
 
-    /// Sends these credentials: as Basic to the registry itself, or to the token realm when the
-    /// registry asks for a Bearer token.
+    /// Sends these credentials: as Basic to the registry itself, or only to the token realm once
+    /// the registry has asked for a Bearer token.
     pub fn with_basic_auth(mut self, user: &str, pass: &str) -> Self {
         self.basic = Some((user.to_string(), pass.to_string()));
         self
@@ -214,7 +219,7 @@ impl Pusher {
         let mut request = build(&self.client);
         if let Some(token) = self.tokens.lock().unwrap().get(&scope) {
             request = request.bearer_auth(token);
-        } else if let Some((user, pass)) = &self.basic {
+        } else if let (Some((user, pass)), false) = (&self.basic, self.bearer.load(SeqCst)) {
             request = request.basic_auth(user, Some(pass));
         }
         let response = request.send().unwrap();
@@ -229,6 +234,7 @@ impl Pusher {
         else {
             return response; // Basic refused: let the caller's assertion report it
         };
+        self.bearer.store(true, SeqCst);
         let token = self.fetch_token(&challenge, &scope);
         self.tokens.lock().unwrap().insert(scope, token.clone());
         build(&self.client).bearer_auth(token).send().unwrap()
