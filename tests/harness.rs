@@ -372,6 +372,12 @@ fn scale_sets_sizes_proportionally_to_the_real_table() {
     assert!(t.layer("4").size < 400, "nvidia.conf is tiny");
     assert_eq!(t.layer("5").digest, d.layer("5").digest);
     assert_ne!(t.layer("3").digest, d.layer("3").digest);
+    // End-of-life images differ only in their config.
+    let eol = store.cuda(&spec.clone().end_of_life(true));
+    let e = eol.platform(Arch::Amd64);
+    assert_eq!(e.env_var("NVIDIA_CUDA_END_OF_LIFE").as_deref(), Some("1"));
+    assert_eq!(t.env_var("NVIDIA_CUDA_END_OF_LIFE"), None);
+    assert_eq!(e.layer_digests(), t.layer_digests());
     // Single arch, without index: the tag names the manifest itself.
     let flat = store.cuda(&spec.clone().without_index());
     assert!(flat.index.is_none());
