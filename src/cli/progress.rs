@@ -104,10 +104,13 @@ impl Reporter for Lines {
         }
     }
     fn source_failed(&self, source: &str, what: &str, error: &RegistryError) {
-        eprintln!(
-            "{source} failed for {what}: {}; trying the next source",
-            chain(error)
-        );
+        // Without -v, the pull's closing warnings name each failed source once.
+        if self.verbose {
+            eprintln!(
+                "{source} failed for {what}: {}; trying the next source",
+                chain(error)
+            );
+        }
     }
 }
 

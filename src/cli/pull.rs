@@ -38,12 +38,20 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         crate::store::StoreError::Io(std::io::Error::other(format!("cannot set up HTTP: {e}")))
     })?;
     engine.jobs = usize::from(args.jobs);
+    let config_note = match &engine.config.path {
+        Some(p) => format!("mirror configuration: {}", p.display()),
+        None => "no mirrors.toml found: each registry is pulled from its own host".to_owned(),
+    };
     for (input, name) in args.references.iter().zip(&names) {
         let started = Instant::now();
         let reporter = ctx.progress.reporter();
         let report = engine.pull(input, name, &platform, reporter.as_ref()).await;
         drop(reporter);
-        let report = report?;
+        let report = report.inspect_err(|e| {
+            if !e.is_not_found() {
+                eprintln!("{config_note}");
+            }
+        })?;
         print(ctx, &report, started.elapsed().as_secs_f64());
     }
     Ok(())

@@ -30,10 +30,7 @@ pub(super) async fn fetch(
             reporter.blob_started(&desc.digest, desc.size, resp.offset, source.label());
             let mut body = resp.response.bytes_stream();
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| RegistryError::Transfer {
-                    url: url.clone(),
-                    source: e,
-                })?;
+                let chunk = chunk.map_err(|e| RegistryError::from_reqwest_at(&url, e))?;
                 received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 let so_far = writer.written() + chunk.len() as u64;
                 writer

@@ -95,8 +95,8 @@ impl PullError {
                     .into(),
             ),
             PullError::Resolve { .. } | PullError::Blob { .. } => Some(
-                "check the mirrors in your mirrors.toml (`--config` shows which file is used); \
-                 every source listed above failed"
+                "every source listed above failed: check the network, and the mirrors \
+                 configured for this registry in mirrors.toml"
                     .into(),
             ),
             PullError::NoPlatform { .. } => Some("choose one with `--platform OS/ARCH`".into()),

@@ -11,24 +11,12 @@ use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("cannot connect to {url}")]
-    Connect {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("{url} did not answer in time")]
-    Timeout {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("the transfer from {url} broke off")]
-    Transfer {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("{url} did not answer in time: {reason}")]
+    Timeout { url: String, reason: String },
+    #[error("the transfer from {url} broke off: {reason}")]
+    Transfer { url: String, reason: String },
     #[error("{url} answered HTTP {status}{detail}")]
     Status {
         url: String,
@@ -113,16 +101,40 @@ impl RegistryError {
         }
     }
 
-    pub(crate) fn from_reqwest(url: &reqwest::Url, source: reqwest::Error) -> Self {
-        let url = redact_url(url);
+    /// Like `from_reqwest`, for a URL already redacted to a string.
+    pub(crate) fn from_reqwest_at(url: &str, source: reqwest::Error) -> Self {
+        let source = source.without_url();
+        let reason = root_cause_of(&source);
+        let url = url.to_owned();
         if source.is_timeout() {
-            RegistryError::Timeout { url, source }
-        } else if source.is_connect() {
-            RegistryError::Connect { url, source }
+            RegistryError::Timeout { url, reason }
         } else {
-            RegistryError::Transfer { url, source }
+            RegistryError::Transfer { url, reason }
         }
     }
+
+    pub(crate) fn from_reqwest(url: &reqwest::Url, source: reqwest::Error) -> Self {
+        let url = redact_url(url);
+        let source = source.without_url();
+        let reason = root_cause_of(&source);
+        if source.is_timeout() {
+            RegistryError::Timeout { url, reason }
+        } else if source.is_connect() {
+            RegistryError::Connect { url, reason }
+        } else {
+            RegistryError::Transfer { url, reason }
+        }
+    }
+}
+
+/// The innermost cause (`Connection refused (os error 111)`): reqwest's outer layers repeat
+/// the URL and say nothing a user can act on.
+fn root_cause_of(e: &reqwest::Error) -> String {
+    let mut cur: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 /// A URL fit for messages: no user info, no query (blob CDNs sign URLs in the query).

@@ -516,11 +516,7 @@ impl FixtureStore {
     /// are harmless. Never modify its files: corrupt a copy (e.g. in a registry's storage).
     pub fn shared() -> Self {
         static SHARED: std::sync::OnceLock<FixtureStore> = std::sync::OnceLock::new();
-        SHARED
-            .get_or_init(|| {
-                Self::in_dir(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("cudaimg-fixtures"))
-            })
-            .clone()
+        SHARED.get_or_init(|| Self::in_dir(&fixture_root())).clone()
     }
     /// A store in a directory that outlives the test (e.g. a benchmark's cache).
     pub fn in_dir(dir: &Path) -> Self {
@@ -1465,4 +1461,13 @@ impl Read for Content {
         self.remaining -= n as u64;
         Ok(n)
     }
+}
+
+/// Where shared fixtures live: cargo's per-target temp dir for tests, the system temp dir
+/// for the demo example (which cargo gives no such variable).
+fn fixture_root() -> PathBuf {
+    option_env!("CARGO_TARGET_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("cudaimg-fixtures")
 }

@@ -131,12 +131,25 @@ impl Sandbox {
     }
     /// The cudaimg binary built for this test run, sandboxed.
     pub fn cudaimg(&self) -> Command {
-        self.command(env!("CARGO_BIN_EXE_cudaimg"))
+        self.command(cudaimg_binary())
     }
     /// skopeo (an independent registry client, to check what a registry or layout holds).
     pub fn skopeo(&self) -> Command {
         self.command("skopeo")
     }
+}
+
+/// The binary under test: cargo names it for tests; the demo example finds it beside its
+/// own directory (`target/<profile>/examples/demo` -> `target/<profile>/cudaimg`).
+pub fn cudaimg_binary() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_cudaimg") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("cudaimg"))
+        .unwrap()
 }
 
 /// A sandboxed `cudaimg` command that owns its [`Sandbox`]: derefs to [`Command`], so
