@@ -1,19 +1,35 @@
-//! The mirror policy at run time: the ordered sources for one registry, and the single loop
-//! that falls from one source to the next.
+//! The mirror policy at run time: the ordered sources for one registry, what the run has
+//! learned about each (backoff after failures, `Retry-After`), and the fallback loop.
 //!
 //! Order: the mirror named in the reference (`mirror.example/nvidia/cuda`) first, then the
-//! configured mirrors in file order, then the official endpoint. A source that refused the
-//! connection is remembered as down for the rest of the run, so a dead mirror costs one
-//! connect attempt, not one per blob.
+//! configured mirrors in file order, then the official endpoint. Each request goes to the
+//! first source that is not backing off and has not already proved unable to serve that item.
+//! A failure puts the source into exponential backoff with jitter (a refused connection
+//! longer, a 429 for its `Retry-After`), so a dead or throttling mirror is not asked first
+//! again for every blob while others can serve; a success clears its backoff.
 
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::progress::Reporter;
 use crate::registry::{HttpClients, Next, RegistryClient, RegistryError};
+
+/// Backoff after a transient failure: `BASE * 2^(n-1)`, at most `CAP`, times a jitter in [0.5, 1].
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// A refused connection means the host is down, not busy: stay away longer.
+const BACKOFF_BASE_DOWN: Duration = Duration::from_secs(5);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// The longest a pull waits for a source to come out of backoff; a `Retry-After` beyond it
+/// makes the source unusable for the item instead.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Transient failures of one source for one item before that source is given up for it.
+/// Failures after which bytes had arrived (a cut, a stall) count only when nothing arrived.
+pub const MAX_FAILURES_PER_ITEM: u32 = 3;
 
 /// Whether a source is a mirror or the registry itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -26,19 +42,84 @@ pub enum Role {
 pub struct Source {
     pub client: RegistryClient,
     pub role: Role,
-    down: AtomicBool,
+    pub index: usize,
+    health: Mutex<Health>,
+    bytes: AtomicU64,
+}
+
+#[derive(Default)]
+struct Health {
+    consecutive_failures: u32,
+    not_before: Option<Instant>,
+    blobs: u64,
+    requests_ok: u64,
+    failures: BTreeMap<&'static str, (u64, String)>,
 }
 
 impl Source {
     pub fn label(&self) -> &str {
         self.client.label()
     }
+
+    /// Counts body bytes this source delivered.
+    pub fn add_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What one source did during a run, for `--json` and `-v`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceReport {
+    pub url: String,
+    pub role: Role,
+    /// Body bytes received from it, discarded ones included.
+    pub bytes: u64,
+    /// Blobs it completed.
+    pub blobs: u64,
+    /// Requests it answered successfully.
+    pub requests: u64,
+    pub failures: Vec<FailureReport>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FailureReport {
+    pub kind: &'static str,
+    pub count: u64,
+    /// The most recent error of this kind.
+    pub last: String,
 }
 
 /// The sources of one registry, in the order they are asked.
 pub struct SourceSet {
     sources: Vec<Arc<Source>>,
-    notes: Mutex<Vec<(String, &'static str, String)>>,
+    warnings: Mutex<Vec<String>>,
+}
+
+/// The next source to ask for an item.
+pub enum Pick {
+    Now(Arc<Source>),
+    /// Every usable source is backing off; the earliest is free after this long.
+    Wait(Duration),
+    /// No source is left for this item.
+    None,
+}
+
+/// Per-item bookkeeping: which sources are done for this item, and their failure counts.
+#[derive(Default)]
+pub struct ItemState {
+    excluded: HashSet<usize>,
+    failures: BTreeMap<usize, u32>,
+    pub attempts: Vec<Attempt>,
+}
+
+impl ItemState {
+    pub fn exclude(&mut self, source: &Source) {
+        self.excluded.insert(source.index);
+    }
+
+    pub fn is_excluded(&self, source: &Source) -> bool {
+        self.excluded.contains(&source.index)
+    }
 }
 
 /// One failed attempt, for the error that lists them all.
@@ -76,8 +157,12 @@ impl FallbackError {
 
 fn describe(what: &str, attempts: &[Attempt]) -> String {
     let mut s = format!("could not fetch {what} from any source");
+    let mut seen = HashSet::new();
     for a in attempts {
-        let _ = write!(s, "\n  - {}: {}", a.source, chain(&a.error));
+        let line = format!("\n  - {}: {}", a.source, chain(&a.error));
+        if seen.insert(line.clone()) {
+            s.push_str(&line);
+        }
     }
     s
 }
@@ -112,22 +197,28 @@ impl SourceSet {
                 mirrors.insert(0, m);
             }
         }
-        let mut sources: Vec<Arc<Source>> = mirrors
+        let mut endpoints: Vec<_> = mirrors
             .iter()
             .map(|m| (m, Role::Mirror))
             .chain(std::iter::once((&reg.endpoint, Role::Official)))
-            .map(|(e, role)| {
+            .collect();
+        endpoints.dedup_by(|a, b| a.0.url == b.0.url);
+        let sources = endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(index, (e, role))| {
                 Arc::new(Source {
                     client: RegistryClient::new(e, http),
                     role,
-                    down: AtomicBool::new(false),
+                    index,
+                    health: Mutex::new(Health::default()),
+                    bytes: AtomicU64::new(0),
                 })
             })
             .collect();
-        sources.dedup_by(|a, b| a.label() == b.label());
         SourceSet {
             sources,
-            notes: Mutex::new(Vec::new()),
+            warnings: Mutex::new(Vec::new()),
         }
     }
 
@@ -135,37 +226,170 @@ impl SourceSet {
         &self.sources
     }
 
-    /// What went wrong along the way though the operation succeeded, one note per source
-    /// and kind of failure.
-    pub fn notes(&self) -> Vec<String> {
-        self.notes
-            .lock()
-            .map(|n| n.iter().map(|(_, _, line)| line.clone()).collect())
-            .unwrap_or_default()
+    /// Warnings gathered so far: one line per source and kind of failure, plus any added.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &self.sources {
+            if let Ok(h) = s.health.lock() {
+                for (kind, (count, last)) in &h.failures {
+                    let times = if *count == 1 {
+                        String::new()
+                    } else {
+                        format!(" ({count} times)")
+                    };
+                    out.push(format!(
+                        "{} {} failed ({kind}){times}: {last}",
+                        match s.role {
+                            Role::Mirror => "mirror",
+                            Role::Official => "registry",
+                        },
+                        s.label()
+                    ));
+                }
+            }
+        }
+        if let Ok(w) = self.warnings.lock() {
+            out.extend(w.iter().cloned());
+        }
+        out
     }
 
-    fn note(&self, source: &Source, error: &RegistryError) {
-        let line = format!(
-            "{} {} failed ({}): {}",
-            match source.role {
-                Role::Mirror => "mirror",
-                Role::Official => "registry",
-            },
-            source.label(),
-            error.kind(),
-            chain(error)
-        );
-        if let Ok(mut n) = self.notes.lock() {
-            if !n
-                .iter()
-                .any(|(s, k, _)| s == source.label() && *k == error.kind())
-            {
-                n.push((source.label().to_owned(), error.kind(), line));
+    pub fn warn(&self, line: String) {
+        if let Ok(mut w) = self.warnings.lock() {
+            if !w.contains(&line) {
+                w.push(line);
             }
         }
     }
 
-    /// Runs `op` against each source in order until one succeeds.
+    /// What each source did.
+    pub fn report(&self) -> Vec<SourceReport> {
+        self.sources
+            .iter()
+            .map(|s| {
+                let h = s.health.lock().ok();
+                SourceReport {
+                    url: s.label().to_owned(),
+                    role: s.role,
+                    bytes: s.bytes.load(Ordering::Relaxed),
+                    blobs: h.as_ref().map_or(0, |h| h.blobs),
+                    requests: h.as_ref().map_or(0, |h| h.requests_ok),
+                    failures: h
+                        .map(|h| {
+                            h.failures
+                                .iter()
+                                .map(|(kind, (count, last))| FailureReport {
+                                    kind,
+                                    count: *count,
+                                    last: last.clone(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// The first source, in order, that is usable for this item now.
+    pub fn pick(&self, item: &ItemState) -> Pick {
+        let now = Instant::now();
+        let mut earliest: Option<Instant> = None;
+        for s in &self.sources {
+            if item.is_excluded(s) {
+                continue;
+            }
+            let not_before = s.health.lock().ok().and_then(|h| h.not_before);
+            match not_before {
+                Some(t) if t > now => earliest = Some(earliest.map_or(t, |e| e.min(t))),
+                _ => return Pick::Now(s.clone()),
+            }
+        }
+        match earliest {
+            Some(t) => Pick::Wait(t - now),
+            None => Pick::None,
+        }
+    }
+
+    /// Records a successful request.
+    pub fn succeeded(&self, source: &Source) {
+        if let Ok(mut h) = source.health.lock() {
+            h.consecutive_failures = 0;
+            h.not_before = None;
+            h.requests_ok += 1;
+        }
+    }
+
+    /// Records a completed blob.
+    pub fn blob_done(&self, source: &Source) {
+        if let Ok(mut h) = source.health.lock() {
+            h.blobs += 1;
+        }
+    }
+
+    /// Records a failure: backoff for the source, exclusion from the item when it cannot
+    /// serve it or has failed it too often. `progressed` says bytes arrived before it failed
+    /// (a cut or stalled transfer worth resuming), which does not count against the item.
+    pub fn failed(
+        &self,
+        source: &Source,
+        item: &mut ItemState,
+        error: RegistryError,
+        progressed: bool,
+        what: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<(), FallbackError> {
+        reporter.source_failed(source.label(), what, &error);
+        let next = error.next();
+        if next == Next::GiveUp {
+            return Err(FallbackError::GiveUp(error));
+        }
+        if let Ok(mut h) = source.health.lock() {
+            let entry = h.failures.entry(error.kind()).or_insert((0, String::new()));
+            entry.0 += 1;
+            entry.1 = chain(&error);
+            if next == Next::Retry {
+                h.consecutive_failures += 1;
+                let delay = error
+                    .retry_after()
+                    .unwrap_or_else(|| backoff(&error, h.consecutive_failures));
+                h.not_before = Some(Instant::now() + delay);
+                if delay > MAX_WAIT {
+                    item.exclude(source);
+                }
+            }
+        }
+        match next {
+            Next::NextSource | Next::GiveUp => item.exclude(source),
+            Next::Retry if !progressed => {
+                let n = item.failures.entry(source.index).or_default();
+                *n += 1;
+                if *n >= MAX_FAILURES_PER_ITEM {
+                    item.exclude(source);
+                }
+            }
+            Next::Retry => {}
+        }
+        item.attempts.push(Attempt {
+            source: source.label().to_owned(),
+            role: source.role,
+            error,
+        });
+        Ok(())
+    }
+
+    /// Waits for `pick` to offer a source for the item, or says none is left.
+    pub async fn next_source(&self, item: &ItemState) -> Option<Arc<Source>> {
+        loop {
+            match self.pick(item) {
+                Pick::Now(s) => return Some(s),
+                Pick::Wait(d) if d <= MAX_WAIT => tokio::time::sleep(d).await,
+                Pick::Wait(_) | Pick::None => return None,
+            }
+        }
+    }
+
+    /// Runs a one-shot request (a manifest) against the sources until one succeeds.
     pub async fn first_success<T, F, Fut>(
         &self,
         what: &str,
@@ -176,32 +400,29 @@ impl SourceSet {
         F: FnMut(Arc<Source>) -> Fut,
         Fut: Future<Output = Result<T, RegistryError>>,
     {
-        let all_down = self.sources.iter().all(|s| s.down.load(Ordering::Relaxed));
-        let mut attempts = Vec::new();
-        for source in &self.sources {
-            if !all_down && source.down.load(Ordering::Relaxed) {
-                continue;
-            }
+        let mut item = ItemState::default();
+        while let Some(source) = self.next_source(&item).await {
             match op(source.clone()).await {
-                Ok(v) => return Ok((v, source.clone())),
-                Err(e) if e.next() == Next::GiveUp => return Err(FallbackError::GiveUp(e)),
-                Err(e) => {
-                    if e.source_is_down() {
-                        source.down.store(true, Ordering::Relaxed);
-                    }
-                    reporter.source_failed(source.label(), what, &e);
-                    self.note(source, &e);
-                    attempts.push(Attempt {
-                        source: source.label().to_owned(),
-                        role: source.role,
-                        error: e,
-                    });
+                Ok(v) => {
+                    self.succeeded(&source);
+                    return Ok((v, source));
                 }
+                Err(e) => self.failed(&source, &mut item, e, false, what, reporter)?,
             }
         }
         Err(FallbackError::Exhausted {
             what: what.to_owned(),
-            attempts,
+            attempts: item.attempts,
         })
     }
+}
+
+fn backoff(error: &RegistryError, consecutive: u32) -> Duration {
+    let base = if matches!(error, RegistryError::Connect { .. }) {
+        BACKOFF_BASE_DOWN
+    } else {
+        BACKOFF_BASE
+    };
+    let exp = base.saturating_mul(1u32 << consecutive.saturating_sub(1).min(16));
+    exp.min(BACKOFF_CAP).mul_f64(0.5 + fastrand::f64() / 2.0)
 }

@@ -61,6 +61,7 @@ pub(crate) struct Ctx {
     config_path: Option<PathBuf>,
     store_path: Option<PathBuf>,
     pub json: bool,
+    pub verbose: bool,
     pub progress: progress::Mode,
 }
 
@@ -84,6 +85,7 @@ pub fn main() -> ExitCode {
         config_path: cli.config,
         store_path: cli.store,
         json: cli.json,
+        verbose: cli.verbose > 0,
         progress: progress::Mode::choose(cli.quiet, cli.verbose, std::io::stderr().is_terminal()),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

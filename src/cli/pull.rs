@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::engine::{Engine, PullReport, DEFAULT_JOBS};
+use crate::engine::{Engine, PullReport, DEFAULT_JOBS, DEFAULT_STALL_SECS};
 use crate::error::Error;
 use crate::platform::Platform;
 
@@ -19,6 +19,9 @@ pub struct Args {
     /// Blobs to download at once
     #[arg(short, long, default_value_t = DEFAULT_JOBS, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
+    /// Seconds without a byte before a transfer is ended and resumed from another source
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_STALL_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    stall_timeout: u64,
 }
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
@@ -38,6 +41,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         crate::store::StoreError::Io(std::io::Error::other(format!("cannot set up HTTP: {e}")))
     })?;
     engine.jobs = usize::from(args.jobs);
+    engine.stall_timeout = std::time::Duration::from_secs(args.stall_timeout);
     let config_note = match &engine.config.path {
         Some(p) => format!("mirror configuration: {}", p.display()),
         None => "no mirrors.toml found: each registry is pulled from its own host".to_owned(),
@@ -60,6 +64,27 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
 fn print(ctx: &Ctx, r: &PullReport, secs: f64) {
     for w in &r.warnings {
         eprintln!("warning: {w}");
+    }
+    if ctx.verbose {
+        for s in &r.sources {
+            let failures: Vec<String> = s
+                .failures
+                .iter()
+                .map(|f| format!("{} x{}", f.kind, f.count))
+                .collect();
+            eprintln!(
+                "source {}: {} in {} blobs, {} requests answered{}",
+                s.url,
+                human_bytes(s.bytes),
+                s.blobs,
+                s.requests,
+                if failures.is_empty() {
+                    String::new()
+                } else {
+                    format!(", failures: {}", failures.join(", "))
+                }
+            );
+        }
     }
     if ctx.json {
         emit_json(r);

@@ -1,78 +1,199 @@
-//! Moving one blob from the first source that serves it into the store.
+//! Moving one blob into the store: from the first usable source, resuming with `Range`
+//! after a cut or stall (from the same source or another), and starting over elsewhere when
+//! the finished bytes do not hash to the digest.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 
 use crate::manifest::Descriptor;
 use crate::progress::Reporter;
 use crate::registry::RegistryError;
-use crate::sources::{FallbackError, Source, SourceSet};
-use crate::store::{CommitError, Store};
+use crate::sources::{FallbackError, ItemState, Source, SourceSet};
+use crate::store::{CommitError, Store, WriteError};
 
-/// Downloads `desc` through `sources` into `store`. Every byte received is added to
-/// `received`, discarded ones included, so reports show the real network cost.
-pub(super) async fn fetch(
-    store: &Store,
-    sources: &SourceSet,
-    repo: &str,
-    desc: &Descriptor,
-    received: &AtomicU64,
-    reporter: &dyn Reporter,
-) -> Result<Arc<Source>, FallbackError> {
-    let what = format!("blob {}", desc.digest);
-    let (_, source) = sources
-        .first_success(&what, reporter, |source| async move {
-            let mut writer = store.blob_writer(&desc.digest, desc.size).await?;
-            let resp = source.client.blob(repo, &desc.digest, 0).await?;
-            let url = resp.url.clone();
-            reporter.blob_started(&desc.digest, desc.size, resp.offset, source.label());
-            let mut body = resp.response.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| RegistryError::from_reqwest_at(&url, e))?;
-                received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                let so_far = writer.written() + chunk.len() as u64;
-                writer
-                    .write(&chunk)
-                    .await
-                    .map_err(|e| commit_error(e, &url, desc, so_far))?;
-                reporter.blob_progress(&desc.digest, chunk.len() as u64);
-            }
-            let so_far = writer.written();
-            writer
-                .commit()
-                .await
-                .map_err(|e| commit_error(e, &url, desc, so_far))?;
-            reporter.blob_finished(&desc.digest);
-            Ok(())
-        })
-        .await?;
-    Ok(source)
+/// Cuts and stalls after which bytes had arrived, per blob, before giving up on it: enough to
+/// ride out a flaky link, bounded so a source that cuts every connection cannot loop forever.
+const MAX_RESUMES: u32 = 50;
+
+/// How a blob reached the store.
+pub(super) enum Fetched {
+    /// Downloaded; the source that delivered the last bytes.
+    From(Arc<Source>),
+    /// Another process stored it while this one waited for the blob's lock.
+    AlreadyStored,
 }
 
-/// A bad blob is the source's fault (try the next one); a failed disk is ours (give up).
-fn commit_error(e: CommitError, url: &str, desc: &Descriptor, received: u64) -> RegistryError {
-    match e {
-        CommitError::Mismatch {
-            actual,
-            actual_size,
-            ..
-        } if actual_size == desc.size => RegistryError::DigestMismatch {
-            url: url.to_owned(),
-            expected: desc.digest.clone(),
-            actual,
-        },
-        CommitError::Mismatch { actual_size, .. } => RegistryError::SizeMismatch {
-            url: url.to_owned(),
-            expected: desc.size,
-            actual: actual_size,
-        },
-        CommitError::TooLong { expected_size } => RegistryError::SizeMismatch {
-            url: url.to_owned(),
-            expected: expected_size,
-            actual: received,
-        },
-        CommitError::Store(e) => RegistryError::Store(e),
+pub(super) struct BlobJob<'a> {
+    pub store: &'a Store,
+    pub sources: &'a SourceSet,
+    pub repo: &'a str,
+    pub received: &'a AtomicU64,
+    pub stall: Duration,
+    pub reporter: &'a dyn Reporter,
+}
+
+impl BlobJob<'_> {
+    pub(super) async fn fetch(&self, desc: &Descriptor) -> Result<Fetched, FallbackError> {
+        let what = format!("blob {}", desc.digest);
+        let give_up = |e: crate::store::StoreError| FallbackError::GiveUp(RegistryError::Store(e));
+        let Some(mut writer) = self
+            .store
+            .blob_writer(&desc.digest, desc.size)
+            .await
+            .map_err(give_up)?
+        else {
+            self.reporter.blob_cached(&desc.digest, desc.size);
+            return Ok(Fetched::AlreadyStored);
+        };
+        let mut item = ItemState::default();
+        // Sources whose bytes are in the partial file: the suspects if the digest is wrong.
+        let mut contributors: Vec<Arc<Source>> = Vec::new();
+        let mut resumes = 0u32;
+        loop {
+            if writer.written() == desc.size {
+                match writer.commit().await {
+                    Ok(()) => {
+                        self.reporter.blob_finished(&desc.digest);
+                        return Ok(match contributors.pop() {
+                            Some(last) => {
+                                self.sources.blob_done(&last);
+                                Fetched::From(last)
+                            }
+                            // Everything came from an earlier run's partial file.
+                            None => Fetched::AlreadyStored,
+                        });
+                    }
+                    Err(CommitError::Mismatch { actual, .. }) => {
+                        self.discard_corrupt(desc, &actual, &contributors, &mut item, &what)?;
+                        writer.reset().await.map_err(give_up)?;
+                        contributors.clear();
+                        continue;
+                    }
+                    Err(CommitError::Store(e)) => return Err(give_up(e)),
+                }
+            }
+            let Some(source) = self.sources.next_source(&item).await else {
+                return Err(FallbackError::Exhausted {
+                    what,
+                    attempts: item.attempts,
+                });
+            };
+            let offset = writer.written();
+            let resp = match source.client.blob(self.repo, &desc.digest, offset).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.sources
+                        .failed(&source, &mut item, e, false, &what, self.reporter)?;
+                    continue;
+                }
+            };
+            self.sources.succeeded(&source);
+            if resp.offset != offset {
+                // The source ignored `Range`: its body starts at byte 0.
+                writer.reset().await.map_err(give_up)?;
+                contributors.clear();
+            }
+            if !contributors.iter().any(|c| c.index == source.index) {
+                contributors.push(source.clone());
+            }
+            self.reporter
+                .blob_started(&desc.digest, desc.size, resp.offset, source.label());
+            let before = writer.written();
+            let url = resp.url.clone();
+            let mut body = resp.response.bytes_stream();
+            let outcome = loop {
+                match tokio::time::timeout(self.stall, body.next()).await {
+                    Err(_) => {
+                        break Err(RegistryError::Stalled {
+                            url: url.clone(),
+                            secs: self.stall.as_secs(),
+                        })
+                    }
+                    Ok(None) if writer.written() < desc.size => {
+                        break Err(RegistryError::Transfer {
+                            url: url.clone(),
+                            reason: format!(
+                                "the body ended at byte {} of {}",
+                                writer.written(),
+                                desc.size
+                            ),
+                        })
+                    }
+                    Ok(None) => break Ok(()),
+                    Ok(Some(Err(e))) => break Err(RegistryError::from_reqwest_at(&url, e)),
+                    Ok(Some(Ok(chunk))) => {
+                        let n = chunk.len() as u64;
+                        self.received.fetch_add(n, Ordering::Relaxed);
+                        source.add_bytes(n);
+                        match writer.write(&chunk).await {
+                            Ok(()) => self.reporter.blob_progress(&desc.digest, n),
+                            Err(WriteError::TooLong { expected_size }) => {
+                                writer.reset().await.map_err(give_up)?;
+                                contributors.clear();
+                                break Err(RegistryError::SizeMismatch {
+                                    url: url.clone(),
+                                    expected: expected_size,
+                                    actual: before + n,
+                                });
+                            }
+                            Err(WriteError::Store(e)) => return Err(give_up(e)),
+                        }
+                    }
+                }
+            };
+            if let Err(e) = outcome {
+                let progressed = writer.written() > before;
+                if progressed {
+                    resumes += 1;
+                }
+                self.sources.failed(
+                    &source,
+                    &mut item,
+                    e,
+                    progressed && resumes <= MAX_RESUMES,
+                    &what,
+                    self.reporter,
+                )?;
+            }
+        }
+    }
+
+    /// Wrong bytes: every source that contributed is suspect for this blob, and named.
+    fn discard_corrupt(
+        &self,
+        desc: &Descriptor,
+        actual: &crate::digest::Digest,
+        contributors: &[Arc<Source>],
+        item: &mut ItemState,
+        what: &str,
+    ) -> Result<(), FallbackError> {
+        let names: Vec<&str> = contributors.iter().map(|c| c.label()).collect();
+        let from = if names.is_empty() {
+            "an earlier interrupted download".to_owned()
+        } else {
+            names.join(", ")
+        };
+        self.sources.warn(format!(
+            "blob {} from {from} hashed to {actual}: the bytes were discarded and fetched again",
+            desc.digest
+        ));
+        for c in contributors {
+            self.sources.failed(
+                c,
+                item,
+                RegistryError::DigestMismatch {
+                    url: c.client.blob_url(self.repo, &desc.digest),
+                    expected: desc.digest.clone(),
+                    actual: actual.clone(),
+                },
+                false,
+                what,
+                self.reporter,
+            )?;
+        }
+        Ok(())
     }
 }

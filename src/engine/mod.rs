@@ -7,9 +7,14 @@ mod pull;
 
 pub use pull::{LayerReport, PullError, PullReport};
 
+use std::time::Duration;
+
 use crate::config::Config;
 use crate::registry::HttpClients;
 use crate::store::Store;
+
+/// Default seconds without a byte before a transfer counts as stalled.
+pub const DEFAULT_STALL_SECS: u64 = 30;
 
 /// Default number of blobs in flight at once.
 pub const DEFAULT_JOBS: u16 = 4;
@@ -21,6 +26,8 @@ pub struct Engine {
     pub http: HttpClients,
     /// Blobs downloaded concurrently.
     pub jobs: usize,
+    /// A blob transfer that delivers no byte for this long is ended and resumed elsewhere.
+    pub stall_timeout: Duration,
 }
 
 impl Engine {
@@ -30,6 +37,7 @@ impl Engine {
             store,
             http: HttpClients::new()?,
             jobs: usize::from(DEFAULT_JOBS),
+            stall_timeout: Duration::from_secs(DEFAULT_STALL_SECS),
         })
     }
 }

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use super::{blob, Engine};
+use super::blob::{BlobJob, Fetched};
+use super::Engine;
 use crate::config::Canonical;
 use crate::digest::Digest;
 use crate::manifest::{self, Descriptor, ImageConfig, ImageManifest, Manifest, ManifestError};
@@ -15,7 +16,7 @@ use crate::platform::Platform;
 use crate::progress::Reporter;
 use crate::reference::ImageRef;
 use crate::registry::{FetchedManifest, RegistryError};
-use crate::sources::{FallbackError, SourceSet};
+use crate::sources::{FallbackError, SourceReport, SourceSet};
 use crate::store::{
     CommitError, IndexEntry, IndexPlatform, StoreError, INDEX_DIGEST_ANNOTATION, REF_NAME,
 };
@@ -40,6 +41,8 @@ pub struct PullReport {
     /// Bytes received from the network, including any discarded after a failed check.
     pub bytes_downloaded: u64,
     pub warnings: Vec<String>,
+    /// What each source did: bytes served, blobs completed, failures and why.
+    pub sources: Vec<SourceReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -234,17 +237,23 @@ impl Engine {
         }
 
         let received = AtomicU64::new(0);
-        let fetched_from: Vec<(Digest, String)> = stream::iter(missing)
+        let job = BlobJob {
+            store: &self.store,
+            sources: &sources,
+            repo,
+            received: &received,
+            stall: self.stall_timeout,
+            reporter,
+        };
+        let fetched_from: Vec<(Digest, Option<String>)> = stream::iter(missing)
             .map(|d| {
-                let sources = &sources;
-                let received = &received;
+                let job = &job;
                 async move {
-                    let source =
-                        blob::fetch(&self.store, sources, repo, d, received, reporter).await?;
-                    Ok::<_, FallbackError>((
-                        d.digest.clone(),
-                        source.client.blob_url(repo, &d.digest),
-                    ))
+                    let url = match job.fetch(d).await? {
+                        Fetched::From(source) => Some(source.client.blob_url(repo, &d.digest)),
+                        Fetched::AlreadyStored => None,
+                    };
+                    Ok::<_, FallbackError>((d.digest.clone(), url))
                 }
             })
             .buffer_unordered(self.jobs.max(1))
@@ -257,7 +266,7 @@ impl Engine {
             .store
             .read_blob(&img.config.digest, manifest::MAX_MANIFEST_BYTES)?;
         let config: ImageConfig = serde_json::from_slice(&config_bytes).unwrap_or_default();
-        let mut warnings = sources.notes();
+        let mut warnings = sources.warnings();
         let platform_of_image = chosen.unwrap_or_else(|| Platform {
             os: config.os.clone(),
             architecture: config.architecture.clone(),
@@ -302,6 +311,7 @@ impl Engine {
             total_bytes: img.content_size(),
             bytes_downloaded: received.load(Ordering::Relaxed),
             warnings,
+            sources: sources.report(),
         })
     }
 }
@@ -322,14 +332,17 @@ async fn fetch_parsed(
     Ok((m, parsed))
 }
 
-fn layer_reports(img: &ImageManifest, fetched_from: &[(Digest, String)]) -> Vec<LayerReport> {
+fn layer_reports(
+    img: &ImageManifest,
+    fetched_from: &[(Digest, Option<String>)],
+) -> Vec<LayerReport> {
     img.layers
         .iter()
         .map(|l| {
             let source = fetched_from
                 .iter()
                 .find(|(d, _)| *d == l.digest)
-                .map(|(_, url)| url.clone());
+                .and_then(|(_, url)| url.clone());
             LayerReport {
                 digest: l.digest.clone(),
                 size: l.size,

@@ -164,6 +164,7 @@ impl Auth {
             None => http.get(realm.clone()).query(&query),
         };
         let resp = req
+            .timeout(std::time::Duration::from_secs(60))
             .send()
             .await
             .map_err(|e| RegistryError::from_reqwest(realm, e))?;

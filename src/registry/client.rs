@@ -19,8 +19,9 @@ use crate::manifest::{self, ManifestError, MAX_MANIFEST_BYTES};
 const USER_AGENT: &str = concat!("cudaimg/", env!("CARGO_PKG_VERSION"));
 /// Short: a dead mirror should cost seconds, not the 30 s that containerd spends per blob.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// No byte for this long ends the request; the caller moves on to another source.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Manifests are small: one that takes longer than this is a stuck source. Blob bodies
+/// have no such limit; the engine ends them when they stall.
+const MANIFEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The HTTP clients shared by all endpoints: connection pools are per client, and TLS
 /// verification can only be switched off per client.
@@ -36,7 +37,6 @@ impl HttpClients {
             Client::builder()
                 .user_agent(USER_AGENT)
                 .connect_timeout(CONNECT_TIMEOUT)
-                .read_timeout(READ_TIMEOUT)
                 .redirect(reqwest::redirect::Policy::limited(10))
         };
         Ok(HttpClients {
@@ -108,7 +108,9 @@ impl RegistryClient {
         let label = redact_url(&url);
         let resp = self
             .send(repo, &url, |c| {
-                c.get(url.clone()).header(ACCEPT, manifest::ACCEPT)
+                c.get(url.clone())
+                    .header(ACCEPT, manifest::ACCEPT)
+                    .timeout(MANIFEST_TIMEOUT)
             })
             .await?;
         let resp = check_status(resp, "manifest").await?;

@@ -15,6 +15,8 @@ pub enum RegistryError {
     Connect { url: String, reason: String },
     #[error("{url} did not answer in time: {reason}")]
     Timeout { url: String, reason: String },
+    #[error("{url} sent nothing for {secs} s")]
+    Stalled { url: String, secs: u64 },
     #[error("the transfer from {url} broke off: {reason}")]
     Transfer { url: String, reason: String },
     #[error("{url} answered HTTP {status}{detail}")]
@@ -59,23 +61,42 @@ pub enum RegistryError {
 /// What the caller should do after an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    /// The source is unusable for this request: ask the next one.
-    TryNextSource,
-    /// No other source can help (the local disk failed): stop.
+    /// A passing fault (refused or cut connection, timeout, stall, 5xx, 429): ask another
+    /// source now, and this one again after a backoff.
+    Retry,
+    /// This source cannot serve this item (404, refused access, wrong bytes, a bad manifest):
+    /// ask the next source, and not this one again for the same item.
+    NextSource,
+    /// No source can help (the local disk failed): stop.
     GiveUp,
 }
 
 impl RegistryError {
+    /// The one decision between retrying, moving on, and giving up.
     pub fn next(&self) -> Next {
         match self {
             RegistryError::Store(_) => Next::GiveUp,
-            _ => Next::TryNextSource,
+            RegistryError::Connect { .. }
+            | RegistryError::Timeout { .. }
+            | RegistryError::Stalled { .. }
+            | RegistryError::Transfer { .. } => Next::Retry,
+            RegistryError::Status { status, .. } if *status == 429 || *status >= 500 => Next::Retry,
+            RegistryError::Status { .. }
+            | RegistryError::NotFound { .. }
+            | RegistryError::Denied { .. }
+            | RegistryError::DigestMismatch { .. }
+            | RegistryError::SizeMismatch { .. }
+            | RegistryError::BadManifest { .. }
+            | RegistryError::Credentials { .. } => Next::NextSource,
         }
     }
 
-    /// Whether the source is unreachable as a whole, so later requests should skip it.
-    pub fn source_is_down(&self) -> bool {
-        matches!(self, RegistryError::Connect { .. })
+    /// How long the server asked us to stay away (`Retry-After` on a 429 or 503).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RegistryError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 
     pub fn is_not_found(&self) -> bool {
@@ -88,6 +109,7 @@ impl RegistryError {
             RegistryError::Connect { .. } => "connect",
             RegistryError::Timeout { .. } => "timeout",
             RegistryError::Transfer { .. } => "transfer",
+            RegistryError::Stalled { .. } => "stall",
             RegistryError::Status { status: 429, .. } => "rate-limited",
             RegistryError::Status { status, .. } if *status >= 500 => "server-error",
             RegistryError::Status { .. } => "http-error",

@@ -1,20 +1,27 @@
-//! Verified blob writes: stream into `ingest/`, hash while writing, and rename into
-//! `blobs/sha256/` only when digest and size match.
+//! Verified, resumable blob writes.
+//!
+//! A download streams into `ingest/<hex>.partial`, hashed while written, and is renamed into
+//! `blobs/sha256/<hex>` only when digest and size match. The partial file is also the
+//! blob's cross-process lock (`flock`): two cudaimg processes that need the same blob take
+//! turns, and the second finds it committed instead of downloading it again.
+//!
+//! A partial file outlives a failed or killed pull, so the next pull resumes it. Its bytes
+//! are never trusted: the prefix is re-hashed on resume, and the final digest check covers
+//! every byte, whichever run or source wrote it.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 
 use super::{Store, StoreError};
 use crate::digest::{Digest, Hasher};
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Why a blob could not be committed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
-    /// The bytes were not the expected ones: the source is at fault, the disk is not.
+    /// The bytes were not the expected ones: a source is at fault, the disk is not.
     #[error("content hashes to {actual} ({actual_size} bytes), expected {expected} ({expected_size} bytes)")]
     Mismatch {
         expected: Digest,
@@ -22,6 +29,13 @@ pub enum CommitError {
         actual: Digest,
         actual_size: u64,
     },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why bytes could not be added to a blob.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
     /// More bytes arrived than the descriptor allows.
     #[error("more than the expected {expected_size} bytes arrived")]
     TooLong { expected_size: u64 },
@@ -29,70 +43,100 @@ pub enum CommitError {
     Store(#[from] StoreError),
 }
 
-impl From<std::io::Error> for CommitError {
-    fn from(e: std::io::Error) -> Self {
-        CommitError::Store(e.into())
-    }
-}
-
-/// A blob being written. Dropped without [`BlobWriter::commit`], it removes its temp file.
+/// A blob being written, holding the blob's lock until dropped.
 pub struct BlobWriter {
-    file: Option<BufWriter<tokio::fs::File>>,
-    tmp: PathBuf,
+    file: BufWriter<tokio::fs::File>,
+    partial: PathBuf,
     dest: PathBuf,
     hasher: Hasher,
     expected: Digest,
     size: u64,
+    /// Bytes that were already in the partial file when it was opened.
+    resumed: u64,
 }
 
 impl BlobWriter {
-    pub(super) async fn create(
+    /// Opens the blob's partial file, waiting for any other process writing the same blob.
+    /// `Ok(None)` means the blob is already stored (perhaps by that other process).
+    pub(super) async fn open(
         store: &Store,
         expected: Digest,
         size: u64,
-    ) -> Result<Self, StoreError> {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = store.ingest_dir().join(format!(
-            "{}.{}.{n}.partial",
-            expected.hex(),
-            std::process::id()
-        ));
-        let file = tokio::fs::File::create(&tmp)
+    ) -> Result<Option<Self>, StoreError> {
+        let partial = store
+            .ingest_dir()
+            .join(format!("{}.partial", expected.hex()));
+        let dest = store.blob_path(&expected);
+        let store = store.clone();
+        let path = partial.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            lock_partial(&store, &path, &expected, size).map(|o| (o, expected))
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let (Some((file, hasher)), expected) = opened else {
+            return Ok(None);
+        };
+        let resumed = hasher.len();
+        let mut file = tokio::fs::File::from_std(file);
+        file.seek(SeekFrom::Start(resumed))
             .await
-            .map_err(|e| io_at(e, &tmp))?;
-        Ok(BlobWriter {
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
-            dest: store.blob_path(&expected),
-            tmp,
-            hasher: Hasher::new(),
+            .map_err(|e| io_at(e, &partial))?;
+        Ok(Some(BlobWriter {
+            file: BufWriter::with_capacity(1 << 20, file),
+            partial,
+            dest,
+            hasher,
             expected,
             size,
-        })
+            resumed,
+        }))
     }
 
-    /// Bytes written so far.
+    /// Bytes in the blob so far.
     pub fn written(&self) -> u64 {
         self.hasher.len()
     }
 
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), CommitError> {
+    /// Bytes found from an earlier, interrupted download.
+    pub fn resumed(&self) -> u64 {
+        self.resumed
+    }
+
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), WriteError> {
         if self.hasher.len() + chunk.len() as u64 > self.size {
-            return Err(CommitError::TooLong {
+            return Err(WriteError::TooLong {
                 expected_size: self.size,
             });
         }
         self.hasher.update(chunk);
-        let file = self.file.as_mut().ok_or_else(closed)?;
-        file.write_all(chunk)
+        self.file
+            .write_all(chunk)
             .await
-            .map_err(|e| io_at(e, &self.tmp))?;
+            .map_err(|e| io_at(e, &self.partial))?;
+        Ok(())
+    }
+
+    /// Throws away what was written, to start the blob over.
+    pub async fn reset(&mut self) -> Result<(), StoreError> {
+        self.file
+            .flush()
+            .await
+            .map_err(|e| io_at(e, &self.partial))?;
+        let f = self.file.get_mut();
+        f.set_len(0).await.map_err(|e| io_at(e, &self.partial))?;
+        f.seek(SeekFrom::Start(0))
+            .await
+            .map_err(|e| io_at(e, &self.partial))?;
+        self.hasher = Hasher::new();
+        self.resumed = 0;
         Ok(())
     }
 
     /// Verifies digest and size, makes the bytes durable, and renames them into place.
-    pub async fn commit(mut self) -> Result<(), CommitError> {
-        let mut file = self.file.take().ok_or_else(closed)?;
-        let (actual, actual_size) = std::mem::take(&mut self.hasher).finish();
+    /// On a mismatch the partial bytes stay, for the caller to [`BlobWriter::reset`].
+    pub async fn commit(&mut self) -> Result<(), CommitError> {
+        let (actual, actual_size) = self.hasher.clone().finish();
         if actual != self.expected || actual_size != self.size {
             return Err(CommitError::Mismatch {
                 expected: self.expected.clone(),
@@ -101,33 +145,76 @@ impl BlobWriter {
                 actual_size,
             });
         }
-        file.flush().await.map_err(|e| io_at(e, &self.tmp))?;
-        file.get_ref()
+        self.file
+            .flush()
+            .await
+            .map_err(|e| io_at(e, &self.partial))?;
+        self.file
+            .get_ref()
             .sync_all()
             .await
-            .map_err(|e| io_at(e, &self.tmp))?;
-        drop(file);
-        tokio::fs::rename(&self.tmp, &self.dest)
+            .map_err(|e| io_at(e, &self.partial))?;
+        tokio::fs::rename(&self.partial, &self.dest)
             .await
             .map_err(|e| io_at(e, &self.dest))?;
         Ok(())
     }
 }
 
-impl Drop for BlobWriter {
-    fn drop(&mut self) {
-        // Committed writers have renamed the file away; this only cleans up failures.
-        let _ = std::fs::remove_file(&self.tmp);
+/// Opens and locks `path`, then re-hashes what it holds. Retries when the file it locked is
+/// no longer the one at `path` (another process committed it by rename meanwhile).
+fn lock_partial(
+    store: &Store,
+    path: &Path,
+    expected: &Digest,
+    size: u64,
+) -> Result<Option<(std::fs::File, Hasher)>, StoreError> {
+    loop {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io_at(e, path))?;
+        file.lock().map_err(|e| io_at(e, path))?;
+        if store.has_blob(expected, size) {
+            // Committed by someone else; an empty partial we just created is litter.
+            if file.metadata().map(|m| m.len() == 0).unwrap_or(false) && same_file(&file, path) {
+                let _ = std::fs::remove_file(path);
+            }
+            return Ok(None);
+        }
+        if !same_file(&file, path) {
+            continue;
+        }
+        let len = file.metadata().map_err(|e| io_at(e, path))?.len();
+        let mut hasher = Hasher::new();
+        if len > size {
+            file.set_len(0).map_err(|e| io_at(e, path))?;
+        } else if len > 0 {
+            file.seek(SeekFrom::Start(0)).map_err(|e| io_at(e, path))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf).map_err(|e| io_at(e, path))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+        }
+        return Ok(Some((file, hasher)));
     }
 }
 
-fn closed() -> CommitError {
-    CommitError::Store(StoreError::Io(std::io::Error::other(
-        "blob writer already closed",
-    )))
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
 }
 
-fn io_at(e: std::io::Error, path: &std::path::Path) -> StoreError {
+fn io_at(e: std::io::Error, path: &Path) -> StoreError {
     let kind = e.kind();
     StoreError::from(std::io::Error::new(
         kind,

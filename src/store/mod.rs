@@ -21,7 +21,7 @@ pub mod verify;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use blob::{BlobWriter, CommitError};
+pub use blob::{BlobWriter, CommitError, WriteError};
 pub use index::{IndexEntry, IndexFile, IndexPlatform, INDEX_DIGEST_ANNOTATION, REF_NAME};
 
 use crate::digest::Digest;
@@ -167,18 +167,30 @@ impl Store {
     }
 
     /// Stores bytes already in memory (manifests), verified like any streamed blob.
-    pub async fn put_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<(), CommitError> {
+    pub async fn put_bytes(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
         if self.has_blob(digest, bytes.len() as u64) {
             return Ok(());
         }
-        let mut w = self.blob_writer(digest, bytes.len() as u64).await?;
-        w.write(bytes).await?;
-        w.commit().await
+        let Some(mut w) = self.blob_writer(digest, bytes.len() as u64).await? else {
+            return Ok(());
+        };
+        w.reset().await?;
+        // Callers verified these bytes against `digest`; a failure here is the disk's.
+        let disk = |e: String| StoreError::Io(std::io::Error::other(e));
+        w.write(bytes).await.map_err(|e| match e {
+            WriteError::Store(s) => s,
+            other => disk(other.to_string()),
+        })?;
+        w.commit().await.map_err(|e| match e {
+            CommitError::Store(s) => s,
+            other => disk(other.to_string()),
+        })
     }
 
-    /// Starts a verified write of the blob `digest` of `size` bytes.
-    pub async fn blob_writer(&self, digest: &Digest, size: u64) -> Result<BlobWriter> {
-        BlobWriter::create(self, digest.clone(), size).await
+    /// Opens the verified, resumable write of blob `digest` of `size` bytes, waiting while
+    /// another process writes it. `None`: the blob is stored already.
+    pub async fn blob_writer(&self, digest: &Digest, size: u64) -> Result<Option<BlobWriter>> {
+        BlobWriter::open(self, digest.clone(), size).await
     }
 
     /// Takes the store's exclusive lock, waiting for other processes to release it.

@@ -134,7 +134,11 @@ pub fn verify(store: &Store, on_blob: &dyn Fn(u64)) -> Result<VerifyReport, Stor
         }
     }
     report.partials = fs_err::read_dir(store.ingest_dir())
-        .map(|d| d.count())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+                .count()
+        })
         .unwrap_or(0);
     Ok(report)
 }
