@@ -117,6 +117,11 @@ impl ItemState {
         self.excluded.insert(source.index);
     }
 
+    /// Lets an excluded source serve the item again.
+    pub fn readmit(&mut self, source: &Source) {
+        self.excluded.remove(&source.index);
+    }
+
     pub fn is_excluded(&self, source: &Source) -> bool {
         self.excluded.contains(&source.index)
     }

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use crate::manifest::Descriptor;
 use crate::progress::Reporter;
 use crate::registry::RegistryError;
-use crate::sources::{FallbackError, ItemState, Source, SourceSet};
+use crate::sources::{FallbackError, ItemState, Pick, Source, SourceSet};
 use crate::store::{CommitError, Store, WriteError};
 
 /// Cuts and stalls after which bytes had arrived, per blob, before giving up on it: enough to
@@ -52,6 +52,7 @@ impl BlobJob<'_> {
         // Sources whose bytes are in the partial file: the suspects if the digest is wrong.
         let mut contributors: Vec<Arc<Source>> = Vec::new();
         let mut resumes = 0u32;
+        let mut mismatches = 0u32;
         loop {
             if writer.written() == desc.size {
                 match writer.commit().await {
@@ -67,7 +68,21 @@ impl BlobJob<'_> {
                         });
                     }
                     Err(CommitError::Mismatch { actual, .. }) => {
-                        self.discard_corrupt(desc, &actual, &contributors, &mut item, &what)?;
+                        mismatches += 1;
+                        let blamed = if writer.resumed() > 0 {
+                            // Bytes from an earlier run are in there: nobody can be blamed.
+                            &[][..]
+                        } else {
+                            &contributors[..]
+                        };
+                        self.discard_corrupt(desc, &actual, blamed, &mut item, &what)?;
+                        // With no other source left, one more full try from the same ones:
+                        // corruption on the way (a flaky proxy) need not repeat.
+                        if mismatches < 2 && matches!(self.sources.pick(&item), Pick::None) {
+                            for c in blamed {
+                                item.readmit(c);
+                            }
+                        }
                         writer.reset().await.map_err(give_up)?;
                         contributors.clear();
                         continue;
