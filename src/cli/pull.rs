@@ -37,11 +37,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         .map(|r| config.canonicalize(r))
         .collect::<Result<Vec<_>, _>>()?;
     let store = ctx.store()?;
-    let mut engine = Engine::new(config, store).map_err(|e| {
+    let jobs = usize::from(args.jobs);
+    let stall = std::time::Duration::from_secs(args.stall_timeout);
+    let engine = Engine::new(config, store, jobs, stall).map_err(|e| {
         crate::store::StoreError::Io(std::io::Error::other(format!("cannot set up HTTP: {e}")))
     })?;
-    engine.jobs = usize::from(args.jobs);
-    engine.stall_timeout = std::time::Duration::from_secs(args.stall_timeout);
     let config_note = match &engine.config.path {
         Some(p) => format!("mirror configuration: {}", p.display()),
         None => "no mirrors.toml found: each registry is pulled from its own host".to_owned(),

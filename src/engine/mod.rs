@@ -31,13 +31,19 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(config: Config, store: Store) -> Result<Self, reqwest::Error> {
+    /// `jobs`: blobs in flight at once; `stall_timeout`: see [`Engine::stall_timeout`].
+    pub fn new(
+        config: Config,
+        store: Store,
+        jobs: usize,
+        stall_timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
         Ok(Engine {
             config,
             store,
-            http: HttpClients::new()?,
-            jobs: usize::from(DEFAULT_JOBS),
-            stall_timeout: Duration::from_secs(DEFAULT_STALL_SECS),
+            http: HttpClients::new(stall_timeout)?,
+            jobs: jobs.max(1),
+            stall_timeout,
         })
     }
 }

@@ -19,9 +19,6 @@ use crate::manifest::{self, ManifestError, MAX_MANIFEST_BYTES};
 const USER_AGENT: &str = concat!("cudaimg/", env!("CARGO_PKG_VERSION"));
 /// Short: a dead mirror should cost seconds, not the 30 s that containerd spends per blob.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Manifests are small: one that takes longer than this is a stuck source. Blob bodies
-/// have no such limit; the engine ends them when they stall.
-const MANIFEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The HTTP clients shared by all endpoints: connection pools are per client, and TLS
 /// verification can only be switched off per client.
@@ -29,10 +26,13 @@ const MANIFEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct HttpClients {
     verified: Client,
     insecure: Client,
+    /// Manifests are small: a manifest request that takes longer than the stall timeout is
+    /// stuck. Blob bodies have no total limit; the engine ends them when they stall.
+    manifest_timeout: Duration,
 }
 
 impl HttpClients {
-    pub fn new() -> Result<Self, reqwest::Error> {
+    pub fn new(stall_timeout: Duration) -> Result<Self, reqwest::Error> {
         let base = || {
             Client::builder()
                 .user_agent(USER_AGENT)
@@ -42,6 +42,7 @@ impl HttpClients {
         Ok(HttpClients {
             verified: base().build()?,
             insecure: base().danger_accept_invalid_certs(true).build()?,
+            manifest_timeout: stall_timeout,
         })
     }
 }
@@ -50,6 +51,7 @@ impl HttpClients {
 pub struct RegistryClient {
     base: String,
     http: Client,
+    manifest_timeout: Duration,
     auth: Auth,
 }
 
@@ -79,6 +81,7 @@ impl RegistryClient {
         RegistryClient {
             base: endpoint.url.as_str().trim_end_matches('/').to_owned(),
             http,
+            manifest_timeout: clients.manifest_timeout,
             auth: Auth::new(endpoint.authority(), endpoint.url.scheme() == "https"),
         }
     }
@@ -110,7 +113,7 @@ impl RegistryClient {
             .send(repo, &url, |c| {
                 c.get(url.clone())
                     .header(ACCEPT, manifest::ACCEPT)
-                    .timeout(MANIFEST_TIMEOUT)
+                    .timeout(self.manifest_timeout)
             })
             .await?;
         let resp = check_status(resp, "manifest").await?;
