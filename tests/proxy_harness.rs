@@ -663,10 +663,18 @@ fn refuse_closes_the_port_cuts_transfers_and_resume_reopens_it() {
         let (body, error) = read_body(response);
         (body.len(), error.is_some(), started.elapsed())
     });
+    // Bounded wait until the stall has begun (its first 1000 bytes sent).
+    let stalled = || {
+        s.proxy
+            .requests()
+            .iter()
+            .any(|r| r.faults == ["Stall"] && r.body_bytes == 1000)
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
-    while s.proxy.body_bytes_sent() < BLOB_SIZE as u64 + 1000 && Instant::now() < deadline {
+    while !stalled() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(10));
     }
+    assert!(stalled(), "{:?}", s.proxy.requests());
     s.proxy.add(Fault::Refuse);
     let (received, failed, took) = transfer.join().unwrap();
     assert_eq!((received, failed), (1000, true));

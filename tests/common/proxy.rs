@@ -169,7 +169,8 @@ pub struct ProxyRequest {
     pub range: Option<String>,
     /// The `Authorization` header received, verbatim.
     pub authorization: Option<String>,
-    /// Body bytes written to the client (payload, without chunk framing).
+    /// Body bytes written to the client (payload, without chunk framing). Written means
+    /// accepted by the kernel: for a client that hung up early, that can exceed what it read.
     pub body_bytes: u64,
     /// Names of the faults that fired on this request, e.g. `["IgnoreRange", "FlipByte"]`.
     pub faults: Vec<&'static str>,
@@ -988,16 +989,22 @@ impl BodyWriter<'_> {
             };
             self.shared.sleep_until(due);
         }
+        // Counted first, so that a client holding the bytes finds them counted; taken back if
+        // the write fails (the piece may then have arrived in part).
         let n = bytes.len() as u64;
         self.shared.update(self.index, |r| r.body_bytes += n);
         let mut out = self.out;
-        if self.chunked {
-            write!(out, "{:x}\r\n", bytes.len())?;
-            out.write_all(bytes)?;
-            out.write_all(b"\r\n")
+        let written = if self.chunked {
+            write!(out, "{:x}\r\n", bytes.len())
+                .and_then(|()| out.write_all(bytes))
+                .and_then(|()| out.write_all(b"\r\n"))
         } else {
             out.write_all(bytes)
+        };
+        if written.is_err() {
+            self.shared.update(self.index, |r| r.body_bytes -= n);
         }
+        written
     }
 
     fn finish(&mut self) -> io::Result<()> {
