@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod fixtures;
+pub mod proxy;
 pub mod push;
 pub mod registry;
 pub mod token;
@@ -28,6 +29,7 @@ pub use fixtures::{
     Arch, BlobRef, CudaSpec, Document, Fixture, FixtureStore, Flavor, Layer, MediaTypes,
     PlatformImage, Scale,
 };
+pub use proxy::{Fault, FaultProxy, ProxyRequest};
 pub use push::Pusher;
 pub use registry::{dead_endpoint, Blackhole, RegistryOptions, Request, TestRegistry};
 pub use token::TokenServer;
