@@ -561,3 +561,41 @@ fn blob_redirects_to_a_cdn_never_carry_the_registry_credentials() {
         "{all}"
     );
 }
+
+#[test]
+fn kill_9_at_many_moments_never_leaves_a_store_that_fails_verify() {
+    let registry = TestRegistry::start();
+    let fx = image();
+    Pusher::new(&registry).push(&fx);
+    let slow = FaultProxy::start(&registry.url());
+    slow.add(Fault::Throttle {
+        bytes_per_sec: 8_000_000,
+    });
+    let s = setup(&slow.url(), &[]);
+    // Kill points spread over the whole pull (~1 s at this rate), manifests and index included.
+    for delay_ms in [0u64, 30, 90, 200, 350, 500, 700, 900, 1100] {
+        let mut child = s
+            .cmd(&["pull", "--platform", "linux/amd64", &fx.reference()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let out = run_ok(&mut s.cmd(&["--json", "verify"]));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v["problems"],
+            serde_json::json!([]),
+            "after a kill at {delay_ms} ms"
+        );
+    }
+    slow.clear();
+    let r = s.pull(&fx, &[]);
+    assert!(
+        r["bytes_downloaded"].as_u64().unwrap() < total(&fx),
+        "nothing was resumed"
+    );
+    s.verify();
+}
