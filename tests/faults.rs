@@ -23,6 +23,14 @@ fn image() -> Fixture {
     Fixture::cuda("12.4.1", Flavor::Runtime, MediaTypes::Docker, Scale(0.005))
 }
 
+/// A registry holding [`image`].
+fn serving_image() -> (TestRegistry, Fixture) {
+    let registry = TestRegistry::start();
+    let fx = image();
+    Pusher::new(&registry).push(&fx);
+    (registry, fx)
+}
+
 fn largest(fx: &Fixture) -> &Layer {
     fx.platform(Arch::Amd64)
         .layers
@@ -43,17 +51,7 @@ struct Setup {
 
 fn setup(official: &str, mirrors: &[&str]) -> Setup {
     let sandbox = Sandbox::new();
-    let mirrors: Vec<String> = mirrors
-        .iter()
-        .map(|m| format!("{{ url = \"{m}\" }}"))
-        .collect();
-    let config = sandbox.write(
-        "mirrors.toml",
-        format!(
-            "[registries.\"docker.io\"]\nendpoint = \"{official}\"\nmirrors = [{}]\n",
-            mirrors.join(", ")
-        ),
-    );
+    let config = sandbox.write_hub_config(official, mirrors);
     Setup { sandbox, config }
 }
 
@@ -120,9 +118,7 @@ fn layer_source<'a>(r: &'a Value, digest: &str) -> &'a str {
 
 #[test]
 fn a_cut_connection_resumes_with_range_from_the_byte_reached() {
-    let registry = TestRegistry::start();
-    let fx = image();
-    Pusher::new(&registry).push(&fx);
+    let (registry, fx) = serving_image();
     let big = largest(&fx);
     for reset in [false, true] {
         // The only source: resumption must come back to it, after its backoff.
@@ -160,9 +156,7 @@ fn a_cut_connection_resumes_with_range_from_the_byte_reached() {
 
 #[test]
 fn server_errors_fall_back_to_the_next_source_and_the_report_says_so() {
-    let registry = TestRegistry::start();
-    let fx = image();
-    Pusher::new(&registry).push(&fx);
+    let (registry, fx) = serving_image();
     let mirror = FaultProxy::start(&registry.url());
     mirror.add(Fault::Status {
         path_contains: "/blobs/".into(),
@@ -224,9 +218,7 @@ fn big_path(fx: &Fixture) -> String {
 
 #[test]
 fn a_429_is_honoured_while_another_source_serves() {
-    let registry = TestRegistry::start();
-    let fx = image();
-    Pusher::new(&registry).push(&fx);
+    let (registry, fx) = serving_image();
     let big = largest(&fx);
 
     // Two sources: the throttled mirror's blob goes to the official registry meanwhile.
@@ -274,9 +266,7 @@ fn a_429_is_honoured_while_another_source_serves() {
 
 #[test]
 fn a_stall_ends_the_request_and_the_blob_resumes_elsewhere() {
-    let registry = TestRegistry::start();
-    let fx = image();
-    Pusher::new(&registry).push(&fx);
+    let (registry, fx) = serving_image();
     let big = largest(&fx);
     let mirror = FaultProxy::start(&registry.url());
     mirror.add(Fault::Stall {
@@ -309,9 +299,7 @@ fn a_stall_ends_the_request_and_the_blob_resumes_elsewhere() {
 
 #[test]
 fn a_flipped_byte_is_discarded_fetched_elsewhere_and_reported() {
-    let registry = TestRegistry::start();
-    let fx = image();
-    Pusher::new(&registry).push(&fx);
+    let (registry, fx) = serving_image();
     let big = largest(&fx);
     let mirror = FaultProxy::start(&registry.url());
     mirror.add(Fault::FlipByte {
@@ -350,9 +338,7 @@ fn a_flipped_byte_is_discarded_fetched_elsewhere_and_reported() {
 
 #[test]
 fn a_source_that_ignores_range_restarts_the_blob_cleanly() {
-    let registry = TestRegistry::start();
-    let fx = image();
-    Pusher::new(&registry).push(&fx);
+    let (registry, fx) = serving_image();
     let big = largest(&fx);
     let proxy = FaultProxy::start(&registry.url());
     proxy.add(Fault::CutAfter {
@@ -388,9 +374,7 @@ fn a_very_slow_source_still_delivers_every_byte_once() {
 
 #[test]
 fn a_mirror_that_goes_down_mid_pull_hands_over_to_the_registry() {
-    let registry = TestRegistry::start();
-    let fx = image();
-    Pusher::new(&registry).push(&fx);
+    let (registry, fx) = serving_image();
     let big = largest(&fx);
     let mirror = FaultProxy::start(&registry.url());
     mirror.add(Fault::Throttle {
@@ -454,9 +438,7 @@ fn wait_for_partial(store: &Path, bytes: u64, digest: &str) -> u64 {
 
 #[test]
 fn kill_9_mid_pull_leaves_a_sound_store_and_the_next_pull_resumes() {
-    let registry = TestRegistry::start();
-    let fx = image();
-    Pusher::new(&registry).push(&fx);
+    let (registry, fx) = serving_image();
     let big = largest(&fx);
     let slow = FaultProxy::start(&registry.url());
     slow.add(Fault::Throttle {
@@ -507,9 +489,7 @@ fn kill_9_mid_pull_leaves_a_sound_store_and_the_next_pull_resumes() {
 
 #[test]
 fn blob_redirects_to_a_cdn_never_carry_the_registry_credentials() {
-    let registry = TestRegistry::start();
-    let fx = image();
-    Pusher::new(&registry).push(&fx);
+    let (registry, fx) = serving_image();
     let cdn = FaultProxy::start_cdn(&registry.url());
     let front = FaultProxy::start(&registry.url());
     front.add(Fault::RequireBasic {
@@ -564,9 +544,7 @@ fn blob_redirects_to_a_cdn_never_carry_the_registry_credentials() {
 
 #[test]
 fn kill_9_at_many_moments_never_leaves_a_store_that_fails_verify() {
-    let registry = TestRegistry::start();
-    let fx = image();
-    Pusher::new(&registry).push(&fx);
+    let (registry, fx) = serving_image();
     let slow = FaultProxy::start(&registry.url());
     slow.add(Fault::Throttle {
         bytes_per_sec: 8_000_000,

@@ -19,21 +19,6 @@ fn fixture(flavor: Flavor, media: MediaTypes) -> Fixture {
     Fixture::cuda("12.4.1", flavor, media, Scale::TINY)
 }
 
-/// A `mirrors.toml` making `official` docker.io's endpoint, with `mirrors` in front of it.
-fn hub_config(sandbox: &Sandbox, official: &str, mirrors: &[&str]) -> std::path::PathBuf {
-    let mirrors: Vec<String> = mirrors
-        .iter()
-        .map(|m| format!("{{ url = \"{m}\" }}"))
-        .collect();
-    sandbox.write(
-        "mirrors.toml",
-        format!(
-            "[registries.\"docker.io\"]\nendpoint = \"{official}\"\nmirrors = [{}]\n",
-            mirrors.join(", ")
-        ),
-    )
-}
-
 fn pull_json(sandbox: &Sandbox, config: &Path, args: &[&str]) -> Value {
     let mut cmd = sandbox.cudaimg();
     cmd.arg("--config")
@@ -78,7 +63,7 @@ fn falls_back_past_a_dead_mirror_and_a_mirror_lacking_the_tag() {
 
     let sandbox = Sandbox::new();
     let dead = dead_endpoint();
-    let config = hub_config(&sandbox, &official.url(), &[&dead, &empty_mirror.url()]);
+    let config = sandbox.write_hub_config(&official.url(), &[&dead, &empty_mirror.url()]);
     let r = pull_json(&sandbox, &config, &["--platform", "linux/amd64", RUNTIME]);
 
     let amd64 = fx.platform(Arch::Amd64);
@@ -161,7 +146,7 @@ fn a_mirror_that_has_the_image_serves_every_blob() {
     Pusher::new(&mirror).push(&fx);
 
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[&mirror.url()]);
+    let config = sandbox.write_hub_config(&official.url(), &[&mirror.url()]);
     let r = pull_json(&sandbox, &config, &["--platform", "linux/amd64", RUNTIME]);
     for l in r["layers"].as_array().unwrap() {
         assert!(
@@ -186,11 +171,7 @@ fn a_mirror_prefixed_name_is_stored_under_the_registry_it_mirrors() {
     Pusher::new(&other_mirror).push(&fx);
 
     let sandbox = Sandbox::new();
-    let config = hub_config(
-        &sandbox,
-        &official.url(),
-        &[&other_mirror.url(), &mirror.url()],
-    );
+    let config = sandbox.write_hub_config(&official.url(), &[&other_mirror.url(), &mirror.url()]);
     let typed = format!("{}/{RUNTIME}", mirror.host());
     let r = pull_json(&sandbox, &config, &["--platform", "linux/arm64", &typed]);
     assert_eq!(r["reference"], typed);
@@ -229,7 +210,7 @@ fn platform_choice_and_both_platforms_side_by_side() {
     let fx = fixture(Flavor::Base, MediaTypes::Docker);
     Pusher::new(&official).push(&fx);
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[]);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
     let reference = fx.reference();
 
     let amd = pull_json(
@@ -279,7 +260,7 @@ fn pulling_cudnn_runtime_after_runtime_fetches_only_the_new_layer() {
     Pusher::new(&official).push(&runtime);
     Pusher::new(&official).push(&cudnn);
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[]);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
 
     pull_json(
         &sandbox,
@@ -333,7 +314,7 @@ fn a_tag_that_moved_replaces_the_stored_entry() {
     assert_ne!(old.top().digest, new.top().digest);
     Pusher::new(&official).push(&old);
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[]);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
     let args = ["--platform", "linux/amd64", &old.reference()];
     assert_eq!(
         pull_json(&sandbox, &config, &args)["digest"],
@@ -360,7 +341,7 @@ fn pulls_by_digest_and_refuses_content_that_does_not_match_it() {
     let fx = fixture(Flavor::Base, MediaTypes::Docker);
     Pusher::new(&official).push(&fx);
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[]);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
     let index = &fx.index.as_ref().unwrap().digest;
     let by_digest = format!("{}@{index}", fx.repo);
     let r = pull_json(
@@ -387,7 +368,7 @@ fn a_tag_missing_everywhere_exits_4_and_lists_every_source() {
     let official = TestRegistry::start();
     let mirror = TestRegistry::start();
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[&mirror.url()]);
+    let config = sandbox.write_hub_config(&official.url(), &[&mirror.url()]);
     let out = run_fails(&mut cli(
         &sandbox,
         &config,
@@ -515,7 +496,7 @@ fn skopeo_reads_an_oci_typed_image_from_the_store() {
     let fx = fixture(Flavor::Runtime, MediaTypes::Oci);
     Pusher::new(&official).push(&fx);
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[]);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
     pull_json(&sandbox, &config, &["--platform", "linux/amd64", RUNTIME]);
 
     let amd64 = fx.platform(Arch::Amd64);
@@ -565,7 +546,7 @@ fn inspect_shows_nvidia_env_labels_and_layers() {
     let fx = fixture(Flavor::CudnnRuntime, MediaTypes::Docker);
     Pusher::new(&official).push(&fx);
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[]);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
     pull_json(
         &sandbox,
         &config,
@@ -609,7 +590,7 @@ fn verify_names_a_corrupt_blob_and_a_missing_one() {
     let fx = fixture(Flavor::Base, MediaTypes::Docker);
     Pusher::new(&official).push(&fx);
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[]);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
     pull_json(
         &sandbox,
         &config,
@@ -652,7 +633,7 @@ fn basic_auth_uses_docker_config_credentials_and_never_prints_them() {
     let fx = fixture(Flavor::Base, MediaTypes::Docker);
     Pusher::new(&official).push(&fx);
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[]);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
     let reference = fx.reference();
 
     let out = run_fails(&mut cli(&sandbox, &config, &["-v", "pull", &reference]));
@@ -723,7 +704,7 @@ fn bearer_token_flow_anonymous_and_with_credentials() {
         .with_basic_auth("tok-user", "tok-pass")
         .push(&fx);
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[]);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
     let reference = fx.reference();
     use base64_like::encode;
     sandbox.write_docker_config(&serde_json::json!({
@@ -755,7 +736,7 @@ fn bearer_token_flow_anonymous_and_with_credentials() {
 
     // Without credentials this token service refuses, and the error says how to log in.
     let fresh = Sandbox::new();
-    let config = hub_config(&fresh, &official.url(), &[]);
+    let config = fresh.write_hub_config(&official.url(), &[]);
     let out = run_fails(&mut cli(
         &fresh,
         &config,
@@ -775,7 +756,7 @@ fn anonymous_bearer_tokens_like_docker_hub() {
     let fx = fixture(Flavor::Base, MediaTypes::Docker);
     Pusher::new(&official).push(&fx);
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[]);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
     let pushed = tokens.requests().len();
     let r = pull_json(
         &sandbox,

@@ -14,20 +14,6 @@ use common::{
 };
 use serde_json::Value;
 
-fn hub_config(sandbox: &Sandbox, official: &str, mirrors: &[&str]) -> std::path::PathBuf {
-    let mirrors: Vec<String> = mirrors
-        .iter()
-        .map(|m| format!("{{ url = \"{m}\" }}"))
-        .collect();
-    sandbox.write(
-        "mirrors.toml",
-        format!(
-            "[registries.\"docker.io\"]\nendpoint = \"{official}\"\nmirrors = [{}]\n",
-            mirrors.join(", ")
-        ),
-    )
-}
-
 fn pull_cmd(sandbox: &Sandbox, config: &Path, store: &Path, reference: &str) -> Command {
     let mut cmd = sandbox.cudaimg();
     cmd.arg("--config").arg(config).arg("--store").arg(store);
@@ -49,7 +35,7 @@ fn two_processes_pulling_into_one_store_both_succeed_and_download_each_blob_once
         FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Runtime).scale(Scale(0.02)));
     Pusher::new(&official).push(&fx);
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[]);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
     let store = sandbox.store_dir();
     let before = official.blob_downloads().len();
 
@@ -96,7 +82,7 @@ fn partial_downloads_from_an_earlier_run_are_resumed_and_verified() {
     let fx = Fixture::cuda("12.4.1", Flavor::Runtime, MediaTypes::Docker, Scale(0.005));
     Pusher::new(&official).push(&fx);
     let sandbox = Sandbox::new();
-    let config = hub_config(&sandbox, &official.url(), &[]);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
     let store = sandbox.store_dir();
     let amd64 = fx.platform(Arch::Amd64);
     let big = amd64.layers.iter().max_by_key(|l| l.size).unwrap();
@@ -185,7 +171,7 @@ fn a_full_disk_is_a_clear_error_and_commits_nothing_partial() {
     let fx =
         FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Runtime).scale(Scale(0.005)));
     Pusher::new(&official).push(&fx);
-    let config = hub_config(&sandbox, &official.url(), &[]);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
     let store = mnt.join("store");
     let out = run_fails(&mut pull_cmd(&sandbox, &config, &store, &fx.reference()));
     let err = String::from_utf8_lossy(&out.stderr);

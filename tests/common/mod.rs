@@ -106,6 +106,22 @@ impl Sandbox {
         fs::write(&path, contents).unwrap();
         path
     }
+    /// Writes a `mirrors.toml` that makes `official` docker.io's endpoint, with `mirrors` in
+    /// front of it, and returns its path (for `--config`).
+    pub fn write_hub_config(&self, official: &str, mirrors: &[&str]) -> PathBuf {
+        let mirrors: Vec<String> = mirrors
+            .iter()
+            .map(|m| format!("{{ url = \"{m}\" }}"))
+            .collect();
+        self.write(
+            "mirrors.toml",
+            format!(
+                "[registries.\"docker.io\"]\nendpoint = \"{official}\"\nmirrors = [{}]\n",
+                mirrors.join(", ")
+            ),
+        )
+    }
+
     /// Writes `$DOCKER_CONFIG/config.json`.
     pub fn write_docker_config(&self, json: &serde_json::Value) -> PathBuf {
         let path = self.docker_config_dir().join("config.json");
