@@ -46,6 +46,26 @@ pub struct Endpoint {
     pub url: Url,
     /// Skip TLS certificate verification. Only ever set by the user, per endpoint.
     pub insecure: bool,
+    /// What the endpoint may be asked (mirrors; the official endpoint may do everything).
+    pub capabilities: Capabilities,
+}
+
+/// containerd's split: `resolve` may say which digest a tag names, `pull` may serve content
+/// by digest. The official registry stays the authority on tags either way; a mirror's
+/// answer is used to detect staleness, and as a fallback when the official one is out of reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub resolve: bool,
+    pub pull: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            resolve: true,
+            pull: true,
+        }
+    }
 }
 
 impl Endpoint {
@@ -122,6 +142,32 @@ struct RawMirror {
     url: Spanned<String>,
     #[serde(default)]
     insecure: bool,
+    capabilities: Option<Spanned<Vec<String>>>,
+}
+
+fn capabilities(raw: Option<&Spanned<Vec<String>>>) -> Result<Capabilities, String> {
+    let Some(list) = raw else {
+        return Ok(Capabilities::default());
+    };
+    let mut caps = Capabilities {
+        resolve: false,
+        pull: false,
+    };
+    for c in list.get_ref() {
+        match c.as_str() {
+            "resolve" => caps.resolve = true,
+            "pull" => caps.pull = true,
+            other => {
+                return Err(format!(
+                    "unknown capability `{other}`: a mirror's capabilities are `pull` (serve content by digest) and `resolve` (answer which digest a tag names)"
+                ))
+            }
+        }
+    }
+    if !caps.pull && !caps.resolve {
+        return Err("a mirror needs at least one capability, `pull` or `resolve`".into());
+    }
+    Ok(caps)
 }
 
 impl Config {
@@ -176,6 +222,7 @@ impl Config {
                 Some(e) => Endpoint {
                     url: parse_url(&e).map_err(|m| invalid(Some(e.span()), m))?,
                     insecure: reg.insecure,
+                    capabilities: Capabilities::default(),
                 },
                 None => Endpoint {
                     insecure: reg.insecure,
@@ -185,9 +232,12 @@ impl Config {
             let mut mirrors = Vec::with_capacity(reg.mirrors.len());
             for m in reg.mirrors {
                 let url = parse_url(&m.url).map_err(|msg| invalid(Some(m.url.span()), msg))?;
+                let capabilities = capabilities(m.capabilities.as_ref())
+                    .map_err(|msg| invalid(m.capabilities.as_ref().map(Spanned::span), msg))?;
                 mirrors.push(Endpoint {
                     url,
                     insecure: m.insecure,
+                    capabilities,
                 });
             }
             registries.insert(host.clone(), RegistryConfig { endpoint, mirrors });
@@ -269,6 +319,7 @@ pub fn default_endpoint(host: &str) -> Endpoint {
             Url::parse(DOCKER_HUB_ENDPOINT).expect("constant URL parses")
         }),
         insecure: false,
+        capabilities: Capabilities::default(),
     }
 }
 
@@ -370,6 +421,27 @@ mirrors = [{ url = "https://docker.xuanyuan.run" }, { url = "http://10.0.0.5:500
             Some("docker.io")
         );
         assert_eq!(c.registry_for_mirror_host("nvcr.io"), None);
+    }
+
+    #[test]
+    fn mirror_capabilities() {
+        let c = parse(
+            "[registries.\"docker.io\"]\nmirrors = [{ url = \"https://a\", capabilities = [\"pull\"] }, { url = \"https://b\" }]\n",
+        )
+        .expect("valid");
+        let m = &c.registry("docker.io").mirrors;
+        assert_eq!(
+            m[0].capabilities,
+            Capabilities {
+                resolve: false,
+                pull: true
+            }
+        );
+        assert_eq!(m[1].capabilities, Capabilities::default());
+        let e = parse("[registries.\"docker.io\"]\nmirrors = [{ url = \"https://a\", capabilities = [\"push\"] }]\n")
+            .expect_err("unknown capability");
+        assert!(e.to_string().starts_with("mirrors.toml:2:"), "{e}");
+        assert!(e.to_string().contains("`push`"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::config::ConfigError;
 use crate::engine::PullError;
+use crate::lockfile::LockError;
 use crate::platform::PlatformError;
 use crate::reference::ReferenceError;
 use crate::store::StoreError;
@@ -33,6 +34,10 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Pull(#[from] PullError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("{0}")]
+    Setup(String),
     #[error("`{0}` is not in the store")]
     NotInStore(String),
     #[error("the store has problems: {0}")]
@@ -42,7 +47,10 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Reference(_) | Error::Platform(_) | Error::Config(_) => exit::USAGE,
+            Error::Reference(_) | Error::Platform(_) | Error::Config(_) | Error::Lock(_) => {
+                exit::USAGE
+            }
+            Error::Setup(_) => exit::FAILURE,
             Error::NotInStore(_) => exit::NOT_FOUND,
             Error::Pull(e) if e.is_not_found() => exit::NOT_FOUND,
             Error::Corrupt(_) => exit::CORRUPT,
@@ -54,6 +62,8 @@ impl Error {
         match self {
             Error::Reference(e) => Some(e.hint()),
             Error::Config(e) => Some(e.hint()),
+            Error::Lock(e) => Some(e.hint()),
+            Error::Setup(_) => None,
             Error::Platform(_) => Some("for example `--platform linux/arm64`".into()),
             Error::Store(e) => e.hint(),
             Error::Pull(e) => e.hint(),

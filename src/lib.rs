@@ -18,6 +18,7 @@ pub mod config;
 pub mod digest;
 pub mod engine;
 pub mod error;
+pub mod lockfile;
 pub mod manifest;
 pub mod platform;
 pub mod progress;

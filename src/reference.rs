@@ -111,6 +111,16 @@ impl ImageRef {
         }
     }
 
+    /// How a lockfile names this image: by tag when there is one (the lock supplies the
+    /// digest), else by digest.
+    pub fn lock_key(&self) -> String {
+        if self.tag.is_some() {
+            self.without_digest().to_string()
+        } else {
+            self.to_string()
+        }
+    }
+
     /// Docker's short form (`nvidia/cuda:TAG`, `ubuntu:22.04`), as `docker images` shows it.
     pub fn docker_form(&self) -> String {
         let mut name = if self.registry == DOCKER_HUB {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
+use crate::config::{Capabilities, Config};
 use crate::progress::Reporter;
 use crate::registry::{HttpClients, Next, RegistryClient, RegistryError};
 
@@ -43,6 +43,7 @@ pub struct Source {
     pub client: RegistryClient,
     pub role: Role,
     pub index: usize,
+    pub capabilities: Capabilities,
     health: Mutex<Health>,
     bytes: AtomicU64,
 }
@@ -216,6 +217,7 @@ impl SourceSet {
                     client: RegistryClient::new(e, http),
                     role,
                     index,
+                    capabilities: e.capabilities,
                     health: Mutex::new(Health::default()),
                     bytes: AtomicU64::new(0),
                 })
@@ -229,6 +231,34 @@ impl SourceSet {
 
     pub fn sources(&self) -> &[Arc<Source>] {
         &self.sources
+    }
+
+    /// The official endpoint: the authority on what a tag means.
+    pub fn official(&self) -> Option<&Arc<Source>> {
+        self.sources.iter().find(|s| s.role == Role::Official)
+    }
+
+    /// Mirrors that may be asked which digest a tag names.
+    pub fn resolving_mirrors(&self) -> impl Iterator<Item = &Arc<Source>> {
+        self.sources
+            .iter()
+            .filter(|s| s.role == Role::Mirror && s.capabilities.resolve)
+    }
+
+    /// Records a failure outside any item's bookkeeping (a tag lookup), for the report.
+    pub fn note_failure(
+        &self,
+        source: &Source,
+        error: &RegistryError,
+        reporter: &dyn Reporter,
+        what: &str,
+    ) {
+        reporter.source_failed(source.label(), what, error);
+        if let Ok(mut h) = source.health.lock() {
+            let entry = h.failures.entry(error.kind()).or_insert((0, String::new()));
+            entry.0 += 1;
+            entry.1 = chain(error);
+        }
     }
 
     /// Warnings gathered so far: one line per source and kind of failure, plus any added.
@@ -301,7 +331,7 @@ impl SourceSet {
         let now = Instant::now();
         let mut earliest: Option<Instant> = None;
         for s in &self.sources {
-            if item.is_excluded(s) {
+            if item.is_excluded(s) || !s.capabilities.pull {
                 continue;
             }
             let not_before = s.health.lock().ok().and_then(|h| h.not_before);

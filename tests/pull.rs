@@ -167,6 +167,8 @@ fn a_mirror_prefixed_name_is_stored_under_the_registry_it_mirrors() {
     let other_mirror = TestRegistry::start();
     let mirror = TestRegistry::start();
     let fx = fixture(Flavor::Runtime, MediaTypes::Docker);
+    // The official registry says what the tag is; the mirrors carry the bytes.
+    Pusher::new(&official).push(&fx);
     Pusher::new(&mirror).push(&fx);
     Pusher::new(&other_mirror).push(&fx);
 
@@ -187,6 +189,7 @@ fn a_mirror_prefixed_name_is_stored_under_the_registry_it_mirrors() {
 
     // Docker Hub's implicit `library/` applies to mirror-prefixed short names too.
     let ubuntu = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Docker, Scale::TINY);
+    Pusher::new(&official).push_as(&ubuntu, "library/ubuntu", "22.04");
     Pusher::new(&mirror).push_as(&ubuntu, "library/ubuntu", "22.04");
     let r = pull_json(
         &sandbox,

@@ -6,6 +6,7 @@
 
 mod images;
 mod inspect;
+mod lock;
 mod progress;
 mod pull;
 mod verify;
@@ -17,6 +18,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::engine::Engine;
 use crate::error::{exit, Error};
 use crate::sources::chain;
 use crate::store::{Store, StoreError};
@@ -48,6 +50,8 @@ pub struct Cli {
 enum Command {
     /// Pull images into the store, through the configured mirrors
     Pull(pull::Args),
+    /// Pin references to the digests they name now, in a lockfile (default ./cudaimg.lock)
+    Lock(lock::Args),
     /// List the images in the store
     Images,
     /// Show the environment, labels and layers of a stored image
@@ -68,6 +72,22 @@ pub(crate) struct Ctx {
 impl Ctx {
     pub fn config(&self) -> Result<Config, Error> {
         Ok(Config::load(self.config_path.as_deref())?)
+    }
+
+    /// The transfer engine over a configuration and the store.
+    pub fn engine(
+        &self,
+        config: Config,
+        jobs: usize,
+        stall_secs: u64,
+        require_upstream: bool,
+    ) -> Result<Engine, Error> {
+        let store = self.store()?;
+        let stall = std::time::Duration::from_secs(stall_secs);
+        let mut engine = Engine::new(config, store, jobs, stall)
+            .map_err(|e| Error::Setup(format!("cannot set up the HTTP client: {e}")))?;
+        engine.require_upstream = require_upstream;
+        Ok(engine)
     }
 
     pub fn store(&self) -> Result<Store, Error> {
@@ -101,6 +121,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Pull(args) => pull::run(&ctx, args).await,
+            Command::Lock(args) => lock::run(&ctx, args).await,
             Command::Images => images::run(&ctx),
             Command::Inspect(args) => inspect::run(&ctx, &args),
             Command::Verify => verify::run(&ctx).await,

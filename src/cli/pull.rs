@@ -2,16 +2,20 @@
 
 use std::time::Instant;
 
-use crate::engine::{Engine, PullReport, DEFAULT_JOBS, DEFAULT_STALL_SECS};
+use std::path::PathBuf;
+
+use crate::engine::{PullReport, PullTarget, ResolvedBy, DEFAULT_JOBS, DEFAULT_STALL_SECS};
 use crate::error::Error;
+use crate::lockfile::{Lockfile, DEFAULT_LOCKFILE};
 use crate::platform::Platform;
 
 use super::{emit, emit_json, human_bytes, Ctx};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Images to pull, e.g. `nvidia/cuda:12.4.1-runtime-ubuntu22.04` or a mirror-prefixed name
-    #[arg(required = true, value_name = "REFERENCE")]
+    /// Images to pull, e.g. `nvidia/cuda:12.4.1-runtime-ubuntu22.04` or a mirror-prefixed
+    /// name; with `--locked` and none given, every locked image
+    #[arg(value_name = "REFERENCE", required_unless_present = "locked")]
     references: Vec<String>,
     /// Platform to pull from a multi-platform image [default: the host's]
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
@@ -22,6 +26,22 @@ pub struct Args {
     /// Seconds without a byte before a transfer is ended and resumed from another source
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_STALL_SECS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     stall_timeout: u64,
+    /// Pull exactly the digests in the lockfile, from any source; refuse unlocked references
+    #[arg(long)]
+    locked: bool,
+    #[command(flatten)]
+    lock: LockArgs,
+    /// Fail instead of trusting mirrors for a tag's digest when the official registry is out of reach
+    #[arg(long)]
+    require_upstream: bool,
+}
+
+/// Options shared by `pull --locked` and `lock`.
+#[derive(Debug, clap::Args)]
+pub struct LockArgs {
+    /// The lockfile
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_LOCKFILE)]
+    pub lockfile: PathBuf,
 }
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
@@ -30,26 +50,44 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         None => Platform::host(),
     };
     let config = ctx.config()?;
-    // Every reference is checked before any network traffic.
-    let names = args
-        .references
-        .iter()
-        .map(|r| config.canonicalize(r))
-        .collect::<Result<Vec<_>, _>>()?;
-    let store = ctx.store()?;
-    let jobs = usize::from(args.jobs);
-    let stall = std::time::Duration::from_secs(args.stall_timeout);
-    let engine = Engine::new(config, store, jobs, stall).map_err(|e| {
-        crate::store::StoreError::Io(std::io::Error::other(format!("cannot set up HTTP: {e}")))
-    })?;
+    let lock = if args.locked {
+        Some(Lockfile::load(&args.lock.lockfile, false)?)
+    } else {
+        None
+    };
+    let references: Vec<String> = match (&lock, args.references.is_empty()) {
+        (Some(l), true) => l.images.keys().cloned().collect(),
+        _ => args.references.clone(),
+    };
+    // Every reference, and its lock entry, is checked before any network traffic.
+    let mut targets = Vec::with_capacity(references.len());
+    for r in &references {
+        let name = config.canonicalize(r)?;
+        let pin = match &lock {
+            Some(l) => Some(l.get(&name.image.lock_key())?.clone()),
+            None => None,
+        };
+        targets.push((r, name, pin));
+    }
+    let engine = ctx.engine(
+        config,
+        usize::from(args.jobs),
+        args.stall_timeout,
+        args.require_upstream,
+    )?;
     let config_note = match &engine.config.path {
         Some(p) => format!("mirror configuration: {}", p.display()),
         None => "no mirrors.toml found: each registry is pulled from its own host".to_owned(),
     };
-    for (input, name) in args.references.iter().zip(&names) {
+    for (input, name, pin) in &targets {
         let started = Instant::now();
         let reporter = ctx.progress.reporter();
-        let report = engine.pull(input, name, &platform, reporter.as_ref()).await;
+        let target = PullTarget {
+            input,
+            name,
+            pin: pin.as_ref(),
+        };
+        let report = engine.pull(&target, &platform, reporter.as_ref()).await;
         drop(reporter);
         let report = report.inspect_err(|e| {
             if !e.is_not_found() {
@@ -97,6 +135,7 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64) {
         emit(&format!("  index:    {i}"));
     }
     emit(&format!("  platform: {}", r.platform));
+    emit(&format!("  digest from: {}", resolved_by(r)));
     emit(&format!(
         "  size:     {} in {} layers ({} already stored)",
         human_bytes(r.total_bytes),
@@ -108,4 +147,13 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64) {
         human_bytes(r.bytes_downloaded),
         r.manifest_source
     ));
+}
+
+fn resolved_by(r: &PullReport) -> &'static str {
+    match r.resolved_by {
+        ResolvedBy::Official => "the official registry",
+        ResolvedBy::Mirrors => "mirrors only (the official registry was out of reach)",
+        ResolvedBy::Digest => "the reference",
+        ResolvedBy::Lock => "the lockfile",
+    }
 }

@@ -3,9 +3,13 @@
 //! nothing and reports through [`crate::progress::Reporter`].
 
 mod blob;
+mod lock;
 mod pull;
+mod resolve;
 
-pub use pull::{LayerReport, PullError, PullReport};
+pub use lock::Locked;
+pub use pull::{LayerReport, PullError, PullReport, PullTarget};
+pub use resolve::ResolvedBy;
 
 use std::time::Duration;
 
@@ -28,6 +32,8 @@ pub struct Engine {
     pub jobs: usize,
     /// A blob transfer that delivers no byte for this long is ended and resumed elsewhere.
     pub stall_timeout: Duration,
+    /// Refuse a tag's digest that the official registry did not confirm.
+    pub require_upstream: bool,
 }
 
 impl Engine {
@@ -44,6 +50,7 @@ impl Engine {
             http: HttpClients::new(stall_timeout)?,
             jobs: jobs.max(1),
             stall_timeout,
+            require_upstream: false,
         })
     }
 }

@@ -8,10 +8,15 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::blob::{BlobJob, Fetched};
+use super::resolve::{resolve_tag, ResolvedBy};
 use super::Engine;
 use crate::config::Canonical;
 use crate::digest::Digest;
-use crate::manifest::{self, Descriptor, ImageConfig, ImageManifest, Manifest, ManifestError};
+use crate::lockfile::Pin;
+use crate::manifest::{
+    self, Descriptor, ImageConfig, ImageManifest, Index, IndexEntry as ListEntry, Manifest,
+    ManifestError,
+};
 use crate::platform::Platform;
 use crate::progress::Reporter;
 use crate::reference::ImageRef;
@@ -20,6 +25,14 @@ use crate::sources::{FallbackError, SourceReport, SourceSet};
 use crate::store::{
     CommitError, IndexEntry, IndexPlatform, StoreError, INDEX_DIGEST_ANNOTATION, REF_NAME,
 };
+
+/// What to pull: a canonical name, and, from a lockfile, the digests it must be.
+pub struct PullTarget<'a> {
+    /// The reference as the user wrote it.
+    pub input: &'a str,
+    pub name: &'a Canonical,
+    pub pin: Option<&'a Pin>,
+}
 
 /// What a pull did, as `--json` prints it.
 #[derive(Debug, Serialize)]
@@ -35,6 +48,9 @@ pub struct PullReport {
     pub platform: String,
     /// Where the manifest came from.
     pub manifest_source: String,
+    /// Who decided the digest: the official registry, mirrors (official out of reach), the
+    /// reference's own digest, or the lockfile.
+    pub resolved_by: ResolvedBy,
     pub layers: Vec<LayerReport>,
     /// Bytes of config and layers in the image.
     pub total_bytes: u64,
@@ -81,13 +97,71 @@ pub enum PullError {
         #[source]
         source: FallbackError,
     },
+    #[error("the official registry {official} has no tag `{reference}`{}", mirror_lines(.held_by, .mirror_errors))]
+    NotUpstream {
+        reference: String,
+        official: String,
+        /// Mirrors that still answer the tag, and with what.
+        held_by: Vec<(String, Digest)>,
+        /// Mirrors that failed to answer, and why.
+        mirror_errors: Vec<(String, String)>,
+    },
+    #[error("the official registry could not confirm the digest of `{reference}`, and `--require-upstream` is set")]
+    UpstreamRequired {
+        reference: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("the official registry is out of reach and the mirrors disagree on `{reference}`: {}", list(.answers))]
+    MirrorsDisagree {
+        reference: String,
+        answers: Vec<(String, Digest)>,
+    },
+    #[error(
+        "`{reference}` is locked without platform `{platform}`; locked platforms: {available}"
+    )]
+    LockedPlatformMissing {
+        reference: String,
+        platform: String,
+        available: String,
+    },
+    #[error("the lockfile is inconsistent for `{reference}` on {platform}: its index names {indexed}, the lockfile {locked}")]
+    LockInconsistent {
+        reference: String,
+        platform: String,
+        indexed: Digest,
+        locked: Digest,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+fn mirror_lines(held_by: &[(String, Digest)], errors: &[(String, String)]) -> String {
+    let mut s = String::new();
+    for (m, d) in held_by {
+        s.push_str(&format!("\n  - mirror {m} still serves it as {d}"));
+    }
+    for (m, e) in errors {
+        s.push_str(&format!("\n  - mirror {m}: {e}"));
+    }
+    s
+}
+
+fn list(answers: &[(String, Digest)]) -> String {
+    answers
+        .iter()
+        .map(|(m, d)| format!("{m} says {d}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl PullError {
     pub fn is_not_found(&self) -> bool {
-        matches!(self, PullError::Resolve { source, .. } if source.is_not_found())
+        match self {
+            PullError::Resolve { source, .. } => source.is_not_found(),
+            PullError::NotUpstream { .. } => true,
+            _ => false,
+        }
     }
 
     pub fn hint(&self) -> Option<String> {
@@ -105,6 +179,23 @@ impl PullError {
             PullError::NoPlatform { .. } => Some("choose one with `--platform OS/ARCH`".into()),
             PullError::Store(e) => e.hint(),
             PullError::Unusable { .. } => None,
+            PullError::NotUpstream { held_by, reference, .. } => Some(match held_by.first() {
+                Some((mirror, d)) => format!(
+                    "the tag is gone upstream (NVIDIA deletes end-of-life tags), but mirror {mirror} still serves it as {d}; \
+                     to keep using that image, pull it by digest: `cudaimg pull {}@{d}`",
+                    reference.split_once(':').map_or(reference.as_str(), |(n, _)| n)
+                ),
+                None => "check the repository and tag; NVIDIA deletes end-of-life CUDA tags from Docker Hub and NGC about six months after their end of life".into(),
+            }),
+            PullError::UpstreamRequired { .. } => Some(
+                "reach the official registry, or pull a digest you trust: by `name@sha256:…` or from a lockfile with `--locked`".into(),
+            ),
+            PullError::MirrorsDisagree { .. } => Some(
+                "without the official registry there is no telling which is current: pull by digest, or with `--locked`".into(),
+            ),
+            PullError::LockedPlatformMissing { .. } | PullError::LockInconsistent { .. } => Some(
+                "lock the image again with `cudaimg lock REF` and commit the lockfile".into(),
+            ),
         }
     }
 
@@ -135,14 +226,14 @@ impl From<CommitError> for PullError {
 }
 
 impl Engine {
-    /// Pulls `name` for `platform` into the store. `input` is the reference as written.
+    /// Pulls `target` for `platform` into the store.
     pub async fn pull(
         &self,
-        input: &str,
-        name: &Canonical,
+        target: &PullTarget<'_>,
         platform: &Platform,
         reporter: &dyn Reporter,
     ) -> Result<PullReport, PullError> {
+        let name = target.name;
         let image = &name.image;
         let repo = image.repository.as_str();
         let sources = SourceSet::new(
@@ -152,13 +243,27 @@ impl Engine {
             &self.http,
         );
 
-        // The top-level manifest: by digest if pinned, else by tag.
-        let reference = image.manifest_reference().to_owned();
+        // Which digest: the lockfile's, the reference's, or the official registry's answer.
+        let (top_digest, resolved_by) = match (target.pin, &image.digest, &image.tag) {
+            (Some(pin), _, _) => (pin.digest.clone(), ResolvedBy::Lock),
+            (None, Some(d), _) => (d.clone(), ResolvedBy::Digest),
+            (None, None, tag) => {
+                let tag = tag.as_deref().unwrap_or("latest");
+                resolve_tag(&sources, image, tag, self.require_upstream, reporter).await?
+            }
+        };
+        // Everything else by digest, from whichever source has it.
         let (top, top_source) = sources
-            .first_success(&format!("manifest of `{image}`"), reporter, |s| {
-                let reference = reference.clone();
-                async move { fetch_parsed(&s.client, repo, &reference, image.digest.as_ref()).await }
-            })
+            .first_success(
+                &format!("manifest {top_digest} of `{image}`"),
+                reporter,
+                |s| {
+                    let top_digest = top_digest.clone();
+                    async move {
+                        fetch_parsed(&s.client, repo, top_digest.as_str(), Some(&top_digest)).await
+                    }
+                },
+            )
             .await
             .map_err(|e| PullError::giving_up(image, e, false))?;
         let (top_fetched, top_parsed) = top;
@@ -172,6 +277,9 @@ impl Engine {
                     platform: platform.to_string(),
                     available: idx.platforms().join(", "),
                 })?;
+                if let Some(pin) = target.pin.filter(|p| !p.platforms.is_empty()) {
+                    check_pin(image, pin, entry, &idx)?;
+                }
                 let want = entry.descriptor.clone();
                 let ((child, parsed), _) = sources
                     .first_success(
@@ -286,7 +394,12 @@ impl Engine {
             self.store.put_bytes(&idx.digest, &idx.bytes).await?;
         }
         let mut annotations = std::collections::BTreeMap::new();
-        annotations.insert(REF_NAME.to_owned(), image.to_string());
+        // A locked pull is named by its tag: the lock's digest is how it was fetched.
+        let stored_name = match target.pin {
+            Some(_) if image.tag.is_some() => image.without_digest(),
+            _ => image.clone(),
+        };
+        annotations.insert(REF_NAME.to_owned(), stored_name.to_string());
         if let Some(idx) = &index {
             annotations.insert(INDEX_DIGEST_ANNOTATION.to_owned(), idx.digest.to_string());
         }
@@ -301,12 +414,13 @@ impl Engine {
         self.store.update_index(|i| i.upsert(entry))?;
 
         Ok(PullReport {
-            reference: input.to_owned(),
-            canonical: image.to_string(),
+            reference: target.input.to_owned(),
+            canonical: stored_name.to_string(),
             digest: fetched.digest.clone(),
             index_digest: index.map(|i| i.digest),
             platform: platform_of_image.to_string(),
             manifest_source: top_source.label().to_owned(),
+            resolved_by,
             layers: layer_reports(&img, &fetched_from),
             total_bytes: img.content_size(),
             bytes_downloaded: received.load(Ordering::Relaxed),
@@ -316,7 +430,34 @@ impl Engine {
     }
 }
 
-async fn fetch_parsed(
+/// The platform manifest an index names must be the one the lockfile pinned.
+fn check_pin(image: &ImageRef, pin: &Pin, entry: &ListEntry, idx: &Index) -> Result<(), PullError> {
+    let platform = entry
+        .platform
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let locked = pin
+        .platforms
+        .get(&platform)
+        .ok_or_else(|| PullError::LockedPlatformMissing {
+            reference: image.without_digest().to_string(),
+            platform: platform.clone(),
+            available: pin.platforms.keys().cloned().collect::<Vec<_>>().join(", "),
+        })?;
+    if *locked != entry.descriptor.digest {
+        return Err(PullError::LockInconsistent {
+            reference: image.without_digest().to_string(),
+            platform,
+            indexed: entry.descriptor.digest.clone(),
+            locked: locked.clone(),
+        });
+    }
+    debug_assert!(idx.manifests.iter().any(|e| e.descriptor.digest == *locked));
+    Ok(())
+}
+
+pub(super) async fn fetch_parsed(
     client: &crate::registry::RegistryClient,
     repo: &str,
     reference: &str,

@@ -157,6 +157,25 @@ impl RegistryClient {
         })
     }
 
+    /// Asks which digest `reference` (a tag) names, with a HEAD: cheap, and Docker Hub does
+    /// not count it as a pull. Registries that omit `Docker-Content-Digest` on HEAD get a
+    /// GET, and the digest of the bytes.
+    pub async fn resolve(&self, repo: &str, reference: &str) -> Result<Digest, RegistryError> {
+        let url = self.url(&self.manifest_url(repo, reference))?;
+        let resp = self
+            .send(repo, &url, |c| {
+                c.head(url.clone())
+                    .header(ACCEPT, manifest::ACCEPT)
+                    .timeout(self.manifest_timeout)
+            })
+            .await?;
+        let resp = check_status(resp, "manifest").await?;
+        match header_str(&resp, "docker-content-digest").and_then(|d| Digest::parse(&d).ok()) {
+            Some(d) => Ok(d),
+            None => Ok(self.manifest(repo, reference, None).await?.digest),
+        }
+    }
+
     /// Starts a blob download at `offset` (0 for the whole blob).
     ///
     /// A server that ignores the `Range` header answers 200 with the whole blob; the

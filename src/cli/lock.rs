@@ -1,0 +1,63 @@
+//! `cudaimg lock REF...`: resolve references and pin them in the lockfile.
+
+use crate::error::Error;
+use crate::lockfile::Lockfile;
+
+use super::pull::LockArgs;
+use super::{emit, emit_json, Ctx};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// References to lock, e.g. `nvidia/cuda:12.4.1-runtime-ubuntu22.04`
+    #[arg(required = true, value_name = "REFERENCE")]
+    references: Vec<String>,
+    #[command(flatten)]
+    lock: LockArgs,
+    /// Fail instead of trusting mirrors for a tag's digest when the official registry is out of reach
+    #[arg(long)]
+    require_upstream: bool,
+}
+
+pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
+    let config = ctx.config()?;
+    let mut lockfile = Lockfile::load(&args.lock.lockfile, true)?;
+    let names = args
+        .references
+        .iter()
+        .map(|r| config.canonicalize(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let engine = ctx.engine(
+        config,
+        1,
+        crate::engine::DEFAULT_STALL_SECS,
+        args.require_upstream,
+    )?;
+    let mut results = Vec::with_capacity(names.len());
+    for name in &names {
+        let reporter = ctx.progress.reporter();
+        let locked = engine.lock(name, reporter.as_ref()).await?;
+        for w in &locked.warnings {
+            eprintln!("warning: {w}");
+        }
+        lockfile
+            .images
+            .insert(locked.reference.clone(), locked.pin.clone());
+        results.push(locked);
+    }
+    // Written once, after every reference resolved: a failure changes nothing.
+    lockfile.save()?;
+    if ctx.json {
+        emit_json(&results);
+    } else {
+        for r in &results {
+            emit(&format!(
+                "locked {} to {} ({} platforms) in {}",
+                r.reference,
+                r.pin.digest,
+                r.pin.platforms.len(),
+                lockfile.path.display()
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! Which digest a tag names. The official registry is the authority: a HEAD there decides.
+//! Mirrors that may resolve are asked too, and one that answers with another digest is
+//! reported as stale. When the official registry is out of reach (the common case behind a
+//! blocked link), the mirrors' answer is used if they agree, with a warning that it is only
+//! mirror-asserted; `--require-upstream` refuses that.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use super::pull::PullError;
+use crate::digest::Digest;
+use crate::progress::Reporter;
+use crate::reference::ImageRef;
+use crate::registry::RegistryError;
+use crate::sources::{Attempt, FallbackError, SourceSet};
+
+/// How long a mirror's answer to a tag lookup is waited for, so a silent mirror costs a
+/// pull at most this much.
+const MIRROR_RESOLVE_BUDGET: Duration = Duration::from_secs(3);
+
+/// Who decided which digest the image is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolvedBy {
+    /// The official registry answered the tag.
+    Official,
+    /// The official registry was out of reach; mirrors that agree answered.
+    Mirrors,
+    /// The reference named a digest.
+    Digest,
+    /// `cudaimg.lock` named the digest.
+    Lock,
+}
+
+pub(super) async fn resolve_tag(
+    sources: &SourceSet,
+    image: &ImageRef,
+    tag: &str,
+    require_upstream: bool,
+    reporter: &dyn Reporter,
+) -> Result<(Digest, ResolvedBy), PullError> {
+    let repo = image.repository.as_str();
+    let what = format!("tag of `{image}`");
+    let mirrors: Vec<_> = sources.resolving_mirrors().cloned().collect();
+    // Every source set ends with the official endpoint; this guards the invariant.
+    let official = sources
+        .official()
+        .cloned()
+        .ok_or_else(|| PullError::Resolve {
+            reference: image.to_string(),
+            source: FallbackError::Exhausted {
+                what: what.clone(),
+                attempts: Vec::new(),
+            },
+        })?;
+    let ask_official = official.client.resolve(repo, tag);
+    let ask_mirrors = join_all(mirrors.iter().map(|m| async move {
+        match tokio::time::timeout(MIRROR_RESOLVE_BUDGET, m.client.resolve(repo, tag)).await {
+            Ok(r) => r,
+            Err(_) => Err(RegistryError::Stalled {
+                url: m.client.manifest_url(repo, tag),
+                secs: MIRROR_RESOLVE_BUDGET.as_secs(),
+            }),
+        }
+    }));
+    let (from_official, from_mirrors) = futures_util::future::join(ask_official, ask_mirrors).await;
+
+    let mut answers: Vec<(String, Digest)> = Vec::new();
+    let mut attempts: Vec<Attempt> = Vec::new();
+    for (m, r) in mirrors.iter().zip(from_mirrors) {
+        match r {
+            Ok(d) => answers.push((m.label().to_owned(), d)),
+            Err(e) => {
+                sources.note_failure(m, &e, reporter, &what);
+                attempts.push(Attempt {
+                    source: m.label().to_owned(),
+                    role: m.role,
+                    error: e,
+                });
+            }
+        }
+    }
+    match from_official {
+        Ok(digest) => {
+            for (mirror, d) in &answers {
+                if *d != digest {
+                    sources.warn(format!(
+                        "mirror {mirror} is stale or differs for `{image}`: it serves {d}, \
+                         the official registry {digest}; {digest} was pulled"
+                    ));
+                }
+            }
+            Ok((digest, ResolvedBy::Official))
+        }
+        Err(e) if e.is_not_found() => {
+            sources.note_failure(&official, &e, reporter, &what);
+            Err(PullError::NotUpstream {
+                reference: image.to_string(),
+                official: official.label().to_owned(),
+                held_by: answers,
+                mirror_errors: attempts
+                    .iter()
+                    .map(|a| (a.source.clone(), crate::sources::chain(&a.error)))
+                    .collect(),
+            })
+        }
+        Err(e) => {
+            sources.note_failure(&official, &e, reporter, &what);
+            if require_upstream {
+                return Err(PullError::UpstreamRequired {
+                    reference: image.to_string(),
+                    source: e,
+                });
+            }
+            let Some((_, first)) = answers.first() else {
+                attempts.push(Attempt {
+                    source: official.label().to_owned(),
+                    role: official.role,
+                    error: e,
+                });
+                return Err(PullError::Resolve {
+                    reference: image.to_string(),
+                    source: FallbackError::Exhausted { what, attempts },
+                });
+            };
+            if answers.iter().any(|(_, d)| d != first) {
+                return Err(PullError::MirrorsDisagree {
+                    reference: image.to_string(),
+                    answers,
+                });
+            }
+            let names: Vec<&str> = answers.iter().map(|(m, _)| m.as_str()).collect();
+            sources.warn(format!(
+                "the official registry {} is out of reach ({}): `{image}` was resolved to {first} \
+                 by {} only. That digest is mirror-asserted, not confirmed upstream; \
+                 `--require-upstream` refuses this, and `cudaimg lock` pins a digest you trust",
+                official.label(),
+                crate::sources::chain(&e),
+                if names.len() == 1 {
+                    format!("mirror {}", names[0])
+                } else {
+                    format!("mirrors {} (they agree)", names.join(", "))
+                },
+            ));
+            Ok((first.clone(), ResolvedBy::Mirrors))
+        }
+    }
+}
