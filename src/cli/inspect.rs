@@ -3,9 +3,7 @@
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::manifest::{self, ImageConfig, Manifest, MAX_MANIFEST_BYTES};
 use crate::platform::Platform;
-use crate::store::IndexEntry;
 
 use super::{emit, emit_json, human_bytes, Ctx};
 
@@ -51,34 +49,16 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let name = config.canonicalize(&args.reference)?.image.to_string();
     let want: Option<Platform> = args.platform.as_deref().map(str::parse).transpose()?;
     let store = ctx.store()?;
-    let index = store.read_index()?;
-    let candidates: Vec<&IndexEntry> = index.find(&name).collect();
-    let entry = pick(&candidates, want.as_ref()).ok_or_else(|| Error::NotInStore(name.clone()))?;
-    let digest = entry
-        .digest()
-        .map_err(|e| Error::Corrupt(format!("{name}: {e}")))?;
-    let bytes = store.read_blob(&digest, MAX_MANIFEST_BYTES)?;
-    let Ok(Manifest::Image(m)) = manifest::parse(&bytes, Some(&entry.media_type)) else {
-        return Err(Error::Corrupt(format!(
-            "{name}: manifest {digest} is not an image manifest"
-        )));
-    };
-    let cfg_bytes = store.read_blob(&m.config.digest, MAX_MANIFEST_BYTES)?;
-    let cfg: ImageConfig = serde_json::from_slice(&cfg_bytes).map_err(|e| {
-        Error::Corrupt(format!(
-            "{name}: config {} is not JSON: {e}",
-            m.config.digest
-        ))
-    })?;
+    let image = store
+        .image(&name, want.as_ref())?
+        .ok_or_else(|| Error::NotInStore(name.clone()))?;
+    let (entry, digest, m, cfg) = (&image.entry, &image.digest, &image.manifest, &image.config);
     let out = Inspection {
         name: name.clone(),
         digest: digest.to_string(),
         index_digest: entry.index_digest().map(str::to_owned),
         media_type: entry.media_type.clone(),
-        platform: entry.platform.as_ref().map_or_else(
-            || format!("{}/{}", cfg.os, cfg.architecture),
-            |p| p.to_platform().to_string(),
-        ),
+        platform: image.platform().to_string(),
         created: cfg.created.clone(),
         env: cfg.config.env.clone().unwrap_or_default(),
         labels: cfg.config.labels.clone().unwrap_or_default(),
@@ -106,23 +86,6 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         print(&out);
     }
     Ok(())
-}
-
-/// The entry for the requested platform, else the host's, else the only one.
-fn pick<'a>(candidates: &[&'a IndexEntry], want: Option<&Platform>) -> Option<&'a IndexEntry> {
-    let platform_of = |e: &IndexEntry| e.platform.as_ref().map(|p| p.to_platform());
-    if let Some(w) = want {
-        return candidates
-            .iter()
-            .copied()
-            .find(|e| platform_of(e).is_some_and(|p| w.matches(&p)));
-    }
-    let host = Platform::host();
-    candidates
-        .iter()
-        .copied()
-        .find(|e| platform_of(e).is_some_and(|p| host.matches(&p)))
-        .or_else(|| candidates.first().copied())
 }
 
 fn print(i: &Inspection) {

@@ -15,6 +15,7 @@
 //! Other tools read the layout directly: `skopeo inspect oci:STORE:docker.io/nvidia/cuda:TAG`.
 
 mod blob;
+mod image;
 mod index;
 pub mod verify;
 
@@ -22,6 +23,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use blob::{BlobWriter, CommitError, WriteError};
+pub use image::StoredImage;
 pub use index::{IndexEntry, IndexFile, IndexPlatform, INDEX_DIGEST_ANNOTATION, REF_NAME};
 
 use crate::digest::Digest;
@@ -39,6 +41,8 @@ pub enum StoreError {
     NotALayout { path: PathBuf, reason: String },
     #[error("no store location: set `--store`, `CUDAIMG_STORE`, `XDG_DATA_HOME` or `HOME`")]
     NoLocation,
+    #[error("the store is damaged: {0}")]
+    Corrupt(String),
 }
 
 impl From<std::io::Error> for StoreError {
@@ -62,6 +66,9 @@ impl StoreError {
             StoreError::NotALayout { .. } => {
                 Some("point `--store` at an empty directory or at a store cudaimg created".into())
             }
+            StoreError::Corrupt(_) => Some(
+                "`cudaimg verify` lists every problem; pull the image again to repair it".into(),
+            ),
             StoreError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 Some("choose a store you can write to with `--store`".into())
             }
