@@ -13,9 +13,11 @@
 //! - [`progress`]: the reporter trait through which the engine tells what it is doing.
 //! - [`cli`]: the commands; the only layer that prints or draws progress bars.
 
+pub mod archive;
 pub mod cli;
 pub mod config;
 pub mod digest;
+pub mod docker;
 pub mod engine;
 pub mod error;
 pub mod lockfile;

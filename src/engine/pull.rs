@@ -236,6 +236,11 @@ impl Engine {
         let name = target.name;
         let image = &name.image;
         let repo = image.repository.as_str();
+        // Until the index names what this pull stores, `gc` must not run.
+        let store = self.store.clone();
+        let _gc_guard = tokio::task::spawn_blocking(move || store.hold_against_gc())
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         let sources = SourceSet::new(
             &self.config,
             &image.registry,

@@ -15,6 +15,7 @@
 //! Other tools read the layout directly: `skopeo inspect oci:STORE:docker.io/nvidia/cuda:TAG`.
 
 mod blob;
+mod gc;
 mod image;
 mod index;
 pub mod verify;
@@ -23,6 +24,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use blob::{BlobWriter, CommitError, WriteError};
+pub use gc::{GcGuard, GcReport};
 pub use image::StoredImage;
 pub use index::{IndexEntry, IndexFile, IndexPlatform, INDEX_DIGEST_ANNOTATION, REF_NAME};
 

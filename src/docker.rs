@@ -1,0 +1,330 @@
+//! The Docker Engine API, just enough to hand it images: ping, load a streamed archive, and
+//! look an image up. `DOCKER_HOST` is honoured (`unix://` or plain `tcp://`); the default is
+//! `unix:///var/run/docker.sock`. Works with Engine 20.10 and newer (unversioned API paths).
+
+use std::path::PathBuf;
+
+use futures_util::{Stream, StreamExt};
+use reqwest::{Body, Client, StatusCode};
+
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// Where the engine is.
+#[derive(Debug, Clone)]
+enum Endpoint {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+/// A Docker Engine to load images into.
+pub struct DockerEngine {
+    client: Client,
+    base: String,
+    host: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("no Docker Engine answers at `{host}`: {reason}")]
+    Unreachable { host: String, reason: String },
+    #[error("`DOCKER_HOST={0}` is not supported: cudaimg talks to `unix://PATH` or plain `tcp://HOST:PORT`")]
+    Unsupported(String),
+    #[error("the Docker Engine at `{host}` refused the image: {message}")]
+    Refused { host: String, message: String },
+    #[error("the Docker Engine at `{host}` answered HTTP {status}: {message}")]
+    Api {
+        host: String,
+        status: u16,
+        message: String,
+    },
+}
+
+impl DockerError {
+    pub fn hint(&self) -> String {
+        match self {
+            DockerError::Unreachable { .. } => "start the Docker daemon (`sudo systemctl start docker`), \
+                 or point `DOCKER_HOST` at a running one; the image stays in the cudaimg store, \
+                 so `cudaimg load REF` can hand it over later, or `cudaimg export` can write a file for `docker load`"
+                .into(),
+            DockerError::Unsupported(_) => "use the engine's unix socket, e.g. `DOCKER_HOST=unix:///var/run/docker.sock`".into(),
+            DockerError::Refused { .. } | DockerError::Api { .. } => {
+                "check the daemon's log; `cudaimg verify` checks the stored image".into()
+            }
+        }
+    }
+}
+
+impl DockerEngine {
+    /// The engine named by `DOCKER_HOST`, or the default socket.
+    pub fn from_env() -> Result<Self, DockerError> {
+        let raw = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+        let endpoint = match raw.as_deref() {
+            None => Endpoint::Unix(PathBuf::from(DEFAULT_SOCKET)),
+            Some(h) => {
+                if let Some(path) = h.strip_prefix("unix://") {
+                    Endpoint::Unix(PathBuf::from(path))
+                } else if let Some(addr) = h.strip_prefix("tcp://") {
+                    Endpoint::Tcp(addr.trim_end_matches('/').to_owned())
+                } else {
+                    return Err(DockerError::Unsupported(h.to_owned()));
+                }
+            }
+        };
+        let unsupported = |_| DockerError::Unsupported(raw.clone().unwrap_or_default());
+        let (client, base, host) = match endpoint {
+            Endpoint::Unix(path) => (
+                Client::builder().unix_socket(path.clone()).build().map_err(unsupported)?,
+                "http://docker".to_owned(),
+                format!("unix://{}", path.display()),
+            ),
+            Endpoint::Tcp(addr) => (
+                Client::builder().build().map_err(unsupported)?,
+                format!("http://{addr}"),
+                format!("tcp://{addr}"),
+            ),
+        };
+        Ok(DockerEngine { client, base, host })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> DockerError {
+        let mut cur: &(dyn std::error::Error + 'static) = e;
+        while let Some(next) = cur.source() {
+            cur = next;
+        }
+        DockerError::Unreachable {
+            host: self.host.clone(),
+            reason: cur.to_string(),
+        }
+    }
+
+    /// Checks the engine answers; returns its API version.
+    pub async fn ping(&self) -> Result<String, DockerError> {
+        let resp = self
+            .client
+            .get(format!("{}/_ping", self.base))
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let version = resp
+            .headers()
+            .get("api-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown")
+            .to_owned();
+        if !resp.status().is_success() {
+            return Err(self.api_error(resp).await);
+        }
+        Ok(version)
+    }
+
+    /// Streams a docker-archive into `POST /images/load`; returns what the engine reports
+    /// loading (`Loaded image: …` lines).
+    pub async fn load<S>(&self, archive: S) -> Result<Vec<String>, DockerError>
+    where
+        S: Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+    {
+        let resp = self
+            .client
+            .post(format!("{}/images/load?quiet=1", self.base))
+            .header("content-type", "application/x-tar")
+            .body(Body::wrap_stream(archive))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if !resp.status().is_success() {
+            return Err(self.api_error(resp).await);
+        }
+        // A JSON message stream: `{"stream": "..."}` lines, or `{"errorDetail": ...}`.
+        let mut loaded = Vec::new();
+        let mut buf = Vec::new();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            buf.extend_from_slice(&chunk.map_err(|e| self.unreachable(&e))?);
+        }
+        for value in serde_json::Deserializer::from_slice(&buf).into_iter::<serde_json::Value>() {
+            let Ok(v) = value else { break };
+            if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+                return Err(DockerError::Refused {
+                    host: self.host.clone(),
+                    message: err.trim().to_owned(),
+                });
+            }
+            if let Some(line) = v.get("stream").and_then(|s| s.as_str()) {
+                let line = line.trim();
+                if !line.is_empty() {
+                    loaded.push(line.to_owned());
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// The engine's image ID for `name` (`sha256:` of its config), if it has that image.
+    pub async fn image_id(&self, name: &str) -> Result<Option<String>, DockerError> {
+        let resp = self
+            .client
+            .get(format!("{}/images/{name}/json", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self.api_error(resp).await);
+        }
+        let v: serde_json::Value = resp.json().await.map_err(|e| self.unreachable(&e))?;
+        Ok(v.get("Id").and_then(|i| i.as_str()).map(str::to_owned))
+    }
+
+    async fn api_error(&self, resp: reqwest::Response) -> DockerError {
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| text.chars().take(200).collect());
+        DockerError::Api {
+            host: self.host.clone(),
+            status,
+            message,
+        }
+    }
+}
+
+/// What `hand_over` did.
+#[derive(Debug, serde::Serialize)]
+pub struct Loaded {
+    /// The name Docker shows, if the image has a tag.
+    pub name: Option<String>,
+    /// Docker's image ID: the config digest, as upstream built it.
+    pub image_id: String,
+    pub engine: String,
+    pub api_version: String,
+}
+
+/// Why an image could not be handed to Docker.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("the Docker Engine at `{host}` holds `{name}` as {got} after loading, not {expected}")]
+    Mismatch {
+        host: String,
+        name: String,
+        expected: String,
+        got: String,
+    },
+}
+
+impl LoadError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            LoadError::Docker(e) => Some(e.hint()),
+            LoadError::Store(e) => e.hint(),
+            LoadError::Mismatch { .. } => Some("another process may have retagged it meanwhile; load again".into()),
+        }
+    }
+}
+
+/// Streams a stored image into the engine as a docker-archive, under `repo_tag`, and checks
+/// that the engine then holds it with the upstream config digest as its ID. The archive is
+/// produced while it is sent: no temporary copy of the image is written.
+pub async fn hand_over(
+    engine: &DockerEngine,
+    store: &crate::store::Store,
+    image: &crate::store::StoredImage,
+    repo_tag: Option<String>,
+) -> Result<Loaded, LoadError> {
+    let api_version = engine.ping().await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    let (s, img, tag) = (store.clone(), image.clone(), repo_tag.clone());
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter::new(tx.clone());
+        let res = crate::archive::write(&s, &img, tag.as_deref(), crate::archive::Format::DockerArchive, &mut out)
+            .and_then(|()| out.finish().map_err(crate::store::StoreError::from));
+        if let Err(e) = &res {
+            // Fails the request body, so the engine does not load half an image.
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+        res
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let loaded = engine.load(body).await;
+    match writer.await {
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => return Err(crate::store::StoreError::Io(std::io::Error::other(e)).into()),
+        Ok(Ok(())) => {}
+    }
+    loaded?;
+    let expected = image.manifest.config.digest.to_string();
+    let lookup = repo_tag.clone().unwrap_or_else(|| expected.clone());
+    let got = engine.image_id(&lookup).await?.unwrap_or_default();
+    if got != expected {
+        return Err(LoadError::Mismatch {
+            host: engine.host().to_owned(),
+            name: lookup,
+            expected,
+            got,
+        });
+    }
+    Ok(Loaded {
+        name: repo_tag,
+        image_id: got,
+        engine: engine.host().to_owned(),
+        api_version,
+    })
+}
+
+/// A blocking writer feeding an async body in 256 KiB pieces, bounded by the channel.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    buf: Vec<u8>,
+}
+
+const PIECE: usize = 256 * 1024;
+
+impl ChannelWriter {
+    fn new(tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>) -> Self {
+        ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(PIECE),
+        }
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE)));
+        self.tx
+            .blocking_send(Ok(piece))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the Docker Engine stopped reading"))
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(PIECE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == PIECE {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
