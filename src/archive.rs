@@ -40,7 +40,10 @@ pub fn write(
     add_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let mut annotations = serde_json::Map::new();
     annotations.insert("io.containerd.image.name".into(), json!(image.name));
-    if let Some(t) = repo_tag.and_then(|t| t.rsplit_once(':')).map(|(_, tag)| tag) {
+    if let Some(t) = repo_tag
+        .and_then(|t| t.rsplit_once(':'))
+        .map(|(_, tag)| tag)
+    {
         annotations.insert(REF_NAME.into(), json!(t));
     }
     let index = json!({
@@ -64,7 +67,11 @@ pub fn write(
     }
     add_bytes(&mut tar, "blobs/", &[])?;
     add_bytes(&mut tar, &path(&image.digest), &image.manifest_bytes)?;
-    add_bytes(&mut tar, &path(&image.manifest.config.digest), &image.config_bytes)?;
+    add_bytes(
+        &mut tar,
+        &path(&image.manifest.config.digest),
+        &image.config_bytes,
+    )?;
     let mut seen = std::collections::BTreeSet::new();
     for l in &image.manifest.layers {
         if !seen.insert(&l.digest) {
@@ -87,7 +94,11 @@ fn header(size: u64) -> tar::Header {
     h
 }
 
-fn add_bytes<W: Write>(tar: &mut tar::Builder<W>, path: &str, bytes: &[u8]) -> Result<(), StoreError> {
+fn add_bytes<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
     if path.ends_with('/') {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::Directory);

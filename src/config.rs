@@ -324,8 +324,15 @@ pub fn default_endpoint(host: &str) -> Endpoint {
 }
 
 fn is_loopback(host: &str) -> bool {
-    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    name == "localhost" || name.starts_with("127.") || name == "[::1]"
+    // `host[:port]`, with IPv6 in brackets.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn default_locations() -> Vec<PathBuf> {
@@ -421,6 +428,21 @@ mirrors = [{ url = "https://docker.xuanyuan.run" }, { url = "http://10.0.0.5:500
             Some("docker.io")
         );
         assert_eq!(c.registry_for_mirror_host("nvcr.io"), None);
+    }
+
+    #[test]
+    fn only_real_loopback_addresses_default_to_http() {
+        for (host, http) in [
+            ("127.0.0.1:5000", true),
+            ("localhost:5000", true),
+            ("[::1]:5000", true),
+            ("[::1]", true),
+            ("127.evil.example", false),
+            ("127.0.0.1.nip.io", false),
+        ] {
+            let url = default_endpoint(host).url;
+            assert_eq!(url.scheme() == "http", http, "{host}: {url}");
+        }
     }
 
     #[test]

@@ -73,7 +73,10 @@ impl DockerEngine {
         let unsupported = |_| DockerError::Unsupported(raw.clone().unwrap_or_default());
         let (client, base, host) = match endpoint {
             Endpoint::Unix(path) => (
-                Client::builder().unix_socket(path.clone()).build().map_err(unsupported)?,
+                Client::builder()
+                    .unix_socket(path.clone())
+                    .build()
+                    .map_err(unsupported)?,
                 "http://docker".to_owned(),
                 format!("unix://{}", path.display()),
             ),
@@ -229,7 +232,9 @@ impl LoadError {
         match self {
             LoadError::Docker(e) => Some(e.hint()),
             LoadError::Store(e) => e.hint(),
-            LoadError::Mismatch { .. } => Some("another process may have retagged it meanwhile; load again".into()),
+            LoadError::Mismatch { .. } => {
+                Some("another process may have retagged it meanwhile; load again".into())
+            }
         }
     }
 }
@@ -248,15 +253,23 @@ pub async fn hand_over(
     let (s, img, tag) = (store.clone(), image.clone(), repo_tag.clone());
     let writer = tokio::task::spawn_blocking(move || {
         let mut out = ChannelWriter::new(tx.clone());
-        let res = crate::archive::write(&s, &img, tag.as_deref(), crate::archive::Format::DockerArchive, &mut out)
-            .and_then(|()| out.finish().map_err(crate::store::StoreError::from));
+        let res = crate::archive::write(
+            &s,
+            &img,
+            tag.as_deref(),
+            crate::archive::Format::DockerArchive,
+            &mut out,
+        )
+        .and_then(|()| out.finish().map_err(crate::store::StoreError::from));
         if let Err(e) = &res {
             // Fails the request body, so the engine does not load half an image.
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
         res
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     let loaded = engine.load(body).await;
     match writer.await {
         Ok(Err(e)) => return Err(e.into()),
@@ -304,9 +317,12 @@ impl ChannelWriter {
             return Ok(());
         }
         let piece = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE)));
-        self.tx
-            .blocking_send(Ok(piece))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the Docker Engine stopped reading"))
+        self.tx.blocking_send(Ok(piece)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the Docker Engine stopped reading",
+            )
+        })
     }
 
     fn finish(&mut self) -> std::io::Result<()> {

@@ -38,6 +38,11 @@ pub enum Error {
     Lock(#[from] LockError),
     #[error("{0}")]
     Setup(String),
+    #[error("{0}")]
+    Usage(String),
+    /// Several operations, at least one failed (each was reported already).
+    #[error("{what}")]
+    Failed { what: String, code: u8 },
     #[error("`{0}` is not in the store")]
     NotInStore(String),
     #[error("the store has problems: {0}")]
@@ -47,10 +52,14 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Reference(_) | Error::Platform(_) | Error::Config(_) | Error::Lock(_) => {
-                exit::USAGE
-            }
+            Error::Reference(_) | Error::Platform(_) | Error::Config(_) => exit::USAGE,
+            Error::Lock(LockError::NotLocked { .. } | LockError::Invalid { .. }) => exit::USAGE,
+            Error::Lock(_) => exit::FAILURE,
+            Error::Store(StoreError::Corrupt(_)) => exit::CORRUPT,
+            Error::Store(StoreError::Missing(_)) => exit::NOT_FOUND,
             Error::Setup(_) => exit::FAILURE,
+            Error::Usage(_) => exit::USAGE,
+            Error::Failed { code, .. } => *code,
             Error::NotInStore(_) => exit::NOT_FOUND,
             Error::Pull(e) if e.is_not_found() => exit::NOT_FOUND,
             Error::Corrupt(_) => exit::CORRUPT,
@@ -63,7 +72,7 @@ impl Error {
             Error::Reference(e) => Some(e.hint()),
             Error::Config(e) => Some(e.hint()),
             Error::Lock(e) => Some(e.hint()),
-            Error::Setup(_) => None,
+            Error::Setup(_) | Error::Usage(_) | Error::Failed { .. } => None,
             Error::Platform(_) => Some("for example `--platform linux/arm64`".into()),
             Error::Store(e) => e.hint(),
             Error::Pull(e) => e.hint(),

@@ -219,6 +219,12 @@ fn descriptor(
         .ok()
         .filter(|s| *s <= MAX_BLOB_SIZE)
         .ok_or_else(|| bad(format!("size {size} is out of range")))?;
+    // Only the empty blob has no bytes; any other digest with size 0 can never be met.
+    if size == 0 && digest != Digest::of(b"") {
+        return Err(bad(format!(
+            "size 0 cannot hold content with digest {digest}"
+        )));
+    }
     Ok(Descriptor {
         media_type: media_type.to_owned(),
         digest,
@@ -320,6 +326,14 @@ mod tests {
             Err(ManifestError::Schema1)
         ));
         assert!(parse(b"not json", None).is_err());
+        let m = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}",
+            "config":{{"mediaType":"x","digest":"{D1}","size":0}},"layers":[]}}"#
+        );
+        assert!(
+            parse(m.as_bytes(), None).is_err(),
+            "size 0 with a non-empty digest"
+        );
         let huge = vec![b' '; (MAX_MANIFEST_BYTES + 1) as usize];
         assert!(matches!(parse(&huge, None), Err(ManifestError::TooLarge)));
     }

@@ -203,12 +203,16 @@ impl SourceSet {
                 mirrors.insert(0, m);
             }
         }
-        let mut endpoints: Vec<_> = mirrors
+        // A mirror listed twice, or the official endpoint listed as a mirror, is asked once,
+        // in its first place; the official endpoint keeps its role.
+        let mut seen = HashSet::new();
+        seen.insert(reg.endpoint.url.clone());
+        let endpoints: Vec<_> = mirrors
             .iter()
+            .filter(|m| seen.insert(m.url.clone()))
             .map(|m| (m, Role::Mirror))
             .chain(std::iter::once((&reg.endpoint, Role::Official)))
             .collect();
-        endpoints.dedup_by(|a, b| a.0.url == b.0.url);
         let sources = endpoints
             .into_iter()
             .enumerate()
@@ -388,7 +392,7 @@ impl SourceSet {
                 let delay = error
                     .retry_after()
                     .unwrap_or_else(|| backoff(&error, h.consecutive_failures));
-                h.not_before = Some(Instant::now() + delay);
+                h.not_before = Instant::now().checked_add(delay);
                 if delay > MAX_WAIT {
                     item.exclude(source);
                 }

@@ -89,7 +89,7 @@ fn partial_downloads_from_an_earlier_run_are_resumed_and_verified() {
     let bytes = big.bytes();
 
     // What an interrupted run leaves: the first half of the largest layer in ingest/.
-    run_ok(sandbox.cudaimg().arg("--store").arg(&store).arg("images"));
+    empty_store(&store);
     let half = bytes.len() / 2;
     std::fs::write(
         store
@@ -115,7 +115,7 @@ fn partial_downloads_from_an_earlier_run_are_resumed_and_verified() {
 
     // A partial whose bytes are wrong is caught by the digest and fetched again.
     let other = sandbox.root().join("store2");
-    run_ok(sandbox.cudaimg().arg("--store").arg(&other).arg("images"));
+    empty_store(&other);
     let mut wrong = bytes[..half].to_vec();
     wrong[half / 2] ^= 0x55;
     std::fs::write(
@@ -195,4 +195,13 @@ fn is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+/// The layout an earlier cudaimg run leaves before it has stored any image.
+fn empty_store(root: &Path) {
+    for d in ["blobs/sha256", "ingest"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(root.join("index.json"), r#"{"schemaVersion":2,"manifests":[]}"#).unwrap();
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::digest::Digest;
 use crate::error::Error;
 use crate::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 use super::{emit, emit_json, human_bytes, Ctx};
 
@@ -21,10 +21,23 @@ struct Row {
     /// Bytes of this image's blobs that other stored images use too.
     shared: u64,
     layers: usize,
+    /// The entry's manifest or config is missing or unreadable (`cudaimg verify` says more).
+    broken: bool,
 }
 
 pub fn run(ctx: &Ctx) -> Result<(), Error> {
-    let store = ctx.store()?;
+    let store = match ctx.existing_store() {
+        Ok(s) => s,
+        Err(Error::Store(StoreError::Missing(p))) => {
+            if ctx.json {
+                emit_json(&Vec::<Row>::new());
+            } else {
+                eprintln!("no store at {} yet: it holds no images", p.display());
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let rows = rows(&store)?;
     if ctx.json {
         emit_json(&rows);
@@ -43,11 +56,15 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
         emit(&format!(
             "{:<w$}  {:<19}  {:<14}  {:>10}  {:>10}  {}",
             r.name,
-            &r.digest[..r.digest.len().min(19)],
+            r.digest.get(..19).unwrap_or(&r.digest),
             r.platform.as_deref().unwrap_or("-"),
             human_bytes(r.size),
             human_bytes(r.shared),
-            r.layers
+            if r.broken {
+                "BROKEN (see `cudaimg verify`)".to_owned()
+            } else {
+                r.layers.to_string()
+            }
         ));
     }
     Ok(())
@@ -57,6 +74,7 @@ fn rows(store: &Store) -> Result<Vec<Row>, Error> {
     let index = store.read_index()?;
     // Blobs of each entry; a blob used by two or more entries is shared.
     struct Entry {
+        broken: bool,
         name: String,
         digest: String,
         platform: Option<String>,
@@ -79,7 +97,9 @@ fn rows(store: &Store) -> Result<Vec<Row>, Error> {
             },
             Err(_) => Vec::new(),
         };
+        let broken = blobs.is_empty() || !blobs.iter().all(|(d, s)| store.has_blob(d, *s));
         per_entry.push(Entry {
+            broken,
             name,
             digest: e.digest.clone(),
             platform,
@@ -109,6 +129,7 @@ fn rows(store: &Store) -> Result<Vec<Row>, Error> {
                 .map(|(_, s)| s)
                 .sum(),
             layers: e.blobs.len().saturating_sub(1),
+            broken: e.broken,
         })
         .collect();
     rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.platform.cmp(&b.platform)));

@@ -48,10 +48,21 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let config = ctx.config()?;
     let name = config.canonicalize(&args.reference)?.image.to_string();
     let want: Option<Platform> = args.platform.as_deref().map(str::parse).transpose()?;
-    let store = ctx.store()?;
-    let image = store
-        .image(&name, want.as_ref())?
-        .ok_or_else(|| Error::NotInStore(name.clone()))?;
+    let store = ctx.existing_store()?;
+    let Some(image) = store.image(&name, want.as_ref())? else {
+        let stored: Vec<String> = store
+            .read_index()?
+            .find(&name)
+            .filter_map(|e| e.platform.as_ref().map(|p| p.to_platform().to_string()))
+            .collect();
+        if let (Some(w), false) = (&want, stored.is_empty()) {
+            return Err(Error::NotInStore(format!(
+                "{name} for {w} (stored platforms: {})",
+                stored.join(", ")
+            )));
+        }
+        return Err(Error::NotInStore(name));
+    };
     let (entry, digest, m, cfg) = (&image.entry, &image.digest, &image.manifest, &image.config);
     let out = Inspection {
         name: name.clone(),

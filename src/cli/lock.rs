@@ -13,9 +13,10 @@ pub struct Args {
     references: Vec<String>,
     #[command(flatten)]
     lock: LockArgs,
-    /// Fail instead of trusting mirrors for a tag's digest when the official registry is out of reach
+    /// Accept a digest that only mirrors vouch for when the official registry is out of
+    /// reach (by default `lock` requires the official registry: the lockfile is what CI trusts)
     #[arg(long)]
-    require_upstream: bool,
+    trust_mirrors: bool,
 }
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
@@ -30,7 +31,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         config,
         1,
         crate::engine::DEFAULT_STALL_SECS,
-        args.require_upstream,
+        !args.trust_mirrors,
     )?;
     let mut results = Vec::with_capacity(names.len());
     for name in &names {

@@ -57,7 +57,7 @@ enum Command {
     /// Show the environment, labels and layers of a stored image
     Inspect(inspect::Args),
     /// Re-hash every blob and check every reference in the store
-    Verify,
+    Verify(verify::Args),
 }
 
 /// Global settings the commands share.
@@ -90,12 +90,21 @@ impl Ctx {
         Ok(engine)
     }
 
-    pub fn store(&self) -> Result<Store, Error> {
-        let root = match &self.store_path {
+    fn store_root(&self) -> Result<PathBuf, Error> {
+        Ok(match &self.store_path {
             Some(p) => p.clone(),
             None => Store::default_root().ok_or(StoreError::NoLocation)?,
-        };
-        Ok(Store::open(&root)?)
+        })
+    }
+
+    /// The store, created if it does not exist yet (for commands that write).
+    pub fn store(&self) -> Result<Store, Error> {
+        Ok(Store::open(&self.store_root()?)?)
+    }
+
+    /// The store as it is (for commands that only read): never created or changed.
+    pub fn existing_store(&self) -> Result<Store, Error> {
+        Ok(Store::open_existing(&self.store_root()?)?)
     }
 }
 
@@ -124,7 +133,7 @@ pub fn main() -> ExitCode {
             Command::Lock(args) => lock::run(&ctx, args).await,
             Command::Images => images::run(&ctx),
             Command::Inspect(args) => inspect::run(&ctx, &args),
-            Command::Verify => verify::run(&ctx).await,
+            Command::Verify(args) => verify::run(&ctx, &args).await,
         }
     });
     match result {
@@ -136,7 +145,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn report_error(e: &Error) {
+pub(crate) fn report_error(e: &Error) {
     let mut text = format!("error: {e}");
     if let Some(cause) = std::error::Error::source(e) {
         // `chain` walks the rest of the causes; multi-line causes (one line per source

@@ -64,7 +64,16 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     for r in &references {
         let name = config.canonicalize(r)?;
         let pin = match &lock {
-            Some(l) => Some(l.get(&name.image.lock_key())?.clone()),
+            Some(l) => {
+                let pin = l.get(&name.image.lock_key())?.clone();
+                if let Some(d) = name.image.digest.as_ref().filter(|d| **d != pin.digest) {
+                    return Err(Error::Usage(format!(
+                        "`{r}` names {d}, but the lockfile pins {}; drop the digest or lock it again",
+                        pin.digest
+                    )));
+                }
+                Some(pin)
+            }
             None => None,
         };
         targets.push((r, name, pin));
@@ -79,6 +88,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         Some(p) => format!("mirror configuration: {}", p.display()),
         None => "no mirrors.toml found: each registry is pulled from its own host".to_owned(),
     };
+    let mut first_error = None;
     for (input, name, pin) in &targets {
         let started = Instant::now();
         let reporter = ctx.progress.reporter();
@@ -86,17 +96,36 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             input,
             name,
             pin: pin.as_ref(),
+            platform_explicit: args.platform.is_some(),
         };
         let report = engine.pull(&target, &platform, reporter.as_ref()).await;
         drop(reporter);
-        let report = report.inspect_err(|e| {
-            if !e.is_not_found() {
-                eprintln!("{config_note}");
+        match report {
+            Ok(report) => print(ctx, &report, started.elapsed().as_secs_f64()),
+            // The other references are still pulled; the first failure decides the exit.
+            Err(e) if targets.len() > 1 => {
+                if !e.is_not_found() {
+                    eprintln!("{config_note}");
+                }
+                let e = Error::from(e);
+                super::report_error(&e);
+                first_error.get_or_insert(e);
             }
-        })?;
-        print(ctx, &report, started.elapsed().as_secs_f64());
+            Err(e) => {
+                if !e.is_not_found() {
+                    eprintln!("{config_note}");
+                }
+                return Err(e.into());
+            }
+        }
     }
-    Ok(())
+    match first_error {
+        Some(e) => Err(Error::Failed {
+            what: "some references could not be pulled".into(),
+            code: e.exit_code(),
+        }),
+        None => Ok(()),
+    }
 }
 
 fn print(ctx: &Ctx, r: &PullReport, secs: f64) {

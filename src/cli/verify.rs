@@ -5,13 +5,21 @@ use crate::store::verify::verify;
 
 use super::{emit, emit_json, human_bytes, Ctx};
 
-pub async fn run(ctx: &Ctx) -> Result<(), Error> {
-    let store = ctx.store()?;
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Delete corrupt blobs, so that pulling their images again fetches them anew
+    #[arg(long)]
+    repair: bool,
+}
+
+pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
+    let store = ctx.existing_store()?;
     let bar = ctx.progress.counter("verifying");
     let s = store.clone();
-    let report = tokio::task::spawn_blocking(move || verify(&s, &|n| bar.inc(n)))
+    let repair = args.repair;
+    let report = tokio::task::spawn_blocking(move || verify(&s, repair, &|n| bar.inc(n)))
         .await
-        .map_err(|e| Error::Corrupt(format!("verification was interrupted: {e}")))??;
+        .map_err(|e| Error::Setup(format!("verification was interrupted: {e}")))??;
     if ctx.json {
         emit_json(&report);
     } else {

@@ -17,6 +17,8 @@ use crate::store::{CommitError, Store, WriteError};
 /// Cuts and stalls after which bytes had arrived, per blob, before giving up on it: enough to
 /// ride out a flaky link, bounded so a source that cuts every connection cannot loop forever.
 const MAX_RESUMES: u32 = 50;
+/// Complete downloads that hashed wrong, per blob, before giving up on it.
+const MAX_MISMATCHES: u32 = 3;
 
 /// How a blob reached the store.
 pub(super) enum Fetched {
@@ -53,6 +55,7 @@ impl BlobJob<'_> {
         let mut contributors: Vec<Arc<Source>> = Vec::new();
         let mut resumes = 0u32;
         let mut mismatches = 0u32;
+        let mut high_water = writer.written();
         loop {
             if writer.written() == desc.size {
                 match writer.commit().await {
@@ -69,6 +72,12 @@ impl BlobJob<'_> {
                     }
                     Err(CommitError::Mismatch { actual, .. }) => {
                         mismatches += 1;
+                        if mismatches > MAX_MISMATCHES {
+                            return Err(FallbackError::Exhausted {
+                                what: format!("{what} (its content never matched its digest)"),
+                                attempts: item.attempts,
+                            });
+                        }
                         let blamed = if writer.resumed() > 0 {
                             // Bytes from an earlier run are in there: nobody can be blamed.
                             &[][..]
@@ -85,6 +94,7 @@ impl BlobJob<'_> {
                         }
                         writer.reset().await.map_err(give_up)?;
                         contributors.clear();
+                        high_water = 0;
                         continue;
                     }
                     Err(CommitError::Store(e)) => return Err(give_up(e)),
@@ -97,15 +107,27 @@ impl BlobJob<'_> {
                 });
             };
             let offset = writer.written();
-            let resp = match source.client.blob(self.repo, &desc.digest, offset).await {
-                Ok(r) => r,
-                Err(e) => {
+            let request = source
+                .client
+                .blob(self.repo, &desc.digest, offset, desc.size);
+            // Headers that never come are a stall too.
+            let resp = match tokio::time::timeout(self.stall, request).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    self.sources
+                        .failed(&source, &mut item, e, false, &what, self.reporter)?;
+                    continue;
+                }
+                Err(_) => {
+                    let e = RegistryError::Stalled {
+                        url: source.client.blob_url(self.repo, &desc.digest),
+                        secs: self.stall.as_secs(),
+                    };
                     self.sources
                         .failed(&source, &mut item, e, false, &what, self.reporter)?;
                     continue;
                 }
             };
-            self.sources.succeeded(&source);
             if resp.offset != offset {
                 // The source ignored `Range`: its body starts at byte 0.
                 writer.reset().await.map_err(give_up)?;
@@ -159,8 +181,14 @@ impl BlobJob<'_> {
                     }
                 }
             };
+            // Progress is bytes beyond the furthest point any attempt reached: a source that
+            // restarts the blob and cuts again makes none.
+            let progressed = writer.written() > high_water;
+            high_water = high_water.max(writer.written());
+            if progressed {
+                self.sources.succeeded(&source);
+            }
             if let Err(e) = outcome {
-                let progressed = writer.written() > before;
                 if progressed {
                     resumes += 1;
                 }

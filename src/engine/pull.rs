@@ -22,9 +22,7 @@ use crate::progress::Reporter;
 use crate::reference::ImageRef;
 use crate::registry::{FetchedManifest, RegistryError};
 use crate::sources::{FallbackError, SourceReport, SourceSet};
-use crate::store::{
-    CommitError, IndexEntry, IndexPlatform, StoreError, INDEX_DIGEST_ANNOTATION, REF_NAME,
-};
+use crate::store::{IndexEntry, IndexPlatform, StoreError, INDEX_DIGEST_ANNOTATION, REF_NAME};
 
 /// What to pull: a canonical name, and, from a lockfile, the digests it must be.
 pub struct PullTarget<'a> {
@@ -32,6 +30,9 @@ pub struct PullTarget<'a> {
     pub input: &'a str,
     pub name: &'a Canonical,
     pub pin: Option<&'a Pin>,
+    /// The user asked for this platform: a single-platform image of another is an error
+    /// (otherwise a warning, as with docker).
+    pub platform_explicit: bool,
 }
 
 /// What a pull did, as `--json` prints it.
@@ -105,6 +106,12 @@ pub enum PullError {
         held_by: Vec<(String, Digest)>,
         /// Mirrors that failed to answer, and why.
         mirror_errors: Vec<(String, String)>,
+    },
+    #[error("the official registry refused to say what `{reference}` is")]
+    Refused {
+        reference: String,
+        #[source]
+        source: RegistryError,
     },
     #[error("the official registry could not confirm the digest of `{reference}`, and `--require-upstream` is set")]
     UpstreamRequired {
@@ -187,6 +194,11 @@ impl PullError {
                 ),
                 None => "check the repository and tag; NVIDIA deletes end-of-life CUDA tags from Docker Hub and NGC about six months after their end of life".into(),
             }),
+            PullError::Refused { .. } => Some(
+                "the repository may not exist (Docker Hub answers unknown repositories this way), \
+                 or it needs credentials: `docker login HOST`"
+                    .into(),
+            ),
             PullError::UpstreamRequired { .. } => Some(
                 "reach the official registry, or pull a digest you trust: by `name@sha256:…` or from a lockfile with `--locked`".into(),
             ),
@@ -210,17 +222,6 @@ impl PullError {
                 reference: reference.to_string(),
                 source: other,
             },
-        }
-    }
-}
-
-impl From<CommitError> for PullError {
-    fn from(e: CommitError) -> Self {
-        match e {
-            CommitError::Store(s) => PullError::Store(s),
-            // Manifests are verified before they are stored, so this means a bug or a disk
-            // that returns other bytes than it was given.
-            other => PullError::Store(StoreError::Io(std::io::Error::other(other.to_string()))),
         }
     }
 }
@@ -325,6 +326,16 @@ impl Engine {
             }
         };
 
+        // The config is read back as JSON; a hostile size must fail before any download.
+        if img.config.size > manifest::MAX_MANIFEST_BYTES {
+            return Err(PullError::Unusable {
+                reference: image.to_string(),
+                source: ManifestError::BadDescriptor {
+                    which: "config".into(),
+                    reason: format!("{} bytes is too large for an image config", img.config.size),
+                },
+            });
+        }
         // Blobs: config first, then layers; each digest once.
         let mut seen = BTreeSet::new();
         let blobs: Vec<Descriptor> = std::iter::once(&img.config)
@@ -385,6 +396,13 @@ impl Engine {
             architecture: config.architecture.clone(),
             variant: config.variant.clone(),
         });
+        if index.is_none() && !platform.matches(&platform_of_image) && target.platform_explicit {
+            return Err(PullError::NoPlatform {
+                reference: image.to_string(),
+                platform: platform.to_string(),
+                available: platform_of_image.to_string(),
+            });
+        }
         if index.is_none() && !platform.matches(&platform_of_image) {
             warnings.push(format!(
                 "`{image}` is a single-platform image for {platform_of_image}, not the requested {platform}"

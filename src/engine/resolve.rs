@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::future::{join_all, select, Either};
 
 use super::pull::PullError;
 use crate::digest::Digest;
@@ -18,6 +18,8 @@ use crate::sources::{Attempt, FallbackError, SourceSet};
 /// How long a mirror's answer to a tag lookup is waited for, so a silent mirror costs a
 /// pull at most this much.
 const MIRROR_RESOLVE_BUDGET: Duration = Duration::from_secs(3);
+/// How long mirrors still get once the official registry has answered.
+const MIRROR_GRACE: Duration = Duration::from_millis(300);
 
 /// Who decided which digest the image is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -54,24 +56,55 @@ pub(super) async fn resolve_tag(
                 attempts: Vec::new(),
             },
         })?;
-    let ask_official = official.client.resolve(repo, tag);
-    let ask_mirrors = join_all(mirrors.iter().map(|m| async move {
-        match tokio::time::timeout(MIRROR_RESOLVE_BUDGET, m.client.resolve(repo, tag)).await {
-            Ok(r) => r,
-            Err(_) => Err(RegistryError::Stalled {
-                url: m.client.manifest_url(repo, tag),
-                secs: MIRROR_RESOLVE_BUDGET.as_secs(),
-            }),
+    // Each mirror's answer lands in its slot as it comes. Once the official registry has
+    // answered, slow mirrors get only a short grace: staleness checks must not make every
+    // pull wait for a silent mirror.
+    let slots: Vec<std::sync::Mutex<Option<Result<Digest, RegistryError>>>> = mirrors
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    let from_official = {
+        let ask_mirrors = join_all(mirrors.iter().zip(&slots).map(|(m, slot)| async move {
+            let asked = tokio::time::timeout(MIRROR_RESOLVE_BUDGET, m.client.resolve(repo, tag));
+            let r = asked.await.unwrap_or_else(|_| {
+                Err(RegistryError::Stalled {
+                    url: m.client.manifest_url(repo, tag),
+                    secs: MIRROR_RESOLVE_BUDGET.as_secs(),
+                })
+            });
+            if let Ok(mut s) = slot.lock() {
+                *s = Some(r);
+            }
+        }));
+        let ask_official = official.client.resolve(repo, tag);
+        futures_util::pin_mut!(ask_mirrors, ask_official);
+        let (from_official, mirrors_done) = match select(ask_official, &mut ask_mirrors).await {
+            Either::Left((r, _)) => (r, false),
+            Either::Right((_, official_left)) => (official_left.await, true),
+        };
+        if !mirrors_done {
+            let grace = if from_official.is_ok() {
+                MIRROR_GRACE
+            } else {
+                MIRROR_RESOLVE_BUDGET
+            };
+            let _ = tokio::time::timeout(grace, &mut ask_mirrors).await;
         }
-    }));
-    let (from_official, from_mirrors) = futures_util::future::join(ask_official, ask_mirrors).await;
+        from_official
+    };
+    let from_mirrors: Vec<Option<Result<Digest, RegistryError>>> = slots
+        .into_iter()
+        .map(|s| s.into_inner().ok().flatten())
+        .collect();
 
     let mut answers: Vec<(String, Digest)> = Vec::new();
     let mut attempts: Vec<Attempt> = Vec::new();
     for (m, r) in mirrors.iter().zip(from_mirrors) {
         match r {
-            Ok(d) => answers.push((m.label().to_owned(), d)),
-            Err(e) => {
+            // Still thinking after the grace: neither stale nor failed.
+            None => {}
+            Some(Ok(d)) => answers.push((m.label().to_owned(), d)),
+            Some(Err(e)) => {
                 sources.note_failure(m, &e, reporter, &what);
                 attempts.push(Attempt {
                     source: m.label().to_owned(),
@@ -103,6 +136,15 @@ pub(super) async fn resolve_tag(
                     .iter()
                     .map(|a| (a.source.clone(), crate::sources::chain(&a.error)))
                     .collect(),
+            })
+        }
+        Err(e @ RegistryError::Denied { .. }) => {
+            // A refusal is an answer, not an outage: Docker Hub refuses unknown repositories
+            // this way. Mirrors do not get to overrule it.
+            sources.note_failure(&official, &e, reporter, &what);
+            Err(PullError::Refused {
+                reference: image.to_string(),
+                source: e,
             })
         }
         Err(e) => {

@@ -63,6 +63,7 @@ impl Auth {
     pub(crate) async fn respond(
         &self,
         http: &Client,
+        verified: &Client,
         challenge: Option<&str>,
         scope: &str,
         url: &Url,
@@ -98,6 +99,10 @@ impl Auth {
                 .ok_or_else(|| {
                     denied(format!("its token realm `{realm}` is not an http(s) URL"))
                 })?;
+            // The endpoint's client (perhaps `insecure`) only for its own host.
+            let same_host = realm.host_str() == url.host_str()
+                && realm.port_or_known_default() == url.port_or_known_default();
+            let http = if same_host { http } else { verified };
             let token = self
                 .fetch_token(
                     http,

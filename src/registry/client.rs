@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderValue, ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
 
 use super::auth::{Auth, AUTH_HEADER};
@@ -41,7 +43,22 @@ impl HttpClients {
         };
         Ok(HttpClients {
             verified: base().build()?,
-            insecure: base().danger_accept_invalid_certs(true).build()?,
+            // Verification is off for the endpoint's own host only: a redirect elsewhere is
+            // not followed, and token realms on other hosts use the verified client.
+            insecure: base()
+                .danger_accept_invalid_certs(true)
+                .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                    let same = attempt
+                        .previous()
+                        .last()
+                        .is_some_and(|prev| same_origin(prev, attempt.url()));
+                    if same && attempt.previous().len() < 10 {
+                        attempt.follow()
+                    } else {
+                        attempt.stop()
+                    }
+                }))
+                .build()?,
             manifest_timeout: stall_timeout,
         })
     }
@@ -51,6 +68,8 @@ impl HttpClients {
 pub struct RegistryClient {
     base: String,
     http: Client,
+    /// For token realms on other hosts, which the endpoint's `insecure` does not cover.
+    verified: Client,
     manifest_timeout: Duration,
     auth: Auth,
 }
@@ -81,6 +100,7 @@ impl RegistryClient {
         RegistryClient {
             base: endpoint.url.as_str().trim_end_matches('/').to_owned(),
             http,
+            verified: clients.verified.clone(),
             manifest_timeout: clients.manifest_timeout,
             auth: Auth::new(endpoint.authority(), endpoint.url.scheme() == "https"),
         }
@@ -169,6 +189,12 @@ impl RegistryClient {
                     .timeout(self.manifest_timeout)
             })
             .await?;
+        if matches!(
+            resp.status(),
+            StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+        ) {
+            return Ok(self.manifest(repo, reference, None).await?.digest);
+        }
         let resp = check_status(resp, "manifest").await?;
         match header_str(&resp, "docker-content-digest").and_then(|d| Digest::parse(&d).ok()) {
             Some(d) => Ok(d),
@@ -176,15 +202,17 @@ impl RegistryClient {
         }
     }
 
-    /// Starts a blob download at `offset` (0 for the whole blob).
+    /// Starts a download of the `size`-byte blob at `offset` (0 for the whole blob).
     ///
-    /// A server that ignores the `Range` header answers 200 with the whole blob; the
-    /// returned `offset` is then 0 and the caller starts over.
+    /// A server that ignores `Range` answers 200 with the whole blob; the returned `offset`
+    /// is then 0 and the caller starts over. A body that cannot be the blob (a length or
+    /// range that does not fit `size` and `offset`) is refused before a byte is read.
     pub async fn blob(
         &self,
         repo: &str,
         digest: &Digest,
         offset: u64,
+        size: u64,
     ) -> Result<BlobResponse, RegistryError> {
         let url = self.url(&self.blob_url(repo, digest))?;
         let resp = self
@@ -198,15 +226,37 @@ impl RegistryClient {
             })
             .await?;
         let resp = check_status(resp, "blob").await?;
-        let offset = if resp.status() == StatusCode::PARTIAL_CONTENT {
+        let label = redact_url(resp.url());
+        let bad = |reason: String| RegistryError::BadRange {
+            url: label.clone(),
+            reason,
+        };
+        let start = if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let range = header_str(&resp, CONTENT_RANGE.as_str()).unwrap_or_default();
+            let (start, total) = parse_content_range(&range)
+                .ok_or_else(|| bad(format!("its 206 has no usable Content-Range (`{range}`)")))?;
+            if start != offset || total.is_some_and(|t| t != size) {
+                return Err(bad(format!(
+                    "it answered bytes {range} to a request for bytes {offset}- of {size}"
+                )));
+            }
             offset
         } else {
             0
         };
+        if let Some(len) = resp.content_length() {
+            if start + len != size {
+                return Err(RegistryError::SizeMismatch {
+                    url: label,
+                    expected: size - start,
+                    actual: len,
+                });
+            }
+        }
         Ok(BlobResponse {
             url: redact_url(&url),
             response: resp,
-            offset,
+            offset: start,
         })
     }
 
@@ -241,15 +291,49 @@ impl RegistryClient {
             if resp.status() != StatusCode::UNAUTHORIZED || answered {
                 return Ok(resp);
             }
+            // A host we were redirected to gets none of this endpoint's credentials.
+            if !same_origin(resp.url(), url) {
+                return Err(RegistryError::Denied {
+                    url: redact_url(resp.url()),
+                    reason: format!(
+                        "it asked for credentials after a redirect from {}; they are not sent to another host",
+                        redact_url(url)
+                    ),
+                });
+            }
             answered = true;
             let challenge = header_str(&resp, WWW_AUTHENTICATE.as_str());
             authorization = Some(
                 self.auth
-                    .respond(&self.http, challenge.as_deref(), &scope, url)
+                    .respond(
+                        &self.http,
+                        &self.verified,
+                        challenge.as_deref(),
+                        &scope,
+                        url,
+                    )
                     .await?,
             );
         }
     }
+}
+
+/// `bytes START-END/TOTAL` (TOTAL may be `*`) as (START, TOTAL).
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _end) = range.split_once('-')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((start.trim().parse().ok()?, total))
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 fn header_str(resp: &Response, name: &str) -> Option<String> {
@@ -266,10 +350,18 @@ async fn check_status(resp: Response, what: &'static str) -> Result<Response, Re
         return Ok(resp);
     }
     let url = redact_url(resp.url());
+    // Clamped: the value is the server's to choose, and past an hour it means "not today".
     let retry_after = header_str(&resp, RETRY_AFTER.as_str())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let detail = error_detail(resp).await;
+        .map(|s| Duration::from_secs(s.min(3600)));
+    let detail = tokio::time::timeout(Duration::from_secs(5), error_detail(resp))
+        .await
+        .unwrap_or_default();
+    let detail = if status.is_redirection() {
+        " (a redirect to another host, not followed for an endpoint marked insecure)".to_owned()
+    } else {
+        detail
+    };
     Err(match status {
         StatusCode::NOT_FOUND => RegistryError::NotFound { url, what, detail },
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::Denied {

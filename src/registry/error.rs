@@ -46,6 +46,8 @@ pub enum RegistryError {
         expected: u64,
         actual: u64,
     },
+    #[error("{url} cannot serve the blob: {reason}")]
+    BadRange { url: String, reason: String },
     #[error("{url} sent an unusable manifest")]
     BadManifest {
         url: String,
@@ -80,12 +82,17 @@ impl RegistryError {
             | RegistryError::Timeout { .. }
             | RegistryError::Stalled { .. }
             | RegistryError::Transfer { .. } => Next::Retry,
-            RegistryError::Status { status, .. } if *status == 429 || *status >= 500 => Next::Retry,
+            RegistryError::Status { status, .. }
+                if matches!(*status, 408 | 429) || *status >= 500 =>
+            {
+                Next::Retry
+            }
             RegistryError::Status { .. }
             | RegistryError::NotFound { .. }
             | RegistryError::Denied { .. }
             | RegistryError::DigestMismatch { .. }
             | RegistryError::SizeMismatch { .. }
+            | RegistryError::BadRange { .. }
             | RegistryError::BadManifest { .. }
             | RegistryError::Credentials { .. } => Next::NextSource,
         }
@@ -117,6 +124,7 @@ impl RegistryError {
             RegistryError::Denied { .. } => "denied",
             RegistryError::DigestMismatch { .. } => "digest-mismatch",
             RegistryError::SizeMismatch { .. } => "size-mismatch",
+            RegistryError::BadRange { .. } => "bad-range",
             RegistryError::BadManifest { .. } => "bad-manifest",
             RegistryError::Credentials { .. } => "credentials",
             RegistryError::Store(_) => "store",

@@ -48,7 +48,9 @@ impl Store {
         let mut keep = BTreeSet::new();
         let mut manifests: Vec<(Digest, String)> = Vec::new();
         for e in &index.manifests {
-            let d = e.digest().map_err(|err| StoreError::Corrupt(err.to_string()))?;
+            let d = e
+                .digest()
+                .map_err(|err| StoreError::Corrupt(err.to_string()))?;
             manifests.push((d, e.media_type.clone()));
             if let Some(i) = e.index_digest() {
                 keep.insert(Digest::parse(i).map_err(|err| StoreError::Corrupt(err.to_string()))?);
@@ -67,7 +69,11 @@ impl Store {
                     keep.extend(m.layers.iter().map(|l| l.digest.clone()));
                 }
                 Ok(Manifest::Index(i)) => {
-                    manifests.extend(i.manifests.iter().map(|e| (e.descriptor.digest.clone(), e.descriptor.media_type.clone())));
+                    manifests.extend(
+                        i.manifests.iter().map(|e| {
+                            (e.descriptor.digest.clone(), e.descriptor.media_type.clone())
+                        }),
+                    );
                 }
                 Err(e) => return Err(StoreError::Corrupt(format!("manifest {d}: {e}"))),
             }
@@ -88,7 +94,8 @@ impl Store {
         for entry in fs_err::read_dir(self.blobs_dir())? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let referenced = Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| keep.contains(&d));
+            let referenced =
+                Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| keep.contains(&d));
             if referenced {
                 report.blobs_kept += 1;
                 continue;

@@ -45,6 +45,8 @@ pub enum StoreError {
     NoLocation,
     #[error("the store is damaged: {0}")]
     Corrupt(String),
+    #[error("there is no store at `{}`", .0.display())]
+    Missing(PathBuf),
 }
 
 impl From<std::io::Error> for StoreError {
@@ -69,7 +71,13 @@ impl StoreError {
                 Some("point `--store` at an empty directory or at a store cudaimg created".into())
             }
             StoreError::Corrupt(_) => Some(
-                "`cudaimg verify` lists every problem; pull the image again to repair it".into(),
+                "`cudaimg verify` lists every problem, and `cudaimg verify --repair` removes \
+                 corrupt blobs so that the next pull fetches them again"
+                    .into(),
+            ),
+            StoreError::Missing(_) => Some(
+                "check `--store` / `CUDAIMG_STORE`; a store is created by the first `cudaimg pull`"
+                    .into(),
             ),
             StoreError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 Some("choose a store you can write to with `--store`".into())
@@ -102,37 +110,71 @@ impl Store {
             root: root.to_owned(),
         };
         fs_err::create_dir_all(root)?;
+        // Two processes may open a new store at once: the first creates it under the lock,
+        // the second then finds it whole.
+        let _lock = store.lock()?;
         let layout = root.join(LAYOUT_FILE);
         if layout.exists() {
-            let text = fs_err::read_to_string(&layout)?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| StoreError::NotALayout {
-                    path: root.to_owned(),
-                    reason: format!("`oci-layout` is not JSON ({e})"),
-                })?;
-            let version = v["imageLayoutVersion"].as_str().unwrap_or("");
-            if !version.starts_with("1.") {
+            store.check_layout()?;
+        } else {
+            // What an interrupted creation leaves is ours to finish; anything else is not.
+            let stray = fs_err::read_dir(root)?
+                .filter_map(std::result::Result::ok)
+                .any(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    !matches!(
+                        name.as_str(),
+                        ".lock" | ".gc.lock" | "blobs" | "ingest" | "index.json"
+                    ) && !name.starts_with("index.tmp-")
+                        && !name.starts_with("oci-layout.tmp-")
+                });
+            if stray {
                 return Err(StoreError::NotALayout {
                     path: root.to_owned(),
-                    reason: format!("unsupported imageLayoutVersion `{version}`"),
+                    reason: "the directory is not empty and holds no `oci-layout` file".into(),
                 });
             }
-        } else if fs_err::read_dir(root)?.next().is_some() && !root.join("index.json").exists() {
-            return Err(StoreError::NotALayout {
-                path: root.to_owned(),
-                reason: "the directory is not empty and holds no `oci-layout` file".into(),
-            });
         }
         fs_err::create_dir_all(store.blobs_dir())?;
         fs_err::create_dir_all(store.ingest_dir())?;
-        let _lock = store.lock()?;
-        if !layout.exists() {
-            store.write_atomic(&layout, LAYOUT_JSON.as_bytes())?;
-        }
         if !store.index_path().exists() {
             store.write_index(&IndexFile::default())?;
         }
+        if !layout.exists() {
+            // Last: a layout file means the store is complete.
+            store.write_atomic(&layout, LAYOUT_JSON.as_bytes())?;
+        }
         Ok(store)
+    }
+
+    /// Opens an existing layout without creating or changing anything, for commands that
+    /// only read (and may run on a read-only mount).
+    pub fn open_existing(root: &Path) -> Result<Self> {
+        let store = Store {
+            root: root.to_owned(),
+        };
+        if !root.join(LAYOUT_FILE).exists() {
+            return Err(StoreError::Missing(root.to_owned()));
+        }
+        store.check_layout()?;
+        Ok(store)
+    }
+
+    fn check_layout(&self) -> Result<()> {
+        let text = fs_err::read_to_string(self.root.join(LAYOUT_FILE))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| StoreError::NotALayout {
+                path: self.root.clone(),
+                reason: format!("`oci-layout` is not JSON ({e})"),
+            })?;
+        let version = v["imageLayoutVersion"].as_str().unwrap_or("");
+        if !version.starts_with("1.") {
+            return Err(StoreError::NotALayout {
+                path: self.root.clone(),
+                reason: format!("unsupported imageLayoutVersion `{version}`"),
+            });
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {

@@ -18,11 +18,34 @@ pub struct VerifyReport {
     /// removes them).
     pub partials: usize,
     pub problems: Vec<String>,
+    /// Corrupt blobs deleted by `--repair`.
+    pub repaired: Vec<String>,
+}
+
+fn hash_file(path: &std::path::Path, buf: &mut [u8]) -> std::io::Result<(Digest, u64)> {
+    let mut f = fs_err::File::open(path)?;
+    let mut h = Hasher::new();
+    loop {
+        let n = f.read(buf)?;
+        if n == 0 {
+            return Ok(h.finish());
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 /// Checks the whole store. `on_blob` is called with each blob's size after it is hashed.
-pub fn verify(store: &Store, on_blob: &dyn Fn(u64)) -> Result<VerifyReport, StoreError> {
+/// With `repair`, corrupt blobs are deleted, so that the next pull fetches them again
+/// (a pull trusts a stored blob of the right size, as every blob was verified when stored).
+pub fn verify(
+    store: &Store,
+    repair: bool,
+    on_blob: &dyn Fn(u64),
+) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
+    // The index first: blobs are only ever added while a pull runs, so every blob this
+    // snapshot names is already there when the blobs are listed below.
+    let index = store.read_index()?;
     let mut good: BTreeMap<Digest, u64> = BTreeMap::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut names: Vec<_> = fs_err::read_dir(store.blobs_dir())?
@@ -37,21 +60,26 @@ pub fn verify(store: &Store, on_blob: &dyn Fn(u64)) -> Result<VerifyReport, Stor
             ));
             continue;
         };
-        let mut f = fs_err::File::open(store.blob_path(&expected))?;
-        let mut h = Hasher::new();
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
+        let (actual, size) = match hash_file(&store.blob_path(&expected), &mut buf) {
+            Ok(r) => r,
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("blob {expected} cannot be read: {e}"));
+                continue;
             }
-            h.update(&buf[..n]);
-        }
-        let (actual, size) = h.finish();
+        };
         report.blobs += 1;
         report.bytes += size;
         on_blob(size);
         if actual == expected {
             good.insert(expected, size);
+        } else if repair {
+            fs_err::remove_file(store.blob_path(&expected))?;
+            report.repaired.push(expected.to_string());
+            report.problems.push(format!(
+                "blob {expected} was corrupt (its content hashes to {actual}); removed, pull its image again"
+            ));
         } else {
             report.problems.push(format!(
                 "blob {expected} is corrupt: its content hashes to {actual}"
@@ -76,7 +104,6 @@ pub fn verify(store: &Store, on_blob: &dyn Fn(u64)) -> Result<VerifyReport, Stor
             }
         };
 
-    let index = store.read_index()?;
     for entry in &index.manifests {
         report.images += 1;
         let image = entry.ref_name().unwrap_or("(unnamed entry)").to_owned();
