@@ -79,9 +79,11 @@ impl Error {
             Error::NotInStore(r) => Some(format!(
                 "`cudaimg images` lists what is stored; `cudaimg pull {r}` fetches it"
             )),
-            Error::Corrupt(_) => {
-                Some("remove the affected image with its blob files and pull it again".into())
-            }
+            Error::Corrupt(_) => Some(
+                "`cudaimg verify --repair` deletes corrupt blobs; then pull the affected images \
+                 again, which fetches whatever is missing"
+                    .into(),
+            ),
         }
     }
 }

@@ -581,3 +581,104 @@ fn kill_9_at_many_moments_never_leaves_a_store_that_fails_verify() {
     );
     s.verify();
 }
+
+#[test]
+fn a_huge_retry_after_does_not_crash_and_other_sources_serve() {
+    let (registry, fx) = serving_image();
+    let mirror = FaultProxy::start(&registry.url());
+    mirror.add(Fault::Status {
+        path_contains: "/blobs/".into(),
+        status: 429,
+        retry_after: Some(u64::MAX),
+        times: ALWAYS,
+    });
+    let s = setup(&registry.url(), &[&mirror.url()]);
+    let r = s.pull(&fx, &[]);
+    assert_eq!(r["bytes_downloaded"], total(&fx));
+}
+
+#[test]
+fn a_mirror_that_never_answers_costs_timeouts_not_a_hang() {
+    let (registry, fx) = serving_image();
+    let silent = common::Blackhole::start();
+    let s = setup(&registry.url(), &[silent.url()]);
+    let started = Instant::now();
+    let r = s.pull(&fx, &[]);
+    assert_eq!(r["bytes_downloaded"], total(&fx));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        r["warnings"].to_string().contains(silent.url()),
+        "{}",
+        r["warnings"]
+    );
+}
+
+#[test]
+fn a_source_that_restarts_and_cuts_every_time_is_given_up_quickly() {
+    let (registry, fx) = serving_image();
+    let big = largest(&fx);
+    let proxy = FaultProxy::start(&registry.url());
+    proxy.add(Fault::IgnoreRange {
+        path_contains: big.digest.clone(),
+        times: ALWAYS,
+    });
+    proxy.add(Fault::CutAfter {
+        path_contains: big.digest.clone(),
+        bytes: big.size / 2,
+        reset: false,
+        times: ALWAYS,
+    });
+    let s = setup(&proxy.url(), &[]);
+    let out = common::run_fails(&mut s.cmd(&[
+        "pull",
+        "--platform",
+        "linux/amd64",
+        "--stall-timeout",
+        "1",
+        &fx.reference(),
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    let gets = proxy
+        .requests()
+        .iter()
+        .filter(|q| q.method == "GET" && q.path.contains(&big.digest))
+        .count();
+    assert!(
+        gets <= 5,
+        "{gets} full downloads of a blob that could never complete"
+    );
+}
+
+#[test]
+fn credentials_are_not_sent_to_a_redirect_target_that_asks_for_them() {
+    let (registry, fx) = serving_image();
+    let cdn = FaultProxy::start(&registry.url());
+    cdn.add(Fault::RequireBasic {
+        user: "u".into(),
+        pass: "cdn-test-secret".into(),
+    });
+    let front = FaultProxy::start(&registry.url());
+    front.add(Fault::RequireBasic {
+        user: "u".into(),
+        pass: "cdn-test-secret".into(),
+    });
+    front.add(Fault::RedirectBlobs { to: cdn.url() });
+    let s = setup(&front.url(), &[]);
+    s.sandbox.write_docker_config(&serde_json::json!({
+        "auths": { front.host(): { "auth": "dTpjZG4tdGVzdC1zZWNyZXQ=" } }
+    }));
+    let out =
+        common::run_fails(&mut s.cmd(&["pull", "--platform", "linux/amd64", &fx.reference()]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not sent to another host"), "{err}");
+    for q in cdn.requests() {
+        assert_eq!(
+            q.authorization, None,
+            "credentials reached the redirect target: {q:?}"
+        );
+    }
+}

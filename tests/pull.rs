@@ -796,3 +796,163 @@ mod base64_like {
         out
     }
 }
+
+#[test]
+fn the_official_endpoint_listed_as_a_mirror_keeps_its_authority() {
+    let official = TestRegistry::start();
+    let fx = fixture(Flavor::Base, MediaTypes::Docker);
+    Pusher::new(&official).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[&official.url(), &official.url()]);
+    let r = pull_json(
+        &sandbox,
+        &config,
+        &["--platform", "linux/amd64", &fx.reference()],
+    );
+    assert_eq!(r["resolved_by"], "official");
+    assert_eq!(
+        r["sources"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r["sources"]
+    );
+}
+
+#[test]
+fn verify_repair_removes_corrupt_blobs_so_a_pull_fetches_them_again() {
+    let official = TestRegistry::start();
+    let fx = fixture(Flavor::Base, MediaTypes::Docker);
+    Pusher::new(&official).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let args = ["--platform", "linux/amd64", &fx.reference()];
+    pull_json(&sandbox, &config, &args);
+    let layer = &fx.platform(Arch::Amd64).layers[0];
+    let path = sandbox
+        .store_dir()
+        .join("blobs/sha256")
+        .join(&layer.digest[7..]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[3] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    // A directory where a blob should be: reported, and the check goes on.
+    let bogus = "e".repeat(64);
+    std::fs::create_dir(sandbox.store_dir().join("blobs/sha256").join(&bogus)).unwrap();
+
+    let out = run_fails(&mut cli(&sandbox, &config, &["verify"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!("sha256:{bogus} cannot be read")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("blob {} is corrupt", layer.digest)),
+        "{err}"
+    );
+    assert!(err.contains("--repair"), "{err}");
+
+    std::fs::remove_dir(sandbox.store_dir().join("blobs/sha256").join(&bogus)).unwrap();
+    let out = run_fails(&mut cli(&sandbox, &config, &["verify", "--repair"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed"));
+    let r = pull_json(&sandbox, &config, &args);
+    assert_eq!(r["bytes_downloaded"], layer.size);
+    run_ok(&mut cli(&sandbox, &config, &["verify"]));
+}
+
+#[test]
+fn read_only_commands_never_create_a_store() {
+    let sandbox = Sandbox::new();
+    let missing = sandbox.root().join("typo");
+    for args in [vec!["verify"], vec!["inspect", RUNTIME]] {
+        let mut cmd = sandbox.cudaimg();
+        cmd.arg("--store").arg(&missing).args(&args);
+        let out = run_fails(&mut cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {err}");
+        assert!(err.contains("no store at"), "{err}");
+    }
+    let mut cmd = sandbox.cudaimg();
+    cmd.arg("--store").arg(&missing).args(["--json", "images"]);
+    assert_eq!(run_ok(&mut cmd).stdout, b"[]\n");
+    assert!(!missing.exists(), "a read-only command created the store");
+}
+
+#[test]
+fn images_survives_a_hostile_index_and_marks_broken_entries() {
+    let sandbox = Sandbox::new();
+    let store = sandbox.store_dir();
+    std::fs::create_dir_all(store.join("blobs/sha256")).unwrap();
+    std::fs::write(
+        store.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        store.join("index.json"),
+        r#"{"schemaVersion":2,"manifests":[{"mediaType":"m","digest":"sha256:aéé","size":3,
+            "annotations":{"org.opencontainers.image.ref.name":"x/y:z"}}]}"#,
+    )
+    .unwrap();
+    let mut cmd = sandbox.cudaimg();
+    cmd.arg("--store").arg(&store).arg("images");
+    let out = run_ok(&mut cmd);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("x/y:z") && text.contains("BROKEN"), "{text}");
+}
+
+#[test]
+fn a_multi_reference_pull_goes_past_a_failure_and_exits_with_its_code() {
+    let official = TestRegistry::start();
+    let fx = fixture(Flavor::Base, MediaTypes::Docker);
+    Pusher::new(&official).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let out = run_fails(&mut cli(
+        &sandbox,
+        &config,
+        &[
+            "pull",
+            "--platform",
+            "linux/amd64",
+            "nvidia/cuda:0.0-nope",
+            &fx.reference(),
+        ],
+    ));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let idx = index_json(&sandbox);
+    assert_eq!(
+        idx["manifests"].as_array().unwrap().len(),
+        1,
+        "the second reference was not pulled"
+    );
+}
+
+#[test]
+fn an_explicit_platform_a_single_platform_image_lacks_is_an_error() {
+    let official = TestRegistry::start();
+    let single = FixtureStore::shared().cuda(
+        &CudaSpec::new("12.4.1", Flavor::Base)
+            .arches(&[Arch::Arm64])
+            .without_index(),
+    );
+    Pusher::new(&official).push(&single);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let out = run_fails(&mut cli(
+        &sandbox,
+        &config,
+        &["pull", "--platform", "linux/amd64", &single.reference()],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("linux/arm64"), "{err}");
+    // Without --platform it is pulled, with a warning, as docker does.
+    let r = pull_json(&sandbox, &config, &[&single.reference()]);
+    assert_eq!(r["platform"], "linux/arm64/v8");
+}

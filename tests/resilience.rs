@@ -203,5 +203,36 @@ fn empty_store(root: &Path) {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    std::fs::write(root.join("index.json"), r#"{"schemaVersion":2,"manifests":[]}"#).unwrap();
+    std::fs::write(
+        root.join("index.json"),
+        r#"{"schemaVersion":2,"manifests":[]}"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn processes_creating_a_new_store_at_once_all_succeed() {
+    let official = TestRegistry::start();
+    let fx = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Docker, Scale::TINY);
+    Pusher::new(&official).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    for round in 0..5 {
+        let store = sandbox.root().join(format!("store-{round}"));
+        let children: Vec<_> = (0..3)
+            .map(|_| {
+                pull_cmd(&sandbox, &config, &store, &fx.reference())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }

@@ -380,3 +380,36 @@ fn a_lying_mirror_manifest_is_refused_by_digest() {
         "{w}"
     );
 }
+
+#[test]
+fn lock_requires_the_official_registry_unless_told_to_trust_mirrors() {
+    let (old, _) = old_and_new();
+    let m = TestRegistry::start();
+    Pusher::new(&m).push(&old);
+    let env = Env::new(&dead_endpoint(), &mirror(&m.url()));
+    let mut lock = env.cmd(&["lock", "--lockfile"]);
+    lock.arg(env.lockfile()).arg(old.reference());
+    let out = run_fails(&mut lock);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!env.lockfile().exists(), "a failed lock wrote the lockfile");
+    let mut lock = env.cmd(&["lock", "--trust-mirrors", "--lockfile"]);
+    lock.arg(env.lockfile()).arg(old.reference());
+    run_ok(&mut lock);
+    assert!(std::fs::read_to_string(env.lockfile())
+        .unwrap()
+        .contains(&old.index.as_ref().unwrap().digest));
+
+    // With a lock, an explicit digest that differs is a usage error, not silently ignored.
+    let other = format!("{}@sha256:{}", old.reference(), "0".repeat(64));
+    let mut pull = env.cmd(&["pull", "--locked", "--lockfile"]);
+    pull.arg(env.lockfile()).arg(&other);
+    let out = run_fails(&mut pull);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("lockfile pins"), "{err}");
+}
