@@ -36,6 +36,8 @@ pub enum Error {
     Pull(#[from] PullError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    Docker(#[from] crate::docker::LoadError),
     #[error("{0}")]
     Setup(String),
     #[error("{0}")]
@@ -55,6 +57,8 @@ impl Error {
             Error::Reference(_) | Error::Platform(_) | Error::Config(_) => exit::USAGE,
             Error::Lock(LockError::NotLocked { .. } | LockError::Invalid { .. }) => exit::USAGE,
             Error::Lock(_) => exit::FAILURE,
+            Error::Docker(crate::docker::LoadError::Store(StoreError::Corrupt(_))) => exit::CORRUPT,
+            Error::Docker(_) => exit::FAILURE,
             Error::Store(StoreError::Corrupt(_)) => exit::CORRUPT,
             Error::Store(StoreError::Missing(_)) => exit::NOT_FOUND,
             Error::Setup(_) => exit::FAILURE,
@@ -72,6 +76,7 @@ impl Error {
             Error::Reference(e) => Some(e.hint()),
             Error::Config(e) => Some(e.hint()),
             Error::Lock(e) => Some(e.hint()),
+            Error::Docker(e) => e.hint(),
             Error::Setup(_) | Error::Usage(_) | Error::Failed { .. } => None,
             Error::Platform(_) => Some("for example `--platform linux/arm64`".into()),
             Error::Store(e) => e.hint(),

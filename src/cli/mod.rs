@@ -4,11 +4,16 @@
 //! Only this layer prints. stdout carries results (tables, or one JSON document per result
 //! under `--json`); stderr carries progress, warnings and errors.
 
+mod export;
+mod gc;
 mod images;
 mod inspect;
+mod load;
 mod lock;
 mod progress;
 mod pull;
+mod rm;
+mod tag;
 mod verify;
 
 use std::io::{IsTerminal, Write};
@@ -58,6 +63,16 @@ enum Command {
     Inspect(inspect::Args),
     /// Re-hash every blob and check every reference in the store
     Verify(verify::Args),
+    /// Hand a stored image to the Docker Engine under its official name
+    Load(load::Args),
+    /// Give a stored image another name
+    Tag(tag::Args),
+    /// Write a stored image to a file: docker-archive (for `docker load`) or oci-archive
+    Export(export::Args),
+    /// Remove names from the store (blobs stay until `gc`)
+    Rm(rm::Args),
+    /// Delete blobs no stored image uses, and partial downloads
+    Gc(gc::Args),
 }
 
 /// Global settings the commands share.
@@ -134,6 +149,11 @@ pub fn main() -> ExitCode {
             Command::Images => images::run(&ctx),
             Command::Inspect(args) => inspect::run(&ctx, &args),
             Command::Verify(args) => verify::run(&ctx, &args).await,
+            Command::Load(args) => load::run(&ctx, &args).await,
+            Command::Tag(args) => tag::run(&ctx, &args),
+            Command::Export(args) => export::run(&ctx, args).await,
+            Command::Rm(args) => rm::run(&ctx, &args),
+            Command::Gc(args) => gc::run(&ctx, &args).await,
         }
     });
     match result {

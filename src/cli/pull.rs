@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use std::path::PathBuf;
 
+use crate::docker::Loaded;
 use crate::engine::{PullReport, PullTarget, ResolvedBy, DEFAULT_JOBS, DEFAULT_STALL_SECS};
 use crate::error::Error;
 use crate::lockfile::{Lockfile, DEFAULT_LOCKFILE};
@@ -34,6 +35,9 @@ pub struct Args {
     /// Fail instead of trusting mirrors for a tag's digest when the official registry is out of reach
     #[arg(long)]
     require_upstream: bool,
+    /// Then hand each image to the Docker Engine (`DOCKER_HOST`) under its official name
+    #[arg(long)]
+    load: bool,
 }
 
 /// Options shared by `pull --locked` and `lock`.
@@ -101,7 +105,27 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         let report = engine.pull(&target, &platform, reporter.as_ref()).await;
         drop(reporter);
         match report {
-            Ok(report) => print(ctx, &report, started.elapsed().as_secs_f64()),
+            Ok(report) => {
+                let secs = started.elapsed().as_secs_f64();
+                if !args.load {
+                    print(ctx, &report, secs, None);
+                    continue;
+                }
+                let platform: Platform = report.platform.parse()?;
+                let loaded =
+                    super::load::load(&engine.store, &report.canonical, Some(&platform)).await;
+                match loaded {
+                    Ok(l) => print(ctx, &report, secs, Some(&l)),
+                    Err(e) => {
+                        print(ctx, &report, secs, None);
+                        if targets.len() == 1 {
+                            return Err(e);
+                        }
+                        super::report_error(&e);
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
             // The other references are still pulled; the first failure decides the exit.
             Err(e) if targets.len() > 1 => {
                 if !e.is_not_found() {
@@ -128,7 +152,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     }
 }
 
-fn print(ctx: &Ctx, r: &PullReport, secs: f64) {
+fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }
@@ -154,7 +178,13 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64) {
         }
     }
     if ctx.json {
-        emit_json(r);
+        match (serde_json::to_value(r), loaded) {
+            (Ok(mut v), Some(l)) => {
+                v["loaded"] = serde_json::to_value(l).unwrap_or_default();
+                emit_json(&v);
+            }
+            _ => emit_json(r),
+        }
         return;
     }
     let cached = r.layers.iter().filter(|l| l.cached).count();
@@ -176,6 +206,9 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64) {
         human_bytes(r.bytes_downloaded),
         r.manifest_source
     ));
+    if let Some(l) = loaded {
+        super::load::print(l);
+    }
 }
 
 fn resolved_by(r: &PullReport) -> &'static str {

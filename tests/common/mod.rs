@@ -11,6 +11,7 @@
 #![allow(dead_code, unused_imports)]
 #![allow(clippy::unwrap_used)]
 
+pub mod docker;
 pub mod fixtures;
 pub mod proxy;
 pub mod push;

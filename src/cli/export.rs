@@ -1,0 +1,77 @@
+//! `cudaimg export REF -o FILE`: a stored image as a file for `docker load` or skopeo.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::archive::{self, Format};
+use crate::error::Error;
+use crate::platform::Platform;
+use crate::reference::ImageRef;
+
+use super::{emit, Ctx};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A stored image
+    #[arg(value_name = "REFERENCE")]
+    reference: String,
+    /// Where to write; `-` for stdout
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    #[arg(long, value_enum, default_value = "docker-archive")]
+    format: Format,
+    /// Which platform, when several are stored [default: the host's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
+}
+
+/// The name Docker shows for a stored image: `nvidia/cuda:TAG`, none for digest-only names.
+pub(crate) fn repo_tag(name: &str) -> Option<String> {
+    ImageRef::parse(name)
+        .ok()
+        .filter(|r| r.tag.is_some())
+        .map(|r| r.without_digest().docker_form())
+}
+
+pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
+    let config = ctx.config()?;
+    let name = config.canonicalize(&args.reference)?.image.to_string();
+    let want: Option<Platform> = args.platform.as_deref().map(str::parse).transpose()?;
+    let store = ctx.existing_store()?;
+    let image = store
+        .image(&name, want.as_ref())?
+        .ok_or_else(|| Error::NotInStore(name.clone()))?;
+    let tag = repo_tag(&name);
+    let (format, output) = (args.format, args.output.clone());
+    tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        if output.as_os_str() == "-" {
+            let out = std::io::stdout().lock();
+            archive::write(
+                &store,
+                &image,
+                tag.as_deref(),
+                format,
+                std::io::BufWriter::new(out),
+            )?;
+            return Ok(());
+        }
+        // Written beside the target and renamed: a failed export leaves no half file.
+        let tmp = output.with_extension("cudaimg-partial");
+        let file = fs_err::File::create(&tmp).map_err(crate::store::StoreError::from)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let res = archive::write(&store, &image, tag.as_deref(), format, &mut out)
+            .and_then(|()| out.flush().map_err(Into::into));
+        if let Err(e) = res {
+            let _ = fs_err::remove_file(&tmp);
+            return Err(e.into());
+        }
+        fs_err::rename(&tmp, &output).map_err(crate::store::StoreError::from)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::Setup(format!("export was interrupted: {e}")))??;
+    if args.output.as_os_str() != "-" {
+        emit(&format!("exported {name} to {}", args.output.display()));
+    }
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! `cudaimg load REF`: hand a stored image to the Docker Engine under its official name.
+
+use crate::docker::{self, DockerEngine, Loaded};
+use crate::error::Error;
+use crate::platform::Platform;
+use crate::store::Store;
+
+use super::export::repo_tag;
+use super::{emit, emit_json, Ctx};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A stored image
+    #[arg(value_name = "REFERENCE")]
+    reference: String,
+    /// Which platform, when several are stored [default: the host's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
+}
+
+pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
+    let config = ctx.config()?;
+    let name = config.canonicalize(&args.reference)?.image.to_string();
+    let want: Option<Platform> = args.platform.as_deref().map(str::parse).transpose()?;
+    let store = ctx.existing_store()?;
+    let loaded = load(&store, &name, want.as_ref()).await?;
+    if ctx.json {
+        emit_json(&loaded);
+    } else {
+        print(&loaded);
+    }
+    Ok(())
+}
+
+/// Loads `name` (for `platform`) from the store into the engine `DOCKER_HOST` names.
+pub(crate) async fn load(
+    store: &Store,
+    name: &str,
+    platform: Option<&Platform>,
+) -> Result<Loaded, Error> {
+    let image = store
+        .image(name, platform)?
+        .ok_or_else(|| Error::NotInStore(name.to_owned()))?;
+    let engine = DockerEngine::from_env().map_err(docker::LoadError::from)?;
+    Ok(docker::hand_over(&engine, store, &image, repo_tag(name)).await?)
+}
+
+pub(crate) fn print(l: &Loaded) {
+    emit(&format!(
+        "loaded {} into the Docker Engine at {} (image ID {})",
+        l.name.as_deref().unwrap_or("(untagged)"),
+        l.engine,
+        l.image_id
+    ));
+}
