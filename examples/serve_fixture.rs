@@ -1,0 +1,71 @@
+//! Serves a CUDA-like image from a local registry for the benchmarks in `bench/`.
+//!
+//! Generates `nvidia/cuda:12.4.1-<flavor>-ubuntu22.04` at `--scale` of the real layer sizes
+//! (1.0 is the real 12.4.1 runtime: ~1.47 GB), pushes it to a `docker-registry` it starts on
+//! 127.0.0.1, prints one JSON line (`registry`, `reference`, `bytes`), and serves until its
+//! standard input closes. With `--runnable`, the amd64 image is single-platform and gains a
+//! layer with a static busybox whose default command prints `ready`, so `docker run` works.
+//! Generated layers are cached under `target/bench-fixtures`.
+
+#![allow(clippy::unwrap_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::Read;
+
+use common::docker::{busybox, Runnable};
+use common::{Arch, CudaSpec, FixtureStore, Flavor, MediaTypes, Pusher, Scale, TestRegistry};
+
+fn main() {
+    let mut scale = 0.2;
+    let mut flavor = Flavor::Runtime;
+    let mut media = MediaTypes::Docker;
+    let mut runnable = false;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--scale" => {
+                i += 1;
+                scale = args[i].parse().expect("--scale takes a number");
+            }
+            "--flavor" => {
+                i += 1;
+                flavor = match args[i].as_str() {
+                    "base" => Flavor::Base,
+                    "runtime" => Flavor::Runtime,
+                    "cudnn-runtime" => Flavor::CudnnRuntime,
+                    "devel" => Flavor::Devel,
+                    other => panic!("unknown flavor {other}"),
+                };
+            }
+            "--oci" => media = MediaTypes::Oci,
+            "--runnable" => runnable = true,
+            other => panic!("unknown argument {other}"),
+        }
+        i += 1;
+    }
+    let store = FixtureStore::in_dir(std::path::Path::new("target/bench-fixtures"));
+    let fx = store.cuda(&CudaSpec::new("12.4.1", flavor).media(media).scale(Scale(scale)));
+    let registry = TestRegistry::start();
+    let pusher = Pusher::new(&registry);
+    let (reference, bytes) = if runnable {
+        let amd64 = fx.platform(Arch::Amd64);
+        let image = Runnable::build(amd64, "ready", &busybox());
+        image.push(&pusher, amd64, &fx.repo, &fx.tag);
+        let bytes = amd64.layers_size() + image.layer.1.len() as u64 + image.config.size();
+        (format!("{}/{}", registry.host(), fx.reference()), bytes)
+    } else {
+        pusher.push(&fx);
+        let amd64 = fx.platform(Arch::Amd64);
+        (format!("{}/{}", registry.host(), fx.reference()), amd64.layers_size() + amd64.config.size())
+    };
+    println!(
+        "{}",
+        serde_json::json!({"registry": registry.url(), "reference": reference, "bytes": bytes})
+    );
+    // Serve until the benchmark closes our stdin.
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}
