@@ -47,7 +47,11 @@ fn main() {
         i += 1;
     }
     let store = FixtureStore::in_dir(std::path::Path::new("target/bench-fixtures"));
-    let fx = store.cuda(&CudaSpec::new("12.4.1", flavor).media(media).scale(Scale(scale)));
+    let fx = store.cuda(
+        &CudaSpec::new("12.4.1", flavor)
+            .media(media)
+            .scale(Scale(scale)),
+    );
     let registry = TestRegistry::start();
     let pusher = Pusher::new(&registry);
     let (reference, bytes) = if runnable {
@@ -59,7 +63,10 @@ fn main() {
     } else {
         pusher.push(&fx);
         let amd64 = fx.platform(Arch::Amd64);
-        (format!("{}/{}", registry.host(), fx.reference()), amd64.layers_size() + amd64.config.size())
+        (
+            format!("{}/{}", registry.host(), fx.reference()),
+            amd64.layers_size() + amd64.config.size(),
+        )
     };
     println!(
         "{}",
