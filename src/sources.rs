@@ -350,6 +350,23 @@ impl SourceSet {
         }
     }
 
+    /// Every source that could serve the item right now, in order.
+    pub fn usable_now(&self, item: &ItemState) -> Vec<Arc<Source>> {
+        let now = Instant::now();
+        self.sources
+            .iter()
+            .filter(|s| s.capabilities.pull && !item.is_excluded(s))
+            .filter(|s| {
+                s.health
+                    .lock()
+                    .ok()
+                    .and_then(|h| h.not_before)
+                    .is_none_or(|t| t <= now)
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Records a successful request.
     pub fn succeeded(&self, source: &Source) {
         if let Ok(mut h) = source.health.lock() {

@@ -56,6 +56,13 @@ impl BlobJob<'_> {
         let mut resumes = 0u32;
         let mut mismatches = 0u32;
         let mut high_water = writer.written();
+        // A large blob with several sources to ask: fill it from all of them at once.
+        if desc.size - writer.written() >= super::parallel::PARALLEL_MIN {
+            contributors = self
+                .fill_parallel(desc, &mut writer, &mut item, &what)
+                .await?;
+            high_water = writer.written();
+        }
         loop {
             if writer.written() == desc.size {
                 match writer.commit().await {

@@ -4,6 +4,7 @@
 
 mod blob;
 mod lock;
+mod parallel;
 mod pull;
 mod resolve;
 

@@ -260,6 +260,45 @@ impl RegistryClient {
         })
     }
 
+    /// Requests bytes `start..=end` of the `size`-byte blob, for parallel fills. Only an
+    /// exact 206 is accepted: a source that ignores `Range` cannot take part.
+    pub async fn blob_range(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+        size: u64,
+    ) -> Result<BlobResponse, RegistryError> {
+        let url = self.url(&self.blob_url(repo, digest))?;
+        let resp = self
+            .send(repo, &url, |c| {
+                c.get(url.clone())
+                    .header(RANGE, format!("bytes={start}-{end}"))
+            })
+            .await?;
+        let resp = check_status(resp, "blob").await?;
+        let label = redact_url(resp.url());
+        let range = header_str(&resp, CONTENT_RANGE.as_str()).unwrap_or_default();
+        let exact = resp.status() == StatusCode::PARTIAL_CONTENT
+            && range.trim() == format!("bytes {start}-{end}/{size}")
+            && resp.content_length().is_none_or(|l| l == end - start + 1);
+        if !exact {
+            return Err(RegistryError::BadRange {
+                url: label,
+                reason: format!(
+                    "it answered HTTP {} `{range}` to a request for bytes {start}-{end} of {size}",
+                    resp.status().as_u16()
+                ),
+            });
+        }
+        Ok(BlobResponse {
+            url: redact_url(&url),
+            response: resp,
+            offset: start,
+        })
+    }
+
     fn url(&self, s: &str) -> Result<Url, RegistryError> {
         Url::parse(s).map_err(|_| RegistryError::Status {
             url: s.to_owned(),

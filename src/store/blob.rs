@@ -117,6 +117,82 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// A second handle on the partial file, for writing ranges at their offsets while
+    /// this writer hashes the contiguous prefix ([`BlobWriter::absorb`]).
+    pub async fn ranged_handle(&mut self) -> Result<std::fs::File, StoreError> {
+        self.file
+            .flush()
+            .await
+            .map_err(|e| io_at(e, &self.partial))?;
+        let f = self
+            .file
+            .get_ref()
+            .try_clone()
+            .await
+            .map_err(|e| io_at(e, &self.partial))?;
+        Ok(f.into_std().await)
+    }
+
+    /// Hashes bytes that ranged writes put in the file from the current end of the
+    /// contiguous prefix up to `upto`, and records the new prefix in the sidecar so a crash
+    /// never resumes across a hole.
+    pub async fn absorb(&mut self, upto: u64) -> Result<(), StoreError> {
+        let from = self.hasher.len();
+        if upto <= from {
+            return Ok(());
+        }
+        let file = self
+            .file
+            .get_ref()
+            .try_clone()
+            .await
+            .map_err(|e| io_at(e, &self.partial))?;
+        let file = file.into_std().await;
+        let mut hasher = std::mem::take(&mut self.hasher);
+        let path = self.partial.clone();
+        let hasher = tokio::task::spawn_blocking(move || -> Result<Hasher, StoreError> {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut at = from;
+            while at < upto {
+                let want = usize::try_from((upto - at).min(buf.len() as u64)).unwrap_or(buf.len());
+                let n = file
+                    .read_at(&mut buf[..want], at)
+                    .map_err(|e| io_at(e, &path))?;
+                if n == 0 {
+                    return Err(io_at(
+                        std::io::Error::other("the file ended before its ranges"),
+                        &path,
+                    ));
+                }
+                hasher.update(&buf[..n]);
+                at += n as u64;
+            }
+            Ok(hasher)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        self.hasher = hasher;
+        let sidecar = prefix_sidecar(&self.partial);
+        let tmp = sidecar.with_extension("prefix-tmp");
+        fs_err::write(&tmp, upto.to_string())?;
+        fs_err::rename(&tmp, &sidecar)?;
+        Ok(())
+    }
+
+    /// After a ranged fill: cuts off whatever lies past the contiguous prefix (ranges that
+    /// finished out of order), so sequential writing continues from the prefix.
+    pub async fn end_ranged(&mut self) -> Result<(), StoreError> {
+        let at = self.hasher.len();
+        let f = self.file.get_mut();
+        f.set_len(at).await.map_err(|e| io_at(e, &self.partial))?;
+        f.seek(SeekFrom::Start(at))
+            .await
+            .map_err(|e| io_at(e, &self.partial))?;
+        let _ = fs_err::remove_file(prefix_sidecar(&self.partial));
+        Ok(())
+    }
+
     /// Throws away what was written, to start the blob over.
     pub async fn reset(&mut self) -> Result<(), StoreError> {
         self.file
@@ -188,7 +264,20 @@ fn lock_partial(
         if !same_file(&file, path) {
             continue;
         }
-        let len = file.metadata().map_err(|e| io_at(e, path))?.len();
+        let mut len = file.metadata().map_err(|e| io_at(e, path))?.len();
+        // A parallel fill writes ranges out of order; its sidecar says how long the
+        // contiguous, written prefix is. Bytes past it may sit beside holes.
+        let sidecar = prefix_sidecar(path);
+        if let Some(prefix) = fs_err::read_to_string(&sidecar)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        {
+            if prefix < len {
+                file.set_len(prefix).map_err(|e| io_at(e, path))?;
+                len = prefix;
+            }
+        }
+        let _ = fs_err::remove_file(&sidecar);
         let mut hasher = Hasher::new();
         if len > size {
             file.set_len(0).map_err(|e| io_at(e, path))?;
@@ -205,6 +294,10 @@ fn lock_partial(
         }
         return Ok(Some((file, hasher)));
     }
+}
+
+fn prefix_sidecar(partial: &Path) -> PathBuf {
+    partial.with_extension("prefix")
 }
 
 fn same_file(file: &std::fs::File, path: &Path) -> bool {
