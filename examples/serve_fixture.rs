@@ -5,6 +5,8 @@
 //! 127.0.0.1, prints one JSON line (`registry`, `reference`, `bytes`), and serves until its
 //! standard input closes. With `--runnable`, the amd64 image is single-platform and gains a
 //! layer with a static busybox whose default command prints `ready`, so `docker run` works.
+//! With `--proxies N --throttle BYTES_PER_SEC`, N fault-injecting proxies throttled to that
+//! rate stand in front of the registry, as mirrors of a known speed.
 //! Generated layers are cached under `target/bench-fixtures`.
 
 #![allow(clippy::unwrap_used)]
@@ -15,13 +17,18 @@ mod common;
 use std::io::Read;
 
 use common::docker::{busybox, Runnable};
-use common::{Arch, CudaSpec, FixtureStore, Flavor, MediaTypes, Pusher, Scale, TestRegistry};
+use common::{
+    Arch, CudaSpec, Fault, FaultProxy, FixtureStore, Flavor, MediaTypes, Pusher, Scale,
+    TestRegistry,
+};
 
 fn main() {
     let mut scale = 0.2;
     let mut flavor = Flavor::Runtime;
     let mut media = MediaTypes::Docker;
     let mut runnable = false;
+    let mut proxies = 0usize;
+    let mut throttle = 0u64;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -42,6 +49,14 @@ fn main() {
             }
             "--oci" => media = MediaTypes::Oci,
             "--runnable" => runnable = true,
+            "--proxies" => {
+                i += 1;
+                proxies = args[i].parse().expect("--proxies takes a count");
+            }
+            "--throttle" => {
+                i += 1;
+                throttle = args[i].parse().expect("--throttle takes bytes per second");
+            }
             other => panic!("unknown argument {other}"),
         }
         i += 1;
@@ -68,9 +83,27 @@ fn main() {
             amd64.layers_size() + amd64.config.size(),
         )
     };
+    // Throttled proxies in front of the registry: mirrors of a given speed.
+    let fronts: Vec<FaultProxy> = (0..proxies)
+        .map(|_| {
+            let p = FaultProxy::start(&registry.url());
+            if throttle > 0 {
+                p.add(Fault::Throttle {
+                    bytes_per_sec: throttle,
+                });
+            }
+            p
+        })
+        .collect();
     println!(
         "{}",
-        serde_json::json!({"registry": registry.url(), "reference": reference, "bytes": bytes})
+        serde_json::json!({
+            "registry": registry.url(),
+            "reference": reference,
+            "repository_tag": fx.reference(),
+            "bytes": bytes,
+            "proxies": fronts.iter().map(FaultProxy::url).collect::<Vec<_>>(),
+        })
     );
     // Serve until the benchmark closes our stdin.
     let mut sink = Vec::new();
