@@ -17,7 +17,8 @@ CUDAIMG=$PWD/target/release/cudaimg
 work=$(mktemp -d /tmp/cudaimg-bench-load.XXXXXX)
 cleanup() {
     [ -n "${dockerd_pid:-}" ] && kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null
-    [ -n "${serve_pid:-}" ] && kill "$serve_pid" 2>/dev/null
+    # Closing its stdin lets the fixture server stop its registry; a kill would orphan it.
+    [ -n "${serve_pid:-}" ] && { exec 3>&- ; wait "$serve_pid" 2>/dev/null; }
     rm -rf "$work" 2>/dev/null || true
 }
 trap cleanup EXIT

@@ -14,7 +14,9 @@ scripts/setup.sh
 cargo build --release --quiet --bin cudaimg --example serve_fixture
 CUDAIMG=$PWD/target/release/cudaimg
 work=$(mktemp -d /tmp/cudaimg-bench-multi.XXXXXX)
-cleanup() { [ -n "${serve_pid:-}" ] && kill "$serve_pid" 2>/dev/null; rm -rf "$work" 2>/dev/null || true; }
+cleanup() {
+    # Closing its stdin lets the fixture server stop its registry; a kill would orphan it.
+    [ -n "${serve_pid:-}" ] && { exec 3>&- ; wait "$serve_pid" 2>/dev/null; }; rm -rf "$work" 2>/dev/null || true; }
 trap cleanup EXIT
 
 mkfifo "$work/in"

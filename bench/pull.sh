@@ -16,7 +16,8 @@ cargo build --release --quiet --bin cudaimg --example serve_fixture
 CUDAIMG=$PWD/target/release/cudaimg
 work=$(mktemp -d /tmp/cudaimg-bench-pull.XXXXXX)
 cleanup() {
-    [ -n "${serve_pid:-}" ] && kill "$serve_pid" 2>/dev/null
+    # Closing its stdin lets the fixture server stop its registry; a kill would orphan it.
+    [ -n "${serve_pid:-}" ] && { exec 3>&- ; wait "$serve_pid" 2>/dev/null; }
     rm -rf "$work" 2>/dev/null || true
 }
 trap cleanup EXIT
