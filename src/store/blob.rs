@@ -13,7 +13,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
+use std::sync::Arc;
 
 use super::{Store, StoreError};
 use crate::digest::{Digest, Hasher};
@@ -44,16 +44,31 @@ pub enum WriteError {
 }
 
 /// A blob being written, holding the blob's lock until dropped.
+///
+/// Bytes are gathered into 1 MiB pieces; each piece is hashed and written on a blocking
+/// thread while the next one arrives (double buffering), so on a multi-core machine the
+/// network, the hash and the disk work at once. Pieces go to their offsets, so the file is
+/// always exactly the hashed bytes once the last piece is flushed.
 pub struct BlobWriter {
-    file: BufWriter<tokio::fs::File>,
+    file: Arc<std::fs::File>,
     partial: PathBuf,
     dest: PathBuf,
-    hasher: Hasher,
+    /// `None` while a piece is being hashed and written.
+    hasher: Option<Hasher>,
+    pending: Option<PieceTask>,
+    buf: Vec<u8>,
+    /// Bytes accepted so far (written, in flight, or buffered).
+    len: u64,
     expected: Digest,
     size: u64,
     /// Bytes that were already in the partial file when it was opened.
     resumed: u64,
 }
+
+const PIECE: usize = 1 << 20;
+
+/// A piece being hashed and written; gives back the hasher and the buffer for reuse.
+type PieceTask = tokio::task::JoinHandle<Result<(Hasher, Vec<u8>), StoreError>>;
 
 impl BlobWriter {
     /// Opens the blob's partial file, waiting for any other process writing the same blob.
@@ -78,15 +93,14 @@ impl BlobWriter {
             return Ok(None);
         };
         let resumed = hasher.len();
-        let mut file = tokio::fs::File::from_std(file);
-        file.seek(SeekFrom::Start(resumed))
-            .await
-            .map_err(|e| io_at(e, &partial))?;
         Ok(Some(BlobWriter {
-            file: BufWriter::with_capacity(1 << 20, file),
+            file: Arc::new(file),
             partial,
             dest,
-            hasher,
+            hasher: Some(hasher),
+            pending: None,
+            buf: Vec::with_capacity(PIECE),
+            len: resumed,
             expected,
             size,
             resumed,
@@ -95,7 +109,7 @@ impl BlobWriter {
 
     /// Bytes in the blob so far.
     pub fn written(&self) -> u64 {
-        self.hasher.len()
+        self.len
     }
 
     /// Bytes found from an earlier, interrupted download.
@@ -104,55 +118,82 @@ impl BlobWriter {
     }
 
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), WriteError> {
-        if self.hasher.len() + chunk.len() as u64 > self.size {
+        if self.len + chunk.len() as u64 > self.size {
             return Err(WriteError::TooLong {
                 expected_size: self.size,
             });
         }
-        self.hasher.update(chunk);
-        self.file
-            .write_all(chunk)
+        self.buf.extend_from_slice(chunk);
+        self.len += chunk.len() as u64;
+        if self.buf.len() >= PIECE {
+            self.send_piece().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the piece in flight, if any, and takes the hasher back.
+    async fn settle(&mut self) -> Result<Vec<u8>, StoreError> {
+        let Some(task) = self.pending.take() else {
+            return Ok(Vec::with_capacity(PIECE));
+        };
+        let (hasher, mut spare) = task
             .await
-            .map_err(|e| io_at(e, &self.partial))?;
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        self.hasher = Some(hasher);
+        spare.clear();
+        Ok(spare)
+    }
+
+    /// Hands the buffered bytes to a blocking thread to hash and write at their offset.
+    async fn send_piece(&mut self) -> Result<(), StoreError> {
+        let spare = self.settle().await?;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, spare);
+        let at = self.len - data.len() as u64;
+        let mut hasher = self.hasher.take().ok_or_else(lost_hasher)?;
+        let file = self.file.clone();
+        let path = self.partial.clone();
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            hasher.update(&data);
+            file.write_all_at(&data, at).map_err(|e| io_at(e, &path))?;
+            Ok((hasher, data))
+        }));
+        Ok(())
+    }
+
+    /// Everything accepted is hashed and in the file.
+    async fn drain(&mut self) -> Result<(), StoreError> {
+        self.send_piece().await?;
+        let spare = self.settle().await?;
+        self.buf = spare;
         Ok(())
     }
 
     /// A second handle on the partial file, for writing ranges at their offsets while
     /// this writer hashes the contiguous prefix ([`BlobWriter::absorb`]).
     pub async fn ranged_handle(&mut self) -> Result<std::fs::File, StoreError> {
-        self.file
-            .flush()
-            .await
-            .map_err(|e| io_at(e, &self.partial))?;
-        let f = self
-            .file
-            .get_ref()
-            .try_clone()
-            .await
-            .map_err(|e| io_at(e, &self.partial))?;
-        Ok(f.into_std().await)
+        self.drain().await?;
+        self.file.try_clone().map_err(|e| io_at(e, &self.partial))
     }
 
     /// Hashes bytes that ranged writes put in the file from the current end of the
     /// contiguous prefix up to `upto`, and records the new prefix in the sidecar so a crash
     /// never resumes across a hole.
     pub async fn absorb(&mut self, upto: u64) -> Result<(), StoreError> {
-        let from = self.hasher.len();
+        self.drain().await?;
+        let from = self.len;
         if upto <= from {
             return Ok(());
         }
-        let file = self
-            .file
-            .get_ref()
-            .try_clone()
-            .await
-            .map_err(|e| io_at(e, &self.partial))?;
-        let file = file.into_std().await;
-        let mut hasher = std::mem::take(&mut self.hasher);
+        let file = self.file.clone();
+        let mut hasher = self.hasher.take().ok_or_else(lost_hasher)?;
         let path = self.partial.clone();
         let hasher = tokio::task::spawn_blocking(move || -> Result<Hasher, StoreError> {
             use std::os::unix::fs::FileExt;
-            let mut buf = vec![0u8; 1 << 20];
+            let mut buf = vec![0u8; PIECE];
             let mut at = from;
             while at < upto {
                 let want = usize::try_from((upto - at).min(buf.len() as u64)).unwrap_or(buf.len());
@@ -172,7 +213,8 @@ impl BlobWriter {
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        self.hasher = hasher;
+        self.hasher = Some(hasher);
+        self.len = upto;
         let sidecar = prefix_sidecar(&self.partial);
         let tmp = sidecar.with_extension("prefix-tmp");
         fs_err::write(&tmp, upto.to_string())?;
@@ -183,28 +225,28 @@ impl BlobWriter {
     /// After a ranged fill: cuts off whatever lies past the contiguous prefix (ranges that
     /// finished out of order), so sequential writing continues from the prefix.
     pub async fn end_ranged(&mut self) -> Result<(), StoreError> {
-        let at = self.hasher.len();
-        let f = self.file.get_mut();
-        f.set_len(at).await.map_err(|e| io_at(e, &self.partial))?;
-        f.seek(SeekFrom::Start(at))
-            .await
-            .map_err(|e| io_at(e, &self.partial))?;
+        self.drain().await?;
+        self.truncate(self.len).await?;
         let _ = fs_err::remove_file(prefix_sidecar(&self.partial));
         Ok(())
     }
 
+    async fn truncate(&self, at: u64) -> Result<(), StoreError> {
+        let file = self.file.clone();
+        let path = self.partial.clone();
+        tokio::task::spawn_blocking(move || file.set_len(at).map_err(|e| io_at(e, &path)))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    }
+
     /// Throws away what was written, to start the blob over.
     pub async fn reset(&mut self) -> Result<(), StoreError> {
-        self.file
-            .flush()
-            .await
-            .map_err(|e| io_at(e, &self.partial))?;
-        let f = self.file.get_mut();
-        f.set_len(0).await.map_err(|e| io_at(e, &self.partial))?;
-        f.seek(SeekFrom::Start(0))
-            .await
-            .map_err(|e| io_at(e, &self.partial))?;
-        self.hasher = Hasher::new();
+        self.buf.clear();
+        let spare = self.settle().await?;
+        self.buf = spare;
+        self.truncate(0).await?;
+        self.hasher = Some(Hasher::new());
+        self.len = 0;
         self.resumed = 0;
         Ok(())
     }
@@ -212,7 +254,9 @@ impl BlobWriter {
     /// Verifies digest and size, makes the bytes durable, and renames them into place.
     /// On a mismatch the partial bytes stay, for the caller to [`BlobWriter::reset`].
     pub async fn commit(&mut self) -> Result<(), CommitError> {
-        let (actual, actual_size) = self.hasher.clone().finish();
+        self.drain().await?;
+        let hasher = self.hasher.clone().ok_or_else(lost_hasher)?;
+        let (actual, actual_size) = hasher.finish();
         if actual != self.expected || actual_size != self.size {
             return Err(CommitError::Mismatch {
                 expected: self.expected.clone(),
@@ -221,20 +265,22 @@ impl BlobWriter {
                 actual_size,
             });
         }
-        self.file
-            .flush()
-            .await
-            .map_err(|e| io_at(e, &self.partial))?;
-        self.file
-            .get_ref()
-            .sync_all()
-            .await
-            .map_err(|e| io_at(e, &self.partial))?;
-        tokio::fs::rename(&self.partial, &self.dest)
-            .await
-            .map_err(|e| io_at(e, &self.dest))?;
+        let file = self.file.clone();
+        let (partial, dest) = (self.partial.clone(), self.dest.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            file.sync_all().map_err(|e| io_at(e, &partial))?;
+            std::fs::rename(&partial, &dest).map_err(|e| io_at(e, &dest))
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         Ok(())
     }
+}
+
+fn lost_hasher() -> StoreError {
+    StoreError::Io(std::io::Error::other(
+        "a blob write failed earlier; start it over",
+    ))
 }
 
 /// Opens and locks `path`, then re-hashes what it holds. Retries when the file it locked is
