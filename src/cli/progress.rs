@@ -167,7 +167,15 @@ impl Reporter for Bars {
             });
             bar.set_prefix(digest.short()[7..].to_owned());
             bar.set_message(host);
-            bar.set_position(offset);
+            // A restart or resume moves the blob's position; the total moves with it, so
+            // discarded bytes do not count twice.
+            let (was, now) = (bar.position(), offset);
+            bar.set_position(now);
+            if let Ok(t) = self.total.lock() {
+                if let Some(t) = t.as_ref() {
+                    t.set_position((t.position() + now).saturating_sub(was));
+                }
+            }
         }
     }
     fn blob_progress(&self, digest: &Digest, bytes: u64) {
