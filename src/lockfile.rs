@@ -101,7 +101,10 @@ impl Lockfile {
             message,
         };
         let file: File = toml::from_str(&text).map_err(|e| {
-            let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
+            let (line, col) = e
+                .span()
+                .map(|s| crate::config::line_col(&text, s.start))
+                .unwrap_or((1, 1));
             invalid(format!("{line}:{col}: {}", e.message().trim()))
         })?;
         if file.version != VERSION {
@@ -142,13 +145,6 @@ impl Lockfile {
         fs_err::write(&tmp, format!("{HEADER}{body}")).map_err(write)?;
         fs_err::rename(&tmp, &self.path).map_err(write)
     }
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]

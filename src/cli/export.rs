@@ -5,24 +5,19 @@ use std::path::PathBuf;
 
 use crate::archive::{self, Format};
 use crate::error::Error;
-use crate::platform::Platform;
 use crate::reference::ImageRef;
 
 use super::{emit, Ctx};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A stored image
-    #[arg(value_name = "REFERENCE")]
-    reference: String,
+    #[command(flatten)]
+    image: super::ImageArgs,
     /// Where to write; `-` for stdout
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
     #[arg(long, value_enum, default_value = "docker-archive")]
     format: Format,
-    /// Which platform, when several are stored [default: the host's]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
-    platform: Option<String>,
 }
 
 /// The name Docker shows for a stored image: `nvidia/cuda:TAG`, none for digest-only names.
@@ -35,8 +30,7 @@ pub(crate) fn repo_tag(name: &str) -> Option<String> {
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let config = ctx.config()?;
-    let name = config.canonicalize(&args.reference)?.image.to_string();
-    let want: Option<Platform> = args.platform.as_deref().map(str::parse).transpose()?;
+    let (name, want) = args.image.resolve(&config)?;
     let store = ctx.existing_store()?;
     let image = store
         .image(&name, want.as_ref())?

@@ -3,18 +3,13 @@
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::platform::Platform;
 
 use super::{emit, emit_json, human_bytes, Ctx};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A stored image, e.g. `nvidia/cuda:12.4.1-runtime-ubuntu22.04`
-    #[arg(value_name = "REFERENCE")]
-    reference: String,
-    /// Which platform, when the store holds several for this name [default: the host's]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
-    platform: Option<String>,
+    #[command(flatten)]
+    image: super::ImageArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,8 +41,7 @@ struct Layer {
 
 pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let config = ctx.config()?;
-    let name = config.canonicalize(&args.reference)?.image.to_string();
-    let want: Option<Platform> = args.platform.as_deref().map(str::parse).transpose()?;
+    let (name, want) = args.image.resolve(&config)?;
     let store = ctx.existing_store()?;
     let Some(image) = store.image(&name, want.as_ref())? else {
         let stored: Vec<String> = store

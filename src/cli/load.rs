@@ -10,18 +10,13 @@ use super::{emit, emit_json, Ctx};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A stored image
-    #[arg(value_name = "REFERENCE")]
-    reference: String,
-    /// Which platform, when several are stored [default: the host's]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
-    platform: Option<String>,
+    #[command(flatten)]
+    image: super::ImageArgs,
 }
 
 pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let config = ctx.config()?;
-    let name = config.canonicalize(&args.reference)?.image.to_string();
-    let want: Option<Platform> = args.platform.as_deref().map(str::parse).transpose()?;
+    let (name, want) = args.image.resolve(&config)?;
     let store = ctx.existing_store()?;
     let loaded = load(&store, &name, want.as_ref()).await?;
     if ctx.json {

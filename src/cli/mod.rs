@@ -75,6 +75,29 @@ enum Command {
     Gc(gc::Args),
 }
 
+/// A stored image, for the commands that read one (`inspect`, `load`, `export`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct ImageArgs {
+    /// A stored image, e.g. `nvidia/cuda:12.4.1-runtime-ubuntu22.04`
+    #[arg(value_name = "REFERENCE")]
+    pub reference: String,
+    /// Which platform, when the store holds several for this name [default: the host's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+}
+
+impl ImageArgs {
+    /// The canonical name and the platform asked for.
+    pub fn resolve(
+        &self,
+        config: &Config,
+    ) -> Result<(String, Option<crate::platform::Platform>), Error> {
+        let name = config.canonicalize(&self.reference)?.image.to_string();
+        let want = self.platform.as_deref().map(str::parse).transpose()?;
+        Ok((name, want))
+    }
+}
+
 /// Global settings the commands share.
 pub(crate) struct Ctx {
     config_path: Option<PathBuf>,
