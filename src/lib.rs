@@ -4,6 +4,7 @@
 //! - [`reference`], [`digest`], [`platform`], [`manifest`]: the vocabulary (names, content
 //!   addresses, platforms, manifest shapes), with no I/O.
 //! - [`config`]: `mirrors.toml`, the user's mirror policy.
+//! - [`cuda`]: knowledge of CUDA images (tag grammar, drivers, end of life), with no I/O.
 //! - [`registry`]: the distribution protocol against one endpoint (auth, manifests, blobs),
 //!   with typed errors that say whether to try another source.
 //! - [`sources`]: the mirror policy at run time: which endpoints to ask, in which order, and the
@@ -16,6 +17,7 @@
 pub mod archive;
 pub mod cli;
 pub mod config;
+pub mod cuda;
 pub mod digest;
 pub mod docker;
 pub mod engine;
