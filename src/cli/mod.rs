@@ -4,6 +4,7 @@
 //! Only this layer prints. stdout carries results (tables, or one JSON document per result
 //! under `--json`); stderr carries progress, warnings and errors.
 
+mod explain;
 mod export;
 mod gc;
 mod images;
@@ -73,6 +74,8 @@ enum Command {
     Rm(rm::Args),
     /// Delete blobs no stored image uses, and partial downloads
     Gc(gc::Args),
+    /// Explain an nvidia/cuda tag: version, flavor, cuDNN, OS, contents, driver, end of life
+    Explain(explain::Args),
 }
 
 /// Global settings the commands share.
@@ -154,6 +157,7 @@ pub fn main() -> ExitCode {
             Command::Export(args) => export::run(&ctx, args).await,
             Command::Rm(args) => rm::run(&ctx, &args),
             Command::Gc(args) => gc::run(&ctx, &args).await,
+            Command::Explain(args) => explain::run(&ctx, &args),
         }
     });
     match result {

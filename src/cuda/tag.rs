@@ -119,7 +119,7 @@ pub struct CudaTag {
 
 /// Why a string is not an `nvidia/cuda` tag.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("`{tag}` is not a nvidia/cuda tag: {reason}")]
+#[error("`{tag}` is not an nvidia/cuda tag: {reason}")]
 pub struct TagError {
     pub tag: String,
     pub reason: String,
