@@ -15,6 +15,7 @@ mod progress;
 mod pull;
 mod rm;
 mod tag;
+mod tags;
 mod verify;
 
 use std::io::{IsTerminal, Write};
@@ -76,6 +77,8 @@ enum Command {
     Gc(gc::Args),
     /// Explain an nvidia/cuda tag: version, flavor, cuDNN, OS, contents, driver, end of life
     Explain(explain::Args),
+    /// List a repository's tags through the mirrors, filtered, newest first, and recommend one
+    Tags(tags::Args),
 }
 
 /// Global settings the commands share.
@@ -158,6 +161,7 @@ pub fn main() -> ExitCode {
             Command::Rm(args) => rm::run(&ctx, &args),
             Command::Gc(args) => gc::run(&ctx, &args).await,
             Command::Explain(args) => explain::run(&ctx, &args),
+            Command::Tags(args) => tags::run(&ctx, &args).await,
         }
     });
     match result {
