@@ -12,6 +12,8 @@
 //! - [`store`]: the local OCI image layout; the only code that writes image data to disk.
 //! - [`engine`]: the transfer engine that resolves an image and moves its blobs into the store.
 //! - [`progress`]: the reporter trait through which the engine tells what it is doing.
+//! - [`host`] and [`doctor`]: probes of the machine (driver, GPUs, container toolkit) and
+//!   the findings `cudaimg doctor` draws from them.
 //! - [`cli`]: the commands; the only layer that prints or draws progress bars.
 
 pub mod archive;
@@ -20,8 +22,10 @@ pub mod config;
 pub mod cuda;
 pub mod digest;
 pub mod docker;
+pub mod doctor;
 pub mod engine;
 pub mod error;
+pub mod host;
 pub mod lockfile;
 pub mod manifest;
 pub mod platform;

@@ -4,6 +4,7 @@
 //! Only this layer prints. stdout carries results (tables, or one JSON document per result
 //! under `--json`); stderr carries progress, warnings and errors.
 
+mod doctor;
 mod explain;
 mod export;
 mod gc;
@@ -79,6 +80,8 @@ enum Command {
     Explain(explain::Args),
     /// List a repository's tags through the mirrors, filtered, newest first, and recommend one
     Tags(tags::Args),
+    /// Check this host for CUDA containers (driver, GPUs, toolkit, Docker, mirrors), and an image against it
+    Doctor(doctor::Args),
 }
 
 /// Global settings the commands share.
@@ -162,6 +165,7 @@ pub fn main() -> ExitCode {
             Command::Gc(args) => gc::run(&ctx, &args).await,
             Command::Explain(args) => explain::run(&ctx, &args),
             Command::Tags(args) => tags::run(&ctx, &args).await,
+            Command::Doctor(args) => doctor::run(&ctx, &args).await,
         }
     });
     match result {
