@@ -12,6 +12,7 @@
 //! - [`store`]: the local OCI image layout; the only code that writes image data to disk.
 //! - [`engine`]: the transfer engine that resolves an image and moves its blobs into the store.
 //! - [`progress`]: the reporter trait through which the engine tells what it is doing.
+//! - [`mirrors`]: measuring and ranking mirrors, and emitting them as daemon configuration.
 //! - [`host`] and [`doctor`]: probes of the machine (driver, GPUs, container toolkit) and
 //!   the findings `cudaimg doctor` draws from them.
 //! - [`cli`]: the commands; the only layer that prints or draws progress bars.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod host;
 pub mod lockfile;
 pub mod manifest;
+pub mod mirrors;
 pub mod platform;
 pub mod progress;
 pub mod reference;

@@ -12,6 +12,7 @@ mod images;
 mod inspect;
 mod load;
 mod lock;
+mod mirrors;
 mod progress;
 mod pull;
 mod rm;
@@ -82,6 +83,9 @@ enum Command {
     Tags(tags::Args),
     /// Check this host for CUDA containers (driver, GPUs, toolkit, Docker, mirrors), and an image against it
     Doctor(doctor::Args),
+    /// Measure and rank the configured mirrors; emit them as Docker or containerd configuration
+    #[command(subcommand)]
+    Mirrors(mirrors::Command),
 }
 
 /// Global settings the commands share.
@@ -166,6 +170,7 @@ pub fn main() -> ExitCode {
             Command::Explain(args) => explain::run(&ctx, &args),
             Command::Tags(args) => tags::run(&ctx, &args).await,
             Command::Doctor(args) => doctor::run(&ctx, &args).await,
+            Command::Mirrors(cmd) => mirrors::run(&ctx, &cmd).await,
         }
     });
     match result {
