@@ -13,6 +13,7 @@
 //! - [`engine`]: the transfer engine that resolves an image and moves its blobs into the store.
 //! - [`progress`]: the reporter trait through which the engine tells what it is doing.
 //! - [`mirrors`]: measuring and ranking mirrors, and emitting them as daemon configuration.
+//! - [`run_config`]: `docker run` lines and compose files for the seed tutorial's scenarios.
 //! - [`host`] and [`doctor`]: probes of the machine (driver, GPUs, container toolkit) and
 //!   the findings `cudaimg doctor` draws from them.
 //! - [`cli`]: the commands; the only layer that prints or draws progress bars.
@@ -34,5 +35,6 @@ pub mod platform;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod run_config;
 pub mod sources;
 pub mod store;

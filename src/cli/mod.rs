@@ -16,6 +16,7 @@ mod mirrors;
 mod progress;
 mod pull;
 mod rm;
+mod run_config;
 mod tag;
 mod tags;
 mod verify;
@@ -86,6 +87,8 @@ enum Command {
     /// Measure and rank the configured mirrors; emit them as Docker or containerd configuration
     #[command(subcommand)]
     Mirrors(mirrors::Command),
+    /// Print the `docker run` line or docker-compose.yml for a stored image, pinned by digest
+    RunConfig(run_config::Args),
 }
 
 /// Global settings the commands share.
@@ -171,6 +174,7 @@ pub fn main() -> ExitCode {
             Command::Tags(args) => tags::run(&ctx, &args).await,
             Command::Doctor(args) => doctor::run(&ctx, &args).await,
             Command::Mirrors(cmd) => mirrors::run(&ctx, &cmd).await,
+            Command::RunConfig(args) => run_config::run(&ctx, &args),
         }
     });
     match result {
