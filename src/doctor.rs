@@ -549,6 +549,22 @@ fn runtime_findings(p: &Probes, out: &mut Vec<Finding>) {
 }
 
 fn mirror_findings(p: &Probes, out: &mut Vec<Finding>) {
+    if let DaemonJson::Read {
+        registry_mirrors, ..
+    } = &p.daemon_json
+    {
+        if !registry_mirrors.is_empty() {
+            out.push(finding(
+                "mirrors",
+                Status::Ok,
+                format!(
+                    "Docker's own registry-mirrors (used by `docker pull`, not by cudaimg): {}",
+                    registry_mirrors.join(", ")
+                ),
+                None,
+            ));
+        }
+    }
     let Some(path) = &p.config_path else {
         out.push(finding(
             "mirrors",
@@ -619,22 +635,6 @@ fn mirror_findings(p: &Probes, out: &mut Vec<Finding>) {
                     eps.len()
                 ),
                 Some("check the network and the URLs in mirrors.toml".into()),
-            ));
-        }
-    }
-    if let DaemonJson::Read {
-        registry_mirrors, ..
-    } = &p.daemon_json
-    {
-        if !registry_mirrors.is_empty() {
-            out.push(finding(
-                "mirrors",
-                Status::Ok,
-                format!(
-                    "Docker's own registry-mirrors (used by `docker pull`, not by cudaimg): {}",
-                    registry_mirrors.join(", ")
-                ),
-                None,
             ));
         }
     }
