@@ -93,6 +93,12 @@ impl Host {
         self.set("CUDAIMG_NVIDIA_SMI", smi.display().to_string());
     }
 
+    /// The same, found the way a real one is: as `nvidia-smi` on PATH.
+    fn gpu_on_path(&mut self, lines: &str) {
+        self.program("nvidia-smi", &format!("printf '{lines}\\n'"));
+        self.env.retain(|(k, _)| k != "CUDAIMG_NVIDIA_SMI");
+    }
+
     fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = self.sandbox.cudaimg();
         if let Some(c) = &self.config {
@@ -508,7 +514,7 @@ fn doctor_on_a_machine_without_gpu_warns_and_exits_0() {
 #[test]
 fn doctor_fails_a_driver_too_old_for_the_image() {
     let mut host = Host::new();
-    host.gpu("470.82.01, Tesla T4");
+    host.gpu_on_path("470.82.01, Tesla T4");
     let out = run_fails(&mut host.cmd(&["--json", "doctor", RUNTIME_TAG]));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let r = json_of(&out);
