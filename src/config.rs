@@ -259,6 +259,11 @@ impl Config {
             })
     }
 
+    /// The registries the file configures, by canonical host.
+    pub fn registries(&self) -> impl Iterator<Item = (&str, &RegistryConfig)> {
+        self.registries.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     /// The canonical registry that `host` is a configured mirror (or the official endpoint)
     /// of, if any: how `docker.xuanyuan.run/nvidia/cuda` becomes `docker.io/nvidia/cuda`.
     pub fn registry_for_mirror_host(&self, host: &str) -> Option<&str> {

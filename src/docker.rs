@@ -1,6 +1,7 @@
 //! The Docker Engine API, just enough to hand it images: ping, load a streamed archive, and
-//! look an image up. `DOCKER_HOST` is honoured (`unix://` or plain `tcp://`); the default is
-//! `unix:///var/run/docker.sock`. Works with Engine 20.10 and newer (unversioned API paths).
+//! look an image up; and, for `doctor`, the container runtimes it knows. `DOCKER_HOST` is
+//! honoured (`unix://` or plain `tcp://`); the default is `unix:///var/run/docker.sock`.
+//! Works with Engine 20.10 and newer (unversioned API paths).
 
 use std::path::PathBuf;
 
@@ -183,6 +184,34 @@ impl DockerEngine {
         }
         let v: serde_json::Value = resp.json().await.map_err(|e| self.unreachable(&e))?;
         Ok(v.get("Id").and_then(|i| i.as_str()).map(str::to_owned))
+    }
+
+    /// The container runtimes the engine knows (`runc`, `nvidia`, …) and its default, from
+    /// `GET /info`: what `--runtime=nvidia` and compose's `runtime: nvidia` can use.
+    pub async fn runtimes(&self) -> Result<(Vec<String>, Option<String>), DockerError> {
+        #[derive(serde::Deserialize)]
+        struct Info {
+            #[serde(rename = "Runtimes", default)]
+            runtimes: std::collections::BTreeMap<String, serde_json::Value>,
+            #[serde(rename = "DefaultRuntime")]
+            default_runtime: Option<String>,
+        }
+        let resp = self
+            .client
+            .get(format!("{}/info", self.base))
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if !resp.status().is_success() {
+            return Err(self.api_error(resp).await);
+        }
+        let info: Info = resp.json().await.map_err(|e| DockerError::Api {
+            host: self.host.clone(),
+            status: 200,
+            message: format!("`/info` is not the JSON expected: {e}"),
+        })?;
+        Ok((info.runtimes.into_keys().collect(), info.default_runtime))
     }
 
     async fn api_error(&self, resp: reqwest::Response) -> DockerError {

@@ -2,10 +2,12 @@
 //! and a hint that tells the user what to do.
 
 use crate::config::ConfigError;
+use crate::cuda::TagError;
 use crate::engine::PullError;
 use crate::lockfile::LockError;
 use crate::platform::PlatformError;
 use crate::reference::ReferenceError;
+use crate::sources::FallbackError;
 use crate::store::StoreError;
 
 /// Process exit codes, documented in README.md.
@@ -38,6 +40,11 @@ pub enum Error {
     Lock(#[from] LockError),
     #[error(transparent)]
     Docker(#[from] crate::docker::LoadError),
+    #[error(transparent)]
+    Tag(#[from] TagError),
+    /// A registry request (a tag list) that no source could answer.
+    #[error(transparent)]
+    Sources(#[from] FallbackError),
     #[error("{0}")]
     Setup(String),
     #[error("{0}")]
@@ -54,7 +61,11 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Reference(_) | Error::Platform(_) | Error::Config(_) => exit::USAGE,
+            Error::Reference(_) | Error::Platform(_) | Error::Config(_) | Error::Tag(_) => {
+                exit::USAGE
+            }
+            Error::Sources(e) if e.is_not_found() => exit::NOT_FOUND,
+            Error::Sources(_) => exit::FAILURE,
             Error::Lock(LockError::NotLocked { .. } | LockError::Invalid { .. }) => exit::USAGE,
             Error::Lock(_) => exit::FAILURE,
             Error::Docker(crate::docker::LoadError::Store(StoreError::Corrupt(_))) => exit::CORRUPT,
@@ -77,6 +88,16 @@ impl Error {
             Error::Config(e) => Some(e.hint()),
             Error::Lock(e) => Some(e.hint()),
             Error::Docker(e) => e.hint(),
+            Error::Tag(e) => Some(e.hint()),
+            Error::Sources(e) if e.is_not_found() => Some(
+                "check the repository name; `cudaimg tags nvidia/cuda` lists NVIDIA's CUDA images"
+                    .into(),
+            ),
+            Error::Sources(_) => Some(
+                "`cudaimg mirrors check` measures every configured mirror; `cudaimg doctor` checks \
+                 the whole setup"
+                    .into(),
+            ),
             Error::Setup(_) | Error::Usage(_) | Error::Failed { .. } => None,
             Error::Platform(_) => Some("for example `--platform linux/arm64`".into()),
             Error::Store(e) => e.hint(),

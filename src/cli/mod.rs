@@ -4,16 +4,21 @@
 //! Only this layer prints. stdout carries results (tables, or one JSON document per result
 //! under `--json`); stderr carries progress, warnings and errors.
 
+mod doctor;
+mod explain;
 mod export;
 mod gc;
 mod images;
 mod inspect;
 mod load;
 mod lock;
+mod mirrors;
 mod progress;
 mod pull;
 mod rm;
+mod run_config;
 mod tag;
+mod tags;
 mod verify;
 
 use std::io::{IsTerminal, Write};
@@ -73,6 +78,17 @@ enum Command {
     Rm(rm::Args),
     /// Delete blobs no stored image uses, and partial downloads
     Gc(gc::Args),
+    /// Explain an nvidia/cuda tag: version, flavor, cuDNN, OS, contents, driver, end of life
+    Explain(explain::Args),
+    /// List a repository's tags through the mirrors, filtered, newest first, and recommend one
+    Tags(tags::Args),
+    /// Check this host for CUDA containers (driver, GPUs, toolkit, Docker, mirrors), and an image against it
+    Doctor(doctor::Args),
+    /// Measure and rank the configured mirrors; emit them as Docker or containerd configuration
+    #[command(subcommand)]
+    Mirrors(mirrors::Command),
+    /// Print the `docker run` line or docker-compose.yml for a stored image, pinned by digest
+    RunConfig(run_config::Args),
 }
 
 /// A stored image, for the commands that read one (`inspect`, `load`, `export`).
@@ -177,6 +193,11 @@ pub fn main() -> ExitCode {
             Command::Export(args) => export::run(&ctx, args).await,
             Command::Rm(args) => rm::run(&ctx, &args),
             Command::Gc(args) => gc::run(&ctx, &args).await,
+            Command::Explain(args) => explain::run(&ctx, &args),
+            Command::Tags(args) => tags::run(&ctx, &args).await,
+            Command::Doctor(args) => doctor::run(&ctx, &args).await,
+            Command::Mirrors(cmd) => mirrors::run(&ctx, &cmd).await,
+            Command::RunConfig(args) => run_config::run(&ctx, &args),
         }
     });
     match result {

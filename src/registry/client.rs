@@ -1,5 +1,7 @@
-//! One endpoint's distribution API: `GET /v2/<name>/manifests/<ref>` and
-//! `GET /v2/<name>/blobs/<digest>` (with `Range` for resumption), behind authentication.
+//! One endpoint's distribution API: `GET /v2/<name>/manifests/<ref>`,
+//! `GET /v2/<name>/blobs/<digest>` (with `Range` for resumption) and
+//! `GET /v2/<name>/tags/list` (paginated), behind authentication; and `GET /v2/`, to see
+//! whether the endpoint answers at all.
 //!
 //! Redirects (blob CDNs) are followed by reqwest, which drops `Authorization` whenever the
 //! host, port or scheme changes; credentials never leave the endpoint they belong to.
@@ -82,6 +84,20 @@ pub struct FetchedManifest {
     pub digest: Digest,
     pub url: String,
 }
+
+/// Every tag of a repository, as one endpoint listed them.
+#[derive(Debug, Clone)]
+pub struct TagList {
+    pub tags: Vec<String>,
+    /// Pages read (1 when the registry does not paginate).
+    pub pages: usize,
+}
+
+/// Bounds on a tag listing: a hostile or broken registry cannot make cudaimg loop or
+/// buffer without end. Docker Hub's `nvidia/cuda` has a few thousand tags.
+const MAX_TAG_PAGE_BYTES: u64 = 16 * 1024 * 1024;
+const MAX_TAG_PAGES: usize = 10_000;
+const MAX_TAGS: usize = 1_000_000;
 
 /// A blob response whose body starts at `offset` of the blob.
 pub struct BlobResponse {
@@ -200,6 +216,106 @@ impl RegistryClient {
             Some(d) => Ok(d),
             None => Ok(self.manifest(repo, reference, None).await?.digest),
         }
+    }
+
+    /// Lists every tag of `repo`: `GET /v2/<repo>/tags/list?n=<page_size>`, then each page
+    /// the `Link: <…>; rel="next"` header names, until there is none. A registry that does
+    /// not paginate (CNCF distribution 2.8 ignores `n`) answers everything at once.
+    pub async fn tags(&self, repo: &str, page_size: u32) -> Result<TagList, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            tags: Option<Vec<String>>,
+        }
+        let first = self.url(&format!("{}/v2/{repo}/tags/list?n={page_size}", self.base))?;
+        let mut next = Some(first);
+        let mut seen = std::collections::HashSet::new();
+        let mut list = TagList {
+            tags: Vec::new(),
+            pages: 0,
+        };
+        while let Some(url) = next.take() {
+            let label = redact_url(&url);
+            let bad = |reason: String| RegistryError::BadResponse {
+                url: label.clone(),
+                reason,
+            };
+            if !seen.insert(url.to_string()) {
+                return Err(bad(
+                    "its `Link` header leads back to a page already read".into()
+                ));
+            }
+            if list.pages >= MAX_TAG_PAGES {
+                return Err(bad(format!(
+                    "it has more than {MAX_TAG_PAGES} pages of tags"
+                )));
+            }
+            let resp = self
+                .send(repo, &url, |c| {
+                    c.get(url.clone())
+                        .header(ACCEPT, "application/json")
+                        .timeout(self.manifest_timeout)
+                })
+                .await?;
+            let resp = check_status(resp, "repository").await?;
+            let link = header_str(&resp, "link");
+            if resp
+                .content_length()
+                .is_some_and(|l| l > MAX_TAG_PAGE_BYTES)
+            {
+                return Err(bad(format!(
+                    "a page is larger than {MAX_TAG_PAGE_BYTES} bytes"
+                )));
+            }
+            let mut body = Vec::new();
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| RegistryError::from_reqwest(&url, e))?;
+                if (body.len() + chunk.len()) as u64 > MAX_TAG_PAGE_BYTES {
+                    return Err(bad(format!(
+                        "a page is larger than {MAX_TAG_PAGE_BYTES} bytes"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let page: Page = serde_json::from_slice(&body).map_err(|e| {
+                bad(format!(
+                    "the tag list is not the distribution API's JSON ({e})"
+                ))
+            })?;
+            list.pages += 1;
+            list.tags.extend(page.tags.unwrap_or_default());
+            if list.tags.len() > MAX_TAGS {
+                return Err(bad(format!("it lists more than {MAX_TAGS} tags")));
+            }
+            if let Some(href) = link.as_deref().and_then(next_link) {
+                let target = url
+                    .join(href)
+                    .map_err(|_| bad(format!("its `Link` header `{href}` is not a URL")))?;
+                // The next page is asked with this endpoint's credentials: never elsewhere.
+                if !same_origin(&target, &url) {
+                    return Err(bad(format!(
+                        "its `Link` header points at another host ({})",
+                        redact_url(&target)
+                    )));
+                }
+                next = Some(target);
+            }
+        }
+        Ok(list)
+    }
+
+    /// `GET /v2/` without credentials: the HTTP status the endpoint answers with (200, or
+    /// 401 when it wants a login: both mean it speaks the registry API).
+    pub async fn ping(&self) -> Result<u16, RegistryError> {
+        let url = self.url(&format!("{}/v2/", self.base))?;
+        let resp = self
+            .http
+            .get(url.clone())
+            .timeout(self.manifest_timeout)
+            .send()
+            .await
+            .map_err(|e| RegistryError::from_reqwest(&url, e))?;
+        Ok(resp.status().as_u16())
     }
 
     /// Starts a download of the `size`-byte blob at `offset` (0 for the whole blob).
@@ -369,6 +485,20 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     Some((start.trim().parse().ok()?, total))
 }
 
+/// The target of the `rel="next"` link of a `Link` header (RFC 8288), as written.
+fn next_link(header: &str) -> Option<&str> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim();
+            p.strip_prefix("rel=")
+                .map(|v| v.trim_matches('"'))
+                .is_some_and(|v| v.split_whitespace().any(|r| r.eq_ignore_ascii_case("next")))
+        });
+        is_next.then_some(target)
+    })
+}
+
 fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()
         && a.host_str() == b.host_str()
@@ -451,4 +581,23 @@ async fn error_detail(resp: Response) -> String {
             format!(": {text}")
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_headers() {
+        assert_eq!(
+            next_link(r#"</v2/nvidia/cuda/tags/list?last=12.4.1&n=100>; rel="next""#),
+            Some("/v2/nvidia/cuda/tags/list?last=12.4.1&n=100")
+        );
+        assert_eq!(
+            next_link(r#"<https://a/x?p=1>; rel="prev", <https://a/x?p=3>; rel=next"#),
+            Some("https://a/x?p=3")
+        );
+        assert_eq!(next_link(r#"</x>; rel="prev""#), None);
+        assert_eq!(next_link("garbage"), None);
+    }
 }

@@ -54,6 +54,8 @@ pub enum RegistryError {
         #[source]
         source: ManifestError,
     },
+    #[error("{url} sent an unusable answer: {reason}")]
+    BadResponse { url: String, reason: String },
     #[error("reading credentials for `{host}` failed: {reason}")]
     Credentials { host: String, reason: String },
     #[error(transparent)]
@@ -94,6 +96,7 @@ impl RegistryError {
             | RegistryError::SizeMismatch { .. }
             | RegistryError::BadRange { .. }
             | RegistryError::BadManifest { .. }
+            | RegistryError::BadResponse { .. }
             | RegistryError::Credentials { .. } => Next::NextSource,
         }
     }
@@ -126,6 +129,7 @@ impl RegistryError {
             RegistryError::SizeMismatch { .. } => "size-mismatch",
             RegistryError::BadRange { .. } => "bad-range",
             RegistryError::BadManifest { .. } => "bad-manifest",
+            RegistryError::BadResponse { .. } => "bad-response",
             RegistryError::Credentials { .. } => "credentials",
             RegistryError::Store(_) => "store",
         }

@@ -9,6 +9,6 @@ mod client;
 mod credentials;
 mod error;
 
-pub use client::{BlobResponse, FetchedManifest, HttpClients, RegistryClient};
+pub use client::{BlobResponse, FetchedManifest, HttpClients, RegistryClient, TagList};
 pub use credentials::Credential;
 pub use error::{redact_url, Next, RegistryError};

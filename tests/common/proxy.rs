@@ -126,6 +126,12 @@ pub enum Fault {
         body: Vec<u8>,
         media_type: String,
     },
+    /// Answers `GET /v2/<name>/tags/list` in pages, as CNCF distribution 3 and Docker Hub do
+    /// (distribution 2.8, the test registry, ignores `n` and `last`): the full list is fetched
+    /// from upstream, sorted, cut after `?last=`, and at most `min(n, max_page)` tags are
+    /// sent, with `Link: </v2/<name>/tags/list?n=N&last=T>; rel="next"` while more remain.
+    /// Persistent.
+    PaginateTags { max_page: usize },
 }
 
 impl Fault {
@@ -141,6 +147,7 @@ impl Fault {
             Fault::RequireBasic { .. } => "RequireBasic",
             Fault::Refuse => "Refuse",
             Fault::ServeManifest { .. } => "ServeManifest",
+            Fault::PaginateTags { .. } => "PaginateTags",
         }
     }
 
@@ -865,6 +872,21 @@ fn request_faults(
     if local.is_some() {
         return (local, false);
     }
+    if method == "GET"
+        && target
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .ends_with("/tags/list")
+    {
+        let max_page = shared.take(|fault| match fault {
+            Fault::PaginateTags { max_page } => Some(*max_page),
+            _ => None,
+        });
+        if let Some(max_page) = max_page {
+            return (Some(tag_page(shared, target, max_page)), false);
+        }
+    }
     let drop_range = head.get("range").is_some()
         && shared
             .take(|fault| match fault {
@@ -877,6 +899,53 @@ fn request_faults(
             })
             .is_some();
     (None, drop_range)
+}
+
+/// One page of `target`'s tag list, from upstream's full list (see [`Fault::PaginateTags`]).
+fn tag_page(shared: &Shared, target: &str, max_page: usize) -> Local {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let params: HashMap<&str, &str> = query.split('&').filter_map(|p| p.split_once('=')).collect();
+    let upstream = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{}{path}", shared.upstream))
+        .send()
+        .unwrap();
+    if !upstream.status().is_success() {
+        return Local::error(upstream.status().as_u16(), Some("PaginateTags"));
+    }
+    let full: serde_json::Value = upstream.json().unwrap();
+    let mut tags: Vec<String> = full["tags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    if let Some(last) = params.get("last") {
+        tags.retain(|t| t.as_str() > *last);
+    }
+    let n = params
+        .get("n")
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(max_page)
+        .min(max_page);
+    let more = tags.len() > n;
+    tags.truncate(n);
+    let body = serde_json::json!({ "name": full["name"], "tags": tags });
+    let mut local = Local::new(
+        200,
+        "application/json",
+        serde_json::to_vec(&body).unwrap(),
+        Some("PaginateTags"),
+    );
+    if let (true, Some(last)) = (more, tags.last()) {
+        local = local.header("Link", format!("<{path}?n={n}&last={last}>; rel=\"next\""));
+    }
+    local
 }
 
 /// Faults applied to a body while it streams: positions in the response body.

@@ -1,0 +1,200 @@
+//! `cudaimg doctor [REF]`: checks the machine for running CUDA containers (driver, GPUs,
+//! NVIDIA Container Toolkit, Docker, mirrors) and, with REF, the image against the driver.
+//! Each finding is printed with its status and fix; exit 1 if any is `fail` (see
+//! [`crate::doctor`]), 0 otherwise, also on a machine without a GPU.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::cuda::image::ImageEnv;
+use crate::cuda::CudaTag;
+use crate::docker::DockerEngine;
+use crate::doctor::{self, DockerState, EndpointPing, Finding, ImageSubject, Probes, Status};
+use crate::error::{exit, Error};
+use crate::host::{self, DriverProbe};
+use crate::registry::{HttpClients, RegistryClient};
+use crate::sources::chain;
+use crate::store::StoreError;
+
+use super::{emit, emit_json, Ctx};
+
+/// How long an endpoint gets to answer `GET /v2/`.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// An image to check against this host: from the store, else from its nvidia/cuda tag
+    #[arg(value_name = "REFERENCE")]
+    reference: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    image: Option<&'a str>,
+    driver: &'a DriverProbe,
+    findings: &'a [Finding],
+    summary: Summary,
+}
+
+#[derive(Clone, Copy, Serialize)]
+struct Summary {
+    ok: usize,
+    warn: usize,
+    fail: usize,
+}
+
+pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
+    let config = ctx.config()?;
+    let image = match &args.reference {
+        Some(r) => Some(image_subject(ctx, &config, r)?),
+        None => None,
+    };
+    let (driver, pings, docker) =
+        tokio::join!(host::probe_driver(), ping_all(&config), probe_docker());
+    let probes = Probes {
+        driver,
+        toolkit: host::probe_toolkit(),
+        daemon_json: host::probe_daemon_json(),
+        cdi: host::probe_cdi(),
+        docker,
+        config_path: config.path.clone(),
+        pings,
+    };
+    let findings = doctor::findings(&probes, image.as_ref());
+    let count = |s: Status| findings.iter().filter(|f| f.status == s).count();
+    let summary = Summary {
+        ok: count(Status::Ok),
+        warn: count(Status::Warn),
+        fail: count(Status::Fail),
+    };
+    if ctx.json {
+        emit_json(&Report {
+            image: image.as_ref().map(|i| i.name.as_str()),
+            driver: &probes.driver,
+            findings: &findings,
+            summary,
+        });
+    } else {
+        for f in &findings {
+            emit(&format!(
+                "{:4}  {:14}  {}",
+                f.status.as_str(),
+                f.check,
+                f.message
+            ));
+            if let Some(fix) = &f.fix {
+                emit(&format!("{:4}  {:14}  fix: {fix}", "", ""));
+            }
+        }
+        emit(&format!(
+            "{} ok, {} warn, {} fail",
+            summary.ok, summary.warn, summary.fail
+        ));
+    }
+    if summary.fail > 0 {
+        return Err(Error::Failed {
+            what: format!(
+                "doctor found {} problem{} (`fail` above)",
+                summary.fail,
+                if summary.fail == 1 { "" } else { "s" }
+            ),
+            code: exit::FAILURE,
+        });
+    }
+    Ok(())
+}
+
+/// The image to check: the stored one (its own environment), else what its nvidia/cuda tag
+/// says; a reference that is neither stored nor a CUDA tag is an error.
+fn image_subject(ctx: &Ctx, config: &Config, input: &str) -> Result<ImageSubject, Error> {
+    let bare = !input.contains(['/', ':', '@']);
+    let name = if bare {
+        format!("docker.io/nvidia/cuda:{input}")
+    } else {
+        config.canonicalize(input)?.image.to_string()
+    };
+    let stored = match ctx.existing_store() {
+        Ok(store) => store.image(&name, None)?,
+        Err(Error::Store(StoreError::Missing(_))) => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(image) = stored {
+        let tag = crate::reference::ImageRef::parse(&name)
+            .ok()
+            .and_then(|r| r.tag)
+            .and_then(|t| CudaTag::parse(&t).ok());
+        return Ok(ImageSubject {
+            name,
+            tag,
+            env: Some(ImageEnv::from_env(
+                &image.config.config.env.clone().unwrap_or_default(),
+            )),
+        });
+    }
+    match super::explain::subject(config, input) {
+        Ok(s) => Ok(ImageSubject {
+            name: s.name,
+            tag: Some(s.tag),
+            env: None,
+        }),
+        // Neither stored nor an nvidia/cuda tag: nothing to check it against.
+        Err(Error::Tag(_) | Error::Usage(_)) => Err(Error::NotInStore(name)),
+        Err(e) => Err(e),
+    }
+}
+
+async fn probe_docker() -> DockerState {
+    let engine = match DockerEngine::from_env() {
+        Ok(e) => e,
+        Err(e) => {
+            return DockerState::Down {
+                fix: e.hint(),
+                message: e.to_string(),
+            }
+        }
+    };
+    match engine.ping().await {
+        Ok(api_version) => DockerState::Up {
+            host: engine.host().to_owned(),
+            api_version,
+            runtimes: engine.runtimes().await.ok(),
+        },
+        Err(e) => DockerState::Down {
+            fix: e.hint(),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// `GET /v2/` of every configured endpoint, all at once.
+async fn ping_all(config: &Config) -> Vec<EndpointPing> {
+    let Ok(http) = HttpClients::new(PING_TIMEOUT) else {
+        return Vec::new();
+    };
+    let mut jobs = Vec::new();
+    for (registry, reg) in config.registries() {
+        let endpoints = reg
+            .mirrors
+            .iter()
+            .map(|m| (m, false))
+            .chain(std::iter::once((&reg.endpoint, true)));
+        for (endpoint, official) in endpoints {
+            let client = RegistryClient::new(endpoint, &http);
+            let registry = registry.to_owned();
+            jobs.push(async move {
+                let started = Instant::now();
+                let result = client.ping().await.map_err(|e| chain(&e));
+                EndpointPing {
+                    registry,
+                    url: client.label().to_owned(),
+                    official,
+                    result,
+                    millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                }
+            });
+        }
+    }
+    futures_util::future::join_all(jobs).await
+}

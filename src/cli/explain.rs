@@ -1,0 +1,262 @@
+//! `cudaimg explain TAG_OR_REF`: what an `nvidia/cuda` tag means (version, flavor, cuDNN,
+//! OS, contents), the driver it needs, and whether it is past end of life. Offline: the
+//! store is read (never created) when it holds the image, for the image's own word.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::cuda::driver::{self, minor_compat_driver};
+use crate::cuda::image::ImageEnv;
+use crate::cuda::{eol, tag, CudaTag};
+use crate::error::Error;
+use crate::reference::ImageRef;
+use crate::store::StoreError;
+
+use super::{emit, emit_json, Ctx};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A tag (`12.4.1-cudnn-runtime-ubuntu22.04`) or a reference (`nvidia/cuda:TAG`,
+    /// `docker.io/nvidia/cuda:TAG`, a mirror-prefixed one)
+    #[arg(value_name = "TAG_OR_REF")]
+    input: String,
+}
+
+/// A tag and, when a reference was given (or implied), the canonical name it stands for.
+pub(crate) struct Subject {
+    pub tag: CudaTag,
+    /// `docker.io/nvidia/cuda:TAG` for a bare tag.
+    pub name: String,
+}
+
+/// Reads a bare tag or a reference to a CUDA image. A bare tag (no `/`, `:` or `@`) is
+/// taken as `docker.io/nvidia/cuda:TAG`; a reference must name a `…/cuda` repository
+/// (NVIDIA's, a mirror's, or a private copy) and a tag.
+pub(crate) fn subject(config: &Config, input: &str) -> Result<Subject, Error> {
+    if !input.contains(['/', ':', '@']) {
+        let tag = CudaTag::parse(input)?;
+        return Ok(Subject {
+            name: format!("docker.io/nvidia/cuda:{input}"),
+            tag,
+        });
+    }
+    let image: ImageRef = config.canonicalize(input)?.image;
+    if image.repository.rsplit('/').next() != Some("cuda") {
+        return Err(Error::Usage(format!(
+            "`{input}` names the repository `{}`: cudaimg explains nvidia/cuda tags only",
+            image.repository
+        )));
+    }
+    // `host:port/name` has a colon but no tag: look at the last path segment only.
+    let has_tag = input
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.split('@').next().unwrap_or_default().contains(':'));
+    let Some(tag) = image.tag.clone().filter(|_| has_tag) else {
+        return Err(Error::Usage(format!(
+            "`{input}` has no tag: the tag is what says which CUDA image it is (`nvidia/cuda:12.4.1-runtime-ubuntu22.04`)"
+        )));
+    };
+    let tag = CudaTag::parse(&tag)?;
+    Ok(Subject {
+        tag,
+        name: image.without_digest().to_string(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Explanation {
+    pub tag: String,
+    pub reference: String,
+    pub cuda_version: String,
+    pub flavor: crate::cuda::Flavor,
+    pub cudnn: crate::cuda::Cudnn,
+    pub cudnn_major: Option<u8>,
+    pub tensorrt: bool,
+    pub os: Option<String>,
+    pub os_name: Option<String>,
+    pub rc: bool,
+    pub contains: Vec<String>,
+    pub nvcc: bool,
+    /// The driver for full compatibility with this CUDA minor.
+    pub min_driver: Option<String>,
+    /// The oldest driver that runs it with minor-version compatibility (CUDA 11 and later).
+    pub minor_compat_driver: Option<String>,
+    pub driver_source: &'static str,
+    pub eol: Option<bool>,
+    pub eol_reasons: Vec<String>,
+    pub eol_as_of: &'static str,
+    pub eol_source: &'static str,
+    /// The stored image's own facts, when the store holds it.
+    pub image: Option<StoredFacts>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct StoredFacts {
+    pub name: String,
+    pub digest: String,
+    pub platform: String,
+    #[serde(flatten)]
+    pub env: ImageEnv,
+}
+
+/// Everything explain knows about `s`; `stored` is the image's entry in the store, if any.
+pub(crate) fn explain(s: &Subject, stored: Option<StoredFacts>) -> Explanation {
+    let t = &s.tag;
+    let v = t.version;
+    let image_eol = stored.as_ref().is_some_and(|i| i.env.end_of_life);
+    let support = eol::support(v, image_eol);
+    let mut notes = t.notes();
+    if let Some(i) = &stored {
+        if let Some(cv) = i.env.cuda_version.as_deref() {
+            if cv != v.to_string() && !cv.starts_with(&format!("{v}.")) {
+                notes.push(format!(
+                    "the stored image says CUDA_VERSION={cv}, not the tag's {v}"
+                ));
+            }
+        } else {
+            notes.push(
+                "the stored image has no CUDA_VERSION: it may not be an NVIDIA CUDA image".into(),
+            );
+        }
+    }
+    if driver::min_driver(v).is_none() {
+        notes.push(format!(
+            "CUDA {} is not in the driver table (newest known: {}): the minimum driver is unknown",
+            v.minor_only(),
+            driver::newest_known()
+        ));
+    }
+    Explanation {
+        tag: t.tag.clone(),
+        reference: s.name.clone(),
+        cuda_version: v.to_string(),
+        flavor: t.flavor,
+        cudnn: t.cudnn,
+        cudnn_major: t.cudnn.major(),
+        tensorrt: t.tensorrt,
+        os: t.os.clone(),
+        os_name: t.os.as_deref().and_then(tag::os_name),
+        rc: t.rc,
+        contains: t.contents(),
+        nvcc: t.has_nvcc(),
+        min_driver: driver::min_driver(v).map(|d| d.to_string()),
+        minor_compat_driver: minor_compat_driver(v).map(|d| d.to_string()),
+        driver_source: driver::SOURCE,
+        eol: support.eol,
+        eol_reasons: support.reasons,
+        eol_as_of: support.as_of,
+        eol_source: eol::SOURCE,
+        image: stored,
+        notes,
+    }
+}
+
+/// The stored image named `name`, if the store exists and holds it. Only reads.
+pub(crate) fn stored_facts(ctx: &Ctx, name: &str) -> Result<Option<StoredFacts>, Error> {
+    let store = match ctx.existing_store() {
+        Ok(s) => s,
+        Err(Error::Store(StoreError::Missing(_))) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(image) = store.image(name, None)? else {
+        return Ok(None);
+    };
+    Ok(Some(StoredFacts {
+        name: image.name.clone(),
+        digest: image
+            .entry
+            .index_digest()
+            .map_or_else(|| image.digest.to_string(), str::to_owned),
+        platform: image.platform().to_string(),
+        env: ImageEnv::from_env(&image.config.config.env.clone().unwrap_or_default()),
+    }))
+}
+
+pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
+    let config = ctx.config()?;
+    let subject = subject(&config, &args.input)?;
+    let stored = stored_facts(ctx, &subject.name)?;
+    let e = explain(&subject, stored);
+    if ctx.json {
+        emit_json(&e);
+    } else {
+        print(&e);
+    }
+    Ok(())
+}
+
+fn print(e: &Explanation) {
+    emit(&e.reference);
+    emit(&format!("  CUDA:        {}", e.cuda_version));
+    emit(&format!(
+        "  flavor:      {}{}",
+        if e.tensorrt { "tensorrt-" } else { "" },
+        e.flavor
+    ));
+    emit(&format!(
+        "  cuDNN:       {}",
+        match e.cudnn_major {
+            Some(n) => format!("cuDNN {n} (`{}`)", e.cudnn),
+            None => "none".into(),
+        }
+    ));
+    emit(&format!(
+        "  OS:          {}",
+        match (&e.os, &e.os_name) {
+            (Some(os), Some(name)) => format!("{os} ({name})"),
+            (Some(os), None) => os.clone(),
+            _ => "not in the tag".into(),
+        }
+    ));
+    for (i, c) in e.contains.iter().enumerate() {
+        emit(&format!(
+            "  {}{c}",
+            if i == 0 {
+                "contains:    "
+            } else {
+                "             "
+            }
+        ));
+    }
+    let minor = e
+        .cuda_version
+        .split('.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".");
+    match &e.min_driver {
+        Some(d) => emit(&format!(
+            "  min driver:  {d} (full compatibility with CUDA {minor})"
+        )),
+        None => emit("  min driver:  unknown (not in the table)"),
+    }
+    if let Some(m) = e
+        .minor_compat_driver
+        .as_ref()
+        .filter(|m| Some(*m) != e.min_driver.as_ref())
+    {
+        emit(&format!(
+            "               {m} with minor-version compatibility (no PTX JIT of newer code)"
+        ));
+    }
+    let eol = match e.eol {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "unknown",
+    };
+    emit(&format!("  end of life: {eol} (as of {})", e.eol_as_of));
+    for r in &e.eol_reasons {
+        emit(&format!("               {r}"));
+    }
+    if let Some(i) = &e.image {
+        emit(&format!("  stored:      {} ({})", i.digest, i.platform));
+        if let Some(r) = &i.env.require_cuda {
+            emit(&format!("               NVIDIA_REQUIRE_CUDA={r}"));
+        }
+    }
+    for n in &e.notes {
+        emit(&format!("  note: {n}"));
+    }
+}

@@ -1,0 +1,155 @@
+//! `cudaimg run-config REF --scenario quick|workdir|compose [--gpus G]`: the `docker run`
+//! line or `docker-compose.yml` for a stored image, pinned by digest (see
+//! [`crate::run_config`]).
+
+use serde::Serialize;
+
+use crate::cuda::image::ImageEnv;
+use crate::cuda::{CudaTag, Flavor};
+use crate::error::Error;
+use crate::platform::Platform;
+use crate::reference::ImageRef;
+use crate::run_config::{self, Gpus, Scenario, Spec};
+
+use super::{emit, emit_json, Ctx};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ScenarioArg {
+    /// `docker run --rm -it --gpus all IMAGE nvidia-smi`: is the GPU visible?
+    Quick,
+    /// A named, restarting container with the current directory as /workspace
+    Workdir,
+    /// The same as a docker-compose.yml service with a GPU reservation
+    Compose,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A stored image, e.g. `nvidia/cuda:12.4.1-runtime-ubuntu22.04`
+    #[arg(value_name = "REFERENCE")]
+    reference: String,
+    #[arg(long, value_enum)]
+    scenario: ScenarioArg,
+    /// GPUs for the container: `all`, a count (`2`), or devices (`0,1`, `device=1`, a UUID)
+    #[arg(long, default_value = "all", value_parser = parse_gpus)]
+    gpus: Gpus,
+    /// Container name [default: none for quick, `cuda-work` for workdir]
+    #[arg(long, value_parser = parse_name)]
+    name: Option<String>,
+    /// Restart policy (workdir, compose): no, always, unless-stopped, on-failure[:N]
+    #[arg(long, default_value = "unless-stopped", value_parser = parse_restart)]
+    restart: String,
+    /// Host directory mounted at /workspace [default: the current directory; `./work` for compose]
+    #[arg(long, value_name = "DIR")]
+    host_dir: Option<String>,
+    /// Which platform, when several are stored [default: the host's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
+}
+
+fn parse_gpus(s: &str) -> Result<Gpus, String> {
+    s.parse().map_err(|e: run_config::GpusError| e.to_string())
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    if run_config::valid_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err("a container name is letters, digits, `_`, `.` and `-`, starting with a letter or digit".into())
+    }
+}
+
+fn parse_restart(s: &str) -> Result<String, String> {
+    if run_config::valid_restart(s) {
+        Ok(s.to_owned())
+    } else {
+        Err("one of `no`, `always`, `unless-stopped`, `on-failure`, `on-failure:N`".into())
+    }
+}
+
+#[derive(Serialize)]
+struct Output<'a> {
+    image: &'a str,
+    scenario: &'static str,
+    /// `docker-compose.yml` or `sh`.
+    format: &'static str,
+    content: &'a str,
+}
+
+pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
+    let config = ctx.config()?;
+    let name = config.canonicalize(&args.reference)?.image.without_digest();
+    let want: Option<Platform> = args.platform.as_deref().map(str::parse).transpose()?;
+    let canonical = name.to_string();
+    let store = ctx.existing_store().map_err(|e| match e {
+        Error::Store(crate::store::StoreError::Missing(_)) => Error::NotInStore(canonical.clone()),
+        e => e,
+    })?;
+    let image = store
+        .image(&canonical, want.as_ref())?
+        .ok_or_else(|| Error::NotInStore(canonical.clone()))?;
+    // The manifest list's digest when there is one: what `docker pull` records, and the
+    // same for every platform.
+    let digest = image
+        .entry
+        .index_digest()
+        .and_then(|d| crate::digest::Digest::parse(d).ok())
+        .unwrap_or_else(|| image.digest.clone());
+    let pinned = ImageRef {
+        digest: Some(digest),
+        ..name.clone()
+    }
+    .docker_form();
+    let tag = name.tag.as_deref().and_then(|t| CudaTag::parse(t).ok());
+    let env = ImageEnv::from_env(&image.config.config.env.clone().unwrap_or_default());
+    let nvcc = if env.cuda_version.is_some() {
+        Some(env.nvcc)
+    } else {
+        tag.as_ref().map(CudaTag::has_nvcc)
+    };
+    let spec = Spec {
+        image: pinned.clone(),
+        gpus: args.gpus.clone(),
+        name: args.name.clone(),
+        restart: args.restart.clone(),
+        host_dir: args.host_dir.clone(),
+        nvcc,
+        devel_tag: tag
+            .as_ref()
+            .filter(|t| t.flavor != Flavor::Devel)
+            .map(|t| t.with_flavor(Flavor::Devel)),
+    };
+    let (scenario, content, format) = match args.scenario {
+        ScenarioArg::Quick => (
+            "quick",
+            run_config::docker_run(&spec, Scenario::Quick),
+            "sh",
+        ),
+        ScenarioArg::Workdir => (
+            "workdir",
+            run_config::docker_run(&spec, Scenario::Workdir),
+            "sh",
+        ),
+        ScenarioArg::Compose => ("compose", run_config::compose(&spec), "docker-compose.yml"),
+    };
+    // Docker resolves `name@digest` against the repository digests it recorded when it
+    // pulled; `docker load` (which `cudaimg load` uses) records none with Docker's classic
+    // image store, and then Docker pulls that digest itself.
+    eprintln!(
+        "note: pinned by digest. Docker uses its own copy if it recorded this digest on a \
+         pull, else pulls it (through its daemon mirrors); after `cudaimg load`, which Docker \
+         may know by tag only, `{}` names the loaded image",
+        name.docker_form()
+    );
+    if ctx.json {
+        emit_json(&Output {
+            image: &pinned,
+            scenario,
+            format,
+            content: &content,
+        });
+    } else {
+        emit(content.trim_end());
+    }
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! `cudaimg tags REPOSITORY [--cuda V] [--flavor F] [--cudnn] [--os OS]`: the registry's
+//! tags through the mirror configuration (mirrors first, the official registry last, as for
+//! manifests), filtered, newest first, and one recommended with the reasons.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cuda::choose::{self, Filter, Recommendation, VersionFilter};
+use crate::cuda::{eol, tag, CudaTag, Flavor};
+use crate::engine::DEFAULT_STALL_SECS;
+use crate::error::Error;
+use crate::progress::Silent;
+use crate::registry::HttpClients;
+use crate::sources::{Role, SourceSet};
+
+use super::{emit, emit_json, Ctx};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FlavorArg {
+    Base,
+    Runtime,
+    Devel,
+}
+
+impl From<FlavorArg> for Flavor {
+    fn from(f: FlavorArg) -> Self {
+        match f {
+            FlavorArg::Base => Flavor::Base,
+            FlavorArg::Runtime => Flavor::Runtime,
+            FlavorArg::Devel => Flavor::Devel,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A repository, e.g. `nvidia/cuda`, `nvcr.io/nvidia/cuda` or a mirror-prefixed one
+    #[arg(value_name = "REPOSITORY")]
+    repository: String,
+    /// Only this CUDA version: `12`, `12.4` or `12.4.1`
+    #[arg(long, value_name = "VERSION")]
+    cuda: Option<String>,
+    /// Only this flavor
+    #[arg(long, value_enum)]
+    flavor: Option<FlavorArg>,
+    /// Only tags with cuDNN
+    #[arg(long)]
+    cudnn: bool,
+    /// Only this OS, e.g. `ubuntu22.04`, `ubi9`
+    #[arg(long, value_name = "OS")]
+    os: Option<String>,
+    /// Also list the tags that are not nvidia/cuda tags (skipped and counted otherwise)
+    #[arg(long)]
+    all: bool,
+    /// Tags asked for per page (`?n=`); a registry may send fewer
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    page_size: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct Listing {
+    repository: String,
+    /// The source that answered.
+    source: String,
+    source_role: Role,
+    pages: usize,
+    /// Tags the registry listed.
+    total: usize,
+    tags: Vec<Listed>,
+    /// Tags that are not nvidia/cuda tags: counted, listed under `--all`.
+    skipped: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unparsed: Option<Vec<String>>,
+    recommended: Option<Recommendation>,
+    eol_as_of: &'static str,
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Listed {
+    tag: String,
+    cuda_version: String,
+    flavor: Flavor,
+    cudnn: crate::cuda::Cudnn,
+    tensorrt: bool,
+    os: Option<String>,
+    rc: bool,
+    eol: Option<bool>,
+}
+
+pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
+    let config = ctx.config()?;
+    let last = args.repository.rsplit('/').next().unwrap_or_default();
+    if last.contains([':', '@']) {
+        return Err(Error::Usage(format!(
+            "`{}` names a tag or digest: give the repository only (`nvidia/cuda`), and filter \
+             with `--cuda`, `--flavor`, `--cudnn`, `--os`",
+            args.repository
+        )));
+    }
+    let filter = Filter {
+        cuda: match &args.cuda {
+            Some(v) => Some(VersionFilter::parse(v).ok_or_else(|| {
+                Error::Usage(format!(
+                    "`--cuda {v}` is not a version: write `12`, `12.4` or `12.4.1`"
+                ))
+            })?),
+            None => None,
+        },
+        flavor: args.flavor.map(Flavor::from),
+        cudnn: args.cudnn,
+        os: match &args.os {
+            Some(os) if tag::os_name(os).is_none() => {
+                return Err(Error::Usage(format!(
+                    "`--os {os}` is not an OS NVIDIA builds on: write it as in the tags, e.g. \
+                     `ubuntu22.04`, `ubi9`, `rockylinux9`"
+                )))
+            }
+            other => other.clone(),
+        },
+    };
+    let name = config.canonicalize(&args.repository)?;
+    let repository = name.image.name();
+    let http = HttpClients::new(Duration::from_secs(DEFAULT_STALL_SECS))
+        .map_err(|e| Error::Setup(format!("cannot set up the HTTP client: {e}")))?;
+    let set = SourceSet::new(
+        &config,
+        &name.image.registry,
+        name.via_mirror.as_deref(),
+        &http,
+    );
+    let repo = name.image.repository.clone();
+    let what = format!("the tag list of {repository}");
+    let result = set
+        .first_success(&what, &Silent, |s| {
+            let repo = repo.clone();
+            let page_size = args.page_size;
+            async move { s.client.tags(&repo, page_size).await }
+        })
+        .await;
+    let mut warnings = set.warnings();
+    // A failure names every source tried and why: no warnings on top.
+    let (list, source) = result?;
+    if source.role == Role::Mirror {
+        warnings.push(format!(
+            "the tag list came from the mirror {}: a mirror's list can lag the official registry's",
+            source.label()
+        ));
+    }
+    let mut parsed = Vec::new();
+    let mut unparsed = Vec::new();
+    for t in &list.tags {
+        match CudaTag::parse(t) {
+            Ok(p) => parsed.push(p),
+            Err(_) => unparsed.push(t.clone()),
+        }
+    }
+    unparsed.sort();
+    let mut matched: Vec<CudaTag> = parsed.into_iter().filter(|t| filter.matches(t)).collect();
+    choose::sort(&mut matched);
+    let recommended = choose::recommend(&matched, &filter);
+    let listing = Listing {
+        repository,
+        source: source.label().to_owned(),
+        source_role: source.role,
+        pages: list.pages,
+        total: list.tags.len(),
+        tags: matched
+            .iter()
+            .map(|t| Listed {
+                tag: t.tag.clone(),
+                cuda_version: t.version.to_string(),
+                flavor: t.flavor,
+                cudnn: t.cudnn,
+                tensorrt: t.tensorrt,
+                os: t.os.clone(),
+                rc: t.rc,
+                eol: eol::support(t.version, false).eol,
+            })
+            .collect(),
+        skipped: unparsed.len(),
+        unparsed: args.all.then_some(unparsed),
+        recommended,
+        eol_as_of: eol::AS_OF,
+        warnings,
+    };
+    for w in &listing.warnings {
+        eprintln!("warning: {w}");
+    }
+    if ctx.json {
+        emit_json(&listing);
+    } else {
+        print(&listing);
+    }
+    Ok(())
+}
+
+fn print(l: &Listing) {
+    eprintln!(
+        "{}: {} tags from {} ({} page{}); {} match",
+        l.repository,
+        l.total,
+        l.source,
+        l.pages,
+        if l.pages == 1 { "" } else { "s" },
+        l.tags.len()
+    );
+    if !l.tags.is_empty() {
+        let width = l.tags.iter().map(|t| t.tag.len()).max().unwrap_or(3).max(3);
+        emit(&format!(
+            "{:width$}  {:8}  {:15}  {:6}  {:12}  EOL",
+            "TAG", "CUDA", "FLAVOR", "CUDNN", "OS"
+        ));
+        for t in &l.tags {
+            let flavor = format!("{}{}", if t.tensorrt { "tensorrt-" } else { "" }, t.flavor);
+            emit(&format!(
+                "{:width$}  {:8}  {:15}  {:6}  {:12}  {}",
+                t.tag,
+                t.cuda_version,
+                flavor,
+                if t.cudnn.is_some() {
+                    t.cudnn.to_string()
+                } else {
+                    "-".into()
+                },
+                t.os.as_deref().unwrap_or("-"),
+                match t.eol {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "?",
+                }
+            ));
+        }
+    }
+    if let Some(u) = &l.unparsed {
+        for t in u {
+            emit(&format!("{t}  (not an nvidia/cuda tag)"));
+        }
+    } else if l.skipped > 0 {
+        eprintln!(
+            "{} tag{} that {} not nvidia/cuda tags skipped (`--all` lists them)",
+            l.skipped,
+            if l.skipped == 1 { "" } else { "s" },
+            if l.skipped == 1 { "is" } else { "are" }
+        );
+    }
+    match &l.recommended {
+        Some(r) => {
+            emit(&format!("recommended: {}:{}", l.repository, r.tag));
+            for why in &r.reasons {
+                emit(&format!("  {why}"));
+            }
+        }
+        None => eprintln!("no tag matches the filters"),
+    }
+}

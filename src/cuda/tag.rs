@@ -1,0 +1,701 @@
+//! The tag grammar of `nvidia/cuda`, in every form it has had:
+//!
+//! ```text
+//! VERSION [-cudnn|-cudnnN] [-tensorrt] -FLAVOR [-OS] [-rc]
+//! 12.4.1-cudnn-runtime-ubuntu22.04   11.8.0-cudnn8-devel-ubi8   13.0.0-tensorrt-devel-ubuntu24.04
+//! 10.2-base   9.0-cudnn7-devel   8.0-cudnn5-runtime-ubuntu16.04   11.0-cudnn8-devel-ubuntu18.04-rc
+//! ```
+//!
+//! - VERSION is `X.Y.Z` from 11.0.3 on and `X.Y` before (11.x had both; 12.x and later
+//!   only `X.Y.Z`).
+//! - FLAVOR is `base` (from CUDA 9.0), `runtime` or `devel`; `tensorrt-runtime|devel` exist
+//!   on 13.0.0 only.
+//! - cuDNN: `cudnn2`-`cudnn6` up to CUDA 8.0, `cudnn7` on 8.0 to 10.2, `cudnn8` on 10.1 to
+//!   12.3, `cudnn9` on 12.3 and 12.4, `cudnn` (cuDNN 9) from 12.4 on; `base` has none.
+//! - OS is a family and its version (`ubuntu22.04`, `ubi9`, `rockylinux9`, …); old tags
+//!   may have none.
+//!
+//! The sources are `shared/docs/CUDA.md` and NVIDIA's tag lists (gitlab
+//! nvidia/container-images/cuda, `doc/*-tags.md`). A string outside the grammar, or a
+//! combination NVIDIA never built (cuDNN 7 on CUDA 12, `base` with cuDNN), is refused with
+//! the reason: never guessed at. Combinations that are well-formed but whose existence
+//! depends on a date (an OS NVIDIA added later) only get a note: the registry decides.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use super::version::CudaVersion;
+
+/// What the image is built for: `base` < `runtime` < `devel`, each FROM the previous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    Base,
+    Runtime,
+    Devel,
+}
+
+impl Flavor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavor::Base => "base",
+            Flavor::Runtime => "runtime",
+            Flavor::Devel => "devel",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "base" => Some(Flavor::Base),
+            "runtime" => Some(Flavor::Runtime),
+            "devel" => Some(Flavor::Devel),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Flavor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The cuDNN part of a tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cudnn {
+    None,
+    /// `cudnn`: cuDNN 9, the form from CUDA 12.4 on.
+    Unversioned,
+    /// `cudnn7`, `cudnn8`, …
+    Major(u8),
+}
+
+impl Cudnn {
+    /// The cuDNN major version the image carries, if any.
+    pub fn major(self) -> Option<u8> {
+        match self {
+            Cudnn::None => None,
+            Cudnn::Unversioned => Some(9),
+            Cudnn::Major(n) => Some(n),
+        }
+    }
+
+    pub fn is_some(self) -> bool {
+        self != Cudnn::None
+    }
+}
+
+impl fmt::Display for Cudnn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cudnn::None => f.write_str("none"),
+            Cudnn::Unversioned => f.write_str("cudnn"),
+            Cudnn::Major(n) => write!(f, "cudnn{n}"),
+        }
+    }
+}
+
+impl Serialize for Cudnn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A parsed `nvidia/cuda` tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CudaTag {
+    pub tag: String,
+    pub version: CudaVersion,
+    pub cudnn: Cudnn,
+    /// `tensorrt-runtime` / `tensorrt-devel` (13.0.0).
+    pub tensorrt: bool,
+    pub flavor: Flavor,
+    /// `ubuntu22.04`, `ubi9`, …; `None` for old tags without one (`10.2-base`).
+    pub os: Option<String>,
+    /// A release-candidate image (`…-rc`).
+    pub rc: bool,
+}
+
+/// Why a string is not an `nvidia/cuda` tag.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("`{tag}` is not an nvidia/cuda tag: {reason}")]
+pub struct TagError {
+    pub tag: String,
+    pub reason: String,
+    hint: Option<String>,
+}
+
+impl TagError {
+    fn new(tag: &str, reason: impl Into<String>) -> Self {
+        TagError {
+            tag: tag.to_owned(),
+            reason: reason.into(),
+            hint: None,
+        }
+    }
+
+    fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn hint(&self) -> String {
+        self.hint.clone().unwrap_or_else(|| {
+            "nvidia/cuda tags read VERSION[-cudnn]-FLAVOR[-OS], for example \
+             `12.4.1-cudnn-runtime-ubuntu22.04`; `cudaimg tags nvidia/cuda` lists the real ones"
+                .to_owned()
+        })
+    }
+}
+
+/// OS families NVIDIA has built images on, with how the version follows the name.
+const OS_FAMILIES: &[(&str, &str)] = &[
+    ("ubuntu", "Ubuntu"),
+    ("ubi", "Red Hat UBI"),
+    ("rockylinux", "Rocky Linux"),
+    ("oraclelinux", "Oracle Linux"),
+    ("centos", "CentOS"),
+    ("amzn", "Amazon Linux"),
+    ("cm", "CBL-Mariner"),
+    ("azl", "Azure Linux"),
+];
+
+/// `ubuntu22.04` -> "Ubuntu 22.04"; `None` if the family or its version form is unknown.
+pub fn os_name(os: &str) -> Option<String> {
+    // Longest family first: `cm` must not claim `centos`.
+    let mut families: Vec<&(&str, &str)> = OS_FAMILIES.iter().collect();
+    families.sort_by_key(|(f, _)| std::cmp::Reverse(f.len()));
+    for (family, name) in families {
+        let Some(version) = os.strip_prefix(family) else {
+            continue;
+        };
+        let ok = if *family == "ubuntu" {
+            version.len() == 5
+                && version.as_bytes()[2] == b'.'
+                && version
+                    .bytes()
+                    .enumerate()
+                    .all(|(i, b)| i == 2 || b.is_ascii_digit())
+        } else {
+            !version.is_empty() && version.len() <= 4 && version.bytes().all(|b| b.is_ascii_digit())
+        };
+        return ok.then(|| format!("{name} {version}"));
+    }
+    None
+}
+
+fn known_families() -> String {
+    OS_FAMILIES
+        .iter()
+        .map(|(f, _)| format!("{f}…"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Inclusive range of CUDA versions, compared at minor level (`12.3` covers `12.3.2`).
+struct Minors {
+    from: (u32, u32),
+    to: (u32, u32),
+}
+
+impl Minors {
+    fn contains(&self, v: CudaVersion) -> bool {
+        (self.from..=self.to).contains(&v.minor_key())
+    }
+}
+
+fn cudnn_era(cudnn: Cudnn) -> Option<(Minors, &'static str)> {
+    let m = |from, to| Minors { from, to };
+    Some(match cudnn {
+        Cudnn::None => return None,
+        Cudnn::Major(2..=6) => (m((6, 5), (8, 0)), "CUDA 8.0 and older"),
+        Cudnn::Major(7) => (m((8, 0), (10, 2)), "CUDA 8.0 to 10.2"),
+        Cudnn::Major(8) => (m((10, 1), (12, 3)), "CUDA 10.1 to 12.3"),
+        Cudnn::Major(9) => (m((12, 3), (12, 4)), "CUDA 12.3 and 12.4"),
+        Cudnn::Unversioned => (m((12, 4), (u32::MAX, u32::MAX)), "CUDA 12.4 and later"),
+        Cudnn::Major(_) => return None,
+    })
+}
+
+impl CudaTag {
+    /// Parses a tag (the part after `:` in `nvidia/cuda:TAG`).
+    pub fn parse(tag: &str) -> Result<Self, TagError> {
+        let err = |reason: String| TagError::new(tag, reason);
+        if tag.is_empty() {
+            return Err(err("it is empty".into()));
+        }
+        if tag.len() > 128
+            || !tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
+            return Err(err(
+                "a tag is at most 128 letters, digits, `.`, `-` and `_`".into(),
+            ));
+        }
+        if tag == "latest" {
+            return Err(
+                err("nvidia/cuda has no `latest` tag any more".into()).with_hint(
+                    "name a CUDA version and flavor, for example `12.4.1-runtime-ubuntu22.04`; \
+                 `cudaimg tags nvidia/cuda` recommends one",
+                ),
+            );
+        }
+        let mut tokens: Vec<&str> = tag.split('-').collect();
+        let version_text = tokens.remove(0);
+        let version = CudaVersion::parse(version_text).ok_or_else(|| {
+            err(format!(
+                "it must start with the CUDA version (`12.4.1`, or `10.2` for old tags), not `{version_text}`"
+            ))
+        })?;
+        let rc = tokens.last() == Some(&"rc");
+        if rc {
+            tokens.pop();
+        }
+        let mut rest = tokens.into_iter().peekable();
+        let cudnn = match rest.peek().and_then(|t| t.strip_prefix("cudnn")) {
+            Some("") => {
+                rest.next();
+                Cudnn::Unversioned
+            }
+            Some(n) => {
+                let major: u8 = n
+                    .parse()
+                    .ok()
+                    .filter(|_| n.len() <= 2 && n.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| err(format!("`cudnn{n}` is not a cuDNN variant")))?;
+                rest.next();
+                Cudnn::Major(major)
+            }
+            None => Cudnn::None,
+        };
+        let tensorrt = rest.peek() == Some(&"tensorrt");
+        if tensorrt {
+            rest.next();
+        }
+        let flavor_text = rest.next().ok_or_else(|| {
+            err("it names no flavor: add `-base`, `-runtime` or `-devel` after the version".into())
+        })?;
+        let flavor = Flavor::parse(flavor_text).ok_or_else(|| {
+            err(format!(
+                "`{flavor_text}` is not a flavor; nvidia/cuda has `base`, `runtime` and `devel`"
+            ))
+        })?;
+        let os = rest.next().map(str::to_owned);
+        if let Some(extra) = rest.next() {
+            return Err(err(format!(
+                "unexpected `{extra}` after the OS `{}`",
+                os.unwrap_or_default()
+            )));
+        }
+        if let Some(os) = &os {
+            if os_name(os).is_none() {
+                return Err(err(format!(
+                    "`{os}` is not an OS NVIDIA builds on (known: {})",
+                    known_families()
+                )));
+            }
+        }
+        let parsed = CudaTag {
+            tag: tag.to_owned(),
+            version,
+            cudnn,
+            tensorrt,
+            flavor,
+            os,
+            rc,
+        };
+        parsed.check_combination()?;
+        Ok(parsed)
+    }
+
+    /// Rules about what NVIDIA built at all (not what still exists today).
+    fn check_combination(&self) -> Result<(), TagError> {
+        let err = |reason: String| TagError::new(&self.tag, reason);
+        let v = self.version;
+        match (v.major, v.patch) {
+            (0..=10, Some(_)) => {
+                return Err(err(format!(
+                    "tags before CUDA 11 name `X.Y` only: `{}`",
+                    v.minor_only()
+                )))
+            }
+            (12.., None) => {
+                return Err(err(format!(
+                    "from CUDA 12 on, tags name the patch release (`{v}.0`, `{v}.1`, …), not `{v}`"
+                ))
+                .with_hint(format!(
+                    "`cudaimg tags nvidia/cuda --cuda {v}` lists the {v}.x tags and recommends one"
+                )))
+            }
+            _ => {}
+        }
+        if v.major < 6 || (v.major == 6 && v.minor < 5) {
+            return Err(err(format!(
+                "nvidia/cuda images start at CUDA 6.5, not {v}"
+            )));
+        }
+        if self.flavor == Flavor::Base && self.cudnn.is_some() {
+            return Err(err(
+                "`base` images have no cuDNN variant: cuDNN comes with `runtime` or `devel`".into(),
+            ));
+        }
+        if self.flavor == Flavor::Base && v < CudaVersion::new(9, 0, None) {
+            return Err(err("the `base` flavor exists from CUDA 9.0 on".into()));
+        }
+        if let Cudnn::Major(n) = self.cudnn {
+            if cudnn_era(self.cudnn).is_none() {
+                return Err(err(format!(
+                    "cuDNN {n} is not a cuDNN release NVIDIA built images with"
+                )));
+            }
+        }
+        if let Some((era, text)) = cudnn_era(self.cudnn) {
+            if !era.contains(v) {
+                let hint = if v.minor_key() >= (12, 4) {
+                    " (from CUDA 12.4 on the cuDNN tags say `cudnn`)"
+                } else {
+                    ""
+                };
+                return Err(err(format!(
+                    "`{}` tags exist for {text}, not CUDA {v}{hint}",
+                    self.cudnn
+                )));
+            }
+        }
+        if self.tensorrt {
+            if v != CudaVersion::new(13, 0, Some(0)) {
+                return Err(err(format!(
+                    "`tensorrt-{}` tags exist for CUDA 13.0.0 only",
+                    self.flavor
+                )));
+            }
+            if self.cudnn.is_some() {
+                return Err(err(
+                    "NVIDIA's TensorRT tags have no cuDNN part (`13.0.0-tensorrt-runtime-…`)"
+                        .into(),
+                ));
+            }
+            if self.flavor == Flavor::Base {
+                return Err(err(
+                    "TensorRT comes as `tensorrt-runtime` or `tensorrt-devel`".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the image has the `nvcc` compiler (devel images only).
+    pub fn has_nvcc(&self) -> bool {
+        self.flavor == Flavor::Devel
+    }
+
+    /// What the image contains, one item per line, flavor first.
+    pub fn contents(&self) -> Vec<String> {
+        let mut out = vec![match self.flavor {
+            Flavor::Base => "the CUDA runtime (libcudart) and cuda-compat only: the minimum to run a \
+                             pre-built CUDA application; no CUDA libraries, no nvcc"
+                .to_owned(),
+            Flavor::Runtime => "base + the CUDA toolkit's shared libraries (cuBLAS, cuFFT, cuSPARSE, \
+                                NPP, NVTX, NCCL, …): runs pre-built applications; no nvcc compiler, \
+                                no headers"
+                .to_owned(),
+            Flavor::Devel => "runtime + the compiler toolchain (nvcc), debugging tools, headers and \
+                              static libraries: builds CUDA code"
+                .to_owned(),
+        }];
+        if let Some(n) = self.cudnn.major() {
+            out.push(match self.flavor {
+                Flavor::Devel => format!("cuDNN {n} (library and headers)"),
+                _ => format!("cuDNN {n} (library)"),
+            });
+        }
+        if self.tensorrt {
+            out.push("TensorRT".to_owned());
+        }
+        out
+    }
+
+    /// Facts worth telling about this tag that are not errors.
+    pub fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let v = self.version;
+        if self.rc {
+            out.push("a release-candidate image (`-rc`): not for production".to_owned());
+        }
+        if self.os.is_none() {
+            out.push(
+                "no OS in the tag: an old alias NVIDIA used for its default OS (Ubuntu)".to_owned(),
+            );
+        }
+        if self.flavor == Flavor::Runtime {
+            out.push(format!(
+                "no `nvcc` here: to compile CUDA code use `{}`",
+                self.with_flavor(Flavor::Devel)
+            ));
+        }
+        if let Some(os) = &self.os {
+            // (OS, first CUDA with it, last CUDA with it), from shared/docs/CUDA.md.
+            let ranges: &[(&str, Option<CudaVersion>, Option<CudaVersion>)] = &[
+                ("ubuntu24.04", Some(CudaVersion::new(12, 5, Some(1))), None),
+                ("ubuntu20.04", None, Some(CudaVersion::new(12, 9, Some(1)))),
+                ("centos7", None, Some(CudaVersion::new(12, 4, Some(0)))),
+                ("oraclelinux8", Some(CudaVersion::new(12, 8, Some(0))), None),
+                ("oraclelinux9", Some(CudaVersion::new(12, 8, Some(0))), None),
+                ("amzn2023", Some(CudaVersion::new(12, 6, Some(0))), None),
+                ("cm2", Some(CudaVersion::new(12, 6, Some(0))), None),
+                ("azl3", Some(CudaVersion::new(12, 9, Some(0))), None),
+            ];
+            for (name, from, to) in ranges {
+                if os != name {
+                    continue;
+                }
+                let before = from.is_some_and(|f| v < f);
+                let after = to.is_some_and(|t| v > t);
+                if before || after {
+                    let span = match (from, to) {
+                        (Some(f), _) => format!("from CUDA {f} on"),
+                        (_, Some(t)) => format!("up to CUDA {t}"),
+                        _ => String::new(),
+                    };
+                    out.push(format!(
+                        "NVIDIA builds {os} images {span}: this tag probably never existed \
+                         (`cudaimg tags` asks the registry)"
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The same tag with another flavor (`runtime` -> `devel`).
+    pub fn with_flavor(&self, flavor: Flavor) -> String {
+        let mut parts = vec![self.version.to_string()];
+        if self.cudnn.is_some() {
+            parts.push(self.cudnn.to_string());
+        }
+        if self.tensorrt {
+            parts.push("tensorrt".into());
+        }
+        parts.push(flavor.as_str().into());
+        if let Some(os) = &self.os {
+            parts.push(os.clone());
+        }
+        if self.rc {
+            parts.push("rc".into());
+        }
+        parts.join("-")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(tag: &str) -> CudaTag {
+        CudaTag::parse(tag).unwrap_or_else(|e| panic!("{tag}: {e}"))
+    }
+
+    fn refused(tag: &str, says: &str) {
+        match CudaTag::parse(tag) {
+            Ok(t) => panic!("{tag} parsed as {t:?}"),
+            Err(e) => assert!(e.to_string().contains(says), "{tag}: {e}"),
+        }
+    }
+
+    /// Tags NVIDIA published, from its supported/unsupported tag lists and Dockerfiles
+    /// that built on them, across the forms the grammar has had.
+    const REAL: &[&str] = &[
+        "12.4.1-base-ubuntu22.04",
+        "12.4.1-runtime-ubuntu22.04",
+        "12.4.1-devel-ubuntu22.04",
+        "12.4.1-cudnn-runtime-ubuntu22.04",
+        "12.4.1-cudnn-devel-ubuntu22.04",
+        "12.4.1-cudnn-devel-rockylinux8",
+        "13.0.1-cudnn-runtime-ubuntu24.04",
+        "13.0.1-cudnn-devel-ubuntu24.04",
+        "13.0.0-tensorrt-runtime-ubuntu24.04",
+        "13.0.0-tensorrt-devel-ubuntu24.04",
+        "13.2.1-cudnn-runtime-ubuntu22.04",
+        "12.9.1-cudnn-runtime-ubuntu20.04",
+        "12.9.0-base-azl3",
+        "12.8.1-devel-oraclelinux9",
+        "12.8.0-base-cm2",
+        "12.8.2-runtime-amzn2023",
+        "12.6.3-cudnn-devel-ubi9",
+        "12.5.1-runtime-ubuntu24.04",
+        "12.3.2-cudnn9-runtime-ubuntu22.04",
+        "12.3.2-cudnn9-devel-ubuntu20.04",
+        "12.2.2-cudnn8-devel-ubuntu22.04",
+        "12.2.2-cudnn8-runtime-rockylinux8",
+        "12.1.1-cudnn8-devel-ubuntu22.04",
+        "12.1.0-base-ubuntu18.04",
+        "12.0.1-cudnn8-runtime-ubuntu20.04",
+        "12.0.0-cudnn8-devel-ubuntu18.04",
+        "11.8.0-cudnn8-devel-ubuntu22.04",
+        "11.8.0-cudnn8-runtime-ubi8",
+        "11.7.1-cudnn8-runtime-ubuntu20.04",
+        "11.4.3-cudnn8-devel-ubuntu20.04",
+        "11.3.0-cudnn8-devel-ubuntu20.04",
+        "11.2.2-base-ubuntu20.04",
+        "11.2-base",
+        "11.2-cudnn8-devel-ubuntu20.04",
+        "11.1-cudnn8-runtime",
+        "11.1-base-ubuntu18.04",
+        "11.0-base",
+        "11.0-cudnn8-devel-ubuntu18.04-rc",
+        "11.0-devel-ubuntu18.04-rc",
+        "11.0.3-cudnn8-devel-ubuntu18.04",
+        "11.0.3-base-ubuntu20.04",
+        "10.2-base",
+        "10.2-runtime",
+        "10.2-cudnn7-devel",
+        "10.2-cudnn7-devel-ubuntu18.04",
+        "10.2-cudnn8-runtime-ubuntu18.04",
+        "10.1-cudnn8-devel-centos7",
+        "10.1-cudnn7-runtime-ubuntu18.04",
+        "10.0-cudnn7-devel-ubuntu16.04",
+        "9.2-devel-ubuntu18.04",
+        "9.0-cudnn7-devel",
+        "9.0-cudnn7-runtime-ubuntu16.04",
+        "9.0-base-ubuntu16.04",
+        "8.0-cudnn5-devel",
+        "8.0-cudnn6-devel",
+        "8.0-cudnn5-devel-ubuntu14.04",
+        "8.0-cudnn7-devel-ubuntu16.04",
+        "8.0-runtime-centos6",
+        "7.5-cudnn5-devel",
+        "7.5-cudnn4-runtime",
+        "7.0-cudnn4-devel",
+        "7.0-cudnn4-devel-centos7",
+        "7.0-cudnn3-devel",
+        "7.0-cudnn2-devel",
+        "6.5-devel",
+        "6.5-devel-ubuntu14.04",
+    ];
+
+    #[test]
+    fn real_tags_parse() {
+        for tag in REAL {
+            let t = ok(tag);
+            assert_eq!(t.tag, *tag);
+            // Printing it back from its parts gives the same tag.
+            assert_eq!(t.with_flavor(t.flavor), *tag);
+        }
+    }
+
+    #[test]
+    fn parts() {
+        let t = ok("12.4.1-cudnn-runtime-ubuntu22.04");
+        assert_eq!(t.version.to_string(), "12.4.1");
+        assert_eq!(t.cudnn, Cudnn::Unversioned);
+        assert_eq!(t.cudnn.major(), Some(9));
+        assert_eq!(t.flavor, Flavor::Runtime);
+        assert_eq!(t.os.as_deref(), Some("ubuntu22.04"));
+        assert!(!t.has_nvcc() && !t.rc && !t.tensorrt);
+
+        let t = ok("9.0-cudnn7-devel");
+        assert_eq!(t.version.to_string(), "9.0");
+        assert_eq!(t.cudnn, Cudnn::Major(7));
+        assert_eq!(t.flavor, Flavor::Devel);
+        assert_eq!(t.os, None);
+        assert!(t.has_nvcc());
+
+        let t = ok("11.0-cudnn8-devel-ubuntu18.04-rc");
+        assert!(t.rc);
+        assert_eq!(t.os.as_deref(), Some("ubuntu18.04"));
+
+        let t = ok("13.0.0-tensorrt-devel-ubuntu24.04");
+        assert!(t.tensorrt);
+        assert_eq!(t.flavor, Flavor::Devel);
+        assert!(t.contents().iter().any(|c| c.contains("TensorRT")));
+
+        assert_eq!(ok("10.2-base").os, None);
+        assert_eq!(
+            ok("12.3.2-cudnn9-runtime-ubuntu22.04").cudnn.to_string(),
+            "cudnn9"
+        );
+    }
+
+    #[test]
+    fn contents_say_where_nvcc_is() {
+        let runtime = ok("12.4.1-runtime-ubuntu22.04");
+        assert!(runtime.contents()[0].contains("no nvcc"));
+        assert!(runtime
+            .notes()
+            .iter()
+            .any(|n| n.contains("12.4.1-devel-ubuntu22.04")));
+        let devel = ok("12.4.1-cudnn-devel-ubuntu22.04");
+        assert!(devel.contents()[0].contains("nvcc"));
+        assert!(devel.contents()[1].contains("cuDNN 9"));
+        assert!(ok("12.4.1-base-ubuntu22.04").contents()[0].contains("libcudart"));
+    }
+
+    #[test]
+    fn invalid_tags_are_refused_with_the_reason() {
+        refused("", "empty");
+        refused("latest", "no `latest`");
+        refused("12.4.1", "no flavor");
+        refused("12.4.1-ubuntu22.04", "not a flavor");
+        refused("runtime-ubuntu22.04", "must start with the CUDA version");
+        refused(
+            "v12.4.1-runtime-ubuntu22.04",
+            "must start with the CUDA version",
+        );
+        refused("12-runtime-ubuntu22.04", "must start with the CUDA version");
+        refused("12.4-runtime-ubuntu22.04", "patch release");
+        refused("10.2.89-base", "`X.Y` only");
+        refused(
+            "12.4.1-cudnn8-runtime-ubuntu22.04",
+            "from CUDA 12.4 on the cuDNN tags say `cudnn`",
+        );
+        refused("11.8.0-cudnn-runtime-ubuntu22.04", "CUDA 12.4 and later");
+        refused("12.4.1-cudnn7-devel-ubuntu22.04", "CUDA 8.0 to 10.2");
+        refused("9.0-cudnn8-devel", "CUDA 10.1 to 12.3");
+        refused("10.2-cudnn5-devel", "CUDA 8.0 and older");
+        refused("12.4.1-cudnn10-runtime-ubuntu22.04", "not a cuDNN release");
+        refused("12.4.1-cudnnx-runtime-ubuntu22.04", "not a cuDNN variant");
+        refused("12.4.1-cudnn-base-ubuntu22.04", "no cuDNN variant");
+        refused("8.0-base", "from CUDA 9.0");
+        refused("12.4.1-tensorrt-runtime-ubuntu22.04", "13.0.0 only");
+        refused("13.0.0-tensorrt-base-ubuntu24.04", "tensorrt-runtime");
+        refused("13.0.0-cudnn-tensorrt-runtime-ubuntu24.04", "no cuDNN part");
+        refused("12.4.1-runtime-ubuntu22.04-extra", "unexpected `extra`");
+        refused("12.4.1-runtime-debian12", "not an OS");
+        refused("12.4.1-runtime-ubuntu2204", "not an OS");
+        refused("12.4.1-runtime-ubuntu22.04 ", "at most 128");
+        refused("12.4.1-runtime-ubuntu22.04@sha256", "at most 128");
+        refused("5.5-devel", "start at CUDA 6.5");
+        refused("12.4.1--runtime", "not a flavor");
+        refused(&"1".repeat(200), "at most 128");
+    }
+
+    #[test]
+    fn os_names() {
+        assert_eq!(os_name("ubuntu22.04").as_deref(), Some("Ubuntu 22.04"));
+        assert_eq!(os_name("ubi9").as_deref(), Some("Red Hat UBI 9"));
+        assert_eq!(os_name("cm2").as_deref(), Some("CBL-Mariner 2"));
+        assert_eq!(os_name("centos7").as_deref(), Some("CentOS 7"));
+        assert_eq!(os_name("amzn2023").as_deref(), Some("Amazon Linux 2023"));
+        assert_eq!(os_name("ubuntu"), None);
+        assert_eq!(os_name("ubi"), None);
+        assert_eq!(os_name("windows"), None);
+    }
+
+    #[test]
+    fn os_availability_is_a_note_not_an_error() {
+        let t = ok("12.4.1-runtime-ubuntu24.04");
+        assert!(
+            t.notes().iter().any(|n| n.contains("from CUDA 12.5.1 on")),
+            "{:?}",
+            t.notes()
+        );
+        let t = ok("13.0.1-runtime-ubuntu20.04");
+        assert!(t.notes().iter().any(|n| n.contains("up to CUDA 12.9.1")));
+        assert!(ok("12.5.1-runtime-ubuntu24.04")
+            .notes()
+            .iter()
+            .all(|n| !n.contains("probably never existed")));
+    }
+}
