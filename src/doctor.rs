@@ -619,7 +619,7 @@ fn mirror_findings(p: &Probes, out: &mut Vec<Finding>) {
                     Status::Warn,
                     format!("{reg}: {role} {} does not answer: {why}", e.url),
                     Some(format!(
-                        "fix or remove it in {}; cudaimg skips a dead source after one attempt, \
+                        "fix or remove it in {}; cudaimg backs off from a source once it fails, \
                          and `cudaimg mirrors check` ranks those that answer",
                         path.display()
                     )),
