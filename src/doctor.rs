@@ -73,17 +73,11 @@ impl ImageSubject {
             .or(self.tag.as_ref().map(|t| t.version))
     }
 
-    /// The image's `NVIDIA_REQUIRE_CUDA`, or for a tag alone the `cuda>=X.Y` NVIDIA's
-    /// images of that version set.
+    /// The image's `NVIDIA_REQUIRE_CUDA`. For a tag alone there is none to read: NVIDIA's
+    /// real values carry driver-branch alternatives a bare `cuda>=X.Y` would miss, so none is
+    /// made up (pulling the image gives its own).
     fn requirement(&self) -> Option<Requirement> {
-        match &self.env {
-            Some(env) => env.requirement(),
-            None => self.tag.as_ref().and_then(|t| {
-                (t.version.major >= 9)
-                    .then(|| Requirement::parse(&format!("cuda>={}", t.version.minor_only())))
-                    .flatten()
-            }),
-        }
+        self.env.as_ref().and_then(ImageEnv::requirement)
     }
 }
 
@@ -354,8 +348,7 @@ fn driver_vs_image(
             Status::Warn,
             format!(
                 "driver {d} is older than CUDA {version} needs ({}), but the image accepts it \
-                 through `{alt}` (forward compatibility with the image's cuda-compat package, \
-                 data-centre GPUs only)",
+                 through `{alt}` (the driver-branch alternatives NVIDIA writes into the image)",
                 full.as_ref().map_or("unknown".into(), ToString::to_string)
             ),
             Some(format!("{}{older}", upgrade(full.as_ref()))),
@@ -364,11 +357,21 @@ fn driver_vs_image(
             "image",
             Status::Warn,
             format!(
-                "driver {d} is older than CUDA {version} needs; the image accepts it only on \
-                 data-centre GPUs (`{}`), which cannot be told from the GPU's name",
+                "driver {d} is older than CUDA {version} needs; the image accepts it only for \
+                 some GPU brands (`{}`), and the brand cannot be told from the GPU's name",
                 alts.join("` or `")
             ),
             Some(format!("{}{older}", upgrade(full.as_ref()))),
+        ),
+        // Newer than cudaimg's driver table: what the requirement means cannot be told offline.
+        (Compatibility::MinorVersion { min_driver: None, .. }, Some(RequireOutcome::NotMet)) => finding(
+            "image",
+            Status::Warn,
+            format!(
+                "CUDA {version} is newer than cudaimg's driver table: whether driver {d} meets \
+                 the image's requirement `{req_text}` cannot be told offline"
+            ),
+            Some("compare with the CUDA version `nvidia-smi` reports; `-e NVIDIA_DISABLE_REQUIRE=1` skips the runtime's check".into()),
         ),
         (Compatibility::MinorVersion { minor_compat_driver, .. }, Some(RequireOutcome::NotMet)) => finding(
             "image",

@@ -225,6 +225,10 @@ pub fn parse_proc_version(text: &str) -> Option<DriverVersion> {
 
 fn read_small(path: &Path) -> Result<String, String> {
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    // A FIFO or device named like a config file would block the read forever.
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(format!("larger than {MAX_CONFIG_BYTES} bytes"));
     }

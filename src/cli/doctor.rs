@@ -139,6 +139,8 @@ fn image_subject(ctx: &Ctx, config: &Config, input: &str) -> Result<ImageSubject
             tag: Some(s.tag),
             env: None,
         }),
+        // A bare tag that is not stored: what is wrong with it is the useful answer.
+        Err(e @ Error::Tag(_)) if bare => Err(e),
         // Neither stored nor an nvidia/cuda tag: nothing to check it against.
         Err(Error::Tag(_) | Error::Usage(_)) => Err(Error::NotInStore(name)),
         Err(e) => Err(e),

@@ -112,7 +112,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         gpus: args.gpus.clone(),
         name: args.name.clone(),
         restart: args.restart.clone(),
-        host_dir: args.host_dir.clone(),
+        host_dir: args.host_dir.as_deref().map(host_dir).transpose()?,
         nvcc,
         devel_tag: tag
             .as_ref()
@@ -152,4 +152,24 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         emit(content.trim_end());
     }
     Ok(())
+}
+
+/// A `-v` source must be an absolute path (a bare word is a named volume to Docker) and
+/// cannot hold `:` (the `-v` separator).
+fn host_dir(dir: &str) -> Result<String, Error> {
+    if dir.contains(':') {
+        return Err(Error::Usage(format!(
+            "`{dir}` holds `:`, which `docker run -v` reads as a separator; choose another directory"
+        )));
+    }
+    let expanded = match dir.strip_prefix("~/") {
+        Some(rest) => match std::env::var_os("HOME") {
+            Some(home) => std::path::PathBuf::from(home).join(rest),
+            None => std::path::PathBuf::from(dir),
+        },
+        None => std::path::PathBuf::from(dir),
+    };
+    let absolute = std::path::absolute(&expanded)
+        .map_err(|e| Error::Usage(format!("cannot make `{dir}` absolute: {e}")))?;
+    Ok(absolute.display().to_string())
 }

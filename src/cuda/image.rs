@@ -36,7 +36,11 @@ impl ImageEnv {
             require_cuda: get("NVIDIA_REQUIRE_CUDA"),
             end_of_life: get("NVIDIA_CUDA_END_OF_LIFE").is_some_and(|v| v.trim() == "1"),
             cudnn_version: get("NV_CUDNN_VERSION"),
-            nvcc: get("NV_NVCC_VERSION").is_some(),
+            // NVIDIA's devel images set no NVCC variable; what devel adds to the
+            // environment is the stubs directory on LIBRARY_PATH (and the dev packages).
+            nvcc: get("NV_NVCC_VERSION").is_some()
+                || get("NV_CUDA_CUDART_DEV_VERSION").is_some()
+                || get("LIBRARY_PATH").is_some_and(|p| p.contains("/usr/local/cuda/lib64/stubs")),
         }
     }
 
@@ -58,6 +62,20 @@ impl ImageEnv {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn devel_images_are_recognised_by_what_nvidia_sets() {
+        let env = vec![
+            "CUDA_VERSION=12.4.1".to_owned(),
+            "LIBRARY_PATH=/usr/local/cuda/lib64/stubs".to_owned(),
+        ];
+        assert!(super::ImageEnv::from_env(&env).nvcc);
+        let runtime = vec![
+            "CUDA_VERSION=12.4.1".to_owned(),
+            "NCCL_VERSION=2.21.5-1".to_owned(),
+        ];
+        assert!(!super::ImageEnv::from_env(&runtime).nvcc);
+    }
+
     use super::*;
 
     #[test]
