@@ -158,7 +158,7 @@ fn gpus_flag(g: &Gpus) -> String {
 fn nvcc_note(spec: &Spec) -> Option<String> {
     match (spec.nvcc, &spec.devel_tag) {
         (Some(false), Some(devel)) => Some(format!(
-            "# no nvcc in this image (runtime flavor): to compile CUDA code use the `{devel}` tag"
+            "# no nvcc in this image (a base or runtime flavor): to compile CUDA code use the `{devel}` tag"
         )),
         (Some(false), None) => {
             Some("# no nvcc in this image: compile CUDA code in a devel image".into())

@@ -235,7 +235,12 @@ fn print(l: &Listing) {
     }
     if let Some(u) = &l.unparsed {
         for t in u {
-            emit(&format!("{t}  (not an nvidia/cuda tag)"));
+            // Registry data: control characters would reach the terminal.
+            let shown: String = t
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
+            emit(&format!("{shown}  (not an nvidia/cuda tag)"));
         }
     } else if l.skipped > 0 {
         eprintln!(

@@ -81,7 +81,8 @@ pub struct Measured {
 }
 
 impl Measured {
-    /// Good enough to hand to a daemon: answers, serves right bytes, not stale.
+    /// Good enough to hand to a daemon: answers and serves the right bytes (staleness is
+    /// judged by the emitters, which know the official digest).
     pub fn usable(&self) -> bool {
         self.reachable && self.blob_error.is_none()
     }

@@ -283,7 +283,14 @@ impl RegistryClient {
                 ))
             })?;
             list.pages += 1;
-            list.tags.extend(page.tags.unwrap_or_default());
+            // The distribution spec caps tags at 128 characters; longer ones are not tags,
+            // and dropping them bounds what a hostile registry can make us hold.
+            list.tags.extend(
+                page.tags
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|t| t.len() <= 128),
+            );
             if list.tags.len() > MAX_TAGS {
                 return Err(bad(format!("it lists more than {MAX_TAGS} tags")));
             }
