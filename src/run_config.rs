@@ -130,19 +130,9 @@ fn shell_word(s: &str) -> String {
     }
 }
 
-/// A YAML double-quoted scalar.
+/// A YAML double-quoted scalar: a JSON string is one.
 fn yaml_str(s: &str) -> String {
-    let mut out = String::from('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    serde_json::Value::from(s).to_string()
 }
 
 fn gpus_flag(g: &Gpus) -> String {

@@ -32,16 +32,11 @@ fn serving_image() -> (TestRegistry, Fixture) {
 }
 
 fn largest(fx: &Fixture) -> &Layer {
-    fx.platform(Arch::Amd64)
-        .layers
-        .iter()
-        .max_by_key(|l| l.size)
-        .unwrap()
+    fx.largest_layer(Arch::Amd64)
 }
 
 fn total(fx: &Fixture) -> u64 {
-    let p = fx.platform(Arch::Amd64);
-    p.layers_size() + p.config.size()
+    fx.image_bytes(Arch::Amd64)
 }
 
 struct Setup {

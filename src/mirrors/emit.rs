@@ -91,19 +91,9 @@ pub fn daemon_json(checks: &[RegistryCheck]) -> Emitted {
     }
 }
 
-/// A TOML basic string.
+/// A TOML basic string: JSON's string escapes are TOML's.
 fn toml_str(s: &str) -> String {
-    let mut out = String::from('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    serde_json::Value::from(s).to_string()
 }
 
 /// One `hosts.toml` per registry.

@@ -454,6 +454,19 @@ impl Fixture {
         }
         out
     }
+    /// The largest layer of `arch`'s image.
+    pub fn largest_layer(&self, arch: Arch) -> &Layer {
+        self.platform(arch)
+            .layers
+            .iter()
+            .max_by_key(|l| l.size)
+            .unwrap()
+    }
+    /// Config and layer bytes of `arch`'s image: what a full pull of it downloads.
+    pub fn image_bytes(&self, arch: Arch) -> u64 {
+        let p = self.platform(arch);
+        p.layers_size() + p.config.size()
+    }
     /// Layers of `arch` that `other` (e.g. an already pulled flavor) does not have on any
     /// platform: what a pull of `self` after `other` must download.
     pub fn new_layers_since(&self, other: &Fixture, arch: Arch) -> Vec<&Layer> {
