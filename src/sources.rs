@@ -8,7 +8,7 @@
 //! longer, a 429 for its `Retry-After`), so a dead or throttling mirror is not asked first
 //! again for every blob while others can serve; a success clears its backoff.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,14 +44,36 @@ pub struct Source {
     pub role: Role,
     pub index: usize,
     pub capabilities: Capabilities,
+    /// Shared by every pull of the run: a mirror that failed for one reference is not asked
+    /// first again for the next.
+    backoff: Arc<Mutex<Backoff>>,
+    /// This pull's own record of the source, for its report.
     health: Mutex<Health>,
     bytes: AtomicU64,
 }
 
-#[derive(Default)]
-struct Health {
+/// When a source may be asked again.
+#[derive(Debug, Default)]
+pub struct Backoff {
     consecutive_failures: u32,
     not_before: Option<Instant>,
+}
+
+/// Backoff state by endpoint URL, for the whole run (one per process).
+#[derive(Debug, Default, Clone)]
+pub struct SourceMemory(Arc<Mutex<HashMap<String, Arc<Mutex<Backoff>>>>>);
+
+impl SourceMemory {
+    fn backoff(&self, url: &str) -> Arc<Mutex<Backoff>> {
+        match self.0.lock() {
+            Ok(mut m) => m.entry(url.to_owned()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Health {
     blobs: u64,
     requests_ok: u64,
     failures: BTreeMap<&'static str, (u64, String)>,
@@ -194,6 +216,7 @@ impl SourceSet {
         registry: &str,
         preferred: Option<&str>,
         http: &HttpClients,
+        memory: &SourceMemory,
     ) -> Self {
         let reg = config.registry(registry);
         let mut mirrors = reg.mirrors.clone();
@@ -217,8 +240,10 @@ impl SourceSet {
             .into_iter()
             .enumerate()
             .map(|(index, (e, role))| {
+                let client = RegistryClient::new(e, http);
                 Arc::new(Source {
-                    client: RegistryClient::new(e, http),
+                    backoff: memory.backoff(client.label()),
+                    client,
                     role,
                     index,
                     capabilities: e.capabilities,
@@ -242,14 +267,22 @@ impl SourceSet {
         self.sources.iter().find(|s| s.role == Role::Official)
     }
 
-    /// Mirrors that may be asked which digest a tag names.
+    /// Mirrors that may be asked which digest a tag names, and are not backing off.
     pub fn resolving_mirrors(&self) -> impl Iterator<Item = &Arc<Source>> {
-        self.sources
-            .iter()
-            .filter(|s| s.role == Role::Mirror && s.capabilities.resolve)
+        let now = Instant::now();
+        self.sources.iter().filter(move |s| {
+            s.role == Role::Mirror
+                && s.capabilities.resolve
+                && s.backoff
+                    .lock()
+                    .ok()
+                    .and_then(|b| b.not_before)
+                    .is_none_or(|t| t <= now)
+        })
     }
 
-    /// Records a failure outside any item's bookkeeping (a tag lookup), for the report.
+    /// Records a failure outside any item's bookkeeping (a tag lookup): in the report, and
+    /// in the source's backoff when the failure is a passing one.
     pub fn note_failure(
         &self,
         source: &Source,
@@ -258,6 +291,15 @@ impl SourceSet {
         what: &str,
     ) {
         reporter.source_failed(source.label(), what, error);
+        if error.next() == Next::Retry {
+            if let Ok(mut b) = source.backoff.lock() {
+                b.consecutive_failures += 1;
+                let delay = error
+                    .retry_after()
+                    .unwrap_or_else(|| backoff(error, b.consecutive_failures));
+                b.not_before = Instant::now().checked_add(delay);
+            }
+        }
         if let Ok(mut h) = source.health.lock() {
             let entry = h.failures.entry(error.kind()).or_insert((0, String::new()));
             entry.0 += 1;
@@ -338,7 +380,7 @@ impl SourceSet {
             if item.is_excluded(s) || !s.capabilities.pull {
                 continue;
             }
-            let not_before = s.health.lock().ok().and_then(|h| h.not_before);
+            let not_before = s.backoff.lock().ok().and_then(|h| h.not_before);
             match not_before {
                 Some(t) if t > now => earliest = Some(earliest.map_or(t, |e| e.min(t))),
                 _ => return Pick::Now(s.clone()),
@@ -357,7 +399,7 @@ impl SourceSet {
             .iter()
             .filter(|s| s.capabilities.pull && !item.is_excluded(s))
             .filter(|s| {
-                s.health
+                s.backoff
                     .lock()
                     .ok()
                     .and_then(|h| h.not_before)
@@ -369,9 +411,11 @@ impl SourceSet {
 
     /// Records a successful request.
     pub fn succeeded(&self, source: &Source) {
+        if let Ok(mut b) = source.backoff.lock() {
+            b.consecutive_failures = 0;
+            b.not_before = None;
+        }
         if let Ok(mut h) = source.health.lock() {
-            h.consecutive_failures = 0;
-            h.not_before = None;
             h.requests_ok += 1;
         }
     }
@@ -404,12 +448,14 @@ impl SourceSet {
             let entry = h.failures.entry(error.kind()).or_insert((0, String::new()));
             entry.0 += 1;
             entry.1 = chain(&error);
-            if next == Next::Retry {
-                h.consecutive_failures += 1;
+        }
+        if next == Next::Retry {
+            if let Ok(mut b) = source.backoff.lock() {
+                b.consecutive_failures += 1;
                 let delay = error
                     .retry_after()
-                    .unwrap_or_else(|| backoff(&error, h.consecutive_failures));
-                h.not_before = Instant::now().checked_add(delay);
+                    .unwrap_or_else(|| backoff(&error, b.consecutive_failures));
+                b.not_before = Instant::now().checked_add(delay);
                 if delay > MAX_WAIT {
                     item.exclude(source);
                 }

@@ -956,3 +956,43 @@ fn an_explicit_platform_a_single_platform_image_lacks_is_an_error() {
     let r = pull_json(&sandbox, &config, &[&single.reference()]);
     assert_eq!(r["platform"], "linux/arm64/v8");
 }
+
+#[test]
+fn a_dead_mirror_is_remembered_across_the_references_of_one_pull() {
+    let official = TestRegistry::start();
+    let base = fixture(Flavor::Base, MediaTypes::Docker);
+    let runtime = fixture(Flavor::Runtime, MediaTypes::Docker);
+    Pusher::new(&official).push(&base);
+    Pusher::new(&official).push(&runtime);
+    let sandbox = Sandbox::new();
+    let dead = dead_endpoint();
+    let config = sandbox.write_hub_config(&official.url(), &[&dead]);
+    let out = run_ok(&mut cli(
+        &sandbox,
+        &config,
+        &[
+            "--json",
+            "pull",
+            "--platform",
+            "linux/amd64",
+            &base.reference(),
+            &runtime.reference(),
+        ],
+    ));
+    let reports: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 2);
+    assert!(
+        reports[0]["warnings"].to_string().contains(&dead),
+        "{}",
+        reports[0]["warnings"]
+    );
+    // Still in backoff for the second reference: not asked again, so nothing to report.
+    assert!(
+        !reports[1]["warnings"].to_string().contains(&dead),
+        "{}",
+        reports[1]["warnings"]
+    );
+}

@@ -129,6 +129,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         &name.image.registry,
         name.via_mirror.as_deref(),
         &http,
+        &crate::sources::SourceMemory::default(),
     );
     let repo = name.image.repository.clone();
     let what = format!("the tag list of {repository}");

@@ -33,6 +33,7 @@ impl Engine {
             &image.registry,
             name.via_mirror.as_deref(),
             &self.http,
+            &self.memory,
         );
         let (digest, resolved_by) = match (&image.digest, &image.tag) {
             (Some(d), _) => (d.clone(), ResolvedBy::Digest),

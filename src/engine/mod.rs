@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::registry::HttpClients;
+use crate::sources::SourceMemory;
 use crate::store::Store;
 
 /// Default seconds without a byte before a transfer counts as stalled.
@@ -35,6 +36,8 @@ pub struct Engine {
     pub stall_timeout: Duration,
     /// Refuse a tag's digest that the official registry did not confirm.
     pub require_upstream: bool,
+    /// What the run has learned about each source, across references.
+    pub memory: SourceMemory,
 }
 
 impl Engine {
@@ -52,6 +55,7 @@ impl Engine {
             jobs: jobs.max(1),
             stall_timeout,
             require_upstream: false,
+            memory: SourceMemory::default(),
         })
     }
 }

@@ -24,6 +24,8 @@ pub(super) const PARALLEL_MIN: u64 = 64 << 20;
 const RANGE_BYTES: u64 = 16 << 20;
 const MAX_SOURCES: usize = 4;
 const PIECE: usize = 1 << 20;
+/// How often an idle worker looks for a range handed back by a failing one.
+const WAIT_FOR_REQUEUE: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl BlobJob<'_> {
     /// Fills as much of the blob as the usable sources deliver; returns those that did.
@@ -50,7 +52,7 @@ impl BlobJob<'_> {
             at = end;
         }
         let state = Fill {
-            queue: Mutex::new(queue),
+            queue: Mutex::new((queue, 0)),
             done: Mutex::new(BTreeMap::new()),
             writer: tokio::sync::Mutex::new(writer),
             item: Mutex::new(item),
@@ -80,8 +82,14 @@ impl BlobJob<'_> {
         what: &str,
     ) -> Result<(), FallbackError> {
         loop {
-            let Some((start, end)) = fill.queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                return Ok(());
+            let (start, end) = match fill.take() {
+                Take::Range(start, end) => (start, end),
+                // Another worker is still fetching: its range may come back if it fails.
+                Take::Wait => {
+                    tokio::time::sleep(WAIT_FOR_REQUEUE).await;
+                    continue;
+                }
+                Take::Done => return Ok(()),
             };
             let (reached, outcome) = self.fetch_range(source, desc, start, end, file).await;
             if reached > start {
@@ -98,13 +106,12 @@ impl BlobJob<'_> {
                     .map_err(|e| FallbackError::GiveUp(RegistryError::Store(e)))?;
             }
             match outcome {
-                Ok(()) => self.sources.succeeded(source),
+                Ok(()) => {
+                    fill.finish(None);
+                    self.sources.succeeded(source);
+                }
                 Err(e) => {
-                    if reached < end {
-                        if let Ok(mut q) = fill.queue.lock() {
-                            q.push_front((reached, end));
-                        }
-                    }
+                    fill.finish((reached < end).then_some((reached, end)));
                     let mut item = fill.item.lock().map_err(|_| poisoned())?;
                     self.sources.failed(
                         source,
@@ -203,9 +210,16 @@ impl BlobJob<'_> {
     }
 }
 
+enum Take {
+    Range(u64, u64),
+    Wait,
+    Done,
+}
+
 /// Shared state of one parallel fill.
 struct Fill<'w> {
-    queue: Mutex<VecDeque<(u64, u64)>>,
+    /// Ranges to fetch, and how many are being fetched now.
+    queue: Mutex<(VecDeque<(u64, u64)>, usize)>,
     /// Finished ranges beyond the hashed prefix: start -> end.
     done: Mutex<BTreeMap<u64, u64>>,
     writer: tokio::sync::Mutex<&'w mut BlobWriter>,
@@ -214,6 +228,31 @@ struct Fill<'w> {
 }
 
 impl Fill<'_> {
+    /// The next range to fetch, or whether to wait for one a failing worker may hand back.
+    fn take(&self) -> Take {
+        let Ok(mut q) = self.queue.lock() else {
+            return Take::Done;
+        };
+        match q.0.pop_front() {
+            Some((start, end)) => {
+                q.1 += 1;
+                Take::Range(start, end)
+            }
+            None if q.1 > 0 => Take::Wait,
+            None => Take::Done,
+        }
+    }
+
+    /// A fetch ended; what it did not get goes back to the front of the queue.
+    fn finish(&self, rest: Option<(u64, u64)>) {
+        if let Ok(mut q) = self.queue.lock() {
+            if let Some(r) = rest {
+                q.0.push_front(r);
+            }
+            q.1 = q.1.saturating_sub(1);
+        }
+    }
+
     /// Hashes finished ranges that now continue the prefix.
     async fn advance(&self) -> Result<(), StoreError> {
         let mut writer = self.writer.lock().await;

@@ -247,6 +247,7 @@ impl Engine {
             &image.registry,
             name.via_mirror.as_deref(),
             &self.http,
+            &self.memory,
         );
 
         // Which digest: the lockfile's, the reference's, or the official registry's answer.
