@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -21,7 +22,7 @@ use crate::platform::Platform;
 use crate::progress::Reporter;
 use crate::reference::ImageRef;
 use crate::registry::{FetchedManifest, RegistryError};
-use crate::sources::{FallbackError, SourceReport, SourceSet};
+use crate::sources::{FallbackError, Source, SourceReport, SourceSet};
 use crate::store::{IndexEntry, IndexPlatform, StoreError, INDEX_DIGEST_ANNOTATION, REF_NAME};
 
 /// What to pull: a canonical name, and, from a lockfile, the digests it must be.
@@ -211,7 +212,7 @@ impl PullError {
         }
     }
 
-    fn giving_up(reference: &ImageRef, e: FallbackError, blob: bool) -> Self {
+    pub(super) fn giving_up(reference: &ImageRef, e: FallbackError, blob: bool) -> Self {
         match e {
             FallbackError::GiveUp(RegistryError::Store(s)) => PullError::Store(s),
             other if blob => PullError::Blob {
@@ -227,6 +228,35 @@ impl PullError {
 }
 
 impl Engine {
+    /// The sources for a canonical name, with this run's memory of each.
+    pub(super) fn sources(&self, name: &Canonical) -> SourceSet {
+        SourceSet::new(
+            &self.config,
+            &name.image.registry,
+            name.via_mirror.as_deref(),
+            &self.http,
+            &self.memory,
+        )
+    }
+
+    /// Which digest: the lockfile's, the reference's, or the official registry's answer.
+    pub(super) async fn top_digest(
+        &self,
+        sources: &SourceSet,
+        image: &ImageRef,
+        pin: Option<&Pin>,
+        reporter: &dyn Reporter,
+    ) -> Result<(Digest, ResolvedBy), PullError> {
+        Ok(match (pin, &image.digest, &image.tag) {
+            (Some(pin), _, _) => (pin.digest.clone(), ResolvedBy::Lock),
+            (None, Some(d), _) => (d.clone(), ResolvedBy::Digest),
+            (None, None, tag) => {
+                let tag = tag.as_deref().unwrap_or("latest");
+                resolve_tag(sources, image, tag, self.require_upstream, reporter).await?
+            }
+        })
+    }
+
     /// Pulls `target` for `platform` into the store.
     pub async fn pull(
         &self,
@@ -242,37 +272,16 @@ impl Engine {
         let _gc_guard = tokio::task::spawn_blocking(move || store.hold_against_gc())
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        let sources = SourceSet::new(
-            &self.config,
-            &image.registry,
-            name.via_mirror.as_deref(),
-            &self.http,
-            &self.memory,
-        );
-
-        // Which digest: the lockfile's, the reference's, or the official registry's answer.
-        let (top_digest, resolved_by) = match (target.pin, &image.digest, &image.tag) {
-            (Some(pin), _, _) => (pin.digest.clone(), ResolvedBy::Lock),
-            (None, Some(d), _) => (d.clone(), ResolvedBy::Digest),
-            (None, None, tag) => {
-                let tag = tag.as_deref().unwrap_or("latest");
-                resolve_tag(&sources, image, tag, self.require_upstream, reporter).await?
-            }
-        };
+        let sources = self.sources(name);
+        let (top_digest, resolved_by) = self
+            .top_digest(&sources, image, target.pin, reporter)
+            .await?;
         // Everything else by digest, from whichever source has it.
-        let (top, top_source) = sources
-            .first_success(
-                &format!("manifest {top_digest} of `{image}`"),
-                reporter,
-                |s| {
-                    let top_digest = top_digest.clone();
-                    async move {
-                        fetch_parsed(&s.client, repo, top_digest.as_str(), Some(&top_digest)).await
-                    }
-                },
-            )
-            .await
-            .map_err(|e| PullError::giving_up(image, e, false))?;
+        let what = format!("manifest {top_digest} of `{image}`");
+        let (top, top_source) =
+            manifest_by_digest(&sources, repo, &top_digest, None, &what, reporter)
+                .await
+                .map_err(|e| PullError::giving_up(image, e, false))?;
         let (top_fetched, top_parsed) = top;
 
         // A list or index: pick the platform's manifest and fetch it by digest.
@@ -288,33 +297,17 @@ impl Engine {
                     check_pin(image, pin, entry, &idx)?;
                 }
                 let want = entry.descriptor.clone();
-                let ((child, parsed), _) = sources
-                    .first_success(
-                        &format!("{platform} manifest of `{image}`"),
-                        reporter,
-                        |s| {
-                            let want = want.clone();
-                            async move {
-                                let (m, parsed) = fetch_parsed(
-                                    &s.client,
-                                    repo,
-                                    want.digest.as_str(),
-                                    Some(&want.digest),
-                                )
-                                .await?;
-                                if m.bytes.len() as u64 != want.size {
-                                    return Err(RegistryError::SizeMismatch {
-                                        url: m.url,
-                                        expected: want.size,
-                                        actual: m.bytes.len() as u64,
-                                    });
-                                }
-                                Ok((m, parsed))
-                            }
-                        },
-                    )
-                    .await
-                    .map_err(|e| PullError::giving_up(image, e, false))?;
+                let what = format!("{platform} manifest of `{image}`");
+                let ((child, parsed), _) = manifest_by_digest(
+                    &sources,
+                    repo,
+                    &want.digest,
+                    Some(want.size),
+                    &what,
+                    reporter,
+                )
+                .await
+                .map_err(|e| PullError::giving_up(image, e, false))?;
                 let Manifest::Image(img) = parsed else {
                     return Err(PullError::Unusable {
                         reference: image.to_string(),
@@ -481,7 +474,7 @@ fn check_pin(image: &ImageRef, pin: &Pin, entry: &ListEntry, idx: &Index) -> Res
     Ok(())
 }
 
-pub(super) async fn fetch_parsed(
+async fn fetch_parsed(
     client: &crate::registry::RegistryClient,
     repo: &str,
     reference: &str,
@@ -495,6 +488,31 @@ pub(super) async fn fetch_parsed(
         }
     })?;
     Ok((m, parsed))
+}
+
+/// A manifest by digest from the first source that has it, verified against the digest and,
+/// when a descriptor gave it, the size.
+pub(super) async fn manifest_by_digest(
+    sources: &SourceSet,
+    repo: &str,
+    digest: &Digest,
+    size: Option<u64>,
+    what: &str,
+    reporter: &dyn Reporter,
+) -> Result<((FetchedManifest, Manifest), Arc<Source>), FallbackError> {
+    sources
+        .first_success(what, reporter, |s| async move {
+            let (m, parsed) = fetch_parsed(&s.client, repo, digest.as_str(), Some(digest)).await?;
+            match size {
+                Some(want) if m.bytes.len() as u64 != want => Err(RegistryError::SizeMismatch {
+                    url: m.url,
+                    expected: want,
+                    actual: m.bytes.len() as u64,
+                }),
+                _ => Ok((m, parsed)),
+            }
+        })
+        .await
 }
 
 fn layer_reports(

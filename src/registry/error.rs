@@ -135,22 +135,11 @@ impl RegistryError {
         }
     }
 
-    /// Like `from_reqwest`, for a URL already redacted to a string.
+    /// A reqwest failure as a typed error, for a URL already redacted for messages.
     pub(crate) fn from_reqwest_at(url: &str, source: reqwest::Error) -> Self {
         let source = source.without_url();
         let reason = root_cause_of(&source);
         let url = url.to_owned();
-        if source.is_timeout() {
-            RegistryError::Timeout { url, reason }
-        } else {
-            RegistryError::Transfer { url, reason }
-        }
-    }
-
-    pub(crate) fn from_reqwest(url: &reqwest::Url, source: reqwest::Error) -> Self {
-        let url = redact_url(url);
-        let source = source.without_url();
-        let reason = root_cause_of(&source);
         if source.is_timeout() {
             RegistryError::Timeout { url, reason }
         } else if source.is_connect() {
@@ -158,6 +147,10 @@ impl RegistryError {
         } else {
             RegistryError::Transfer { url, reason }
         }
+    }
+
+    pub(crate) fn from_reqwest(url: &reqwest::Url, source: reqwest::Error) -> Self {
+        Self::from_reqwest_at(&redact_url(url), source)
     }
 }
 
