@@ -54,15 +54,10 @@ fn env(message: &str) -> Env {
 
 impl Env {
     fn cmd(&self, docker: Option<&TestDocker>, args: &[&str]) -> Command {
-        let mut cmd = self.sandbox.cudaimg();
+        let mut cmd = self.sandbox.cli(&self.config, args);
         if let Some(d) = docker {
             cmd.env("DOCKER_HOST", d.host());
         }
-        cmd.arg("--config")
-            .arg(&self.config)
-            .arg("--store")
-            .arg(self.sandbox.store_dir());
-        cmd.args(args);
         cmd
     }
 }

@@ -52,13 +52,7 @@ fn setup(official: &str, mirrors: &[&str]) -> Setup {
 
 impl Setup {
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = self.sandbox.cudaimg();
-        cmd.arg("--config")
-            .arg(&self.config)
-            .arg("--store")
-            .arg(self.sandbox.store_dir());
-        cmd.args(args);
-        cmd
+        self.sandbox.cli(&self.config, args)
     }
 
     fn pull(&self, fx: &Fixture, extra: &[&str]) -> Value {

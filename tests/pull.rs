@@ -36,13 +36,7 @@ fn pull_json(sandbox: &Sandbox, config: &Path, args: &[&str]) -> Value {
 }
 
 fn cli(sandbox: &Sandbox, config: &Path, args: &[&str]) -> std::process::Command {
-    let mut cmd = sandbox.cudaimg();
-    cmd.arg("--config")
-        .arg(config)
-        .arg("--store")
-        .arg(sandbox.store_dir());
-    cmd.args(args);
-    cmd
+    sandbox.cli(config, args)
 }
 
 fn index_json(sandbox: &Sandbox) -> Value {

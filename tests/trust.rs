@@ -40,13 +40,7 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = self.sandbox.cudaimg();
-        cmd.arg("--config")
-            .arg(&self.config)
-            .arg("--store")
-            .arg(self.sandbox.store_dir());
-        cmd.args(args);
-        cmd
+        self.sandbox.cli(&self.config, args)
     }
 
     fn pull(&self, args: &[&str]) -> Value {

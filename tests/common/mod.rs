@@ -152,6 +152,16 @@ impl Sandbox {
     pub fn cudaimg(&self) -> Command {
         self.command(cudaimg_binary())
     }
+    /// `cudaimg --config CONFIG --store <the sandbox's store> ARGS...`
+    pub fn cli(&self, config: &Path, args: &[&str]) -> Command {
+        let mut cmd = self.cudaimg();
+        cmd.arg("--config")
+            .arg(config)
+            .arg("--store")
+            .arg(self.store_dir());
+        cmd.args(args);
+        cmd
+    }
     /// skopeo (an independent registry client, to check what a registry or layout holds).
     pub fn skopeo(&self) -> Command {
         self.command("skopeo")
