@@ -11,8 +11,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use cudaimg_test_support as common;
 
 use std::io::Read;
 

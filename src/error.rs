@@ -1,14 +1,14 @@
 //! The top-level error: every failure a command can end with, mapped once to an exit code
 //! and a hint that tells the user what to do.
 
-use crate::config::ConfigError;
-use crate::cuda::TagError;
-use crate::engine::PullError;
-use crate::lockfile::LockError;
-use crate::platform::PlatformError;
-use crate::reference::ReferenceError;
-use crate::sources::FallbackError;
-use crate::store::StoreError;
+use cudaimg_config::lockfile::LockError;
+use cudaimg_config::ConfigError;
+use cudaimg_cuda::TagError;
+use cudaimg_mirrors::sources::FallbackError;
+use cudaimg_oci::platform::PlatformError;
+use cudaimg_oci::reference::ReferenceError;
+use cudaimg_store::StoreError;
+use cudaimg_transfer::PullError;
 
 /// Process exit codes, documented in README.md.
 pub mod exit {
@@ -39,7 +39,7 @@ pub enum Error {
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
-    Docker(#[from] crate::docker::LoadError),
+    Docker(#[from] cudaimg_transfer::handover::LoadError),
     #[error(transparent)]
     Tag(#[from] TagError),
     /// A registry request (a tag list) that no source could answer.
@@ -68,7 +68,9 @@ impl Error {
             Error::Sources(_) => exit::FAILURE,
             Error::Lock(LockError::NotLocked { .. } | LockError::Invalid { .. }) => exit::USAGE,
             Error::Lock(_) => exit::FAILURE,
-            Error::Docker(crate::docker::LoadError::Store(StoreError::Corrupt(_))) => exit::CORRUPT,
+            Error::Docker(cudaimg_transfer::handover::LoadError::Store(StoreError::Corrupt(_))) => {
+                exit::CORRUPT
+            }
             Error::Docker(_) => exit::FAILURE,
             Error::Store(StoreError::Corrupt(_)) => exit::CORRUPT,
             Error::Store(StoreError::Missing(_)) => exit::NOT_FOUND,

@@ -1,22 +1,24 @@
 //! `cudaimg doctor [REF]`: checks the machine for running CUDA containers (driver, GPUs,
 //! NVIDIA Container Toolkit, Docker, mirrors) and, with REF, the image against the driver.
 //! Each finding is printed with its status and fix; exit 1 if any is `fail` (see
-//! [`crate::doctor`]), 0 otherwise, also on a machine without a GPU.
+//! [`cudaimg_host::doctor`]), 0 otherwise, also on a machine without a GPU.
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::cuda::image::ImageEnv;
-use crate::cuda::CudaTag;
-use crate::docker::DockerEngine;
-use crate::doctor::{self, DockerState, EndpointPing, Finding, ImageSubject, Probes, Status};
 use crate::error::{exit, Error};
-use crate::host::{self, DriverProbe};
-use crate::registry::{HttpClients, RegistryClient};
-use crate::sources::chain;
-use crate::store::StoreError;
+use cudaimg_config::Config;
+use cudaimg_cuda::image::ImageEnv;
+use cudaimg_cuda::CudaTag;
+use cudaimg_docker::DockerEngine;
+use cudaimg_host::doctor::{
+    self, DockerState, EndpointPing, Finding, ImageSubject, Probes, Status,
+};
+use cudaimg_host::probe::{self as host, DriverProbe};
+use cudaimg_mirrors::sources::chain;
+use cudaimg_registry::{HttpClients, RegistryClient};
+use cudaimg_store::StoreError;
 
 use super::{emit, emit_json, Ctx};
 
@@ -121,7 +123,7 @@ fn image_subject(ctx: &Ctx, config: &Config, input: &str) -> Result<ImageSubject
         Err(e) => return Err(e),
     };
     if let Some(image) = stored {
-        let tag = crate::reference::ImageRef::parse(&name)
+        let tag = cudaimg_oci::reference::ImageRef::parse(&name)
             .ok()
             .and_then(|r| r.tag)
             .and_then(|t| CudaTag::parse(&t).ok());
@@ -183,7 +185,7 @@ async fn ping_all(config: &Config) -> Vec<EndpointPing> {
             .map(|m| (m, false))
             .chain(std::iter::once((&reg.endpoint, true)));
         for (endpoint, official) in endpoints {
-            let client = RegistryClient::new(endpoint, &http);
+            let client = RegistryClient::new(&endpoint.url, endpoint.insecure, &http);
             let registry = registry.to_owned();
             jobs.push(async move {
                 let started = Instant::now();

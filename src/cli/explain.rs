@@ -4,13 +4,13 @@
 
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::cuda::driver::{self, minor_compat_driver};
-use crate::cuda::image::ImageEnv;
-use crate::cuda::{eol, tag, CudaTag};
 use crate::error::Error;
-use crate::reference::ImageRef;
-use crate::store::StoreError;
+use cudaimg_config::Config;
+use cudaimg_cuda::driver::{self, minor_compat_driver};
+use cudaimg_cuda::image::ImageEnv;
+use cudaimg_cuda::{eol, tag, CudaTag};
+use cudaimg_oci::reference::ImageRef;
+use cudaimg_store::StoreError;
 
 use super::{emit, emit_json, Ctx};
 
@@ -69,8 +69,8 @@ pub(crate) struct Explanation {
     pub tag: String,
     pub reference: String,
     pub cuda_version: String,
-    pub flavor: crate::cuda::Flavor,
-    pub cudnn: crate::cuda::Cudnn,
+    pub flavor: cudaimg_cuda::Flavor,
+    pub cudnn: cudaimg_cuda::Cudnn,
     pub cudnn_major: Option<u8>,
     pub tensorrt: bool,
     pub os: Option<String>,

@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::archive::{self, Format};
 use crate::error::Error;
-use crate::reference::ImageRef;
+use cudaimg_oci::reference::ImageRef;
+use cudaimg_transfer::archive::{self, Format};
 
 use super::{emit, Ctx};
 
@@ -17,7 +17,25 @@ pub struct Args {
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
     #[arg(long, value_enum, default_value = "docker-archive")]
-    format: Format,
+    format: ArchiveFormat,
+}
+
+/// Which archive to write (the library's [`Format`], as a command-line choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ArchiveFormat {
+    /// `docker load` / `docker-archive:` (with the OCI layout inside, as Docker 25 writes)
+    DockerArchive,
+    /// `oci-archive:`: an OCI image layout in a tar
+    OciArchive,
+}
+
+impl From<ArchiveFormat> for Format {
+    fn from(f: ArchiveFormat) -> Self {
+        match f {
+            ArchiveFormat::DockerArchive => Format::DockerArchive,
+            ArchiveFormat::OciArchive => Format::OciArchive,
+        }
+    }
 }
 
 /// The name Docker shows for a stored image: `nvidia/cuda:TAG`, none for digest-only names.
@@ -36,7 +54,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         .image(&name, want.as_ref())?
         .ok_or_else(|| Error::NotInStore(name.clone()))?;
     let tag = repo_tag(&name);
-    let (format, output) = (args.format, args.output.clone());
+    let (format, output) = (Format::from(args.format), args.output.clone());
     tokio::task::spawn_blocking(move || -> Result<(), Error> {
         if output.as_os_str() == "-" {
             let out = std::io::stdout().lock();
@@ -51,7 +69,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         }
         // Written beside the target and renamed: a failed export leaves no half file.
         let tmp = output.with_extension("cudaimg-partial");
-        let file = fs_err::File::create(&tmp).map_err(crate::store::StoreError::from)?;
+        let file = fs_err::File::create(&tmp).map_err(cudaimg_store::StoreError::from)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         let res = archive::write(&store, &image, tag.as_deref(), format, &mut out)
             .and_then(|()| out.flush().map_err(Into::into));
@@ -59,7 +77,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             let _ = fs_err::remove_file(&tmp);
             return Err(e.into());
         }
-        fs_err::rename(&tmp, &output).map_err(crate::store::StoreError::from)?;
+        fs_err::rename(&tmp, &output).map_err(cudaimg_store::StoreError::from)?;
         Ok(())
     })
     .await

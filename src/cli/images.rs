@@ -4,10 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::digest::Digest;
 use crate::error::Error;
-use crate::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
-use crate::store::{Store, StoreError};
+use cudaimg_oci::digest::Digest;
+use cudaimg_oci::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
+use cudaimg_store::{Store, StoreError};
 
 use super::{emit, emit_json, human_bytes, Ctx};
 

@@ -1,9 +1,10 @@
 //! `cudaimg load REF`: hand a stored image to the Docker Engine under its official name.
 
-use crate::docker::{self, DockerEngine, Loaded};
 use crate::error::Error;
-use crate::platform::Platform;
-use crate::store::Store;
+use cudaimg_docker::DockerEngine;
+use cudaimg_oci::platform::Platform;
+use cudaimg_store::Store;
+use cudaimg_transfer::handover::{self as docker, Loaded};
 
 use super::export::repo_tag;
 use super::{emit, emit_json, Ctx};

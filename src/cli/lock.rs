@@ -1,7 +1,7 @@
 //! `cudaimg lock REF...`: resolve references and pin them in the lockfile.
 
 use crate::error::Error;
-use crate::lockfile::Lockfile;
+use cudaimg_config::lockfile::Lockfile;
 
 use super::pull::LockArgs;
 use super::{emit, emit_json, Ctx};
@@ -30,7 +30,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let engine = ctx.engine(
         config,
         1,
-        crate::engine::DEFAULT_STALL_SECS,
+        cudaimg_transfer::DEFAULT_STALL_SECS,
         !args.trust_mirrors,
     )?;
     let mut results = Vec::with_capacity(names.len());

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::engine::DEFAULT_STALL_SECS;
 use crate::error::Error;
-use crate::mirrors::emit::{self, Emitted};
-use crate::mirrors::{self as m, Options, RegistryCheck};
-use crate::platform::Platform;
-use crate::registry::HttpClients;
-use crate::sources::Role;
+use cudaimg_mirrors::emit::{self, Emitted};
+use cudaimg_mirrors::sources::Role;
+use cudaimg_mirrors::{self as m, Options, RegistryCheck};
+use cudaimg_oci::platform::Platform;
+use cudaimg_registry::HttpClients;
+use cudaimg_transfer::DEFAULT_STALL_SECS;
 
 use super::{emit, emit_json, human_bytes, Ctx};
 

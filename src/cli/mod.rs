@@ -27,11 +27,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
-use crate::engine::Engine;
 use crate::error::{exit, Error};
-use crate::sources::chain;
-use crate::store::{Store, StoreError};
+use cudaimg_config::Config;
+use cudaimg_mirrors::sources::chain;
+use cudaimg_store::{Store, StoreError};
+use cudaimg_transfer::Engine;
 
 /// Pull NVIDIA CUDA images through mirrors, verified, into a local OCI store.
 #[derive(Debug, Parser)]
@@ -40,10 +40,10 @@ pub struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Mirror configuration file [default: ./mirrors.toml, then $XDG_CONFIG_HOME/cudaimg/mirrors.toml]
-    #[arg(long, global = true, env = "CUDAIMG_CONFIG", value_name = "PATH")]
+    #[arg(long, global = true, env = cudaimg_static::EnvVars::CUDAIMG_CONFIG, value_name = "PATH")]
     config: Option<PathBuf>,
     /// The local OCI image layout [default: $XDG_DATA_HOME/cudaimg]
-    #[arg(long, global = true, env = "CUDAIMG_STORE", value_name = "DIR")]
+    #[arg(long, global = true, env = cudaimg_static::EnvVars::CUDAIMG_STORE, value_name = "DIR")]
     store: Option<PathBuf>,
     /// Print machine-readable JSON on stdout
     #[arg(long, global = true)]
@@ -107,7 +107,7 @@ impl ImageArgs {
     pub fn resolve(
         &self,
         config: &Config,
-    ) -> Result<(String, Option<crate::platform::Platform>), Error> {
+    ) -> Result<(String, Option<cudaimg_oci::platform::Platform>), Error> {
         let name = config.canonicalize(&self.reference)?.image.to_string();
         let want = self.platform.as_deref().map(str::parse).transpose()?;
         Ok((name, want))
@@ -147,7 +147,7 @@ impl Ctx {
     fn store_root(&self) -> Result<PathBuf, Error> {
         Ok(match &self.store_path {
             Some(p) => p.clone(),
-            None => Store::default_root().ok_or(StoreError::NoLocation)?,
+            None => cudaimg_config::default_store_root().ok_or(StoreError::NoLocation)?,
         })
     }
 

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::digest::Digest;
-use crate::platform::Platform;
-use crate::progress::{Reporter, Silent};
-use crate::registry::RegistryError;
-use crate::sources::chain;
+use cudaimg_mirrors::sources::chain;
+use cudaimg_oci::digest::Digest;
+use cudaimg_oci::platform::Platform;
+use cudaimg_oci::progress::{Reporter, Silent};
 
 use super::human_bytes;
 
@@ -103,7 +102,7 @@ impl Reporter for Lines {
             eprintln!("verified {}", digest.short());
         }
     }
-    fn source_failed(&self, source: &str, what: &str, error: &RegistryError) {
+    fn source_failed(&self, source: &str, what: &str, error: &(dyn std::error::Error + 'static)) {
         // Without -v, the pull's closing warnings name each failed source once.
         if self.verbose {
             eprintln!(
@@ -197,7 +196,7 @@ impl Reporter for Bars {
             }
         }
     }
-    fn source_failed(&self, source: &str, what: &str, error: &RegistryError) {
+    fn source_failed(&self, source: &str, what: &str, error: &(dyn std::error::Error + 'static)) {
         let _ = self.multi.println(format!(
             "{source} failed for {what}: {}; trying the next source",
             chain(error)

@@ -4,11 +4,11 @@ use std::time::Instant;
 
 use std::path::PathBuf;
 
-use crate::docker::Loaded;
-use crate::engine::{PullReport, PullTarget, ResolvedBy, DEFAULT_JOBS, DEFAULT_STALL_SECS};
 use crate::error::Error;
-use crate::lockfile::{Lockfile, DEFAULT_LOCKFILE};
-use crate::platform::Platform;
+use cudaimg_config::lockfile::{Lockfile, DEFAULT_LOCKFILE};
+use cudaimg_oci::platform::Platform;
+use cudaimg_transfer::handover::Loaded;
+use cudaimg_transfer::{PullReport, PullTarget, ResolvedBy, DEFAULT_JOBS, DEFAULT_STALL_SECS};
 
 use super::{emit, emit_json, human_bytes, Ctx};
 

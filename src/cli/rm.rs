@@ -1,7 +1,7 @@
 //! `cudaimg rm REF...`: remove names from the store. Blobs stay until `cudaimg gc`.
 
 use crate::error::Error;
-use crate::platform::Platform;
+use cudaimg_oci::platform::Platform;
 
 use super::{emit, emit_json, Ctx};
 

@@ -1,15 +1,15 @@
 //! `cudaimg run-config REF --scenario quick|workdir|compose [--gpus G]`: the `docker run`
 //! line or `docker-compose.yml` for a stored image, pinned by digest (see
-//! [`crate::run_config`]).
+//! [`cudaimg_host::run_config`]).
 
 use serde::Serialize;
 
-use crate::cuda::image::ImageEnv;
-use crate::cuda::{CudaTag, Flavor};
 use crate::error::Error;
-use crate::platform::Platform;
-use crate::reference::ImageRef;
-use crate::run_config::{self, Gpus, Scenario, Spec};
+use cudaimg_cuda::image::ImageEnv;
+use cudaimg_cuda::{CudaTag, Flavor};
+use cudaimg_host::run_config::{self, Gpus, Scenario, Spec};
+use cudaimg_oci::platform::Platform;
+use cudaimg_oci::reference::ImageRef;
 
 use super::{emit, emit_json, Ctx};
 
@@ -82,7 +82,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let want: Option<Platform> = args.platform.as_deref().map(str::parse).transpose()?;
     let canonical = name.to_string();
     let store = ctx.existing_store().map_err(|e| match e {
-        Error::Store(crate::store::StoreError::Missing(_)) => Error::NotInStore(canonical.clone()),
+        Error::Store(cudaimg_store::StoreError::Missing(_)) => Error::NotInStore(canonical.clone()),
         e => e,
     })?;
     let image = store
@@ -93,7 +93,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let digest = image
         .entry
         .index_digest()
-        .and_then(|d| crate::digest::Digest::parse(d).ok())
+        .and_then(|d| cudaimg_oci::digest::Digest::parse(d).ok())
         .unwrap_or_else(|| image.digest.clone());
     let pinned = ImageRef {
         digest: Some(digest),
@@ -163,7 +163,7 @@ fn host_dir(dir: &str) -> Result<String, Error> {
         )));
     }
     let expanded = match dir.strip_prefix("~/") {
-        Some(rest) => match std::env::var_os("HOME") {
+        Some(rest) => match std::env::var_os(cudaimg_static::EnvVars::HOME) {
             Some(home) => std::path::PathBuf::from(home).join(rest),
             None => std::path::PathBuf::from(dir),
         },

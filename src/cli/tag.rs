@@ -31,7 +31,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
             .cloned()
             .map(|mut e| {
                 e.annotations
-                    .insert(crate::store::REF_NAME.to_owned(), target.clone());
+                    .insert(cudaimg_store::REF_NAME.to_owned(), target.clone());
                 e
             })
             .collect();

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cuda::choose::{self, Filter, Recommendation, VersionFilter};
-use crate::cuda::{eol, tag, CudaTag, Flavor};
-use crate::engine::DEFAULT_STALL_SECS;
 use crate::error::Error;
-use crate::progress::Silent;
-use crate::registry::HttpClients;
-use crate::sources::{Role, SourceSet};
+use cudaimg_cuda::choose::{self, Filter, Recommendation, VersionFilter};
+use cudaimg_cuda::{eol, tag, CudaTag, Flavor};
+use cudaimg_mirrors::sources::{Role, SourceSet};
+use cudaimg_oci::progress::Silent;
+use cudaimg_registry::HttpClients;
+use cudaimg_transfer::DEFAULT_STALL_SECS;
 
 use super::{emit, emit_json, Ctx};
 
@@ -82,7 +82,7 @@ struct Listed {
     tag: String,
     cuda_version: String,
     flavor: Flavor,
-    cudnn: crate::cuda::Cudnn,
+    cudnn: cudaimg_cuda::Cudnn,
     tensorrt: bool,
     os: Option<String>,
     rc: bool,
@@ -129,7 +129,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         &name.image.registry,
         name.via_mirror.as_deref(),
         &http,
-        &crate::sources::SourceMemory::default(),
+        &cudaimg_mirrors::sources::SourceMemory::default(),
     );
     let repo = name.image.repository.clone();
     let what = format!("the tag list of {repository}");

@@ -1,7 +1,7 @@
 //! `cudaimg verify`: exits 3 and names each problem when the store is not sound.
 
 use crate::error::Error;
-use crate::store::verify::verify;
+use cudaimg_store::verify::verify;
 
 use super::{emit, emit_json, human_bytes, Ctx};
 

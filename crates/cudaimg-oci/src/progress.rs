@@ -1,0 +1,41 @@
+//! How the engine reports what it is doing. Libraries call a [`Reporter`]; only the CLI
+//! decides whether that becomes progress bars, plain lines, or nothing.
+
+use crate::digest::Digest;
+use crate::platform::Platform;
+
+/// Receives progress events. Every method has a no-op default, so a reporter implements
+/// only what it shows. Calls arrive from several tasks at once.
+pub trait Reporter: Send + Sync {
+    /// The image is resolved: `total` bytes of config and layers, `to_fetch` of them missing.
+    fn resolved(
+        &self,
+        _name: &str,
+        _digest: &Digest,
+        _platform: &Platform,
+        _total: u64,
+        _to_fetch: u64,
+    ) {
+    }
+    /// A blob is already in the store.
+    fn blob_cached(&self, _digest: &Digest, _size: u64) {}
+    /// A download attempt starts at `offset` (0 unless resumed) from `source`.
+    fn blob_started(&self, _digest: &Digest, _size: u64, _offset: u64, _source: &str) {}
+    /// `bytes` more bytes of the blob arrived.
+    fn blob_progress(&self, _digest: &Digest, _bytes: u64) {}
+    /// The blob is verified and committed.
+    fn blob_finished(&self, _digest: &Digest) {}
+    /// A source failed for `what`; the engine moves on to the next one.
+    fn source_failed(
+        &self,
+        _source: &str,
+        _what: &str,
+        _error: &(dyn std::error::Error + 'static),
+    ) {
+    }
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl Reporter for Silent {}

@@ -1,0 +1,620 @@
+//! One endpoint's distribution API: `GET /v2/<name>/manifests/<ref>`,
+//! `GET /v2/<name>/blobs/<digest>` (with `Range` for resumption) and
+//! `GET /v2/<name>/tags/list` (paginated), behind authentication; and `GET /v2/`, to see
+//! whether the endpoint answers at all.
+//!
+//! Redirects (blob CDNs) are followed by reqwest, which drops `Authorization` whenever the
+//! host, port or scheme changes; credentials never leave the endpoint they belong to.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::header::{
+    HeaderValue, ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
+
+use super::auth::{Auth, AUTH_HEADER};
+use super::error::{redact_url, RegistryError};
+use cudaimg_oci::digest::Digest;
+use cudaimg_oci::manifest::{self, ManifestError, MAX_MANIFEST_BYTES};
+
+const USER_AGENT: &str = concat!("cudaimg/", env!("CARGO_PKG_VERSION"));
+/// Short: a dead mirror should cost seconds, not the 30 s that containerd spends per blob.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The HTTP clients shared by all endpoints: connection pools are per client, and TLS
+/// verification can only be switched off per client.
+#[derive(Clone)]
+pub struct HttpClients {
+    verified: Client,
+    insecure: Client,
+    /// Manifests are small: a manifest request that takes longer than the stall timeout is
+    /// stuck. Blob bodies have no total limit; the engine ends them when they stall.
+    manifest_timeout: Duration,
+}
+
+impl HttpClients {
+    pub fn new(stall_timeout: Duration) -> Result<Self, reqwest::Error> {
+        let base = || {
+            Client::builder()
+                .user_agent(USER_AGENT)
+                .connect_timeout(CONNECT_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::limited(10))
+        };
+        Ok(HttpClients {
+            verified: base().build()?,
+            // Verification is off for the endpoint's own host only: a redirect elsewhere is
+            // not followed, and token realms on other hosts use the verified client.
+            insecure: base()
+                .danger_accept_invalid_certs(true)
+                .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                    let same = attempt
+                        .previous()
+                        .last()
+                        .is_some_and(|prev| same_origin(prev, attempt.url()));
+                    if same && attempt.previous().len() < 10 {
+                        attempt.follow()
+                    } else {
+                        attempt.stop()
+                    }
+                }))
+                .build()?,
+            manifest_timeout: stall_timeout,
+        })
+    }
+}
+
+/// A client for one endpoint.
+pub struct RegistryClient {
+    base: String,
+    http: Client,
+    /// For token realms on other hosts, which the endpoint's `insecure` does not cover.
+    verified: Client,
+    manifest_timeout: Duration,
+    auth: Auth,
+}
+
+/// A manifest as the registry sent it, verified against the digest asked for or announced.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub bytes: Vec<u8>,
+    pub media_type: Option<String>,
+    pub digest: Digest,
+    pub url: String,
+}
+
+/// Every tag of a repository, as one endpoint listed them.
+#[derive(Debug, Clone)]
+pub struct TagList {
+    pub tags: Vec<String>,
+    /// Pages read (1 when the registry does not paginate).
+    pub pages: usize,
+}
+
+/// Bounds on a tag listing: a hostile or broken registry cannot make cudaimg loop or
+/// buffer without end. Docker Hub's `nvidia/cuda` has a few thousand tags.
+const MAX_TAG_PAGE_BYTES: u64 = 16 * 1024 * 1024;
+const MAX_TAG_PAGES: usize = 10_000;
+const MAX_TAGS: usize = 1_000_000;
+
+/// A blob response whose body starts at `offset` of the blob.
+pub struct BlobResponse {
+    pub response: Response,
+    pub offset: u64,
+    pub url: String,
+}
+
+impl RegistryClient {
+    /// A client for the endpoint at `url` (scheme, host, optional path prefix). `insecure`
+    /// skips TLS certificate checks; only the user's configuration ever sets it.
+    pub fn new(url: &url::Url, insecure: bool, clients: &HttpClients) -> Self {
+        let http = if insecure {
+            clients.insecure.clone()
+        } else {
+            clients.verified.clone()
+        };
+        RegistryClient {
+            base: url.as_str().trim_end_matches('/').to_owned(),
+            http,
+            verified: clients.verified.clone(),
+            manifest_timeout: clients.manifest_timeout,
+            auth: Auth::new(authority(url), url.scheme() == "https"),
+        }
+    }
+
+    /// The endpoint's base URL, as reports name the source.
+    pub fn label(&self) -> &str {
+        &self.base
+    }
+
+    pub fn manifest_url(&self, repo: &str, reference: &str) -> String {
+        format!("{}/v2/{repo}/manifests/{reference}", self.base)
+    }
+
+    pub fn blob_url(&self, repo: &str, digest: &Digest) -> String {
+        format!("{}/v2/{repo}/blobs/{digest}", self.base)
+    }
+
+    /// Fetches a manifest by tag or digest. With `expected`, the bytes must hash to it; a
+    /// `Docker-Content-Digest` header, when present, must agree with the bytes too.
+    pub async fn manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        expected: Option<&Digest>,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let url = self.url(&self.manifest_url(repo, reference))?;
+        let label = redact_url(&url);
+        let resp = self
+            .send(repo, &url, |c| {
+                c.get(url.clone())
+                    .header(ACCEPT, manifest::ACCEPT)
+                    .timeout(self.manifest_timeout)
+            })
+            .await?;
+        let resp = check_status(resp, "manifest").await?;
+        let too_large = || RegistryError::BadManifest {
+            url: label.clone(),
+            source: ManifestError::TooLarge,
+        };
+        if resp
+            .content_length()
+            .is_some_and(|l| l > MAX_MANIFEST_BYTES)
+        {
+            return Err(too_large());
+        }
+        let media_type = header_str(&resp, CONTENT_TYPE.as_str());
+        let announced =
+            header_str(&resp, "docker-content-digest").and_then(|d| Digest::parse(&d).ok());
+        let mut bytes = Vec::new();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| RegistryError::from_reqwest(&url, e))?;
+            if (bytes.len() + chunk.len()) as u64 > MAX_MANIFEST_BYTES {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let digest = Digest::of(&bytes);
+        for want in expected.into_iter().chain(announced.as_ref()) {
+            if *want != digest {
+                return Err(RegistryError::DigestMismatch {
+                    url: label,
+                    expected: want.clone(),
+                    actual: digest,
+                });
+            }
+        }
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+            url: label,
+        })
+    }
+
+    /// Asks which digest `reference` (a tag) names, with a HEAD: cheap, and Docker Hub does
+    /// not count it as a pull. Registries that omit `Docker-Content-Digest` on HEAD get a
+    /// GET, and the digest of the bytes.
+    pub async fn resolve(&self, repo: &str, reference: &str) -> Result<Digest, RegistryError> {
+        let url = self.url(&self.manifest_url(repo, reference))?;
+        let resp = self
+            .send(repo, &url, |c| {
+                c.head(url.clone())
+                    .header(ACCEPT, manifest::ACCEPT)
+                    .timeout(self.manifest_timeout)
+            })
+            .await?;
+        if matches!(
+            resp.status(),
+            StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+        ) {
+            return Ok(self.manifest(repo, reference, None).await?.digest);
+        }
+        let resp = check_status(resp, "manifest").await?;
+        match header_str(&resp, "docker-content-digest").and_then(|d| Digest::parse(&d).ok()) {
+            Some(d) => Ok(d),
+            None => Ok(self.manifest(repo, reference, None).await?.digest),
+        }
+    }
+
+    /// Lists every tag of `repo`: `GET /v2/<repo>/tags/list?n=<page_size>`, then each page
+    /// the `Link: <…>; rel="next"` header names, until there is none. A registry that does
+    /// not paginate (CNCF distribution 2.8 ignores `n`) answers everything at once.
+    pub async fn tags(&self, repo: &str, page_size: u32) -> Result<TagList, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            tags: Option<Vec<String>>,
+        }
+        let first = self.url(&format!("{}/v2/{repo}/tags/list?n={page_size}", self.base))?;
+        let mut next = Some(first);
+        let mut seen = std::collections::HashSet::new();
+        let mut list = TagList {
+            tags: Vec::new(),
+            pages: 0,
+        };
+        while let Some(url) = next.take() {
+            let label = redact_url(&url);
+            let bad = |reason: String| RegistryError::BadResponse {
+                url: label.clone(),
+                reason,
+            };
+            if !seen.insert(url.to_string()) {
+                return Err(bad(
+                    "its `Link` header leads back to a page already read".into()
+                ));
+            }
+            if list.pages >= MAX_TAG_PAGES {
+                return Err(bad(format!(
+                    "it has more than {MAX_TAG_PAGES} pages of tags"
+                )));
+            }
+            let resp = self
+                .send(repo, &url, |c| {
+                    c.get(url.clone())
+                        .header(ACCEPT, "application/json")
+                        .timeout(self.manifest_timeout)
+                })
+                .await?;
+            let resp = check_status(resp, "repository").await?;
+            let link = header_str(&resp, "link");
+            if resp
+                .content_length()
+                .is_some_and(|l| l > MAX_TAG_PAGE_BYTES)
+            {
+                return Err(bad(format!(
+                    "a page is larger than {MAX_TAG_PAGE_BYTES} bytes"
+                )));
+            }
+            let mut body = Vec::new();
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| RegistryError::from_reqwest(&url, e))?;
+                if (body.len() + chunk.len()) as u64 > MAX_TAG_PAGE_BYTES {
+                    return Err(bad(format!(
+                        "a page is larger than {MAX_TAG_PAGE_BYTES} bytes"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let page: Page = serde_json::from_slice(&body).map_err(|e| {
+                bad(format!(
+                    "the tag list is not the distribution API's JSON ({e})"
+                ))
+            })?;
+            list.pages += 1;
+            // The distribution spec caps tags at 128 characters; longer ones are not tags,
+            // and dropping them bounds what a hostile registry can make us hold.
+            list.tags.extend(
+                page.tags
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|t| t.len() <= 128),
+            );
+            if list.tags.len() > MAX_TAGS {
+                return Err(bad(format!("it lists more than {MAX_TAGS} tags")));
+            }
+            if let Some(href) = link.as_deref().and_then(next_link) {
+                let target = url
+                    .join(href)
+                    .map_err(|_| bad(format!("its `Link` header `{href}` is not a URL")))?;
+                // The next page is asked with this endpoint's credentials: never elsewhere.
+                if !same_origin(&target, &url) {
+                    return Err(bad(format!(
+                        "its `Link` header points at another host ({})",
+                        redact_url(&target)
+                    )));
+                }
+                next = Some(target);
+            }
+        }
+        Ok(list)
+    }
+
+    /// `GET /v2/` without credentials: the HTTP status the endpoint answers with (200, or
+    /// 401 when it wants a login: both mean it speaks the registry API).
+    pub async fn ping(&self) -> Result<u16, RegistryError> {
+        let url = self.url(&format!("{}/v2/", self.base))?;
+        let resp = self
+            .http
+            .get(url.clone())
+            .timeout(self.manifest_timeout)
+            .send()
+            .await
+            .map_err(|e| RegistryError::from_reqwest(&url, e))?;
+        Ok(resp.status().as_u16())
+    }
+
+    /// Starts a download of the `size`-byte blob at `offset` (0 for the whole blob).
+    ///
+    /// A server that ignores `Range` answers 200 with the whole blob; the returned `offset`
+    /// is then 0 and the caller starts over. A body that cannot be the blob (a length or
+    /// range that does not fit `size` and `offset`) is refused before a byte is read.
+    pub async fn blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        offset: u64,
+        size: u64,
+    ) -> Result<BlobResponse, RegistryError> {
+        let url = self.url(&self.blob_url(repo, digest))?;
+        let resp = self
+            .send(repo, &url, |c| {
+                let r = c.get(url.clone());
+                if offset > 0 {
+                    r.header(RANGE, format!("bytes={offset}-"))
+                } else {
+                    r
+                }
+            })
+            .await?;
+        let resp = check_status(resp, "blob").await?;
+        let label = redact_url(resp.url());
+        let bad = |reason: String| RegistryError::BadRange {
+            url: label.clone(),
+            reason,
+        };
+        let start = if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let range = header_str(&resp, CONTENT_RANGE.as_str()).unwrap_or_default();
+            let (start, total) = parse_content_range(&range)
+                .ok_or_else(|| bad(format!("its 206 has no usable Content-Range (`{range}`)")))?;
+            if start != offset || total.is_some_and(|t| t != size) {
+                return Err(bad(format!(
+                    "it answered bytes {range} to a request for bytes {offset}- of {size}"
+                )));
+            }
+            offset
+        } else {
+            0
+        };
+        if let Some(len) = resp.content_length() {
+            if start + len != size {
+                return Err(RegistryError::SizeMismatch {
+                    url: label,
+                    expected: size - start,
+                    actual: len,
+                });
+            }
+        }
+        Ok(BlobResponse {
+            url: redact_url(&url),
+            response: resp,
+            offset: start,
+        })
+    }
+
+    /// Requests bytes `start..=end` of the `size`-byte blob, for parallel fills. Only an
+    /// exact 206 is accepted: a source that ignores `Range` cannot take part.
+    pub async fn blob_range(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+        size: u64,
+    ) -> Result<BlobResponse, RegistryError> {
+        let url = self.url(&self.blob_url(repo, digest))?;
+        let resp = self
+            .send(repo, &url, |c| {
+                c.get(url.clone())
+                    .header(RANGE, format!("bytes={start}-{end}"))
+            })
+            .await?;
+        let resp = check_status(resp, "blob").await?;
+        let label = redact_url(resp.url());
+        let range = header_str(&resp, CONTENT_RANGE.as_str()).unwrap_or_default();
+        let exact = resp.status() == StatusCode::PARTIAL_CONTENT
+            && range.trim() == format!("bytes {start}-{end}/{size}")
+            && resp.content_length().is_none_or(|l| l == end - start + 1);
+        if !exact {
+            return Err(RegistryError::BadRange {
+                url: label,
+                reason: format!(
+                    "it answered HTTP {} `{range}` to a request for bytes {start}-{end} of {size}",
+                    resp.status().as_u16()
+                ),
+            });
+        }
+        Ok(BlobResponse {
+            url: redact_url(&url),
+            response: resp,
+            offset: start,
+        })
+    }
+
+    fn url(&self, s: &str) -> Result<Url, RegistryError> {
+        Url::parse(s).map_err(|_| RegistryError::Status {
+            url: s.to_owned(),
+            status: 0,
+            detail: " (not a valid URL)".into(),
+            retry_after: None,
+        })
+    }
+
+    /// Sends a request, answering one authentication challenge if the registry asks.
+    async fn send(
+        &self,
+        repo: &str,
+        url: &Url,
+        build: impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        let scope = format!("repository:{repo}:pull");
+        let mut authorization: Option<HeaderValue> = self.auth.cached(&scope);
+        let mut answered = false;
+        loop {
+            let mut req = build(&self.http);
+            if let Some(h) = &authorization {
+                req = req.header(AUTH_HEADER, h.clone());
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| RegistryError::from_reqwest(url, e))?;
+            if resp.status() != StatusCode::UNAUTHORIZED || answered {
+                return Ok(resp);
+            }
+            // A host we were redirected to gets none of this endpoint's credentials.
+            if !same_origin(resp.url(), url) {
+                return Err(RegistryError::Denied {
+                    url: redact_url(resp.url()),
+                    reason: format!(
+                        "it asked for credentials after a redirect from {}; they are not sent to another host",
+                        redact_url(url)
+                    ),
+                });
+            }
+            answered = true;
+            let challenge = header_str(&resp, WWW_AUTHENTICATE.as_str());
+            authorization = Some(
+                self.auth
+                    .respond(
+                        &self.http,
+                        &self.verified,
+                        challenge.as_deref(),
+                        &scope,
+                        url,
+                    )
+                    .await?,
+            );
+        }
+    }
+}
+
+/// `bytes START-END/TOTAL` (TOTAL may be `*`) as (START, TOTAL).
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _end) = range.split_once('-')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((start.trim().parse().ok()?, total))
+}
+
+/// The target of the `rel="next"` link of a `Link` header (RFC 8288), as written.
+fn next_link(header: &str) -> Option<&str> {
+    header.split(',').find_map(|link| {
+        let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim();
+            p.strip_prefix("rel=")
+                .map(|v| v.trim_matches('"'))
+                .is_some_and(|v| v.split_whitespace().any(|r| r.eq_ignore_ascii_case("next")))
+        });
+        is_next.then_some(target)
+    })
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+fn header_str(resp: &Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Turns a non-success status into a typed error, with the registry's own error text.
+async fn check_status(resp: Response, what: &'static str) -> Result<Response, RegistryError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let url = redact_url(resp.url());
+    // Clamped: the value is the server's to choose, and past an hour it means "not today".
+    let retry_after = header_str(&resp, RETRY_AFTER.as_str())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(3600)));
+    let detail = tokio::time::timeout(Duration::from_secs(5), error_detail(resp))
+        .await
+        .unwrap_or_default();
+    let detail = if status.is_redirection() {
+        " (a redirect to another host, not followed for an endpoint marked insecure)".to_owned()
+    } else {
+        detail
+    };
+    Err(match status {
+        StatusCode::NOT_FOUND => RegistryError::NotFound { url, what, detail },
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::Denied {
+            url,
+            reason: format!("HTTP {}{detail}", status.as_u16()),
+        },
+        _ => RegistryError::Status {
+            url,
+            status: status.as_u16(),
+            detail,
+            retry_after,
+        },
+    })
+}
+
+/// `: CODE message` from a distribution error body, or nothing. Bodies that are not the
+/// registry's JSON (proxies' HTML pages) are not echoed.
+async fn error_detail(resp: Response) -> String {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    let mut buf = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        buf.extend_from_slice(&chunk);
+        if buf.len() > 8192 {
+            return String::new();
+        }
+    }
+    let Ok(body) = serde_json::from_slice::<Body>(&buf) else {
+        return String::new();
+    };
+    body.errors
+        .first()
+        .map(|e| {
+            let text = [e.code.as_deref(), e.message.as_deref()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+            format!(": {text}")
+        })
+        .unwrap_or_default()
+}
+
+/// `host[:port]` of an endpoint URL: the key credentials are stored under.
+fn authority(url: &url::Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_headers() {
+        assert_eq!(
+            next_link(r#"</v2/nvidia/cuda/tags/list?last=12.4.1&n=100>; rel="next""#),
+            Some("/v2/nvidia/cuda/tags/list?last=12.4.1&n=100")
+        );
+        assert_eq!(
+            next_link(r#"<https://a/x?p=1>; rel="prev", <https://a/x?p=3>; rel=next"#),
+            Some("https://a/x?p=3")
+        );
+        assert_eq!(next_link(r#"</x>; rel="prev""#), None);
+        assert_eq!(next_link("garbage"), None);
+    }
+}

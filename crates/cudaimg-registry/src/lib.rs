@@ -1,0 +1,14 @@
+//! The distribution protocol against one endpoint: authentication, manifests and blobs.
+//!
+//! Nothing here knows about mirrors or the store: a [`RegistryClient`] talks to exactly one
+//! endpoint, and its [`RegistryError`]s say whether another source could do better
+//! ([`RegistryError::next`]). The mirror policy that acts on that lives in [`cudaimg_mirrors::sources`].
+
+mod auth;
+mod client;
+mod credentials;
+mod error;
+
+pub use client::{BlobResponse, FetchedManifest, HttpClients, RegistryClient, TagList};
+pub use credentials::Credential;
+pub use error::{redact_url, Next, RegistryError};

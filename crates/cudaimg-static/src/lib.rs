@@ -1,0 +1,34 @@
+//! Every environment variable cudaimg reads, as a documented constant, in one place (as uv's
+//! `EnvVars`). Code reads a variable only through one of these names, so this file is the
+//! complete list; the README's "Environment" section is written from it.
+
+/// The names of the environment variables cudaimg reads.
+pub struct EnvVars;
+
+impl EnvVars {
+    /// The mirror configuration file (`--config`). Default: `./mirrors.toml`, then
+    /// `$XDG_CONFIG_HOME/cudaimg/mirrors.toml`.
+    pub const CUDAIMG_CONFIG: &'static str = "CUDAIMG_CONFIG";
+    /// The local OCI image layout (`--store`). Default: `$XDG_DATA_HOME/cudaimg`.
+    pub const CUDAIMG_STORE: &'static str = "CUDAIMG_STORE";
+    /// `doctor`: the `nvidia-smi` to run instead of the one on `PATH`.
+    pub const CUDAIMG_NVIDIA_SMI: &'static str = "CUDAIMG_NVIDIA_SMI";
+    /// `doctor`: the file read instead of `/proc/driver/nvidia/version`.
+    pub const CUDAIMG_PROC_DRIVER_VERSION: &'static str = "CUDAIMG_PROC_DRIVER_VERSION";
+    /// `doctor`: the file read instead of `/etc/docker/daemon.json`.
+    pub const CUDAIMG_DOCKER_DAEMON_JSON: &'static str = "CUDAIMG_DOCKER_DAEMON_JSON";
+    /// `doctor`: the CDI spec directories, `:`-separated, instead of `/etc/cdi:/var/run/cdi`.
+    pub const CUDAIMG_CDI_DIRS: &'static str = "CUDAIMG_CDI_DIRS";
+    /// Docker's own: the Engine's socket or address (`unix:///…`, `tcp://…`).
+    pub const DOCKER_HOST: &'static str = "DOCKER_HOST";
+    /// Docker's own: the directory of `config.json` (credentials, credential helpers).
+    pub const DOCKER_CONFIG: &'static str = "DOCKER_CONFIG";
+    /// The XDG base directory for configuration (`mirrors.toml`).
+    pub const XDG_CONFIG_HOME: &'static str = "XDG_CONFIG_HOME";
+    /// The XDG base directory for data (the default store).
+    pub const XDG_DATA_HOME: &'static str = "XDG_DATA_HOME";
+    /// The home directory, the fallback for the XDG directories and `~` in paths.
+    pub const HOME: &'static str = "HOME";
+    /// Where `doctor` looks for `nvidia-smi` and the container toolkit's binaries.
+    pub const PATH: &'static str = "PATH";
+}

@@ -1,0 +1,362 @@
+//! Verified, resumable blob writes.
+//!
+//! A download streams into `ingest/<hex>.partial`, hashed while written, and is renamed into
+//! `blobs/sha256/<hex>` only when digest and size match. The partial file is also the
+//! blob's cross-process lock (`flock`): two cudaimg processes that need the same blob take
+//! turns, and the second finds it committed instead of downloading it again.
+//!
+//! A partial file outlives a failed or killed pull, so the next pull resumes it. Its bytes
+//! are never trusted: the prefix is re-hashed on resume, and the final digest check covers
+//! every byte, whichever run or source wrote it.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use std::sync::Arc;
+
+use super::{Store, StoreError};
+use cudaimg_oci::digest::{Digest, Hasher};
+
+/// Why a blob could not be committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The bytes were not the expected ones: a source is at fault, the disk is not.
+    #[error("content hashes to {actual} ({actual_size} bytes), expected {expected} ({expected_size} bytes)")]
+    Mismatch {
+        expected: Digest,
+        expected_size: u64,
+        actual: Digest,
+        actual_size: u64,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why bytes could not be added to a blob.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// More bytes arrived than the descriptor allows.
+    #[error("more than the expected {expected_size} bytes arrived")]
+    TooLong { expected_size: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A blob being written, holding the blob's lock until dropped.
+///
+/// Bytes are gathered into 1 MiB pieces; each piece is hashed and written on a blocking
+/// thread while the next one arrives (double buffering), so on a multi-core machine the
+/// network, the hash and the disk work at once. Pieces go to their offsets, so the file is
+/// always exactly the hashed bytes once the last piece is flushed.
+pub struct BlobWriter {
+    file: Arc<std::fs::File>,
+    partial: PathBuf,
+    dest: PathBuf,
+    /// `None` while a piece is being hashed and written.
+    hasher: Option<Hasher>,
+    pending: Option<PieceTask>,
+    buf: Vec<u8>,
+    /// Bytes accepted so far (written, in flight, or buffered).
+    len: u64,
+    expected: Digest,
+    size: u64,
+    /// Bytes that were already in the partial file when it was opened.
+    resumed: u64,
+}
+
+const PIECE: usize = 1 << 20;
+
+/// A piece being hashed and written; gives back the hasher and the buffer for reuse.
+type PieceTask = tokio::task::JoinHandle<Result<(Hasher, Vec<u8>), StoreError>>;
+
+impl BlobWriter {
+    /// Opens the blob's partial file, waiting for any other process writing the same blob.
+    /// `Ok(None)` means the blob is already stored (perhaps by that other process).
+    pub(super) async fn open(
+        store: &Store,
+        expected: Digest,
+        size: u64,
+    ) -> Result<Option<Self>, StoreError> {
+        let partial = store
+            .ingest_dir()
+            .join(format!("{}.partial", expected.hex()));
+        let dest = store.blob_path(&expected);
+        let store = store.clone();
+        let path = partial.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            lock_partial(&store, &path, &expected, size).map(|o| (o, expected))
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let (Some((file, hasher)), expected) = opened else {
+            return Ok(None);
+        };
+        let resumed = hasher.len();
+        Ok(Some(BlobWriter {
+            file: Arc::new(file),
+            partial,
+            dest,
+            hasher: Some(hasher),
+            pending: None,
+            buf: Vec::with_capacity(PIECE),
+            len: resumed,
+            expected,
+            size,
+            resumed,
+        }))
+    }
+
+    /// Bytes in the blob so far.
+    pub fn written(&self) -> u64 {
+        self.len
+    }
+
+    /// Bytes found from an earlier, interrupted download.
+    pub fn resumed(&self) -> u64 {
+        self.resumed
+    }
+
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), WriteError> {
+        if self.len + chunk.len() as u64 > self.size {
+            return Err(WriteError::TooLong {
+                expected_size: self.size,
+            });
+        }
+        self.buf.extend_from_slice(chunk);
+        self.len += chunk.len() as u64;
+        if self.buf.len() >= PIECE {
+            self.send_piece().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the piece in flight, if any, and takes the hasher back.
+    async fn settle(&mut self) -> Result<Vec<u8>, StoreError> {
+        let Some(task) = self.pending.take() else {
+            return Ok(Vec::with_capacity(PIECE));
+        };
+        let (hasher, mut spare) = task
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        self.hasher = Some(hasher);
+        spare.clear();
+        Ok(spare)
+    }
+
+    /// Hands the buffered bytes to a blocking thread to hash and write at their offset.
+    async fn send_piece(&mut self) -> Result<(), StoreError> {
+        let spare = self.settle().await?;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, spare);
+        let at = self.len - data.len() as u64;
+        let mut hasher = self.hasher.take().ok_or_else(lost_hasher)?;
+        let file = self.file.clone();
+        let path = self.partial.clone();
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            hasher.update(&data);
+            file.write_all_at(&data, at).map_err(|e| io_at(e, &path))?;
+            Ok((hasher, data))
+        }));
+        Ok(())
+    }
+
+    /// Everything accepted is hashed and in the file.
+    async fn drain(&mut self) -> Result<(), StoreError> {
+        self.send_piece().await?;
+        let spare = self.settle().await?;
+        self.buf = spare;
+        Ok(())
+    }
+
+    /// A second handle on the partial file, for writing ranges at their offsets while
+    /// this writer hashes the contiguous prefix ([`BlobWriter::absorb`]).
+    pub async fn ranged_handle(&mut self) -> Result<std::fs::File, StoreError> {
+        self.drain().await?;
+        self.file.try_clone().map_err(|e| io_at(e, &self.partial))
+    }
+
+    /// Hashes bytes that ranged writes put in the file from the current end of the
+    /// contiguous prefix up to `upto`, and records the new prefix in the sidecar so a crash
+    /// never resumes across a hole.
+    pub async fn absorb(&mut self, upto: u64) -> Result<(), StoreError> {
+        self.drain().await?;
+        let from = self.len;
+        if upto <= from {
+            return Ok(());
+        }
+        let file = self.file.clone();
+        let mut hasher = self.hasher.take().ok_or_else(lost_hasher)?;
+        let path = self.partial.clone();
+        let hasher = tokio::task::spawn_blocking(move || -> Result<Hasher, StoreError> {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; PIECE];
+            let mut at = from;
+            while at < upto {
+                let want = usize::try_from((upto - at).min(buf.len() as u64)).unwrap_or(buf.len());
+                let n = file
+                    .read_at(&mut buf[..want], at)
+                    .map_err(|e| io_at(e, &path))?;
+                if n == 0 {
+                    return Err(io_at(
+                        std::io::Error::other("the file ended before its ranges"),
+                        &path,
+                    ));
+                }
+                hasher.update(&buf[..n]);
+                at += n as u64;
+            }
+            Ok(hasher)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        self.hasher = Some(hasher);
+        self.len = upto;
+        let sidecar = prefix_sidecar(&self.partial);
+        let tmp = sidecar.with_extension("prefix-tmp");
+        fs_err::write(&tmp, upto.to_string())?;
+        fs_err::rename(&tmp, &sidecar)?;
+        Ok(())
+    }
+
+    /// After a ranged fill: cuts off whatever lies past the contiguous prefix (ranges that
+    /// finished out of order), so sequential writing continues from the prefix.
+    pub async fn end_ranged(&mut self) -> Result<(), StoreError> {
+        self.drain().await?;
+        self.truncate(self.len).await?;
+        let _ = fs_err::remove_file(prefix_sidecar(&self.partial));
+        Ok(())
+    }
+
+    async fn truncate(&self, at: u64) -> Result<(), StoreError> {
+        let file = self.file.clone();
+        let path = self.partial.clone();
+        tokio::task::spawn_blocking(move || file.set_len(at).map_err(|e| io_at(e, &path)))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    }
+
+    /// Throws away what was written, to start the blob over.
+    pub async fn reset(&mut self) -> Result<(), StoreError> {
+        self.buf.clear();
+        let spare = self.settle().await?;
+        self.buf = spare;
+        self.truncate(0).await?;
+        self.hasher = Some(Hasher::new());
+        self.len = 0;
+        self.resumed = 0;
+        Ok(())
+    }
+
+    /// Verifies digest and size, makes the bytes durable, and renames them into place.
+    /// On a mismatch the partial bytes stay, for the caller to [`BlobWriter::reset`].
+    pub async fn commit(&mut self) -> Result<(), CommitError> {
+        self.drain().await?;
+        let hasher = self.hasher.clone().ok_or_else(lost_hasher)?;
+        let (actual, actual_size) = hasher.finish();
+        if actual != self.expected || actual_size != self.size {
+            return Err(CommitError::Mismatch {
+                expected: self.expected.clone(),
+                expected_size: self.size,
+                actual,
+                actual_size,
+            });
+        }
+        let file = self.file.clone();
+        let (partial, dest) = (self.partial.clone(), self.dest.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            file.sync_all().map_err(|e| io_at(e, &partial))?;
+            std::fs::rename(&partial, &dest).map_err(|e| io_at(e, &dest))
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        Ok(())
+    }
+}
+
+fn lost_hasher() -> StoreError {
+    StoreError::Io(std::io::Error::other(
+        "a blob write failed earlier; start it over",
+    ))
+}
+
+/// Opens and locks `path`, then re-hashes what it holds. Retries when the file it locked is
+/// no longer the one at `path` (another process committed it by rename meanwhile).
+fn lock_partial(
+    store: &Store,
+    path: &Path,
+    expected: &Digest,
+    size: u64,
+) -> Result<Option<(std::fs::File, Hasher)>, StoreError> {
+    loop {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io_at(e, path))?;
+        file.lock().map_err(|e| io_at(e, path))?;
+        if store.has_blob(expected, size) {
+            // Committed by someone else; an empty partial we just created is litter.
+            if file.metadata().map(|m| m.len() == 0).unwrap_or(false) && same_file(&file, path) {
+                let _ = std::fs::remove_file(path);
+            }
+            return Ok(None);
+        }
+        if !same_file(&file, path) {
+            continue;
+        }
+        let mut len = file.metadata().map_err(|e| io_at(e, path))?.len();
+        // A parallel fill writes ranges out of order; its sidecar says how long the
+        // contiguous, written prefix is. Bytes past it may sit beside holes.
+        let sidecar = prefix_sidecar(path);
+        if let Some(prefix) = fs_err::read_to_string(&sidecar)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        {
+            if prefix < len {
+                file.set_len(prefix).map_err(|e| io_at(e, path))?;
+                len = prefix;
+            }
+        }
+        let _ = fs_err::remove_file(&sidecar);
+        let mut hasher = Hasher::new();
+        if len > size {
+            file.set_len(0).map_err(|e| io_at(e, path))?;
+        } else if len > 0 {
+            file.seek(SeekFrom::Start(0)).map_err(|e| io_at(e, path))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf).map_err(|e| io_at(e, path))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+        }
+        return Ok(Some((file, hasher)));
+    }
+}
+
+fn prefix_sidecar(partial: &Path) -> PathBuf {
+    partial.with_extension("prefix")
+}
+
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+fn io_at(e: std::io::Error, path: &Path) -> StoreError {
+    let kind = e.kind();
+    StoreError::from(std::io::Error::new(
+        kind,
+        format!("{}: {e}", path.display()),
+    ))
+}

@@ -1,0 +1,119 @@
+//! Removing names and garbage: `rm` drops index entries; `gc` deletes blobs no entry reaches
+//! and stale partial downloads.
+//!
+//! Safety against a concurrent pull: a pull holds a shared lock on `.gc.lock` from its
+//! first request to its index update, and `gc` takes it exclusively. So `gc` waits for
+//! running pulls, and never deletes a blob that a pull has committed but not yet named.
+
+use std::collections::BTreeSet;
+
+use super::{Store, StoreError};
+use cudaimg_oci::digest::Digest;
+use cudaimg_oci::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
+
+/// Held by a pull; keeps `gc` out until dropped.
+pub struct GcGuard(#[allow(dead_code)] std::fs::File);
+
+/// What `gc` removed (or would remove, with `dry_run`).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct GcReport {
+    pub blobs_removed: usize,
+    pub bytes_freed: u64,
+    pub partials_removed: usize,
+    pub blobs_kept: usize,
+    pub dry_run: bool,
+}
+
+impl Store {
+    fn gc_lock_file(&self) -> Result<std::fs::File, StoreError> {
+        Ok(fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root().join(".gc.lock"))?
+            .into_parts()
+            .0)
+    }
+
+    /// Takes the shared side of the gc lock (waits while a `gc` runs).
+    pub fn hold_against_gc(&self) -> Result<GcGuard, StoreError> {
+        let f = self.gc_lock_file()?;
+        f.lock_shared()?;
+        Ok(GcGuard(f))
+    }
+
+    /// Blobs that some index entry reaches.
+    fn referenced(&self) -> Result<BTreeSet<Digest>, StoreError> {
+        let index = self.read_index()?;
+        let mut keep = BTreeSet::new();
+        let mut manifests: Vec<(Digest, String)> = Vec::new();
+        for e in &index.manifests {
+            let d = e
+                .digest()
+                .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+            manifests.push((d, e.media_type.clone()));
+            if let Some(i) = e.index_digest() {
+                keep.insert(Digest::parse(i).map_err(|err| StoreError::Corrupt(err.to_string()))?);
+            }
+        }
+        while let Some((d, media_type)) = manifests.pop() {
+            if !keep.insert(d.clone()) {
+                continue;
+            }
+            let bytes = self.read_blob(&d, MAX_MANIFEST_BYTES).map_err(|_| {
+                StoreError::Corrupt(format!("manifest {d} that index.json names cannot be read"))
+            })?;
+            match manifest::parse(&bytes, Some(&media_type)) {
+                Ok(Manifest::Image(m)) => {
+                    keep.insert(m.config.digest.clone());
+                    keep.extend(m.layers.iter().map(|l| l.digest.clone()));
+                }
+                Ok(Manifest::Index(i)) => {
+                    manifests.extend(
+                        i.manifests.iter().map(|e| {
+                            (e.descriptor.digest.clone(), e.descriptor.media_type.clone())
+                        }),
+                    );
+                }
+                Err(e) => return Err(StoreError::Corrupt(format!("manifest {d}: {e}"))),
+            }
+        }
+        Ok(keep)
+    }
+
+    /// Deletes unreferenced blobs and partial downloads, waiting for running pulls first.
+    pub fn gc(&self, dry_run: bool) -> Result<GcReport, StoreError> {
+        let gc_lock = self.gc_lock_file()?;
+        gc_lock.lock()?;
+        let _index = self.lock()?;
+        let keep = self.referenced()?;
+        let mut report = GcReport {
+            dry_run,
+            ..GcReport::default()
+        };
+        for entry in fs_err::read_dir(self.blobs_dir())? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let referenced =
+                Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| keep.contains(&d));
+            if referenced {
+                report.blobs_kept += 1;
+                continue;
+            }
+            report.blobs_removed += 1;
+            report.bytes_freed += entry.metadata()?.len();
+            if !dry_run {
+                fs_err::remove_file(entry.path())?;
+            }
+        }
+        for entry in fs_err::read_dir(self.ingest_dir())? {
+            let entry = entry?;
+            report.partials_removed += 1;
+            report.bytes_freed += entry.metadata()?.len();
+            if !dry_run {
+                fs_err::remove_file(entry.path())?;
+            }
+        }
+        Ok(report)
+    }
+}

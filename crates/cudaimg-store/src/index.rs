@@ -1,0 +1,165 @@
+//! `index.json`, the layout's list of named images. Fields other tools wrote and cudaimg does
+//! not know are kept as they were.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use cudaimg_oci::digest::{Digest, DigestError};
+use cudaimg_oci::manifest::OCI_INDEX;
+use cudaimg_oci::platform::Platform;
+
+/// The OCI annotation that names an image in a layout; cudaimg writes canonical references.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The digest of the manifest list or index the entry's manifest was chosen from.
+pub const INDEX_DIGEST_ANNOTATION: &str = "io.cudaimg.index.digest";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexFile {
+    pub schema_version: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default)]
+    pub manifests: Vec<IndexEntry>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+impl Default for IndexFile {
+    fn default() -> Self {
+        IndexFile {
+            schema_version: 2,
+            media_type: Some(OCI_INDEX.to_owned()),
+            manifests: Vec::new(),
+            other: Map::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexEntry {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<IndexPlatform>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexPlatform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+impl From<&Platform> for IndexPlatform {
+    fn from(p: &Platform) -> Self {
+        IndexPlatform {
+            architecture: p.architecture.clone(),
+            os: p.os.clone(),
+            variant: p.variant.clone(),
+            other: Map::new(),
+        }
+    }
+}
+
+impl IndexPlatform {
+    pub fn to_platform(&self) -> Platform {
+        Platform {
+            os: self.os.clone(),
+            architecture: self.architecture.clone(),
+            variant: self.variant.clone(),
+        }
+    }
+}
+
+impl IndexEntry {
+    pub fn ref_name(&self) -> Option<&str> {
+        self.annotations.get(REF_NAME).map(String::as_str)
+    }
+
+    pub fn digest(&self) -> Result<Digest, DigestError> {
+        Digest::parse(&self.digest)
+    }
+
+    pub fn index_digest(&self) -> Option<&str> {
+        self.annotations
+            .get(INDEX_DIGEST_ANNOTATION)
+            .map(String::as_str)
+    }
+}
+
+impl IndexFile {
+    /// Adds `entry`, replacing any entry with the same name and platform: a tag that moved
+    /// replaces the old image, while other platforms of the same tag stay.
+    pub fn upsert(&mut self, entry: IndexEntry) {
+        let name = entry.ref_name().map(str::to_owned);
+        let platform = entry.platform.clone();
+        self.manifests.retain(|e| {
+            let same_name = e.ref_name().map(str::to_owned) == name;
+            let same_platform = e.platform.as_ref().map(IndexPlatform::to_platform)
+                == platform.as_ref().map(IndexPlatform::to_platform);
+            !(same_name && same_platform)
+        });
+        self.manifests.push(entry);
+    }
+
+    /// Entries named `name`.
+    pub fn find<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a IndexEntry> + 'a {
+        self.manifests
+            .iter()
+            .filter(move |e| e.ref_name() == Some(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, digest: &str, arch: &str) -> IndexEntry {
+        IndexEntry {
+            media_type: "m".into(),
+            digest: digest.into(),
+            size: 1,
+            platform: Some(IndexPlatform::from(&Platform {
+                os: "linux".into(),
+                architecture: arch.into(),
+                variant: None,
+            })),
+            annotations: [(REF_NAME.to_owned(), name.to_owned())].into(),
+            other: Map::new(),
+        }
+    }
+
+    #[test]
+    fn upsert_replaces_same_name_and_platform_only() {
+        let mut idx = IndexFile::default();
+        idx.upsert(entry("a:1", "old", "amd64"));
+        idx.upsert(entry("a:1", "arm", "arm64"));
+        idx.upsert(entry("b:1", "b", "amd64"));
+        idx.upsert(entry("a:1", "new", "amd64"));
+        let digests: Vec<_> = idx.manifests.iter().map(|e| e.digest.as_str()).collect();
+        assert_eq!(digests, ["arm", "b", "new"]);
+    }
+
+    #[test]
+    fn unknown_fields_survive_a_round_trip() {
+        let text = r#"{"schemaVersion":2,"manifests":[{"mediaType":"m","digest":"d","size":3,"x-tool":1}],"extra":true}"#;
+        let idx: IndexFile = serde_json::from_str(text).expect("parses");
+        let out = serde_json::to_string(&idx).expect("serializes");
+        assert!(
+            out.contains(r#""x-tool":1"#) && out.contains(r#""extra":true"#),
+            "{out}"
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! `cudaimg verify`: re-hash every blob and check that every name in `index.json` resolves
+//! to complete content (manifest, config, layers, and the index it was chosen from).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use super::{Store, StoreError};
+use cudaimg_oci::digest::{Digest, Hasher};
+use cudaimg_oci::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
+
+/// What `verify` found.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub blobs: usize,
+    pub bytes: u64,
+    pub images: usize,
+    /// Leftover partial downloads in `ingest/` (not a problem: a later pull resumes or `gc`
+    /// removes them).
+    pub partials: usize,
+    pub problems: Vec<String>,
+    /// Corrupt blobs deleted by `--repair`.
+    pub repaired: Vec<String>,
+}
+
+fn hash_file(path: &std::path::Path, buf: &mut [u8]) -> std::io::Result<(Digest, u64)> {
+    let mut f = fs_err::File::open(path)?;
+    let mut h = Hasher::new();
+    loop {
+        let n = f.read(buf)?;
+        if n == 0 {
+            return Ok(h.finish());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Checks the whole store. `on_blob` is called with each blob's size after it is hashed.
+/// With `repair`, corrupt blobs are deleted, so that the next pull fetches them again
+/// (a pull trusts a stored blob of the right size, as every blob was verified when stored).
+pub fn verify(
+    store: &Store,
+    repair: bool,
+    on_blob: &dyn Fn(u64),
+) -> Result<VerifyReport, StoreError> {
+    let mut report = VerifyReport::default();
+    // The index first: blobs are only ever added while a pull runs, so every blob this
+    // snapshot names is already there when the blobs are listed below.
+    let index = store.read_index()?;
+    let mut good: BTreeMap<Digest, u64> = BTreeMap::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut names: Vec<_> = fs_err::read_dir(store.blobs_dir())?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    for name in names {
+        let name = name.to_string_lossy().into_owned();
+        let Ok(expected) = Digest::parse(&format!("sha256:{name}")) else {
+            report.problems.push(format!(
+                "blobs/sha256/{name} is not named by a sha256 digest"
+            ));
+            continue;
+        };
+        let (actual, size) = match hash_file(&store.blob_path(&expected), &mut buf) {
+            Ok(r) => r,
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("blob {expected} cannot be read: {e}"));
+                continue;
+            }
+        };
+        report.blobs += 1;
+        report.bytes += size;
+        on_blob(size);
+        if actual == expected {
+            good.insert(expected, size);
+        } else if repair {
+            fs_err::remove_file(store.blob_path(&expected))?;
+            report.repaired.push(expected.to_string());
+            report.problems.push(format!(
+                "blob {expected} was corrupt (its content hashes to {actual}); removed, pull its image again"
+            ));
+        } else {
+            report.problems.push(format!(
+                "blob {expected} is corrupt: its content hashes to {actual}"
+            ));
+        }
+    }
+
+    let need =
+        |d: &Digest, size: u64, what: &str, image: &str, problems: &mut Vec<String>| match good
+            .get(d)
+        {
+            Some(s) if *s == size => true,
+            Some(s) => {
+                problems.push(format!(
+                    "{image}: {what} {d} is {s} bytes, the manifest says {size}"
+                ));
+                false
+            }
+            None => {
+                problems.push(format!("{image}: {what} {d} is missing or corrupt"));
+                false
+            }
+        };
+
+    for entry in &index.manifests {
+        report.images += 1;
+        let image = entry.ref_name().unwrap_or("(unnamed entry)").to_owned();
+        let digest = match entry.digest() {
+            Ok(d) => d,
+            Err(e) => {
+                report.problems.push(format!("{image}: {e}"));
+                continue;
+            }
+        };
+        if let Some(idx) = entry.index_digest() {
+            match Digest::parse(idx) {
+                Ok(d) => {
+                    if !good.contains_key(&d) {
+                        report.problems.push(format!(
+                            "{image}: its manifest list {d} is missing or corrupt"
+                        ));
+                    }
+                }
+                Err(e) => report.problems.push(format!("{image}: {e}")),
+            }
+        }
+        if !need(
+            &digest,
+            entry.size,
+            "manifest",
+            &image,
+            &mut report.problems,
+        ) {
+            continue;
+        }
+        let bytes = store.read_blob(&digest, MAX_MANIFEST_BYTES)?;
+        match manifest::parse(&bytes, Some(&entry.media_type)) {
+            Ok(Manifest::Image(m)) => {
+                need(
+                    &m.config.digest,
+                    m.config.size,
+                    "config",
+                    &image,
+                    &mut report.problems,
+                );
+                for l in &m.layers {
+                    need(&l.digest, l.size, "layer", &image, &mut report.problems);
+                }
+            }
+            Ok(Manifest::Index(i)) => {
+                for e in &i.manifests {
+                    let d = &e.descriptor;
+                    need(&d.digest, d.size, "manifest", &image, &mut report.problems);
+                }
+            }
+            Err(e) => report
+                .problems
+                .push(format!("{image}: manifest {digest} cannot be parsed: {e}")),
+        }
+    }
+    report.partials = fs_err::read_dir(store.ingest_dir())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+                .count()
+        })
+        .unwrap_or(0);
+    Ok(report)
+}

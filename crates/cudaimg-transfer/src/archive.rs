@@ -1,0 +1,118 @@
+//! Writing a stored image as a tar archive that other tools load: `docker load`,
+//! `skopeo … docker-archive:` and `oci-archive:`.
+//!
+//! The archive is an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/`); the
+//! docker-archive format adds Docker's `manifest.json` beside it, as `docker save` itself
+//! does since Docker 25, and Docker 20.10 reads through its `manifest.json`. Blobs go in as
+//! stored: compressed layers, manifest and config byte-exact, so digests and diff IDs stay
+//! upstream's (Docker decompresses layers on load). Blob files are streamed, never held in
+//! memory, and headers carry no timestamps or owners, so the same image gives the same bytes.
+
+use std::io::Write;
+
+use serde_json::json;
+
+use cudaimg_oci::manifest::OCI_INDEX;
+use cudaimg_store::{Store, StoreError, StoredImage, REF_NAME};
+
+/// Which archive to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `docker load` / `docker-archive:` (with the OCI layout inside, as Docker 25 writes)
+    DockerArchive,
+    /// `oci-archive:`: an OCI image layout in a tar
+    OciArchive,
+}
+
+/// Writes `image` to `out` as `format`. `repo_tag` is the name Docker shows
+/// (`nvidia/cuda:12.4.1-runtime-ubuntu22.04`), if the image has a tag.
+pub fn write(
+    store: &Store,
+    image: &StoredImage,
+    repo_tag: Option<&str>,
+    format: Format,
+    out: impl Write,
+) -> Result<(), StoreError> {
+    let mut tar = tar::Builder::new(out);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let path = |d: &cudaimg_oci::digest::Digest| format!("blobs/sha256/{}", d.hex());
+
+    add_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let mut annotations = serde_json::Map::new();
+    annotations.insert("io.containerd.image.name".into(), json!(image.name));
+    if let Some(t) = repo_tag
+        .and_then(|t| t.rsplit_once(':'))
+        .map(|(_, tag)| tag)
+    {
+        annotations.insert(REF_NAME.into(), json!(t));
+    }
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": image.entry.media_type,
+            "digest": image.digest,
+            "size": image.manifest_bytes.len(),
+            "annotations": annotations,
+        }],
+    });
+    add_bytes(&mut tar, "index.json", &to_vec(&index)?)?;
+    if format == Format::DockerArchive {
+        let manifest = json!([{
+            "Config": path(&image.manifest.config.digest),
+            "RepoTags": repo_tag.map(|t| vec![t]).unwrap_or_default(),
+            "Layers": image.manifest.layers.iter().map(|l| path(&l.digest)).collect::<Vec<_>>(),
+        }]);
+        add_bytes(&mut tar, "manifest.json", &to_vec(&manifest)?)?;
+    }
+    add_bytes(&mut tar, "blobs/", &[])?;
+    add_bytes(&mut tar, &path(&image.digest), &image.manifest_bytes)?;
+    add_bytes(
+        &mut tar,
+        &path(&image.manifest.config.digest),
+        &image.config_bytes,
+    )?;
+    let mut seen = std::collections::BTreeSet::new();
+    for l in &image.manifest.layers {
+        if !seen.insert(&l.digest) {
+            continue;
+        }
+        let file = fs_err::File::open(store.blob_path(&l.digest))?;
+        let mut header = header(l.size);
+        tar.append_data(&mut header, path(&l.digest), file)?;
+    }
+    tar.into_inner()?.flush()?;
+    Ok(())
+}
+
+fn header(size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h
+}
+
+fn add_bytes<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    if path.ends_with('/') {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_mtime(0);
+        h.set_size(0);
+        tar.append_data(&mut h, path, std::io::empty())?;
+        return Ok(());
+    }
+    let mut h = header(bytes.len() as u64);
+    tar.append_data(&mut h, path, bytes)?;
+    Ok(())
+}
+
+fn to_vec(v: &serde_json::Value) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Io(std::io::Error::other(e)))
+}

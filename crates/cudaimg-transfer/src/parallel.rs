@@ -1,0 +1,291 @@
+//! Filling one large blob from several sources at once: the missing part is cut into
+//! ranges, every usable source fetches ranges in parallel (`Range: bytes=a-b`), each range
+//! is written at its offset, and the contiguous prefix is hashed as it grows. The digest
+//! still covers every byte in order, and memory stays at one 1 MiB buffer per source.
+//!
+//! Whatever this cannot finish (a source fails, ignores ranges, or none is left) is left to
+//! the sequential loop in [`super::blob`], which resumes from the hashed prefix.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+
+use super::blob::BlobJob;
+use cudaimg_oci::manifest::Descriptor;
+use cudaimg_registry::RegistryError;
+
+use crate::FetchError;
+use cudaimg_mirrors::sources::{FallbackError, ItemState, Source};
+use cudaimg_store::{BlobWriter, StoreError};
+
+/// Below this much left to fetch, one stream is as good.
+pub(super) const PARALLEL_MIN: u64 = 64 << 20;
+const RANGE_BYTES: u64 = 16 << 20;
+const MAX_SOURCES: usize = 4;
+const PIECE: usize = 1 << 20;
+/// How often an idle worker looks for a range handed back by a failing one.
+const WAIT_FOR_REQUEUE: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl BlobJob<'_> {
+    /// Fills as much of the blob as the usable sources deliver; returns those that did.
+    pub(super) async fn fill_parallel(
+        &self,
+        desc: &Descriptor,
+        writer: &mut BlobWriter,
+        item: &mut ItemState<FetchError>,
+        what: &str,
+    ) -> Result<Vec<Arc<Source>>, FallbackError<FetchError>> {
+        let give_up = |e: StoreError| FallbackError::GiveUp(FetchError::Store(e));
+        let mut usable = self.sources.usable_now(item);
+        usable.truncate(MAX_SOURCES);
+        if usable.len() < 2 || desc.size - writer.written() < PARALLEL_MIN {
+            return Ok(Vec::new());
+        }
+        let file = Arc::new(writer.ranged_handle().await.map_err(give_up)?);
+        let from = writer.written();
+        let mut queue = VecDeque::new();
+        let mut at = from;
+        while at < desc.size {
+            let end = (at + RANGE_BYTES).min(desc.size);
+            queue.push_back((at, end));
+            at = end;
+        }
+        let state = Fill {
+            queue: Mutex::new((queue, 0)),
+            done: Mutex::new(BTreeMap::new()),
+            writer: tokio::sync::Mutex::new(writer),
+            item: Mutex::new(item),
+            helped: Mutex::new(Vec::new()),
+        };
+        self.reporter
+            .blob_started(&desc.digest, desc.size, from, "several sources");
+        let results = join_all(
+            usable
+                .iter()
+                .map(|s| self.range_worker(s, desc, &state, &file, what)),
+        )
+        .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let Fill { writer, helped, .. } = state;
+        writer.into_inner().end_ranged().await.map_err(give_up)?;
+        Ok(helped.into_inner().unwrap_or_default())
+    }
+
+    /// Takes ranges until none is left or its source fails.
+    async fn range_worker(
+        &self,
+        source: &Arc<Source>,
+        desc: &Descriptor,
+        fill: &Fill<'_>,
+        file: &Arc<std::fs::File>,
+        what: &str,
+    ) -> Result<(), FallbackError<FetchError>> {
+        loop {
+            let (start, end) = match fill.take() {
+                Take::Range(start, end) => (start, end),
+                // Another worker is still fetching: its range may come back if it fails.
+                Take::Wait => {
+                    tokio::time::sleep(WAIT_FOR_REQUEUE).await;
+                    continue;
+                }
+                Take::Done => return Ok(()),
+            };
+            let (reached, outcome) = self.fetch_range(source, desc, start, end, file).await;
+            if reached > start {
+                if let Ok(mut d) = fill.done.lock() {
+                    d.insert(start, reached);
+                }
+                if let Ok(mut h) = fill.helped.lock() {
+                    if !h.iter().any(|x| x.index == source.index) {
+                        h.push(source.clone());
+                    }
+                }
+                fill.advance()
+                    .await
+                    .map_err(|e| FallbackError::GiveUp(FetchError::Store(e)))?;
+            }
+            match outcome {
+                Ok(()) => {
+                    fill.finish(None);
+                    self.sources.succeeded(source);
+                }
+                Err(e) => {
+                    fill.finish((reached < end).then_some((reached, end)));
+                    let mut item = fill.item.lock().map_err(|_| poisoned())?;
+                    self.sources.failed(
+                        source,
+                        &mut item,
+                        e,
+                        reached > start,
+                        what,
+                        self.reporter,
+                    )?;
+                    // This source is done here; the others, or the sequential loop, go on.
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Fetches `start..end` into the file. Returns how far it got, and why it stopped early.
+    async fn fetch_range(
+        &self,
+        source: &Source,
+        desc: &Descriptor,
+        start: u64,
+        end: u64,
+        file: &Arc<std::fs::File>,
+    ) -> (u64, Result<(), FetchError>) {
+        let request = source
+            .client
+            .blob_range(self.repo, &desc.digest, start, end - 1, desc.size);
+        let resp = match tokio::time::timeout(self.stall, request).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return (start, Err(e.into())),
+            Err(_) => {
+                let url = source.client.blob_url(self.repo, &desc.digest);
+                return (
+                    start,
+                    Err(RegistryError::Stalled {
+                        url,
+                        secs: self.stall.as_secs(),
+                    }
+                    .into()),
+                );
+            }
+        };
+        let url = resp.url.clone();
+        let mut body = resp.response.bytes_stream();
+        let mut buf: Vec<u8> = Vec::with_capacity(PIECE);
+        let mut pos = start;
+        let outcome: Result<(), FetchError> = loop {
+            match tokio::time::timeout(self.stall, body.next()).await {
+                Err(_) => {
+                    break Err(RegistryError::Stalled {
+                        url: url.clone(),
+                        secs: self.stall.as_secs(),
+                    }
+                    .into())
+                }
+                Ok(None) if pos + buf.len() as u64 == end => break Ok(()),
+                Ok(None) => {
+                    break Err(RegistryError::Transfer {
+                        url: url.clone(),
+                        reason: format!(
+                            "the range ended at byte {} of {start}-{end}",
+                            pos + buf.len() as u64
+                        ),
+                    }
+                    .into())
+                }
+                Ok(Some(Err(e))) => break Err(RegistryError::from_reqwest_at(&url, e).into()),
+                Ok(Some(Ok(chunk))) => {
+                    let n = chunk.len() as u64;
+                    if pos + buf.len() as u64 + n > end {
+                        break Err(RegistryError::BadRange {
+                            url: url.clone(),
+                            reason: format!("it sent more than bytes {start}-{end}"),
+                        }
+                        .into());
+                    }
+                    self.received.fetch_add(n, Ordering::Relaxed);
+                    source.add_bytes(n);
+                    self.reporter.blob_progress(&desc.digest, n);
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() >= PIECE {
+                        match write_at(file, std::mem::take(&mut buf), pos).await {
+                            Ok(w) => pos += w,
+                            Err(e) => return (pos, Err(FetchError::Store(e))),
+                        }
+                        buf.reserve(PIECE);
+                    }
+                }
+            }
+        };
+        // Bytes that arrived before a failure are as good as any: keep them.
+        if !buf.is_empty() {
+            match write_at(file, buf, pos).await {
+                Ok(w) => pos += w,
+                Err(e) => return (pos, Err(FetchError::Store(e))),
+            }
+        }
+        (pos, outcome)
+    }
+}
+
+enum Take {
+    Range(u64, u64),
+    Wait,
+    Done,
+}
+
+/// Shared state of one parallel fill.
+struct Fill<'w> {
+    /// Ranges to fetch, and how many are being fetched now.
+    queue: Mutex<(VecDeque<(u64, u64)>, usize)>,
+    /// Finished ranges beyond the hashed prefix: start -> end.
+    done: Mutex<BTreeMap<u64, u64>>,
+    writer: tokio::sync::Mutex<&'w mut BlobWriter>,
+    item: Mutex<&'w mut ItemState<FetchError>>,
+    helped: Mutex<Vec<Arc<Source>>>,
+}
+
+impl Fill<'_> {
+    /// The next range to fetch, or whether to wait for one a failing worker may hand back.
+    fn take(&self) -> Take {
+        let Ok(mut q) = self.queue.lock() else {
+            return Take::Done;
+        };
+        match q.0.pop_front() {
+            Some((start, end)) => {
+                q.1 += 1;
+                Take::Range(start, end)
+            }
+            None if q.1 > 0 => Take::Wait,
+            None => Take::Done,
+        }
+    }
+
+    /// A fetch ended; what it did not get goes back to the front of the queue.
+    fn finish(&self, rest: Option<(u64, u64)>) {
+        if let Ok(mut q) = self.queue.lock() {
+            if let Some(r) = rest {
+                q.0.push_front(r);
+            }
+            q.1 = q.1.saturating_sub(1);
+        }
+    }
+
+    /// Hashes finished ranges that now continue the prefix.
+    async fn advance(&self) -> Result<(), StoreError> {
+        let mut writer = self.writer.lock().await;
+        loop {
+            let at = writer.written();
+            let next = self.done.lock().ok().and_then(|mut d| d.remove(&at));
+            match next {
+                Some(end) => writer.absorb(end).await?,
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+async fn write_at(file: &Arc<std::fs::File>, data: Vec<u8>, pos: u64) -> Result<u64, StoreError> {
+    let file = file.clone();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(&data, pos).map(|()| data.len() as u64)
+    })
+    .await
+    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    .map_err(StoreError::from)
+}
+
+fn poisoned() -> FallbackError<FetchError> {
+    FallbackError::GiveUp(FetchError::Store(StoreError::Io(std::io::Error::other(
+        "a parallel fill's state was poisoned by a panic",
+    ))))
+}

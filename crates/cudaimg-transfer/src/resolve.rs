@@ -1,0 +1,191 @@
+//! Which digest a tag names. The official registry is the authority: a HEAD there decides.
+//! Mirrors that may resolve are asked too, and one that answers with another digest is
+//! reported as stale. When the official registry is out of reach (the common case behind a
+//! blocked link), the mirrors' answer is used if they agree, with a warning that it is only
+//! mirror-asserted; `--require-upstream` refuses that.
+
+use std::time::Duration;
+
+use futures_util::future::{join_all, select, Either};
+
+use super::pull::PullError;
+use cudaimg_mirrors::sources::{Attempt, FallbackError, SourceSet};
+use cudaimg_oci::digest::Digest;
+use cudaimg_oci::progress::Reporter;
+use cudaimg_oci::reference::ImageRef;
+use cudaimg_registry::RegistryError;
+
+/// How long a mirror's answer to a tag lookup is waited for, so a silent mirror costs a
+/// pull at most this much.
+const MIRROR_RESOLVE_BUDGET: Duration = Duration::from_secs(3);
+/// How long mirrors still get once the official registry has answered.
+const MIRROR_GRACE: Duration = Duration::from_millis(300);
+
+/// Who decided which digest the image is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolvedBy {
+    /// The official registry answered the tag.
+    Official,
+    /// The official registry was out of reach; mirrors that agree answered.
+    Mirrors,
+    /// The reference named a digest.
+    Digest,
+    /// `cudaimg.lock` named the digest.
+    Lock,
+}
+
+pub(super) async fn resolve_tag(
+    sources: &SourceSet,
+    image: &ImageRef,
+    tag: &str,
+    require_upstream: bool,
+    reporter: &dyn Reporter,
+) -> Result<(Digest, ResolvedBy), PullError> {
+    let repo = image.repository.as_str();
+    let what = format!("tag of `{image}`");
+    let mirrors: Vec<_> = sources.resolving_mirrors().cloned().collect();
+    // Every source set ends with the official endpoint; this guards the invariant.
+    let official = sources
+        .official()
+        .cloned()
+        .ok_or_else(|| PullError::Resolve {
+            reference: image.to_string(),
+            source: FallbackError::Exhausted {
+                what: what.clone(),
+                attempts: Vec::new(),
+            },
+        })?;
+    // Each mirror's answer lands in its slot as it comes. Once the official registry has
+    // answered, slow mirrors get only a short grace: staleness checks must not make every
+    // pull wait for a silent mirror.
+    let slots: Vec<std::sync::Mutex<Option<Result<Digest, RegistryError>>>> = mirrors
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    let from_official = {
+        let ask_mirrors = join_all(mirrors.iter().zip(&slots).map(|(m, slot)| async move {
+            let asked = tokio::time::timeout(MIRROR_RESOLVE_BUDGET, m.client.resolve(repo, tag));
+            let r = asked.await.unwrap_or_else(|_| {
+                Err(RegistryError::Stalled {
+                    url: m.client.manifest_url(repo, tag),
+                    secs: MIRROR_RESOLVE_BUDGET.as_secs(),
+                })
+            });
+            if let Ok(mut s) = slot.lock() {
+                *s = Some(r);
+            }
+        }));
+        let ask_official = official.client.resolve(repo, tag);
+        futures_util::pin_mut!(ask_mirrors, ask_official);
+        let (from_official, mirrors_done) = match select(ask_official, &mut ask_mirrors).await {
+            Either::Left((r, _)) => (r, false),
+            Either::Right((_, official_left)) => (official_left.await, true),
+        };
+        if !mirrors_done {
+            let grace = if from_official.is_ok() {
+                MIRROR_GRACE
+            } else {
+                MIRROR_RESOLVE_BUDGET
+            };
+            let _ = tokio::time::timeout(grace, &mut ask_mirrors).await;
+        }
+        from_official
+    };
+    let from_mirrors: Vec<Option<Result<Digest, RegistryError>>> = slots
+        .into_iter()
+        .map(|s| s.into_inner().ok().flatten())
+        .collect();
+
+    let mut answers: Vec<(String, Digest)> = Vec::new();
+    let mut attempts: Vec<Attempt> = Vec::new();
+    for (m, r) in mirrors.iter().zip(from_mirrors) {
+        match r {
+            // Still thinking after the grace: neither stale nor failed.
+            None => {}
+            Some(Ok(d)) => answers.push((m.label().to_owned(), d)),
+            Some(Err(e)) => {
+                sources.note_failure(m, &e, reporter, &what);
+                attempts.push(Attempt {
+                    source: m.label().to_owned(),
+                    role: m.role,
+                    error: e,
+                });
+            }
+        }
+    }
+    match from_official {
+        Ok(digest) => {
+            for (mirror, d) in &answers {
+                if *d != digest {
+                    sources.warn(format!(
+                        "mirror {mirror} is stale or differs for `{image}`: it serves {d}, \
+                         the official registry {digest}; {digest} was pulled"
+                    ));
+                }
+            }
+            Ok((digest, ResolvedBy::Official))
+        }
+        Err(e) if e.is_not_found() => {
+            sources.note_failure(&official, &e, reporter, &what);
+            Err(PullError::NotUpstream {
+                reference: image.to_string(),
+                official: official.label().to_owned(),
+                held_by: answers,
+                mirror_errors: attempts
+                    .iter()
+                    .map(|a| (a.source.clone(), cudaimg_mirrors::sources::chain(&a.error)))
+                    .collect(),
+            })
+        }
+        Err(e @ RegistryError::Denied { .. }) => {
+            // A refusal is an answer, not an outage: Docker Hub refuses unknown repositories
+            // this way. Mirrors do not get to overrule it.
+            sources.note_failure(&official, &e, reporter, &what);
+            Err(PullError::Refused {
+                reference: image.to_string(),
+                source: e,
+            })
+        }
+        Err(e) => {
+            sources.note_failure(&official, &e, reporter, &what);
+            if require_upstream {
+                return Err(PullError::UpstreamRequired {
+                    reference: image.to_string(),
+                    source: e,
+                });
+            }
+            let Some((_, first)) = answers.first() else {
+                attempts.push(Attempt {
+                    source: official.label().to_owned(),
+                    role: official.role,
+                    error: e,
+                });
+                return Err(PullError::Resolve {
+                    reference: image.to_string(),
+                    source: FallbackError::Exhausted { what, attempts },
+                });
+            };
+            if answers.iter().any(|(_, d)| d != first) {
+                return Err(PullError::MirrorsDisagree {
+                    reference: image.to_string(),
+                    answers,
+                });
+            }
+            let names: Vec<&str> = answers.iter().map(|(m, _)| m.as_str()).collect();
+            sources.warn(format!(
+                "the official registry {} is out of reach ({}): `{image}` was resolved to {first} \
+                 by {} only. That digest is mirror-asserted, not confirmed upstream; \
+                 `--require-upstream` refuses this, and `cudaimg lock` pins a digest you trust",
+                official.label(),
+                cudaimg_mirrors::sources::chain(&e),
+                if names.len() == 1 {
+                    format!("mirror {}", names[0])
+                } else {
+                    format!("mirrors {} (they agree)", names.join(", "))
+                },
+            ));
+            Ok((first.clone(), ResolvedBy::Mirrors))
+        }
+    }
+}

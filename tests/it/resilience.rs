@@ -1,0 +1,236 @@
+//! Pulls that survive bad conditions without a proxy in the way: two processes on one store,
+//! a full disk, partial downloads left by an earlier run.
+
+use cudaimg_test_support as common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{
+    run_fails, run_ok, Arch, CudaSpec, Fixture, FixtureStore, Flavor, MediaTypes, Pusher, Sandbox,
+    Scale, TestRegistry,
+};
+use serde_json::Value;
+
+fn pull_cmd(sandbox: &Sandbox, config: &Path, store: &Path, reference: &str) -> Command {
+    let mut cmd = sandbox.cudaimg();
+    cmd.arg("--config").arg(config).arg("--store").arg(store);
+    cmd.args(["--json", "pull", "--platform", "linux/amd64", reference]);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn two_processes_pulling_into_one_store_both_succeed_and_download_each_blob_once() {
+    let official = TestRegistry::start();
+    // Large enough (~30 MB) that the two pulls overlap.
+    let fx =
+        FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Runtime).scale(Scale(0.02)));
+    Pusher::new(&official).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let store = sandbox.store_dir();
+    let before = official.blob_downloads().len();
+
+    let a = pull_cmd(&sandbox, &config, &store, &fx.reference())
+        .spawn()
+        .unwrap();
+    let b = pull_cmd(&sandbox, &config, &store, &fx.reference())
+        .spawn()
+        .unwrap();
+    let a = a.wait_with_output().unwrap();
+    let b = b.wait_with_output().unwrap();
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+
+    let amd64 = fx.platform(Arch::Amd64);
+    let total = amd64.layers_size() + amd64.config.size();
+    let (ja, jb) = (json(&a), json(&b));
+    let downloaded =
+        ja["bytes_downloaded"].as_u64().unwrap() + jb["bytes_downloaded"].as_u64().unwrap();
+    assert_eq!(
+        downloaded, total,
+        "between them the two pulls fetched each byte once"
+    );
+
+    // The registry agrees: no blob was served twice.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut served = official.blob_downloads()[before..].to_vec();
+    let n = served.len();
+    served.sort();
+    served.dedup();
+    assert_eq!(served.len(), n, "a blob was downloaded twice");
+
+    let idx: Value =
+        serde_json::from_slice(&std::fs::read(store.join("index.json")).unwrap()).unwrap();
+    assert_eq!(idx["manifests"].as_array().unwrap().len(), 1, "{idx}");
+    let mut verify = sandbox.cudaimg();
+    verify.arg("--store").arg(&store).arg("verify");
+    run_ok(&mut verify);
+}
+
+#[test]
+fn partial_downloads_from_an_earlier_run_are_resumed_and_verified() {
+    let official = TestRegistry::start();
+    let fx = Fixture::cuda("12.4.1", Flavor::Runtime, MediaTypes::Docker, Scale(0.005));
+    Pusher::new(&official).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let store = sandbox.store_dir();
+    let amd64 = fx.platform(Arch::Amd64);
+    let big = amd64.layers.iter().max_by_key(|l| l.size).unwrap();
+    let bytes = big.bytes();
+
+    // What an interrupted run leaves: the first half of the largest layer in ingest/.
+    empty_store(&store);
+    let half = bytes.len() / 2;
+    std::fs::write(
+        store
+            .join("ingest")
+            .join(format!("{}.partial", &big.digest[7..])),
+        &bytes[..half],
+    )
+    .unwrap();
+    let r = json(&run_ok(&mut pull_cmd(
+        &sandbox,
+        &config,
+        &store,
+        &fx.reference(),
+    )));
+    let total = amd64.layers_size() + amd64.config.size();
+    assert_eq!(r["bytes_downloaded"].as_u64().unwrap(), total - half as u64);
+    // The registry was asked for the rest of that layer only.
+    let ranged = official
+        .log()
+        .lines()
+        .any(|l| l.contains(&big.digest[7..]) && l.contains("206"));
+    assert!(ranged, "no 206 for the resumed layer:\n{}", official.log());
+
+    // A partial whose bytes are wrong is caught by the digest and fetched again.
+    let other = sandbox.root().join("store2");
+    empty_store(&other);
+    let mut wrong = bytes[..half].to_vec();
+    wrong[half / 2] ^= 0x55;
+    std::fs::write(
+        other
+            .join("ingest")
+            .join(format!("{}.partial", &big.digest[7..])),
+        &wrong,
+    )
+    .unwrap();
+    let out = run_ok(&mut pull_cmd(&sandbox, &config, &other, &fx.reference()));
+    let r = json(&out);
+    assert_eq!(
+        r["bytes_downloaded"].as_u64().unwrap(),
+        total - half as u64 + big.size
+    );
+    let warnings = r["warnings"].to_string();
+    assert!(
+        warnings.contains("earlier interrupted download"),
+        "{warnings}"
+    );
+    let mut verify = sandbox.cudaimg();
+    verify.arg("--store").arg(&other).arg("verify");
+    run_ok(&mut verify);
+}
+
+/// Needs root to mount a small tmpfs; CI runs as root. Elsewhere it says so and stops.
+#[test]
+fn a_full_disk_is_a_clear_error_and_commits_nothing_partial() {
+    let sandbox = Sandbox::new();
+    let mnt = sandbox.root().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        assert!(!is_root(), "running as root, the tmpfs mount must work");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+
+    let official = TestRegistry::start();
+    // ~7 MB of layers into a 4 MB filesystem.
+    let fx =
+        FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Runtime).scale(Scale(0.005)));
+    Pusher::new(&official).push(&fx);
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let store = mnt.join("store");
+    let out = run_fails(&mut pull_cmd(&sandbox, &config, &store, &fx.reference()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("disk holding the store is full"), "{err}");
+    assert!(err.contains("hint:") && err.contains("--store"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Every committed blob is whole, and no image is named.
+    let idx: Value =
+        serde_json::from_slice(&std::fs::read(store.join("index.json")).unwrap()).unwrap();
+    assert_eq!(idx["manifests"], serde_json::json!([]));
+    let mut verify = sandbox.cudaimg();
+    verify.arg("--store").arg(&store).arg("verify");
+    run_ok(&mut verify);
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The layout an earlier cudaimg run leaves before it has stored any image.
+fn empty_store(root: &Path) {
+    for d in ["blobs/sha256", "ingest"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        root.join("index.json"),
+        r#"{"schemaVersion":2,"manifests":[]}"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn processes_creating_a_new_store_at_once_all_succeed() {
+    let official = TestRegistry::start();
+    let fx = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Docker, Scale::TINY);
+    Pusher::new(&official).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    for round in 0..5 {
+        let store = sandbox.root().join(format!("store-{round}"));
+        let children: Vec<_> = (0..3)
+            .map(|_| {
+                pull_cmd(&sandbox, &config, &store, &fx.reference())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
