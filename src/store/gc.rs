@@ -4,6 +4,10 @@
 //! Safety against a concurrent pull: a pull holds a shared lock on `.gc.lock` from its
 //! first request to its index update, and `gc` takes it exclusively. So `gc` waits for
 //! running pulls, and never deletes a blob that a pull has committed but not yet named.
+//!
+//! Confinement: directories are listed and entries removed through handles opened without
+//! following links, so a `blobs/sha256` that someone swapped for a link to `/etc` is
+//! refused instead of emptied; a link among the entries is removed itself, not its target.
 
 use std::collections::BTreeSet;
 
@@ -26,13 +30,7 @@ pub struct GcReport {
 
 impl Store {
     fn gc_lock_file(&self) -> Result<std::fs::File, StoreError> {
-        Ok(fs_err::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.root().join(".gc.lock"))?
-            .into_parts()
-            .0)
+        self.root_dir()?.open_rw(".gc.lock")
     }
 
     /// Takes the shared side of the gc lock (waits while a `gc` runs).
@@ -91,9 +89,8 @@ impl Store {
             dry_run,
             ..GcReport::default()
         };
-        for entry in fs_err::read_dir(self.blobs_dir())? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+        let blobs = self.blobs()?;
+        for (name, st) in blobs.entries()? {
             let referenced =
                 Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| keep.contains(&d));
             if referenced {
@@ -101,17 +98,17 @@ impl Store {
                 continue;
             }
             report.blobs_removed += 1;
-            report.bytes_freed += entry.metadata()?.len();
+            report.bytes_freed += u64::try_from(st.st_size).unwrap_or(0);
             if !dry_run {
-                fs_err::remove_file(entry.path())?;
+                blobs.remove(&name)?;
             }
         }
-        for entry in fs_err::read_dir(self.ingest_dir())? {
-            let entry = entry?;
+        let ingest = self.ingest()?;
+        for (name, st) in ingest.entries()? {
             report.partials_removed += 1;
-            report.bytes_freed += entry.metadata()?.len();
+            report.bytes_freed += u64::try_from(st.st_size).unwrap_or(0);
             if !dry_run {
-                fs_err::remove_file(entry.path())?;
+                ingest.remove(&name)?;
             }
         }
         Ok(report)
