@@ -68,9 +68,11 @@ impl Error {
             Error::Sources(_) => exit::FAILURE,
             Error::Lock(LockError::NotLocked { .. } | LockError::Invalid { .. }) => exit::USAGE,
             Error::Lock(_) => exit::FAILURE,
-            Error::Docker(crate::docker::LoadError::Store(StoreError::Corrupt(_))) => exit::CORRUPT,
+            Error::Docker(crate::docker::LoadError::Store(
+                StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. },
+            )) => exit::CORRUPT,
             Error::Docker(_) => exit::FAILURE,
-            Error::Store(StoreError::Corrupt(_)) => exit::CORRUPT,
+            Error::Store(StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. }) => exit::CORRUPT,
             Error::Store(StoreError::Missing(_)) => exit::NOT_FOUND,
             Error::Setup(_) => exit::FAILURE,
             Error::Usage(_) => exit::USAGE,
