@@ -58,9 +58,14 @@ impl Store {
             if !keep.insert(d.clone()) {
                 continue;
             }
-            let bytes = self.read_blob(&d, MAX_MANIFEST_BYTES).map_err(|_| {
-                StoreError::Corrupt(format!("manifest {d} that index.json names cannot be read"))
-            })?;
+            let bytes = self
+                .read_blob(&d, MAX_MANIFEST_BYTES)
+                .map_err(|e| match e {
+                    e @ StoreError::Unsafe { .. } => e,
+                    _ => StoreError::Corrupt(format!(
+                        "manifest {d} that index.json names cannot be read"
+                    )),
+                })?;
             match manifest::parse(&bytes, Some(&media_type)) {
                 Ok(Manifest::Image(m)) => {
                     keep.insert(m.config.digest.clone());
@@ -84,12 +89,13 @@ impl Store {
         let gc_lock = self.gc_lock_file()?;
         gc_lock.lock()?;
         let _index = self.lock()?;
+        // First: a `blobs/sha256` that is not a real directory is refused before anything.
+        let blobs = self.blobs()?;
         let keep = self.referenced()?;
         let mut report = GcReport {
             dry_run,
             ..GcReport::default()
         };
-        let blobs = self.blobs()?;
         for (name, st) in blobs.entries()? {
             let referenced =
                 Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| keep.contains(&d));
