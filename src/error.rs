@@ -68,11 +68,11 @@ impl Error {
             Error::Sources(_) => exit::FAILURE,
             Error::Lock(LockError::NotLocked { .. } | LockError::Invalid { .. }) => exit::USAGE,
             Error::Lock(_) => exit::FAILURE,
-            Error::Docker(cudaimg_transfer::handover::LoadError::Store(StoreError::Corrupt(_))) => {
-                exit::CORRUPT
-            }
+            Error::Docker(cudaimg_transfer::handover::LoadError::Store(
+                StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. },
+            )) => exit::CORRUPT,
             Error::Docker(_) => exit::FAILURE,
-            Error::Store(StoreError::Corrupt(_)) => exit::CORRUPT,
+            Error::Store(StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. }) => exit::CORRUPT,
             Error::Store(StoreError::Missing(_)) => exit::NOT_FOUND,
             Error::Setup(_) => exit::FAILURE,
             Error::Usage(_) => exit::USAGE,

@@ -35,6 +35,10 @@ pub struct Args {
     /// Fail instead of trusting mirrors for a tag's digest when the official registry is out of reach
     #[arg(long)]
     require_upstream: bool,
+    /// Re-hash the image's blobs that are stored already and fetch again any that fail
+    /// (otherwise a stored blob of the right size counts as present)
+    #[arg(long)]
+    verify_existing: bool,
     /// Then hand each image to the Docker Engine (`DOCKER_HOST`) under its official name
     #[arg(long)]
     load: bool,
@@ -82,12 +86,13 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         };
         targets.push((r, name, pin));
     }
-    let engine = ctx.engine(
+    let mut engine = ctx.engine(
         config,
         usize::from(args.jobs),
         args.stall_timeout,
         args.require_upstream,
     )?;
+    engine.verify_existing = args.verify_existing;
     let config_note = match &engine.config.path {
         Some(p) => format!("mirror configuration: {}", p.display()),
         None => "no mirrors.toml found: each registry is pulled from its own host".to_owned(),

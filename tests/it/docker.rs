@@ -324,3 +324,44 @@ fn gc_during_a_pull_waits_and_deletes_nothing_the_pull_needs() {
     );
     run_ok(&mut e.cmd(None, &["verify"]));
 }
+
+#[test]
+fn load_of_a_blob_flipped_in_place_fails_and_the_engine_gets_no_image() {
+    let Some(d) = docker_or_skip() else { return };
+    let e = env("never loaded");
+    let reference = format!("nvidia/cuda:{TAG}");
+    run_ok(&mut e.cmd(None, &["pull", &reference]));
+    // The largest layer (busybox's), one bit changed, same size.
+    let (hex, path) = std::fs::read_dir(e.sandbox.store_dir().join("blobs/sha256"))
+        .unwrap()
+        .map(|x| x.unwrap())
+        .max_by_key(|x| x.metadata().unwrap().len())
+        .map(|x| (x.file_name().to_string_lossy().into_owned(), x.path()))
+        .unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    let out = run_fails(&mut e.cmd(Some(&d), &["load", &reference]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(&format!("blob sha256:{hex}")), "{err}");
+    assert!(err.contains("cudaimg verify --repair"), "{err}");
+    let inspect = d
+        .docker(&["image", "inspect", &reference])
+        .output()
+        .unwrap();
+    assert!(
+        !inspect.status.success(),
+        "the engine holds the image after a failed load"
+    );
+    let inspect = d
+        .docker(&["image", "inspect", &e.image.config.digest])
+        .output()
+        .unwrap();
+    assert!(
+        !inspect.status.success(),
+        "the engine holds the image by ID"
+    );
+}

@@ -988,3 +988,130 @@ fn a_dead_mirror_is_remembered_across_the_references_of_one_pull() {
         reports[1]["warnings"]
     );
 }
+
+#[test]
+fn a_blob_flipped_in_place_fails_export_until_pull_verify_existing_fetches_it_again() {
+    let official = TestRegistry::start();
+    let fx = fixture(Flavor::Base, MediaTypes::Docker);
+    Pusher::new(&official).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let args = ["--platform", "linux/amd64", &fx.reference()];
+    pull_json(&sandbox, &config, &args);
+    let layer = fx
+        .platform(Arch::Amd64)
+        .layers
+        .iter()
+        .max_by_key(|l| l.size)
+        .unwrap();
+    let path = sandbox
+        .store_dir()
+        .join("blobs/sha256")
+        .join(&layer.digest[7..]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+
+    let file = sandbox.root().join("out.tar");
+    let out = run_fails(cli(&sandbox, &config, &["export", &fx.reference(), "-o"]).arg(&file));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(&format!("blob {}", layer.digest)), "{err}");
+    assert!(err.contains("docker.io/nvidia/cuda:"), "{err}");
+    assert!(
+        err.contains("hint:") && err.contains("cudaimg verify --repair"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(sandbox.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("out"))
+        .collect();
+    assert!(left.is_empty(), "export left {left:?}");
+    // To stdout: the archive stops short, without the end-of-archive blocks.
+    let out = run_fails(&mut cli(
+        &sandbox,
+        &config,
+        &["export", &fx.reference(), "-o", "-"],
+    ));
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        !out.stdout.ends_with(&[0u8; 1024]),
+        "a failed export ended like a whole archive"
+    );
+
+    // A plain pull trusts the stored size; --verify-existing re-hashes and fetches again.
+    let r = pull_json(&sandbox, &config, &args);
+    assert_eq!(r["bytes_downloaded"], 0, "{r}");
+    let r = pull_json(
+        &sandbox,
+        &config,
+        &[
+            "--verify-existing",
+            "--platform",
+            "linux/amd64",
+            &fx.reference(),
+        ],
+    );
+    assert_eq!(r["bytes_downloaded"], layer.size, "{r}");
+    assert!(
+        r["warnings"].to_string().contains(&layer.digest),
+        "{}",
+        r["warnings"]
+    );
+    assert_eq!(stored_blob(&sandbox, &layer.digest), layer.bytes());
+    run_ok(&mut cli(&sandbox, &config, &["verify"]));
+    run_ok(cli(&sandbox, &config, &["export", &fx.reference(), "-o"]).arg(&file));
+}
+
+#[test]
+fn verify_reports_a_linked_blob_and_repair_removes_the_link_not_its_target() {
+    let official = TestRegistry::start();
+    let fx = fixture(Flavor::Base, MediaTypes::Docker);
+    Pusher::new(&official).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let args = ["--platform", "linux/amd64", &fx.reference()];
+    pull_json(&sandbox, &config, &args);
+    let layer = &fx.platform(Arch::Amd64).layers[0];
+    let blob = sandbox
+        .store_dir()
+        .join("blobs/sha256")
+        .join(&layer.digest[7..]);
+    // The right bytes, but through a link: still not a blob cudaimg stored.
+    let outside = sandbox.root().join("outside-blob");
+    std::fs::rename(&blob, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &blob).unwrap();
+    let partial = sandbox.store_dir().join("ingest/x.partial");
+    std::os::unix::fs::symlink(&outside, &partial).unwrap();
+
+    let out = run_fails(&mut cli(&sandbox, &config, &["verify"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!(
+            "blobs/sha256/{}` is a symbolic link",
+            &layer.digest[7..]
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("`ingest/x.partial` is a symbolic link"),
+        "{err}"
+    );
+
+    let out = run_fails(&mut cli(&sandbox, &config, &["verify", "--repair"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("removed it (not its target)"), "{err}");
+    assert!(std::fs::symlink_metadata(&blob).is_err(), "the link stayed");
+    assert!(
+        std::fs::symlink_metadata(&partial).is_err(),
+        "the link stayed"
+    );
+    assert_eq!(std::fs::read(&outside).unwrap(), layer.bytes());
+
+    let r = pull_json(&sandbox, &config, &args);
+    assert_eq!(r["bytes_downloaded"], layer.size, "{r}");
+    run_ok(&mut cli(&sandbox, &config, &["verify"]));
+}

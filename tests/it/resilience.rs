@@ -234,3 +234,108 @@ fn processes_creating_a_new_store_at_once_all_succeed() {
         }
     }
 }
+
+/// A link planted where a partial download belongs: the pull neither writes through it nor
+/// renames it into `blobs/`; the blob ends up a regular file with the right bytes.
+#[test]
+fn a_planted_partial_link_is_not_written_through() {
+    let official = TestRegistry::start();
+    let fx = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Docker, Scale::TINY);
+    Pusher::new(&official).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let store = sandbox.store_dir();
+    let big = fx
+        .platform(Arch::Amd64)
+        .layers
+        .iter()
+        .max_by_key(|l| l.size)
+        .unwrap();
+    let hex = &big.digest[7..];
+
+    empty_store(&store);
+    let outside = sandbox.root().join("outside-file");
+    std::fs::write(&outside, b"not yours").unwrap();
+    std::os::unix::fs::symlink(
+        &outside,
+        store.join("ingest").join(format!("{hex}.partial")),
+    )
+    .unwrap();
+    run_ok(&mut pull_cmd(&sandbox, &config, &store, &fx.reference()));
+
+    assert_eq!(std::fs::read(&outside).unwrap(), b"not yours");
+    let blob = store.join("blobs/sha256").join(hex);
+    let meta = std::fs::symlink_metadata(&blob).unwrap();
+    assert!(meta.file_type().is_file(), "{:?}", meta.file_type());
+    assert_eq!(std::fs::read(&blob).unwrap(), big.bytes());
+    let mut verify = sandbox.cudaimg();
+    verify.arg("--store").arg(&store).arg("verify");
+    run_ok(&mut verify);
+}
+
+/// Links planted for `index.json`, `ingest` and `blobs/sha256` are refused with the path
+/// and the fix, and nothing outside the store is written or removed.
+#[test]
+fn planted_links_for_the_index_and_store_directories_are_refused() {
+    let official = TestRegistry::start();
+    let fx = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Docker, Scale::TINY);
+    Pusher::new(&official).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let store = sandbox.store_dir();
+    run_ok(&mut pull_cmd(&sandbox, &config, &store, &fx.reference()));
+    let refused = |out: &std::process::Output, what: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{what}` is a symbolic link")),
+            "{err}"
+        );
+        assert!(err.contains("hint:") && err.contains("rm "), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    };
+
+    // index.json -> a file outside: `tag` neither reads nor writes it.
+    let outside = sandbox.root().join("outside-index");
+    std::fs::write(&outside, b"keep me").unwrap();
+    let index = store.join("index.json");
+    let saved = std::fs::read(&index).unwrap();
+    std::fs::remove_file(&index).unwrap();
+    std::os::unix::fs::symlink(&outside, &index).unwrap();
+    let mut tag = sandbox.cudaimg();
+    tag.arg("--store")
+        .arg(&store)
+        .args(["tag", &fx.reference(), "corp.example/cuda:x"]);
+    refused(&run_fails(&mut tag), "index.json");
+    assert_eq!(std::fs::read(&outside).unwrap(), b"keep me");
+    assert!(std::fs::symlink_metadata(&index)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    std::fs::remove_file(&index).unwrap();
+    std::fs::write(&index, saved).unwrap();
+
+    // blobs/sha256 -> a directory outside: gc refuses instead of emptying it.
+    let elsewhere = sandbox.root().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("precious"), b"data").unwrap();
+    let blobs = store.join("blobs/sha256");
+    std::fs::rename(&blobs, store.join("blobs/real")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &blobs).unwrap();
+    let mut gc = sandbox.cudaimg();
+    gc.arg("--store").arg(&store).arg("gc");
+    refused(&run_fails(&mut gc), "blobs/sha256");
+    assert_eq!(std::fs::read(elsewhere.join("precious")).unwrap(), b"data");
+
+    // ingest -> a directory outside: a pull creates nothing there.
+    let other = sandbox.root().join("store2");
+    empty_store(&other);
+    std::fs::remove_dir(other.join("ingest")).unwrap();
+    let target = sandbox.root().join("ingest-target");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(&target, other.join("ingest")).unwrap();
+    refused(
+        &run_fails(&mut pull_cmd(&sandbox, &config, &other, &fx.reference())),
+        "ingest",
+    );
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+}

@@ -8,13 +8,18 @@
 //! A partial file outlives a failed or killed pull, so the next pull resumes it. Its bytes
 //! are never trusted: the prefix is re-hashed on resume, and the final digest check covers
 //! every byte, whichever run or source wrote it.
+//!
+//! Confinement: the partial file is opened `O_NOFOLLOW` through the `ingest` directory's
+//! handle; a link or special file planted at its name is removed (the entry itself) and a
+//! regular file created instead. Before and after the rename into `blobs/sha256/`, the name
+//! is checked to be the very file this writer opened and hashed.
 
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
 
 use std::sync::Arc;
 
+use super::confine::{describe, file_type, same_file, StoreDir};
 use super::{Store, StoreError};
 use cudaimg_oci::digest::{Digest, Hasher};
 
@@ -51,8 +56,9 @@ pub enum WriteError {
 /// always exactly the hashed bytes once the last piece is flushed.
 pub struct BlobWriter {
     file: Arc<std::fs::File>,
+    /// The partial file's path, for messages.
     partial: PathBuf,
-    dest: PathBuf,
+    dirs: Arc<Dirs>,
     /// `None` while a piece is being hashed and written.
     hasher: Option<Hasher>,
     pending: Option<PieceTask>,
@@ -70,6 +76,22 @@ const PIECE: usize = 1 << 20;
 /// A piece being hashed and written; gives back the hasher and the buffer for reuse.
 type PieceTask = tokio::task::JoinHandle<Result<(Hasher, Vec<u8>), StoreError>>;
 
+/// The directories a blob write works in, and its names there.
+struct Dirs {
+    ingest: StoreDir,
+    blobs: StoreDir,
+    /// `<hex>.partial` in `ingest`.
+    partial: String,
+    /// `<hex>` in `blobs/sha256`.
+    hex: String,
+}
+
+impl Dirs {
+    fn sidecar(&self) -> String {
+        format!("{}.prefix", self.hex)
+    }
+}
+
 impl BlobWriter {
     /// Opens the blob's partial file, waiting for any other process writing the same blob.
     /// `Ok(None)` means the blob is already stored (perhaps by that other process).
@@ -78,14 +100,17 @@ impl BlobWriter {
         expected: Digest,
         size: u64,
     ) -> Result<Option<Self>, StoreError> {
-        let partial = store
-            .ingest_dir()
-            .join(format!("{}.partial", expected.hex()));
-        let dest = store.blob_path(&expected);
+        let dirs = Arc::new(Dirs {
+            ingest: store.ingest()?,
+            blobs: store.blobs()?,
+            partial: format!("{}.partial", expected.hex()),
+            hex: expected.hex().to_owned(),
+        });
+        let partial = dirs.ingest.join(&dirs.partial);
         let store = store.clone();
-        let path = partial.clone();
+        let d = dirs.clone();
         let opened = tokio::task::spawn_blocking(move || {
-            lock_partial(&store, &path, &expected, size).map(|o| (o, expected))
+            lock_partial(&store, &d, &expected, size).map(|o| (o, expected))
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
@@ -96,7 +121,7 @@ impl BlobWriter {
         Ok(Some(BlobWriter {
             file: Arc::new(file),
             partial,
-            dest,
+            dirs,
             hasher: Some(hasher),
             pending: None,
             buf: Vec::with_capacity(PIECE),
@@ -215,11 +240,10 @@ impl BlobWriter {
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         self.hasher = Some(hasher);
         self.len = upto;
-        let sidecar = prefix_sidecar(&self.partial);
-        let tmp = sidecar.with_extension("prefix-tmp");
-        fs_err::write(&tmp, upto.to_string())?;
-        fs_err::rename(&tmp, &sidecar)?;
-        Ok(())
+        let dirs = self.dirs.clone();
+        tokio::task::spawn_blocking(move || write_sidecar(&dirs, upto))
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
     /// After a ranged fill: cuts off whatever lies past the contiguous prefix (ranges that
@@ -227,7 +251,7 @@ impl BlobWriter {
     pub async fn end_ranged(&mut self) -> Result<(), StoreError> {
         self.drain().await?;
         self.truncate(self.len).await?;
-        let _ = fs_err::remove_file(prefix_sidecar(&self.partial));
+        let _ = self.dirs.ingest.remove(&self.dirs.sidecar());
         Ok(())
     }
 
@@ -266,10 +290,27 @@ impl BlobWriter {
             });
         }
         let file = self.file.clone();
-        let (partial, dest) = (self.partial.clone(), self.dest.clone());
+        let (partial, dirs) = (self.partial.clone(), self.dirs.clone());
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             file.sync_all().map_err(|e| io_at(e, &partial))?;
-            std::fs::rename(&partial, &dest).map_err(|e| io_at(e, &dest))
+            // Only the file this writer opened and hashed goes into blobs/: not a link or
+            // another file put at the partial's name meanwhile.
+            let ours = |st: std::io::Result<rustix::fs::Stat>| {
+                st.is_ok_and(|st| {
+                    file_type(&st) == rustix::fs::FileType::RegularFile && same_file(&file, &st)
+                })
+            };
+            if !ours(dirs.ingest.stat(&dirs.partial)) {
+                return Err(replaced(&partial));
+            }
+            dirs.ingest
+                .rename_to(&dirs.partial, &dirs.blobs, &dirs.hex)?;
+            if !ours(dirs.blobs.stat(&dirs.hex)) {
+                // Swapped between the check and the rename: take back what went in.
+                let _ = dirs.blobs.remove(&dirs.hex);
+                return Err(replaced(&partial));
+            }
+            Ok(())
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
@@ -283,55 +324,66 @@ fn lost_hasher() -> StoreError {
     ))
 }
 
-/// Opens and locks `path`, then re-hashes what it holds. Retries when the file it locked is
-/// no longer the one at `path` (another process committed it by rename meanwhile).
+/// Opens and locks the partial file, then re-hashes what it holds. Retries when the file it
+/// locked is no longer the one at its name (another process committed it by rename
+/// meanwhile), and replaces anything at that name that is not a regular file.
 fn lock_partial(
     store: &Store,
-    path: &Path,
+    dirs: &Dirs,
     expected: &Digest,
     size: u64,
 ) -> Result<Option<(std::fs::File, Hasher)>, StoreError> {
+    let path = dirs.ingest.join(&dirs.partial);
+    let mut planted = 0;
     loop {
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| io_at(e, path))?;
-        file.lock().map_err(|e| io_at(e, path))?;
+        let mut file = match dirs.ingest.open_rw(&dirs.partial) {
+            Ok(f) => f,
+            // A link, FIFO or device where a partial download belongs is not ours: its
+            // bytes would go wherever it points. Remove the entry itself and start afresh.
+            Err(StoreError::Unsafe { found, .. })
+                if planted < 8 && found != describe(rustix::fs::FileType::Directory) =>
+            {
+                planted += 1;
+                dirs.ingest.remove(&dirs.partial)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        file.lock().map_err(|e| io_at(e, &path))?;
         if store.has_blob(expected, size) {
             // Committed by someone else; an empty partial we just created is litter.
-            if file.metadata().map(|m| m.len() == 0).unwrap_or(false) && same_file(&file, path) {
-                let _ = std::fs::remove_file(path);
+            if file.metadata().map(|m| m.len() == 0).unwrap_or(false) && is_at_name(&file, dirs) {
+                let _ = dirs.ingest.remove(&dirs.partial);
             }
             return Ok(None);
         }
-        if !same_file(&file, path) {
+        if !is_at_name(&file, dirs) {
             continue;
         }
-        let mut len = file.metadata().map_err(|e| io_at(e, path))?.len();
+        let mut len = file.metadata().map_err(|e| io_at(e, &path))?.len();
         // A parallel fill writes ranges out of order; its sidecar says how long the
         // contiguous, written prefix is. Bytes past it may sit beside holes.
-        let sidecar = prefix_sidecar(path);
-        if let Some(prefix) = fs_err::read_to_string(&sidecar)
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-        {
+        let sidecar = dirs.sidecar();
+        let prefix = dirs.ingest.open_read(&sidecar).ok().and_then(|f| {
+            let mut text = String::new();
+            f.take(64).read_to_string(&mut text).ok()?;
+            text.trim().parse::<u64>().ok()
+        });
+        if let Some(prefix) = prefix {
             if prefix < len {
-                file.set_len(prefix).map_err(|e| io_at(e, path))?;
+                file.set_len(prefix).map_err(|e| io_at(e, &path))?;
                 len = prefix;
             }
         }
-        let _ = fs_err::remove_file(&sidecar);
+        let _ = dirs.ingest.remove(&sidecar);
         let mut hasher = Hasher::new();
         if len > size {
-            file.set_len(0).map_err(|e| io_at(e, path))?;
+            file.set_len(0).map_err(|e| io_at(e, &path))?;
         } else if len > 0 {
-            file.seek(SeekFrom::Start(0)).map_err(|e| io_at(e, path))?;
+            file.seek(SeekFrom::Start(0)).map_err(|e| io_at(e, &path))?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
-                let n = file.read(&mut buf).map_err(|e| io_at(e, path))?;
+                let n = file.read(&mut buf).map_err(|e| io_at(e, &path))?;
                 if n == 0 {
                     break;
                 }
@@ -342,18 +394,37 @@ fn lock_partial(
     }
 }
 
-fn prefix_sidecar(partial: &Path) -> PathBuf {
-    partial.with_extension("prefix")
+/// Records the contiguous prefix of a ranged fill, by new temp file and rename.
+fn write_sidecar(dirs: &Dirs, upto: u64) -> Result<(), StoreError> {
+    let (mut f, tmp) = dirs
+        .ingest
+        .create_temp(&format!("{}.prefix-tmp-", dirs.hex))?;
+    let res = f.write_all(upto.to_string().as_bytes());
+    let res = res
+        .map_err(|e| io_at(e, &dirs.ingest.join(&tmp)))
+        .and_then(|()| dirs.ingest.rename_to(&tmp, &dirs.ingest, &dirs.sidecar()));
+    if res.is_err() {
+        let _ = dirs.ingest.remove(&tmp);
+    }
+    res
 }
 
-fn same_file(file: &std::fs::File, path: &Path) -> bool {
-    match (file.metadata(), std::fs::metadata(path)) {
-        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-        _ => false,
+/// Whether `file` is still the regular file at the partial's name.
+fn is_at_name(file: &std::fs::File, dirs: &Dirs) -> bool {
+    dirs.ingest
+        .stat(&dirs.partial)
+        .is_ok_and(|st| file_type(&st) == rustix::fs::FileType::RegularFile && same_file(file, &st))
+}
+
+fn replaced(partial: &std::path::Path) -> StoreError {
+    StoreError::Unsafe {
+        path: partial.to_owned(),
+        found: "no longer the file this pull wrote".into(),
+        expected: "a partial download",
     }
 }
 
-fn io_at(e: std::io::Error, path: &Path) -> StoreError {
+fn io_at(e: std::io::Error, path: &std::path::Path) -> StoreError {
     let kind = e.kind();
     StoreError::from(std::io::Error::new(
         kind,

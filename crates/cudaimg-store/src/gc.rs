@@ -4,6 +4,10 @@
 //! Safety against a concurrent pull: a pull holds a shared lock on `.gc.lock` from its
 //! first request to its index update, and `gc` takes it exclusively. So `gc` waits for
 //! running pulls, and never deletes a blob that a pull has committed but not yet named.
+//!
+//! Confinement: directories are listed and entries removed through handles opened without
+//! following links, so a `blobs/sha256` that someone swapped for a link to `/etc` is
+//! refused instead of emptied; a link among the entries is removed itself, not its target.
 
 use std::collections::BTreeSet;
 
@@ -26,13 +30,7 @@ pub struct GcReport {
 
 impl Store {
     fn gc_lock_file(&self) -> Result<std::fs::File, StoreError> {
-        Ok(fs_err::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.root().join(".gc.lock"))?
-            .into_parts()
-            .0)
+        self.root_dir()?.open_rw(".gc.lock")
     }
 
     /// Takes the shared side of the gc lock (waits while a `gc` runs).
@@ -60,9 +58,14 @@ impl Store {
             if !keep.insert(d.clone()) {
                 continue;
             }
-            let bytes = self.read_blob(&d, MAX_MANIFEST_BYTES).map_err(|_| {
-                StoreError::Corrupt(format!("manifest {d} that index.json names cannot be read"))
-            })?;
+            let bytes = self
+                .read_blob(&d, MAX_MANIFEST_BYTES)
+                .map_err(|e| match e {
+                    e @ StoreError::Unsafe { .. } => e,
+                    _ => StoreError::Corrupt(format!(
+                        "manifest {d} that index.json names cannot be read"
+                    )),
+                })?;
             match manifest::parse(&bytes, Some(&media_type)) {
                 Ok(Manifest::Image(m)) => {
                     keep.insert(m.config.digest.clone());
@@ -86,14 +89,14 @@ impl Store {
         let gc_lock = self.gc_lock_file()?;
         gc_lock.lock()?;
         let _index = self.lock()?;
+        // First: a `blobs/sha256` that is not a real directory is refused before anything.
+        let blobs = self.blobs()?;
         let keep = self.referenced()?;
         let mut report = GcReport {
             dry_run,
             ..GcReport::default()
         };
-        for entry in fs_err::read_dir(self.blobs_dir())? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for (name, st) in blobs.entries()? {
             let referenced =
                 Digest::parse(&format!("sha256:{name}")).is_ok_and(|d| keep.contains(&d));
             if referenced {
@@ -101,17 +104,17 @@ impl Store {
                 continue;
             }
             report.blobs_removed += 1;
-            report.bytes_freed += entry.metadata()?.len();
+            report.bytes_freed += u64::try_from(st.st_size).unwrap_or(0);
             if !dry_run {
-                fs_err::remove_file(entry.path())?;
+                blobs.remove(&name)?;
             }
         }
-        for entry in fs_err::read_dir(self.ingest_dir())? {
-            let entry = entry?;
+        let ingest = self.ingest()?;
+        for (name, st) in ingest.entries()? {
             report.partials_removed += 1;
-            report.bytes_freed += entry.metadata()?.len();
+            report.bytes_freed += u64::try_from(st.st_size).unwrap_or(0);
             if !dry_run {
-                fs_err::remove_file(entry.path())?;
+                ingest.remove(&name)?;
             }
         }
         Ok(report)

@@ -11,22 +11,30 @@
 //!   before `index.json` is replaced (which is fsynced too, then its directory). A crash can
 //!   lose the last blobs or the last index update, but `index.json` never names a blob that
 //!   is not durably on disk, and no blob file is ever partial.
+//! - Confinement ([`confine`]): nothing is opened, created, renamed or removed by following
+//!   a symbolic link, so what a store contains can never aim a write outside it.
+//! - Trust: blobs are checked (digest and size) before the rename into `blobs/`, and again
+//!   as they leave the store ([`read`]); `verify` re-hashes everything.
 //!
 //! Other tools read the layout directly: `skopeo inspect oci:STORE:docker.io/nvidia/cuda:TAG`.
 
 mod blob;
+mod confine;
 mod gc;
 mod image;
 mod index;
+mod read;
 pub mod verify;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use blob::{BlobWriter, CommitError, WriteError};
+pub(crate) use confine::StoreDir;
 pub use gc::{GcGuard, GcReport};
 pub use image::StoredImage;
 pub use index::{IndexEntry, IndexFile, IndexPlatform, INDEX_DIGEST_ANNOTATION, REF_NAME};
+pub use read::{BlobMismatch, VerifiedReader};
 
 use cudaimg_oci::digest::Digest;
 
@@ -47,6 +55,29 @@ pub enum StoreError {
     Corrupt(String),
     #[error("there is no store at `{}`", .0.display())]
     Missing(PathBuf),
+    /// Something in the store is not what cudaimg puts there (a link, a FIFO, a file where
+    /// a directory belongs); nothing was read or written through it.
+    #[error("`{}` is {found}, where the store keeps {expected}; cudaimg does not follow or write through it", path.display())]
+    Unsafe {
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+    },
+    /// A stored blob is not what its name says; found while its bytes left the store.
+    #[error("blob {digest}{} is corrupt in the store: its content {reason}", image_of(.image))]
+    BlobCorrupt {
+        digest: Digest,
+        /// The image being read out, if any.
+        image: Option<String>,
+        reason: String,
+    },
+}
+
+fn image_of(image: &Option<String>) -> String {
+    image
+        .as_ref()
+        .map(|i| format!(" of `{i}`"))
+        .unwrap_or_default()
 }
 
 impl From<std::io::Error> for StoreError {
@@ -79,6 +110,20 @@ impl StoreError {
                 "check `--store` / `CUDAIMG_STORE`; a store is created by the first `cudaimg pull`"
                     .into(),
             ),
+            StoreError::Unsafe { path, .. } => Some(format!(
+                "cudaimg never creates links or special files in a store: someone who can write \
+                 to it planted this. Check who can, then remove the entry itself \
+                 (`rm {}`, which leaves a link's target alone) and run the command again; \
+                 `cudaimg verify --repair` finds and removes such entries among blobs and \
+                 partial downloads",
+                path.display()
+            )),
+            StoreError::BlobCorrupt { image, .. } => Some(format!(
+                "nothing complete was written. `cudaimg verify --repair` removes the corrupt \
+                 blob; then `cudaimg pull {}` fetches it again (`cudaimg pull --verify-existing` \
+                 does both)",
+                image.as_deref().unwrap_or("IMAGE")
+            )),
             StoreError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 Some("choose a store you can write to with `--store`".into())
             }
@@ -108,8 +153,8 @@ impl Store {
         // Two processes may open a new store at once: the first creates it under the lock,
         // the second then finds it whole.
         let _lock = store.lock()?;
-        let layout = root.join(LAYOUT_FILE);
-        if layout.exists() {
+        let layout_exists = store.root_dir()?.stat(LAYOUT_FILE).is_ok();
+        if layout_exists {
             store.check_layout()?;
         } else {
             // What an interrupted creation leaves is ours to finish; anything else is not.
@@ -130,14 +175,14 @@ impl Store {
                 });
             }
         }
-        fs_err::create_dir_all(store.blobs_dir())?;
-        fs_err::create_dir_all(store.ingest_dir())?;
-        if !store.index_path().exists() {
+        StoreDir::open(root, &["blobs", "sha256"], true)?;
+        StoreDir::open(root, &["ingest"], true)?;
+        if store.root_dir()?.stat("index.json").is_err() {
             store.write_index(&IndexFile::default())?;
         }
-        if !layout.exists() {
+        if !layout_exists {
             // Last: a layout file means the store is complete.
-            store.write_atomic(&layout, LAYOUT_JSON.as_bytes())?;
+            store.write_atomic(LAYOUT_FILE, LAYOUT_JSON.as_bytes())?;
         }
         Ok(store)
     }
@@ -148,7 +193,7 @@ impl Store {
         let store = Store {
             root: root.to_owned(),
         };
-        if !root.join(LAYOUT_FILE).exists() {
+        if std::fs::symlink_metadata(root.join(LAYOUT_FILE)).is_err() {
             return Err(StoreError::Missing(root.to_owned()));
         }
         store.check_layout()?;
@@ -156,9 +201,13 @@ impl Store {
     }
 
     fn check_layout(&self) -> Result<()> {
-        let text = fs_err::read_to_string(self.root.join(LAYOUT_FILE))?;
+        let mut text = Vec::new();
+        self.root_dir()?
+            .open_read(LAYOUT_FILE)?
+            .take(1 << 16)
+            .read_to_end(&mut text)?;
         let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| StoreError::NotALayout {
+            serde_json::from_slice(&text).map_err(|e| StoreError::NotALayout {
                 path: self.root.clone(),
                 reason: format!("`oci-layout` is not JSON ({e})"),
             })?;
@@ -176,31 +225,45 @@ impl Store {
         &self.root
     }
 
-    pub(crate) fn blobs_dir(&self) -> PathBuf {
-        self.root.join("blobs").join("sha256")
+    /// The store root, as a handle for confined access.
+    pub(crate) fn root_dir(&self) -> Result<StoreDir> {
+        StoreDir::open(&self.root, &[], false)
     }
 
-    pub(crate) fn ingest_dir(&self) -> PathBuf {
-        self.root.join("ingest")
+    /// `blobs/sha256`, refused if it or `blobs` is a link or not a directory.
+    pub(crate) fn blobs(&self) -> Result<StoreDir> {
+        StoreDir::open(&self.root, &["blobs", "sha256"], false)
+    }
+
+    /// `ingest`, refused if it is a link or not a directory.
+    pub(crate) fn ingest(&self) -> Result<StoreDir> {
+        StoreDir::open(&self.root, &["ingest"], false)
     }
 
     fn index_path(&self) -> PathBuf {
         self.root.join("index.json")
     }
 
+    /// Where blob `digest` lives (for messages and tests; access goes through [`StoreDir`]).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.blobs_dir().join(digest.hex())
+        self.root.join("blobs").join("sha256").join(digest.hex())
     }
 
-    /// Whether the blob is stored with the expected size. Its content was verified when it
-    /// was committed; `verify` re-checks it.
+    /// Whether the blob is stored, as a regular file, with the expected size. Its content
+    /// was verified when it was committed; `verify`, `pull --verify-existing` and every
+    /// read-out ([`Store::open_blob`]) re-check it.
     pub fn has_blob(&self, digest: &Digest, size: u64) -> bool {
-        fs_err::metadata(self.blob_path(digest)).is_ok_and(|m| m.is_file() && m.len() == size)
+        self.blobs()
+            .and_then(|d| Ok(d.stat(digest.hex())?))
+            .is_ok_and(|st| {
+                confine::file_type(&st) == rustix::fs::FileType::RegularFile
+                    && u64::try_from(st.st_size).ok() == Some(size)
+            })
     }
 
     /// Reads a small blob (a manifest or config), refusing anything over `limit` bytes.
     pub fn read_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>> {
-        let mut f = fs_err::File::open(self.blob_path(digest))?;
+        let mut f = self.blobs()?.open_read(digest.hex())?;
         let mut buf = Vec::new();
         f.by_ref().take(limit + 1).read_to_end(&mut buf)?;
         if buf.len() as u64 > limit {
@@ -241,18 +304,16 @@ impl Store {
 
     /// Takes the store's exclusive lock, waiting for other processes to release it.
     pub fn lock(&self) -> Result<StoreLock> {
-        let f = fs_err::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.root.join(".lock"))?;
-        let f = f.into_parts().0;
+        let f = self.root_dir()?.open_rw(".lock")?;
         f.lock()?;
         Ok(StoreLock(f))
     }
 
     pub fn read_index(&self) -> Result<IndexFile> {
-        let text = fs_err::read(self.index_path())?;
+        let mut text = Vec::new();
+        self.root_dir()?
+            .open_read("index.json")?
+            .read_to_end(&mut text)?;
         serde_json::from_slice(&text).map_err(|e| StoreError::NotALayout {
             path: self.index_path(),
             reason: format!("index.json is not a valid OCI index ({e})"),
@@ -263,7 +324,7 @@ impl Store {
     pub fn update_index<T>(&self, f: impl FnOnce(&mut IndexFile) -> T) -> Result<T> {
         let _lock = self.lock()?;
         // Blobs the new entries name must be durable before the index names them.
-        sync_dir(&self.blobs_dir())?;
+        self.blobs()?.sync()?;
         let mut index = self.read_index()?;
         let out = f(&mut index);
         self.write_index(&index)?;
@@ -273,25 +334,27 @@ impl Store {
     fn write_index(&self, index: &IndexFile) -> Result<()> {
         let bytes =
             serde_json::to_vec(index).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        self.write_atomic(&self.index_path(), &bytes)
+        self.write_atomic("index.json", &bytes)
     }
 
-    /// Writes a small file by temp file, fsync and rename, then fsyncs the directory.
-    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+    /// Writes a small file at the store root by temp file (new, under an unpredictable
+    /// name), fsync and rename, then fsyncs the directory. A link at `name` is replaced,
+    /// never written through.
+    fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
         use std::io::Write;
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        let mut f = fs_err::File::create(&tmp)?;
+        let dir = self.root_dir()?;
+        // `index.tmp-…`, `oci-layout.tmp-…`: names `open` knows as an interrupted creation's.
+        let stem = name.split_once('.').map_or(name, |(s, _)| s);
+        let (mut f, tmp) = dir.create_temp(&format!("{stem}.tmp-"))?;
         let res = f.write_all(bytes).and_then(|()| f.sync_all());
         if let Err(e) = res {
-            let _ = fs_err::remove_file(&tmp);
+            let _ = dir.remove(&tmp);
             return Err(e.into());
         }
-        fs_err::rename(&tmp, path)?;
-        sync_dir(path.parent().unwrap_or(&self.root))
+        if let Err(e) = dir.rename_to(&tmp, &dir, name) {
+            let _ = dir.remove(&tmp);
+            return Err(e);
+        }
+        dir.sync()
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs_err::File::open(dir)?.sync_all()?;
-    Ok(())
 }

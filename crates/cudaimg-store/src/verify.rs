@@ -1,9 +1,16 @@
 //! `cudaimg verify`: re-hash every blob and check that every name in `index.json` resolves
 //! to complete content (manifest, config, layers, and the index it was chosen from).
+//!
+//! Entries that are not regular files where blobs or partial downloads belong (links,
+//! FIFOs, directories) are problems: cudaimg never makes them, and nothing reads or writes
+//! through them. `--repair` removes a link or special file itself, never what it points to.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 
+use rustix::fs::FileType;
+
+use super::confine::{describe, file_type, StoreDir};
 use super::{Store, StoreError};
 use cudaimg_oci::digest::{Digest, Hasher};
 use cudaimg_oci::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
@@ -22,8 +29,8 @@ pub struct VerifyReport {
     pub repaired: Vec<String>,
 }
 
-fn hash_file(path: &std::path::Path, buf: &mut [u8]) -> std::io::Result<(Digest, u64)> {
-    let mut f = fs_err::File::open(path)?;
+fn hash_file(dir: &StoreDir, name: &str, buf: &mut [u8]) -> Result<(Digest, u64), StoreError> {
+    let mut f = dir.open_read(name)?;
     let mut h = Hasher::new();
     loop {
         let n = f.read(buf)?;
@@ -48,19 +55,33 @@ pub fn verify(
     let index = store.read_index()?;
     let mut good: BTreeMap<Digest, u64> = BTreeMap::new();
     let mut buf = vec![0u8; 1 << 20];
-    let mut names: Vec<_> = fs_err::read_dir(store.blobs_dir())?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()?;
-    names.sort();
-    for name in names {
-        let name = name.to_string_lossy().into_owned();
+    let blobs = store.blobs()?;
+    for (name, st) in blobs.entries()? {
         let Ok(expected) = Digest::parse(&format!("sha256:{name}")) else {
             report.problems.push(format!(
                 "blobs/sha256/{name} is not named by a sha256 digest"
             ));
             continue;
         };
-        let (actual, size) = match hash_file(&store.blob_path(&expected), &mut buf) {
+        let kind = file_type(&st);
+        if kind != FileType::RegularFile {
+            let what = format!(
+                "blob {expected} cannot be read: `blobs/sha256/{name}` is {}, not a regular file",
+                describe(kind)
+            );
+            // A directory may hold anything; links and special files are removed themselves.
+            if repair && kind != FileType::Directory {
+                blobs.remove(&name)?;
+                report.repaired.push(expected.to_string());
+                report.problems.push(format!(
+                    "{what}; removed it (not its target), pull its image again"
+                ));
+            } else {
+                report.problems.push(what);
+            }
+            continue;
+        }
+        let (actual, size) = match hash_file(&blobs, &name, &mut buf) {
             Ok(r) => r,
             Err(e) => {
                 report
@@ -75,7 +96,7 @@ pub fn verify(
         if actual == expected {
             good.insert(expected, size);
         } else if repair {
-            fs_err::remove_file(store.blob_path(&expected))?;
+            blobs.remove(&name)?;
             report.repaired.push(expected.to_string());
             report.problems.push(format!(
                 "blob {expected} was corrupt (its content hashes to {actual}); removed, pull its image again"
@@ -160,12 +181,38 @@ pub fn verify(
                 .push(format!("{image}: manifest {digest} cannot be parsed: {e}")),
         }
     }
-    report.partials = fs_err::read_dir(store.ingest_dir())
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-                .count()
-        })
-        .unwrap_or(0);
+    // A store other tools wrote may have no `ingest/`; one that is a link is a problem.
+    let ingest = match store.ingest() {
+        Ok(d) => Some(d),
+        Err(e @ StoreError::Unsafe { .. }) => {
+            report.problems.push(e.to_string());
+            None
+        }
+        Err(_) => None,
+    };
+    if let Some(ingest) = ingest {
+        for (name, st) in ingest.entries()? {
+            let kind = file_type(&st);
+            if kind == FileType::RegularFile {
+                if name.ends_with(".partial") {
+                    report.partials += 1;
+                }
+                continue;
+            }
+            let what = format!(
+                "`ingest/{name}` is {}, not a partial download cudaimg wrote",
+                describe(kind)
+            );
+            if repair && kind != FileType::Directory {
+                ingest.remove(&name)?;
+                report.repaired.push(format!("ingest/{name}"));
+                report
+                    .problems
+                    .push(format!("{what}; removed it (not its target)"));
+            } else {
+                report.problems.push(what);
+            }
+        }
+    }
     Ok(report)
 }

@@ -7,8 +7,15 @@
 //! stored: compressed layers, manifest and config byte-exact, so digests and diff IDs stay
 //! upstream's (Docker decompresses layers on load). Blob files are streamed, never held in
 //! memory, and headers carry no timestamps or owners, so the same image gives the same bytes.
+//!
+//! Every layer is read through [`cudaimg_store::VerifiedReader`] (manifest and config were
+//! hashed when [`cudaimg_store::Store::image`] read them): a blob that no longer matches its
+//! digest or size ends the archive short, before its last bytes and without the end-of-archive
+//! blocks, so no consumer sees a complete-looking archive, and the error names the blob.
 
+use std::cell::Cell;
 use std::io::Write;
+use std::rc::Rc;
 
 use serde_json::json;
 
@@ -33,11 +40,52 @@ pub fn write(
     format: Format,
     out: impl Write,
 ) -> Result<(), StoreError> {
-    let mut tar = tar::Builder::new(out);
+    let closed = Rc::new(Cell::new(false));
+    let mut tar = tar::Builder::new(Gate {
+        inner: out,
+        closed: closed.clone(),
+    });
     tar.mode(tar::HeaderMode::Deterministic);
+    let res = write_entries(store, image, repo_tag, format, &mut tar);
+    if res.is_err() {
+        // `tar::Builder` writes the end-of-archive blocks when dropped; after a failure
+        // they would make a short archive look whole.
+        closed.set(true);
+        return res;
+    }
+    tar.into_inner()?.flush()?;
+    Ok(())
+}
+
+/// Passes writes through until closed; then refuses them.
+struct Gate<W> {
+    inner: W,
+    closed: Rc<Cell<bool>>,
+}
+
+impl<W: Write> Write for Gate<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.closed.get() {
+            return Err(std::io::Error::other("the archive was abandoned"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn write_entries<W: Write>(
+    store: &Store,
+    image: &StoredImage,
+    repo_tag: Option<&str>,
+    format: Format,
+    tar: &mut tar::Builder<W>,
+) -> Result<(), StoreError> {
     let path = |d: &cudaimg_oci::digest::Digest| format!("blobs/sha256/{}", d.hex());
 
-    add_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    add_bytes(tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let mut annotations = serde_json::Map::new();
     annotations.insert("io.containerd.image.name".into(), json!(image.name));
     if let Some(t) = repo_tag
@@ -56,19 +104,19 @@ pub fn write(
             "annotations": annotations,
         }],
     });
-    add_bytes(&mut tar, "index.json", &to_vec(&index)?)?;
+    add_bytes(tar, "index.json", &to_vec(&index)?)?;
     if format == Format::DockerArchive {
         let manifest = json!([{
             "Config": path(&image.manifest.config.digest),
             "RepoTags": repo_tag.map(|t| vec![t]).unwrap_or_default(),
             "Layers": image.manifest.layers.iter().map(|l| path(&l.digest)).collect::<Vec<_>>(),
         }]);
-        add_bytes(&mut tar, "manifest.json", &to_vec(&manifest)?)?;
+        add_bytes(tar, "manifest.json", &to_vec(&manifest)?)?;
     }
-    add_bytes(&mut tar, "blobs/", &[])?;
-    add_bytes(&mut tar, &path(&image.digest), &image.manifest_bytes)?;
+    add_bytes(tar, "blobs/", &[])?;
+    add_bytes(tar, &path(&image.digest), &image.manifest_bytes)?;
     add_bytes(
-        &mut tar,
+        tar,
         &path(&image.manifest.config.digest),
         &image.config_bytes,
     )?;
@@ -77,11 +125,19 @@ pub fn write(
         if !seen.insert(&l.digest) {
             continue;
         }
-        let file = fs_err::File::open(store.blob_path(&l.digest))?;
+        let mut blob = store.open_blob(&l.digest, l.size)?;
         let mut header = header(l.size);
-        tar.append_data(&mut header, path(&l.digest), file)?;
+        if let Err(e) = tar.append_data(&mut header, path(&l.digest), &mut blob) {
+            return Err(match blob.mismatch() {
+                Some(m) => StoreError::BlobCorrupt {
+                    digest: m.digest.clone(),
+                    image: Some(image.name.clone()),
+                    reason: m.reason.clone(),
+                },
+                None => e.into(),
+            });
+        }
     }
-    tar.into_inner()?.flush()?;
     Ok(())
 }
 

@@ -40,6 +40,9 @@ pub struct Engine {
     pub stall_timeout: Duration,
     /// Refuse a tag's digest that the official registry did not confirm.
     pub require_upstream: bool,
+    /// Re-hash the blobs of an image that are stored already, and fetch again those that
+    /// fail (otherwise a stored blob of the right size counts as present).
+    pub verify_existing: bool,
     /// What the run has learned about each source, across references.
     pub memory: SourceMemory,
 }
@@ -59,6 +62,7 @@ impl Engine {
             jobs: jobs.max(1),
             stall_timeout,
             require_upstream: false,
+            verify_existing: false,
             memory: SourceMemory::default(),
         })
     }

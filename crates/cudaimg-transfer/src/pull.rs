@@ -343,6 +343,22 @@ impl Engine {
             .filter(|d| seen.insert(d.digest.clone()))
             .cloned()
             .collect();
+        // A stored blob counts by its size (it was verified when stored); asked to, check
+        // its content too, and fetch again what fails.
+        let repaired = if self.verify_existing {
+            let mut check: Vec<(Digest, u64)> =
+                blobs.iter().map(|d| (d.digest.clone(), d.size)).collect();
+            check.push((fetched.digest.clone(), fetched.bytes.len() as u64));
+            if let Some(idx) = &index {
+                check.push((idx.digest.clone(), idx.bytes.len() as u64));
+            }
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || drop_corrupt(&store, &check))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??
+        } else {
+            Vec::new()
+        };
         let missing: Vec<&Descriptor> = blobs
             .iter()
             .filter(|d| !self.store.has_blob(&d.digest, d.size))
@@ -391,6 +407,7 @@ impl Engine {
             .read_blob(&img.config.digest, manifest::MAX_MANIFEST_BYTES)?;
         let config: ImageConfig = serde_json::from_slice(&config_bytes).unwrap_or_default();
         let mut warnings = sources.warnings();
+        warnings.extend(repaired);
         let platform_of_image = chosen.unwrap_or_else(|| Platform {
             os: config.os.clone(),
             architecture: config.architecture.clone(),
@@ -451,6 +468,27 @@ impl Engine {
             sources: sources.report(),
         })
     }
+}
+
+/// Re-hashes the stored ones among `blobs` and removes those that fail, so they are fetched
+/// again; says what it removed.
+fn drop_corrupt(
+    store: &cudaimg_store::Store,
+    blobs: &[(Digest, u64)],
+) -> Result<Vec<String>, StoreError> {
+    let mut removed = Vec::new();
+    for (digest, size) in blobs {
+        if !store.has_blob(digest, *size) {
+            continue;
+        }
+        if let Some(why) = store.check_blob(digest, *size)? {
+            store.remove_blob(digest)?;
+            removed.push(format!(
+                "stored blob {digest} was corrupt (its content {why}); removed and fetched again"
+            ));
+        }
+    }
+    Ok(removed)
 }
 
 /// The platform manifest an index names must be the one the lockfile pinned.
