@@ -16,6 +16,7 @@
 //! - [`run_config`]: `docker run` lines and compose files for the seed tutorial's scenarios.
 //! - [`host`] and [`doctor`]: probes of the machine (driver, GPUs, container toolkit) and
 //!   the findings `cudaimg doctor` draws from them.
+//! - [`text`]: echoing untrusted text in messages with its control characters escaped.
 //! - [`cli`]: the commands; the only layer that prints or draws progress bars.
 
 pub mod archive;
@@ -38,3 +39,4 @@ pub mod registry;
 pub mod run_config;
 pub mod sources;
 pub mod store;
+pub mod text;
