@@ -34,6 +34,8 @@ pub mod manifest;
 pub mod mirrors;
 pub mod platform;
 pub mod progress;
+#[cfg(test)]
+mod proptests;
 pub mod reference;
 pub mod registry;
 pub mod run_config;
