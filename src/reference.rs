@@ -122,8 +122,10 @@ pub fn registry_host(host: &str) -> Result<String, String> {
     match port {
         None => Ok(name),
         Some(p) => {
-            let n = (!p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| p.parse::<u32>().ok())
+            // Docker takes any digits; leading zeros are dropped (`05000` is `5000`).
+            let digits = p.trim_start_matches('0');
+            let n = (!p.is_empty() && digits.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| digits.parse::<u32>().ok().or(Some(0)))
                 .flatten()
                 .filter(|n| (1..=65535).contains(n));
             match n {
@@ -464,6 +466,9 @@ mod tests {
         assert_eq!(canon("127.0.0.1:65535/x"), "127.0.0.1:65535/x:latest");
         assert_eq!(canon("registry.example:1/x:t"), "registry.example:1/x:t");
         assert_eq!(canon("localhost:05000/x"), "localhost:5000/x:latest");
+        assert_eq!(canon("localhost:000065535/x"), "localhost:65535/x:latest");
+        refused("localhost:000/x", "`000` is not a port");
+        refused("localhost:0065536/x", "`0065536` is not a port");
     }
 
     #[test]
