@@ -172,3 +172,30 @@ fn control_characters_are_escaped_in_error_output() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_escaped(&out, "\\u{1b}");
 }
+
+#[test]
+fn explain_parses_a_tag_with_an_os_its_tables_do_not_know() {
+    let sandbox = Sandbox::new();
+    let config = empty_config(&sandbox);
+    let out = run_ok(&mut sandbox.cli(
+        &config,
+        &[
+            "--json",
+            "explain",
+            "nvidia/cuda:13.1.0-cudnn-runtime-debian13",
+        ],
+    ));
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["os"], "debian13");
+    assert_eq!(e["os_name"], Value::Null);
+    let unknown = e["unknown"].to_string();
+    assert!(
+        unknown.contains("OS `debian13` is not in cudaimg's table"),
+        "{e}"
+    );
+    assert!(e["notes"].to_string().contains("treated as unknown"), "{e}");
+    // The oldest tags NVIDIA published, which the grammar once refused, explain too.
+    for tag in ["8.0-base-centos7", "8.0-runtime", "6.5-devel-ubuntu14.04"] {
+        run_ok(&mut sandbox.cli(&config, &["explain", tag]));
+    }
+}
