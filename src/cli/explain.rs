@@ -76,6 +76,9 @@ pub(crate) struct Explanation {
     pub os: Option<String>,
     pub os_name: Option<String>,
     pub rc: bool,
+    /// What cudaimg's tables do not know about the tag (also among `notes`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<String>,
     pub contains: Vec<String>,
     pub nvcc: bool,
     /// The driver for full compatibility with this CUDA minor.
@@ -139,6 +142,7 @@ pub(crate) fn explain(s: &Subject, stored: Option<StoredFacts>) -> Explanation {
         os: t.os.clone(),
         os_name: t.os.as_deref().and_then(tag::os_name),
         rc: t.rc,
+        unknown: t.unknown.clone(),
         contains: t.contents(),
         nvcc: t.has_nvcc(),
         min_driver: driver::min_driver(v).map(|d| d.to_string()),

@@ -222,7 +222,9 @@ pub(crate) fn report_error(e: &Error) {
     if let Some(h) = e.hint() {
         text.push_str(&format!("\nhint: {h}"));
     }
-    eprintln!("{text}");
+    // Messages escape what they echo; this catches any that do not, so no control character
+    // from a reference, a file or a registry reaches the terminal.
+    eprintln!("{}", cudaimg_oci::text::shown_lines(&text));
 }
 
 /// Writes a result line to stdout. A closed pipe (`cudaimg images | head`) ends the

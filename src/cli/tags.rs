@@ -87,6 +87,9 @@ struct Listed {
     os: Option<String>,
     rc: bool,
     eol: Option<bool>,
+    /// What cudaimg's tables do not know about the tag.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unknown: Vec<String>,
 }
 
 pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
@@ -111,15 +114,27 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         flavor: args.flavor.map(Flavor::from),
         cudnn: args.cudnn,
         os: match &args.os {
-            Some(os) if tag::os_name(os).is_none() => {
+            Some(os) if !tag::is_os(os) => {
                 return Err(Error::Usage(format!(
-                    "`--os {os}` is not an OS NVIDIA builds on: write it as in the tags, e.g. \
-                     `ubuntu22.04`, `ubi9`, `rockylinux9`"
+                    "`--os {}` is not an OS: write it as in the tags, a family and its version, \
+                     e.g. `ubuntu22.04`, `ubi9`, `rockylinux9`",
+                    cudaimg_oci::text::shown(os)
                 )))
             }
             other => other.clone(),
         },
     };
+    // An OS NVIDIA added after cudaimg's tables is still filtered on: the registry decides.
+    let os_warning = filter
+        .os
+        .as_deref()
+        .filter(|os| !tag::os_known(os))
+        .map(|os| {
+            format!(
+                "`--os {os}` is not in cudaimg's table (as of {}); filtering on it anyway",
+                eol::AS_OF
+            )
+        });
     let name = config.canonicalize(&args.repository)?;
     let repository = name.image.name();
     let http = HttpClients::new(Duration::from_secs(DEFAULT_STALL_SECS))
@@ -141,6 +156,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         })
         .await;
     let mut warnings = set.warnings();
+    warnings.extend(os_warning);
     // A failure names every source tried and why: no warnings on top.
     let (list, source) = result?;
     if source.role == Role::Mirror {
@@ -178,6 +194,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
                 os: t.os.clone(),
                 rc: t.rc,
                 eol: eol::support(t.version, false).eol,
+                unknown: t.unknown.clone(),
             })
             .collect(),
         skipped: unparsed.len(),
@@ -234,14 +251,19 @@ fn print(l: &Listing) {
             ));
         }
     }
+    let mut unknown: Vec<&String> = l.tags.iter().flat_map(|t| &t.unknown).collect();
+    unknown.sort();
+    unknown.dedup();
+    for u in unknown {
+        eprintln!("note: {u}");
+    }
     if let Some(u) = &l.unparsed {
         for t in u {
             // Registry data: control characters would reach the terminal.
-            let shown: String = t
-                .chars()
-                .map(|c| if c.is_control() { '?' } else { c })
-                .collect();
-            emit(&format!("{shown}  (not an nvidia/cuda tag)"));
+            emit(&format!(
+                "{}  (not an nvidia/cuda tag)",
+                cudaimg_oci::text::shown(t)
+            ));
         }
     } else if l.skipped > 0 {
         eprintln!(

@@ -388,7 +388,7 @@ fn bad_references_and_bad_config_files_are_usage_errors() {
         ("NVIDIA/cuda:12.4.1", "lowercase"),
         ("https://docker.io/nvidia/cuda", "scheme"),
         ("nvidia/cuda@sha256:abc", "64 hex"),
-        ("nvidia/cuda:bad tag", "grammar"),
+        ("nvidia/cuda:bad tag", "the tag `bad tag` is not valid"),
     ] {
         let out = run_fails(&mut cli(&sandbox, &good, &["pull", reference]));
         let err = String::from_utf8_lossy(&out.stderr);

@@ -20,7 +20,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
-use cudaimg_oci::reference::DOCKER_HUB;
+use cudaimg_oci::reference::{registry_host, DOCKER_HUB};
+use cudaimg_oci::text::shown;
 use cudaimg_static::EnvVars;
 
 /// Docker Hub's API host: `docker.io` is a name, not a server.
@@ -162,7 +163,8 @@ fn capabilities(raw: Option<&Spanned<Vec<String>>>) -> Result<Capabilities, Stri
             "pull" => caps.pull = true,
             other => {
                 return Err(format!(
-                    "unknown capability `{other}`: a mirror's capabilities are `pull` (serve content by digest) and `resolve` (answer which digest a tag names)"
+                    "unknown capability `{}`: a mirror's capabilities are `pull` (serve content by digest) and `resolve` (answer which digest a tag names)",
+                    shown(other)
                 ))
             }
         }
@@ -207,20 +209,32 @@ impl Config {
                 message,
             }
         };
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
+        // The parser's messages may quote keys and values from the file.
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            invalid(
+                e.span(),
+                cudaimg_oci::text::shown_lines(e.message().trim()).replace('\n', "; "),
+            )
+        })?;
         let mut registries = BTreeMap::new();
         for (key, reg) in raw.registries {
-            let host = key.get_ref();
-            if !is_registry_host(host) {
-                return Err(invalid(
-                    Some(key.span()),
-                    format!(
-                        "`{host}` is not a registry host: use the bare name as it appears in \
-                         image references, such as `docker.io` or `nvcr.io` (no scheme, no path)"
-                    ),
-                ));
-            }
+            // Keys are hosts as image references name them, in the same canonical form, so
+            // that `[::1]:5000` and `localhost:05000` find their entry.
+            let host = match registry_host(key.get_ref()) {
+                Ok(h) => h,
+                Err(why) => {
+                    return Err(invalid(
+                        Some(key.span()),
+                        format!(
+                            "`{}` is not a registry host ({why}): use the bare name as it \
+                             appears in image references, such as `docker.io` or `nvcr.io` \
+                             (no scheme, no path)",
+                            shown(key.get_ref())
+                        ),
+                    ))
+                }
+            };
+            let host = &host;
             let endpoint = match reg.endpoint {
                 Some(e) => Endpoint {
                     url: parse_url(&e).map_err(|m| invalid(Some(e.span()), m))?,
@@ -367,34 +381,33 @@ pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
     }
 }
 
-fn is_registry_host(s: &str) -> bool {
-    !s.is_empty()
-        && !s.contains("://")
-        && !s.contains('/')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
-}
-
 fn parse_url(raw: &Spanned<String>) -> Result<Url, String> {
     let s = raw.get_ref();
-    let url = Url::parse(s)
-        .map_err(|e| format!("`{s}` is not a URL ({e}); write it as `https://host[:port]`"))?;
+    let url = Url::parse(s).map_err(|e| {
+        format!(
+            "`{}` is not a URL ({e}); write it as `https://host[:port]`",
+            shown(s)
+        )
+    })?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("`{s}` must start with `https://` or `http://`"));
+        return Err(format!(
+            "`{}` must start with `https://` or `http://`",
+            shown(s)
+        ));
     }
     if url.host_str().is_none() {
-        return Err(format!("`{s}` has no host"));
+        return Err(format!("`{}` has no host", shown(s)));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!(
             "`{}` carries credentials in the URL; remove them and use `docker login {}` \
              (cudaimg reads docker's config.json and credential helpers)",
-            redact_userinfo(&url),
-            authority(&url)
+            shown(&redact_userinfo(&url)),
+            shown(&authority(&url))
         ));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("`{s}` must not have a query or fragment"));
+        return Err(format!("`{}` must not have a query or fragment", shown(s)));
     }
     Ok(url)
 }
@@ -518,6 +531,48 @@ mirrors = [{ url = "https://docker.xuanyuan.run" }, { url = "http://10.0.0.5:500
 
         let e = parse("[registries.\"docker.io\"\n").expect_err("syntax");
         assert!(e.to_string().starts_with("mirrors.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_hosts_get_bracketed_urls() {
+        let c = Config::default();
+        assert_eq!(
+            c.registry("[::1]:5000").endpoint.url.as_str(),
+            "http://[::1]:5000/"
+        );
+        assert_eq!(
+            c.registry("[2001:db8::1]:5000").endpoint.url.as_str(),
+            "https://[2001:db8::1]:5000/"
+        );
+        // A reference's host and the endpoint built from it name the same authority.
+        let image = c
+            .canonicalize("[2001:DB8::1]:5000/nvidia/cuda:t")
+            .expect("valid");
+        let endpoint = c.registry(&image.image.registry).endpoint;
+        assert_eq!(endpoint.authority(), image.image.registry);
+        // Keys are read in the same canonical form.
+        let c =
+            parse("[registries.\"[0:0::1]:05000\"]\nmirrors = [{ url = \"http://[::1]:6000\" }]\n")
+                .expect("valid");
+        assert_eq!(c.registry("[::1]:5000").mirrors.len(), 1);
+        assert_eq!(c.registry_for_mirror_host("[::1]:6000"), Some("[::1]:5000"));
+    }
+
+    #[test]
+    fn errors_escape_control_characters_from_the_file() {
+        for text in [
+            "[registries.\"docker.io\\u001b[2J\"]\n",
+            "[registries.\"docker.io\"]\nmirrors = [{ url = \"https://a\\u0007b\" }]\n",
+            "[registries.\"docker.io\"]\nmirrors = [{ url = \"ftp://\\u001b\" }]\n",
+            "[registries.\"docker.io\"]\nmirrors = [{ url = \"https://a\", capabilities = [\"\\u001b\"] }]\n",
+            "[registries.\"docker.io\"]\n\"x\\u001by\" = 1\n",
+        ] {
+            let e = parse(text).expect_err("invalid");
+            let s = e.to_string();
+            assert!(!cudaimg_oci::text::has_unsafe(&s), "{text:?}: {s:?}");
+        }
+        let e = parse("[registries.\"a:0\"]\n").expect_err("port 0");
+        assert!(e.to_string().contains("`0` is not a port"), "{e}");
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub fn recommend(matched: &[CudaTag], filter: &Filter) -> Option<Recommendation>
         (
             t.rc || t.tensorrt,
             eol_of(t),
+            // A tag the tables know in full before one they only parse.
+            !t.unknown.is_empty(),
             Reverse(t.version),
             flavor_rank(t),
             !filter.cudnn && t.cudnn.is_some(),

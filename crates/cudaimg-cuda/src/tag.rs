@@ -16,16 +16,23 @@
 //!   may have none.
 //!
 //! The sources are `shared/docs/CUDA.md` and NVIDIA's tag lists (gitlab
-//! nvidia/container-images/cuda, `doc/*-tags.md`). A string outside the grammar, or a
-//! combination NVIDIA never built (cuDNN 7 on CUDA 12, `base` with cuDNN), is refused with
-//! the reason: never guessed at. Combinations that are well-formed but whose existence
-//! depends on a date (an OS NVIDIA added later) only get a note: the registry decides.
+//! nvidia/container-images/cuda, `doc/*-tags.md`); `crates/cudaimg-cuda/data/nvidia-cuda-tags.txt` holds
+//! every tag those lists ever named, and each one parses with nothing unknown.
+//!
+//! A string outside the grammar, or a combination history rules out (cuDNN 7 on CUDA 12,
+//! `base` with cuDNN, TensorRT before 13.0.0), is refused with the reason: never guessed at.
+//! What NVIDIA may still add is never refused: an OS family or version, a cuDNN major, a CUDA
+//! release, or a TensorRT variant that cudaimg's tables (as of [`eol::AS_OF`]) do not know is
+//! parsed and marked in [`CudaTag::unknown`], with a note. Combinations whose existence
+//! depends on a date (an OS NVIDIA added later) likewise only get a note: the registry decides.
 
 use std::fmt;
 
 use serde::Serialize;
 
 use super::version::CudaVersion;
+use super::{driver, eol};
+use cudaimg_oci::text::shown;
 
 /// What the image is built for: `base` < `runtime` < `devel`, each FROM the previous.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -115,11 +122,14 @@ pub struct CudaTag {
     pub os: Option<String>,
     /// A release-candidate image (`…-rc`).
     pub rc: bool,
+    /// What cudaimg's tables do not know about this tag (an OS family, a cuDNN major, a CUDA
+    /// release newer than the tables), one note each; empty for a fully known tag.
+    pub unknown: Vec<String>,
 }
 
 /// Why a string is not an `nvidia/cuda` tag.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("`{tag}` is not an nvidia/cuda tag: {reason}")]
+#[error("`{}` is not an nvidia/cuda tag: {reason}", shown(tag))]
 pub struct TagError {
     pub tag: String,
     pub reason: String,
@@ -161,6 +171,37 @@ const OS_FAMILIES: &[(&str, &str)] = &[
     ("azl", "Azure Linux"),
 ];
 
+/// Every OS NVIDIA's tag lists name, up to [`eol::AS_OF`] (`crates/cudaimg-cuda/data/nvidia-cuda-tags.txt`).
+const KNOWN_OS: &[&str] = &[
+    "ubuntu14.04",
+    "ubuntu16.04",
+    "ubuntu17.04",
+    "ubuntu18.04",
+    "ubuntu20.04",
+    "ubuntu22.04",
+    "ubuntu24.04",
+    "ubi7",
+    "ubi8",
+    "ubi9",
+    "ubi10",
+    "rockylinux8",
+    "rockylinux9",
+    "rockylinux10",
+    "oraclelinux8",
+    "oraclelinux9",
+    "centos6",
+    "centos7",
+    "centos8",
+    "amzn2023",
+    "cm2",
+    "azl3",
+];
+
+/// Whether NVIDIA's lists, as cudaimg knows them, name `os`.
+pub fn os_known(os: &str) -> bool {
+    KNOWN_OS.contains(&os)
+}
+
 /// `ubuntu22.04` -> "Ubuntu 22.04"; `None` if the family or its version form is unknown.
 pub fn os_name(os: &str) -> Option<String> {
     // Longest family first: `cm` must not claim `centos`.
@@ -185,12 +226,31 @@ pub fn os_name(os: &str) -> Option<String> {
     None
 }
 
+/// Whether `os` has the form of an OS in a tag: a lowercase family and a version of
+/// dot-separated digits (`ubuntu22.04`, `ubi9`, `debian13`), known to the table or not.
+pub fn is_os(os: &str) -> bool {
+    let version = os.trim_start_matches(|c: char| c.is_ascii_lowercase());
+    version.len() < os.len()
+        && !version.is_empty()
+        && version
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn known_families() -> String {
     OS_FAMILIES
         .iter()
         .map(|(f, _)| format!("{f}…"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The note for something the tables do not know.
+fn not_in_table(what: String) -> String {
+    format!(
+        "{what} is not in cudaimg's table (as of {}); treated as unknown",
+        eol::AS_OF
+    )
 }
 
 /// Inclusive range of CUDA versions, compared at minor level (`12.3` covers `12.3.2`).
@@ -289,15 +349,20 @@ impl CudaTag {
                 os.unwrap_or_default()
             )));
         }
+        let mut unknown = Vec::new();
         if let Some(os) = &os {
-            if os_name(os).is_none() {
+            if !is_os(os) {
                 return Err(err(format!(
-                    "`{os}` is not an OS NVIDIA builds on (known: {})",
+                    "`{os}` is not an OS: an OS is a family and its version, as in \
+                     `ubuntu22.04` or `ubi9` (cudaimg knows {})",
                     known_families()
                 )));
             }
+            if !os_known(os) {
+                unknown.push(not_in_table(format!("OS `{os}`")));
+            }
         }
-        let parsed = CudaTag {
+        let mut parsed = CudaTag {
             tag: tag.to_owned(),
             version,
             cudnn,
@@ -305,13 +370,15 @@ impl CudaTag {
             flavor,
             os,
             rc,
+            unknown,
         };
         parsed.check_combination()?;
         Ok(parsed)
     }
 
-    /// Rules about what NVIDIA built at all (not what still exists today).
-    fn check_combination(&self) -> Result<(), TagError> {
+    /// Rules about what NVIDIA built at all (not what still exists today). What history
+    /// rules out is refused; what only the tables do not know yet is marked unknown.
+    fn check_combination(&mut self) -> Result<(), TagError> {
         let err = |reason: String| TagError::new(&self.tag, reason);
         let v = self.version;
         match (v.major, v.patch) {
@@ -341,15 +408,24 @@ impl CudaTag {
                 "`base` images have no cuDNN variant: cuDNN comes with `runtime` or `devel`".into(),
             ));
         }
-        if self.flavor == Flavor::Base && v < CudaVersion::new(9, 0, None) {
-            return Err(err("the `base` flavor exists from CUDA 9.0 on".into()));
+        // `8.0-base`, `8.0-base-centos7`, … are in NVIDIA's lists; 7.5 had no `base`.
+        if self.flavor == Flavor::Base && v < CudaVersion::new(8, 0, None) {
+            return Err(err("the `base` flavor exists from CUDA 8.0 on".into()));
         }
-        if let Cudnn::Major(n) = self.cudnn {
-            if cudnn_era(self.cudnn).is_none() {
+        if v.minor_key() > driver::newest_known().minor_key() {
+            self.unknown
+                .push(not_in_table(format!("CUDA {}", v.minor_only())));
+        }
+        match self.cudnn {
+            Cudnn::Major(n @ 0..=1) => {
                 return Err(err(format!(
-                    "cuDNN {n} is not a cuDNN release NVIDIA built images with"
-                )));
+                    "cuDNN {n} is older than any cuDNN NVIDIA built images with (cuDNN 2 on)"
+                )))
             }
+            Cudnn::Major(n) if cudnn_era(self.cudnn).is_none() => {
+                self.unknown.push(not_in_table(format!("cuDNN {n}")));
+            }
+            _ => {}
         }
         if let Some((era, text)) = cudnn_era(self.cudnn) {
             if !era.contains(v) {
@@ -365,10 +441,16 @@ impl CudaTag {
             }
         }
         if self.tensorrt {
-            if v != CudaVersion::new(13, 0, Some(0)) {
+            let first = CudaVersion::new(13, 0, Some(0));
+            if v < first {
                 return Err(err(format!(
-                    "`tensorrt-{}` tags exist for CUDA 13.0.0 only",
+                    "`tensorrt-{}` tags exist from CUDA 13.0.0 on, not for {v}",
                     self.flavor
+                )));
+            }
+            if v > first {
+                self.unknown.push(not_in_table(format!(
+                    "a TensorRT image of CUDA {v} (known: 13.0.0)"
                 )));
             }
             if self.cudnn.is_some() {
@@ -419,7 +501,7 @@ impl CudaTag {
 
     /// Facts worth telling about this tag that are not errors.
     pub fn notes(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.unknown.clone();
         let v = self.version;
         if self.rc {
             out.push("a release-candidate image (`-rc`): not for production".to_owned());
@@ -654,21 +736,103 @@ mod tests {
         refused("12.4.1-cudnn7-devel-ubuntu22.04", "CUDA 8.0 to 10.2");
         refused("9.0-cudnn8-devel", "CUDA 10.1 to 12.3");
         refused("10.2-cudnn5-devel", "CUDA 8.0 and older");
-        refused("12.4.1-cudnn10-runtime-ubuntu22.04", "not a cuDNN release");
+        refused("12.4.1-cudnn1-runtime-ubuntu22.04", "older than any cuDNN");
         refused("12.4.1-cudnnx-runtime-ubuntu22.04", "not a cuDNN variant");
         refused("12.4.1-cudnn-base-ubuntu22.04", "no cuDNN variant");
-        refused("8.0-base", "from CUDA 9.0");
-        refused("12.4.1-tensorrt-runtime-ubuntu22.04", "13.0.0 only");
+        refused("7.5-base", "from CUDA 8.0");
+        refused("12.4.1-tensorrt-runtime-ubuntu22.04", "from CUDA 13.0.0 on");
         refused("13.0.0-tensorrt-base-ubuntu24.04", "tensorrt-runtime");
         refused("13.0.0-cudnn-tensorrt-runtime-ubuntu24.04", "no cuDNN part");
         refused("12.4.1-runtime-ubuntu22.04-extra", "unexpected `extra`");
-        refused("12.4.1-runtime-debian12", "not an OS");
-        refused("12.4.1-runtime-ubuntu2204", "not an OS");
+        refused("12.4.1-runtime-Ubuntu22.04", "not an OS");
+        refused("12.4.1-runtime-ubuntu", "not an OS");
+        refused("12.4.1-runtime-22.04", "not an OS");
+        refused("12.4.1-runtime-ubuntu22..04", "not an OS");
+        refused("12.4.1-runtime-ubuntu22.04_x", "not an OS");
         refused("12.4.1-runtime-ubuntu22.04 ", "at most 128");
         refused("12.4.1-runtime-ubuntu22.04@sha256", "at most 128");
         refused("5.5-devel", "start at CUDA 6.5");
         refused("12.4.1--runtime", "not a flavor");
         refused(&"1".repeat(200), "at most 128");
+    }
+
+    /// Every tag in NVIDIA's supported and unsupported lists, over their whole history.
+    const PUBLISHED: &str = include_str!("../data/nvidia-cuda-tags.txt");
+
+    #[test]
+    fn every_tag_nvidia_published_parses_and_is_known() {
+        let tags: Vec<&str> = PUBLISHED
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        assert!(tags.len() > 2000, "{} tags", tags.len());
+        for tag in [
+            "8.0-runtime",
+            "8.0-cudnn5-devel-ubuntu16.04",
+            "13.0.0-tensorrt-devel-ubuntu24.04",
+        ] {
+            assert!(tags.contains(&tag), "{tag} is missing from the list");
+        }
+        for tag in tags {
+            if tag == "latest" {
+                // A removed alias: refused on purpose, with a hint naming a real tag.
+                let e = CudaTag::parse(tag).expect_err("latest is refused");
+                assert!(e.to_string().contains("no `latest`"), "{e}");
+                assert!(e.hint().contains("12.4.1-runtime-ubuntu22.04"));
+                continue;
+            }
+            let t = ok(tag);
+            assert_eq!(t.with_flavor(t.flavor), tag, "{tag} prints back");
+            assert!(t.unknown.is_empty(), "{tag}: {:?}", t.unknown);
+        }
+    }
+
+    #[test]
+    fn what_the_tables_do_not_know_is_marked_not_refused() {
+        for (tag, says) in [
+            (
+                "12.8.1-runtime-debian12",
+                "OS `debian12` is not in cudaimg's table",
+            ),
+            ("13.1.0-base-amzn2025", "OS `amzn2025`"),
+            ("13.1.0-base-ubuntu26.04", "OS `ubuntu26.04`"),
+            ("12.4.1-runtime-ubuntu2204", "OS `ubuntu2204`"),
+            ("13.1.0-devel-ubi10.1", "OS `ubi10.1`"),
+            (
+                "12.4.1-cudnn10-runtime-ubuntu22.04",
+                "cuDNN 10 is not in cudaimg's table",
+            ),
+            (
+                "13.1.0-tensorrt-devel-ubuntu24.04",
+                "a TensorRT image of CUDA 13.1.0",
+            ),
+            (
+                "99.0.0-runtime-ubuntu30.04",
+                "CUDA 99.0 is not in cudaimg's table",
+            ),
+        ] {
+            let t = ok(tag);
+            assert!(
+                t.unknown
+                    .iter()
+                    .any(|u| u.contains(says) && u.contains("treated as unknown")),
+                "{tag}: {:?}",
+                t.unknown
+            );
+            assert!(t.unknown.iter().all(|u| u.contains(eol::AS_OF)));
+            // The notes `explain` prints carry the marks.
+            assert!(t.notes().iter().any(|n| n.contains(says)), "{tag}");
+            assert_eq!(t.with_flavor(t.flavor), tag);
+        }
+        assert!(ok("12.4.1-runtime-ubuntu22.04").unknown.is_empty());
+    }
+
+    #[test]
+    fn errors_escape_what_they_echo() {
+        let e = CudaTag::parse("12.4.1-runtime\x1b[2J").expect_err("not a tag");
+        assert!(!cudaimg_oci::text::has_unsafe(&e.to_string()), "{e}");
+        assert!(e.to_string().contains("\\u{1b}"), "{e}");
     }
 
     #[test]

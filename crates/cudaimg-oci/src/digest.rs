@@ -8,6 +8,8 @@ use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
 
+use crate::text::shown;
+
 /// A `sha256:<64 lowercase hex>` content digest.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(String);
@@ -15,9 +17,12 @@ pub struct Digest(String);
 /// Why a string is not a digest cudaimg can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {
-    #[error("`{0}` is not a digest: expected `sha256:` followed by 64 hex characters")]
+    #[error("`{}` is not a digest: expected `sha256:` followed by 64 hex characters", shown(.0))]
     Malformed(String),
-    #[error("digest algorithm `{0}` is not supported: cudaimg verifies sha256 digests only")]
+    #[error(
+        "digest algorithm `{}` is not supported: cudaimg verifies sha256 digests only",
+        shown(.0)
+    )]
     Unsupported(String),
 }
 

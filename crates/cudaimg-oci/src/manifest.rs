@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::digest::Digest;
 use crate::platform::Platform;
+use crate::text::shown;
 
 pub const DOCKER_MANIFEST: &str = IMAGE_MANIFEST_MEDIA_TYPE;
 pub const DOCKER_LIST: &str = IMAGE_MANIFEST_LIST_MEDIA_TYPE;
@@ -101,13 +102,14 @@ pub enum Manifest {
 /// Why manifest bytes cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ManifestError {
-    #[error("manifest is not valid JSON of a known shape: {0}")]
+    // The parser's and the registry's words are echoed through `shown`.
+    #[error("manifest is not valid JSON of a known shape: {}", shown(.0))]
     Json(String),
     #[error("Docker schema 1 manifests are deprecated and not supported; push the image again with a current Docker or use another tag")]
     Schema1,
-    #[error("media type `{0}` is not an image manifest or index")]
+    #[error("media type `{}` is not an image manifest or index", shown(.0))]
     UnsupportedMediaType(String),
-    #[error("{which}: {reason}")]
+    #[error("{which}: {}", shown(reason))]
     BadDescriptor { which: String, reason: String },
     #[error("manifest is larger than {} bytes", MAX_MANIFEST_BYTES)]
     TooLarge,

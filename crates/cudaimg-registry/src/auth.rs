@@ -14,6 +14,7 @@ use tokio::sync::OnceCell;
 
 use super::credentials::{self, Credential};
 use super::error::{redact_url, RegistryError};
+use cudaimg_oci::text::shown;
 
 pub(crate) struct Auth {
     /// `host[:port]` of the endpoint: whose credentials these are.
@@ -76,29 +77,14 @@ impl Auth {
             reason,
         };
         let login_hint = format!("log in with `docker login {}`", self.host);
-        let challenges = challenge
-            .and_then(|c| http_auth::parse_challenges(c).ok())
-            .unwrap_or_default();
+        let wanted = read_challenge(challenge).map_err(denied)?;
         let creds = self.credentials().await?;
-        let header = if let Some(bearer) = challenges
-            .iter()
-            .find(|c| c.scheme.eq_ignore_ascii_case("bearer"))
+        let header = if let Challenge::Bearer {
+            realm,
+            service,
+            scope: asked,
+        } = wanted
         {
-            let param = |name: &str| {
-                bearer
-                    .params
-                    .iter()
-                    .find(|p| p.0.eq_ignore_ascii_case(name))
-                    .map(|p| p.1.to_unescaped())
-            };
-            let realm = param("realm")
-                .ok_or_else(|| denied("its Bearer challenge names no realm".into()))?;
-            let realm = Url::parse(&realm)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| {
-                    denied(format!("its token realm `{realm}` is not an http(s) URL"))
-                })?;
             // The endpoint's client (perhaps `insecure`) only for its own host.
             let same_host = realm.host_str() == url.host_str()
                 && realm.port_or_known_default() == url.port_or_known_default();
@@ -107,16 +93,13 @@ impl Auth {
                 .fetch_token(
                     http,
                     &realm,
-                    param("service"),
-                    param("scope").unwrap_or_else(|| scope.to_owned()),
+                    service,
+                    asked.unwrap_or_else(|| scope.to_owned()),
                     creds.as_ref(),
                 )
                 .await?;
             bearer_header(&token)?
-        } else if challenges
-            .iter()
-            .any(|c| c.scheme.eq_ignore_ascii_case("basic"))
-        {
+        } else {
             match creds {
                 Some(Credential::Basic { username, password }) => {
                     sensitive(&http_auth::basic::encode_credentials(&username, &password))?
@@ -128,10 +111,6 @@ impl Auth {
                 }
                 None => return Err(denied(format!("it requires credentials; {login_hint}"))),
             }
-        } else {
-            return Err(denied(
-                "it answered 401 without a Bearer or Basic challenge".into(),
-            ));
         };
         if let Ok(mut h) = self.headers.lock() {
             h.insert(scope.to_owned(), header.clone());
@@ -213,6 +192,55 @@ impl Auth {
                 reason: "the token service answered without a token".into(),
             })
     }
+}
+
+/// What a 401's `WWW-Authenticate` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// A token from `realm`, for `service` and `scope` when the registry names them.
+    Bearer {
+        realm: Url,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+    Basic,
+}
+
+/// Reads a `WWW-Authenticate` header (registry input: anything may be in it). Bearer wins over
+/// Basic; the error says why the challenge cannot be answered, with the header's words escaped.
+pub fn read_challenge(header: Option<&str>) -> Result<Challenge, String> {
+    let challenges = header
+        .and_then(|c| http_auth::parse_challenges(c).ok())
+        .unwrap_or_default();
+    if let Some(bearer) = challenges
+        .iter()
+        .find(|c| c.scheme.eq_ignore_ascii_case("bearer"))
+    {
+        let param = |name: &str| {
+            bearer
+                .params
+                .iter()
+                .find(|p| p.0.eq_ignore_ascii_case(name))
+                .map(|p| p.1.to_unescaped())
+        };
+        let realm = param("realm").ok_or("its Bearer challenge names no realm")?;
+        let url = Url::parse(&realm)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| format!("its token realm `{}` is not an http(s) URL", shown(&realm)))?;
+        return Ok(Challenge::Bearer {
+            realm: url,
+            service: param("service"),
+            scope: param("scope"),
+        });
+    }
+    if challenges
+        .iter()
+        .any(|c| c.scheme.eq_ignore_ascii_case("basic"))
+    {
+        return Ok(Challenge::Basic);
+    }
+    Err("it answered 401 without a Bearer or Basic challenge".into())
 }
 
 fn bearer_header(token: &str) -> Result<HeaderValue, RegistryError> {

@@ -4,7 +4,7 @@
 //! endpoint, and its [`RegistryError`]s say whether another source could do better
 //! ([`RegistryError::next`]). The mirror policy that acts on that lives in [`cudaimg_mirrors::sources`].
 
-mod auth;
+pub mod auth;
 mod client;
 mod credentials;
 mod error;
