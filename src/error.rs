@@ -1,6 +1,7 @@
 //! The top-level error: every failure a command can end with, mapped once to an exit code
 //! and a hint that tells the user what to do.
 
+use crate::cli::output::OutputError;
 use crate::config::ConfigError;
 use crate::cuda::TagError;
 use crate::engine::PullError;
@@ -56,6 +57,9 @@ pub enum Error {
     NotInStore(String),
     #[error("the store has problems: {0}")]
     Corrupt(String),
+    /// A file or stream a command writes (`export -o`).
+    #[error(transparent)]
+    Output(#[from] OutputError),
 }
 
 impl Error {
@@ -78,6 +82,10 @@ impl Error {
             Error::NotInStore(_) => exit::NOT_FOUND,
             Error::Pull(e) if e.is_not_found() => exit::NOT_FOUND,
             Error::Corrupt(_) => exit::CORRUPT,
+            // Not a failure: whoever read stdout has all it wanted (`| head`).
+            Error::Output(OutputError::StdoutClosed) => exit::OK,
+            Error::Output(e) if e.is_usage() => exit::USAGE,
+            Error::Output(_) => exit::FAILURE,
             Error::Store(_) | Error::Pull(_) => exit::FAILURE,
         }
     }
@@ -105,6 +113,7 @@ impl Error {
             Error::NotInStore(r) => Some(format!(
                 "`cudaimg images` lists what is stored; `cudaimg pull {r}` fetches it"
             )),
+            Error::Output(e) => e.hint(),
             Error::Corrupt(_) => Some(
                 "`cudaimg verify --repair` deletes corrupt blobs; then pull the affected images \
                  again, which fetches whatever is missing"

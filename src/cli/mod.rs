@@ -13,6 +13,7 @@ mod inspect;
 mod load;
 mod lock;
 mod mirrors;
+pub mod output;
 mod progress;
 mod pull;
 mod rm;
@@ -202,6 +203,8 @@ pub fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::from(exit::OK),
+        // stdout's reader left (`| head`): it has what it wanted, so this is not an error.
+        Err(_) if output::stdout_closed() => ExitCode::from(exit::OK),
         Err(e) => {
             report_error(&e);
             ExitCode::from(e.exit_code())
@@ -226,13 +229,19 @@ pub(crate) fn report_error(e: &Error) {
 }
 
 /// Writes a result line to stdout. A closed pipe (`cudaimg images | head`) ends the
-/// process quietly instead of panicking.
+/// process quietly with exit 0, as ripgrep does, instead of panicking as `println!` would;
+/// any other failure to write results (`> /dev/full`) ends it with exit 1.
 pub(crate) fn emit(line: &str) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+        if output::note_stdout_error(&e) {
+            std::process::exit(i32::from(exit::OK));
         }
+        report_error(&Error::Output(output::OutputError::Io {
+            path: PathBuf::from("stdout"),
+            source: e,
+        }));
+        std::process::exit(i32::from(exit::FAILURE));
     }
 }
 
