@@ -60,6 +60,12 @@ pub enum Error {
     /// A file or stream a command writes (`export -o`).
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// `index.json`, the store's list of names, cannot be read as an OCI index.
+    #[error("the store's `{}` cannot be read: {reason}", .path.display())]
+    BrokenIndex {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -72,7 +78,9 @@ impl Error {
             Error::Sources(_) => exit::FAILURE,
             Error::Lock(LockError::NotLocked { .. } | LockError::Invalid { .. }) => exit::USAGE,
             Error::Lock(_) => exit::FAILURE,
-            Error::Docker(crate::docker::LoadError::Store(StoreError::Corrupt(_))) => exit::CORRUPT,
+            Error::Docker(crate::docker::LoadError::Store(
+                StoreError::Corrupt(_) | StoreError::MissingBlob { .. },
+            )) => exit::CORRUPT,
             Error::Docker(_) => exit::FAILURE,
             Error::Store(StoreError::Corrupt(_)) => exit::CORRUPT,
             Error::Store(StoreError::Missing(_)) => exit::NOT_FOUND,
@@ -81,7 +89,8 @@ impl Error {
             Error::Failed { code, .. } => *code,
             Error::NotInStore(_) => exit::NOT_FOUND,
             Error::Pull(e) if e.is_not_found() => exit::NOT_FOUND,
-            Error::Corrupt(_) => exit::CORRUPT,
+            Error::Corrupt(_) | Error::BrokenIndex { .. } => exit::CORRUPT,
+            Error::Store(StoreError::MissingBlob { .. }) => exit::CORRUPT,
             // Not a failure: whoever read stdout has all it wanted (`| head`).
             Error::Output(OutputError::StdoutClosed) => exit::OK,
             Error::Output(e) if e.is_usage() => exit::USAGE,
@@ -114,6 +123,12 @@ impl Error {
                 "`cudaimg images` lists what is stored; `cudaimg pull {r}` fetches it"
             )),
             Error::Output(e) => e.hint(),
+            Error::BrokenIndex { path, .. } => Some(format!(
+                "`index.json` only lists the stored names: move it aside \
+                 (`mv {p} {p}.broken`) and pull the images again; blobs already in the store \
+                 are not downloaded again, and `cudaimg verify` then checks them",
+                p = path.display()
+            )),
             Error::Corrupt(_) => Some(
                 "`cudaimg verify --repair` deletes corrupt blobs; then pull the affected images \
                  again, which fetches whatever is missing"

@@ -47,6 +47,15 @@ pub enum StoreError {
     Corrupt(String),
     #[error("there is no store at `{}`", .0.display())]
     Missing(PathBuf),
+    /// A name in `index.json` whose manifest or config blob is gone.
+    #[error("the store names `{name}` but its {what} blob {digest} is missing")]
+    MissingBlob {
+        name: String,
+        what: &'static str,
+        digest: Digest,
+        /// The entry's platform, for the pull that fetches it again.
+        platform: Option<String>,
+    },
 }
 
 impl From<std::io::Error> for StoreError {
@@ -79,6 +88,14 @@ impl StoreError {
                 "check `--store` / `CUDAIMG_STORE`; a store is created by the first `cudaimg pull`"
                     .into(),
             ),
+            StoreError::MissingBlob { name, platform, .. } => Some(format!(
+                "`cudaimg verify` lists everything else that is missing; `cudaimg pull {}{name}` \
+                 fetches it again",
+                platform
+                    .as_ref()
+                    .map(|p| format!("--platform {p} "))
+                    .unwrap_or_default()
+            )),
             StoreError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 Some("choose a store you can write to with `--store`".into())
             }
