@@ -18,6 +18,10 @@
 //!   the findings `cudaimg doctor` draws from them.
 //! - [`cli`]: the commands; the only layer that prints or draws progress bars.
 
+// Output goes through `cli::emit` (stdout) and `note!` (stderr), which handle a closed pipe;
+// the print macros would panic there.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod archive;
 pub mod cli;
 pub mod config;

@@ -624,4 +624,23 @@ fn a_closed_stdout_is_not_an_error_for_any_command() {
             "{args:?}: {err}"
         );
     }
+
+    // stderr closed too (`2>&1 | head -1`): messages are lost, never the run; no panic (101).
+    for (args, code) in [
+        (
+            vec!["-v", "pull", "--platform", "linux/amd64", &reference],
+            0,
+        ),
+        (vec!["inspect", "nvidia/cuda:not-pulled"], 4),
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let status = s
+            .cmd(&args)
+            .stdout(Stdio::from(writer.try_clone().unwrap()))
+            .stderr(Stdio::from(writer))
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{args:?}");
+    }
 }

@@ -4,6 +4,16 @@
 //! Only this layer prints. stdout carries results (tables, or one JSON document per result
 //! under `--json`); stderr carries progress, warnings and errors.
 
+/// `eprintln!` that cannot panic: with stderr closed (`cudaimg pull 2>&1 | head -1`) the
+/// message is lost, not the run. (`eprintln!` panics when the write fails; the crate's lints
+/// forbid it and `println!`.)
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod doctor;
 mod explain;
 mod export;
@@ -178,7 +188,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            note!("error: cannot start the async runtime: {e}");
             return ExitCode::from(exit::FAILURE);
         }
     };
@@ -225,7 +235,7 @@ pub(crate) fn report_error(e: &Error) {
     if let Some(h) = e.hint() {
         text.push_str(&format!("\nhint: {h}"));
     }
-    eprintln!("{text}");
+    note!("{text}");
 }
 
 /// Writes a result line to stdout. A closed pipe (`cudaimg images | head`) ends the
@@ -249,7 +259,7 @@ pub(crate) fn emit(line: &str) {
 pub(crate) fn emit_json(value: &impl serde::Serialize) {
     match serde_json::to_string(value) {
         Ok(s) => emit(&s),
-        Err(e) => eprintln!("error: cannot encode the result as JSON: {e}"),
+        Err(e) => note!("error: cannot encode the result as JSON: {e}"),
     }
 }
 

@@ -43,7 +43,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         return Ok(());
     }
     for p in &report.problems {
-        eprintln!("problem: {p}");
+        note!("problem: {p}");
     }
     Err(Error::Corrupt(format!(
         "{} problems found",

@@ -1265,10 +1265,8 @@ fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io::Result<En
     let mut headers: Vec<(String, String)> = response
         .headers
         .iter()
-        .filter(|(name, _)| {
-            !hop_by_hop(name)
-                && !(faults.append.is_some() && name.eq_ignore_ascii_case("content-length"))
-        })
+        .filter(|(name, _)| !hop_by_hop(name))
+        .filter(|(name, _)| faults.append.is_none() || !name.eq_ignore_ascii_case("content-length"))
         .cloned()
         .collect();
     if chunked {
