@@ -87,11 +87,9 @@ impl OutputError {
             )),
             OutputError::IsSocket(_) => Some("name a file, a device or a FIFO".into()),
             OutputError::Io { source, .. } => match source.kind() {
-                io::ErrorKind::StorageFull => Some(
-                    "free some space where the output goes, or write it elsewhere; \
-                     a regular file keeps its old content"
-                        .into(),
-                ),
+                io::ErrorKind::StorageFull => {
+                    Some("free some space where the output goes, or write it elsewhere".into())
+                }
                 io::ErrorKind::PermissionDenied => Some(
                     "choose a path you can write to; a file is replaced by a new one in its \
                      directory, so the directory must be writable too"
@@ -158,11 +156,6 @@ impl Output {
         })
     }
 
-    /// Bytes handed to the destination so far.
-    pub fn written(&self) -> u64 {
-        self.sink.get_ref().written + self.sink.buffer().len() as u64
-    }
-
     /// Completes the output after the producer returned `produced`: the output's own write
     /// error comes first (a full disk, a closed pipe), then the producer's; only when both
     /// succeeded is a file made durable and renamed into place. On any error a temporary
@@ -179,6 +172,16 @@ impl Output {
         let shown = self.shown.clone();
         let writer = self.sink.get_mut();
         let written = writer.written;
+        if let Sink::Special(file) = &writer.sink {
+            // A block device (a USB stick) holds the archive only once synced; character
+            // devices and FIFOs cannot be synced and say so, which is no failure.
+            match file.sync_all() {
+                Err(e) if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EROFS)) => {
+                    return Err(FinishError::Output(OutputError::io(&shown, e)));
+                }
+                _ => {}
+            }
+        }
         if let Sink::Replace {
             file,
             tmp,
