@@ -1,6 +1,7 @@
 //! The top-level error: every failure a command can end with, mapped once to an exit code
 //! and a hint that tells the user what to do.
 
+use crate::cli::output::OutputError;
 use cudaimg_config::lockfile::LockError;
 use cudaimg_config::ConfigError;
 use cudaimg_cuda::TagError;
@@ -56,6 +57,15 @@ pub enum Error {
     NotInStore(String),
     #[error("the store has problems: {0}")]
     Corrupt(String),
+    /// A file or stream a command writes (`export -o`).
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// `index.json`, the store's list of names, cannot be read as an OCI index.
+    #[error("the store's `{}` cannot be read: {reason}", .path.display())]
+    BrokenIndex {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -69,7 +79,9 @@ impl Error {
             Error::Lock(LockError::NotLocked { .. } | LockError::Invalid { .. }) => exit::USAGE,
             Error::Lock(_) => exit::FAILURE,
             Error::Docker(cudaimg_transfer::handover::LoadError::Store(
-                StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. },
+                StoreError::Corrupt(_)
+                | StoreError::BlobCorrupt { .. }
+                | StoreError::MissingBlob { .. },
             )) => exit::CORRUPT,
             Error::Docker(_) => exit::FAILURE,
             Error::Store(StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. }) => exit::CORRUPT,
@@ -79,7 +91,12 @@ impl Error {
             Error::Failed { code, .. } => *code,
             Error::NotInStore(_) => exit::NOT_FOUND,
             Error::Pull(e) if e.is_not_found() => exit::NOT_FOUND,
-            Error::Corrupt(_) => exit::CORRUPT,
+            Error::Corrupt(_) | Error::BrokenIndex { .. } => exit::CORRUPT,
+            Error::Store(StoreError::MissingBlob { .. }) => exit::CORRUPT,
+            // Not a failure: whoever read stdout has all it wanted (`| head`).
+            Error::Output(OutputError::StdoutClosed) => exit::OK,
+            Error::Output(e) if e.is_usage() => exit::USAGE,
+            Error::Output(_) => exit::FAILURE,
             Error::Store(_) | Error::Pull(_) => exit::FAILURE,
         }
     }
@@ -106,6 +123,13 @@ impl Error {
             Error::Pull(e) => e.hint(),
             Error::NotInStore(r) => Some(format!(
                 "`cudaimg images` lists what is stored; `cudaimg pull {r}` fetches it"
+            )),
+            Error::Output(e) => e.hint(),
+            Error::BrokenIndex { path, .. } => Some(format!(
+                "`index.json` only lists the stored names: move it aside \
+                 (`mv {p} {p}.broken`) and pull the images again; blobs already in the store \
+                 are not downloaded again, and `cudaimg verify` then checks them",
+                p = path.display()
             )),
             Error::Corrupt(_) => Some(
                 "`cudaimg verify --repair` deletes corrupt blobs; then pull the affected images \

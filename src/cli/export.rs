@@ -1,19 +1,25 @@
 //! `cudaimg export REF -o FILE`: a stored image as a file for `docker load` or skopeo.
+//!
+//! Where the archive goes (a file replaced atomically, a device or FIFO written through,
+//! stdout whose reader may leave early) is [`super::output`]'s business.
 
-use std::io::Write;
 use std::path::PathBuf;
+
+use serde::Serialize;
 
 use crate::error::Error;
 use cudaimg_oci::reference::ImageRef;
 use cudaimg_transfer::archive::{self, Format};
 
-use super::{emit, Ctx};
+use super::output::{FinishError, Output};
+use super::{emit, emit_json, Ctx};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     image: super::ImageArgs,
-    /// Where to write; `-` for stdout
+    /// Where to write: a file (replaced only once the whole archive is written), a device or
+    /// FIFO (written through), or `-` for stdout (then `--json` prints nothing)
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
     #[arg(long, value_enum, default_value = "docker-archive")]
@@ -38,12 +44,35 @@ impl From<ArchiveFormat> for Format {
     }
 }
 
+/// What `export --json` prints.
+#[derive(Debug, Serialize)]
+struct Exported {
+    name: String,
+    digest: String,
+    platform: String,
+    format: &'static str,
+    output: PathBuf,
+    bytes: u64,
+}
+
 /// The name Docker shows for a stored image: `nvidia/cuda:TAG`, none for digest-only names.
 pub(crate) fn repo_tag(name: &str) -> Option<String> {
     ImageRef::parse(name)
         .ok()
         .filter(|r| r.tag.is_some())
         .map(|r| r.without_digest().docker_form())
+}
+
+/// A file name for the image, for a hint when `-o` names a directory:
+/// `cuda-12.4.1-runtime-ubuntu22.04.tar`.
+fn file_name(repo_tag: Option<&str>, format: Format) -> String {
+    let stem = repo_tag
+        .and_then(|t| t.rsplit('/').next())
+        .map_or_else(|| "image".to_owned(), |t| t.replace(':', "-"));
+    match format {
+        Format::DockerArchive => format!("{stem}.tar"),
+        Format::OciArchive => format!("{stem}.oci.tar"),
+    }
 }
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
@@ -54,35 +83,37 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         .image(&name, want.as_ref())?
         .ok_or_else(|| Error::NotInStore(name.clone()))?;
     let tag = repo_tag(&name);
-    let (format, output) = (Format::from(args.format), args.output.clone());
-    tokio::task::spawn_blocking(move || -> Result<(), Error> {
-        if output.as_os_str() == "-" {
-            let out = std::io::stdout().lock();
-            archive::write(
-                &store,
-                &image,
-                tag.as_deref(),
-                format,
-                std::io::BufWriter::new(out),
-            )?;
-            return Ok(());
-        }
-        // Written beside the target and renamed: a failed export leaves no half file.
-        let tmp = output.with_extension("cudaimg-partial");
-        let file = fs_err::File::create(&tmp).map_err(cudaimg_store::StoreError::from)?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-        let res = archive::write(&store, &image, tag.as_deref(), format, &mut out)
-            .and_then(|()| out.flush().map_err(Into::into));
-        if let Err(e) = res {
-            let _ = fs_err::remove_file(&tmp);
-            return Err(e.into());
-        }
-        fs_err::rename(&tmp, &output).map_err(cudaimg_store::StoreError::from)?;
-        Ok(())
+    // Refused here, before anything is written: a directory, a socket, a missing parent.
+    let mut out = Output::create(&args.output, &file_name(tag.as_deref(), args.format.into()))?;
+    let (format, info) = (
+        Format::from(args.format),
+        (image.digest.to_string(), image.platform()),
+    );
+    let bytes = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
+        let written = archive::write(&store, &image, tag.as_deref(), format, &mut out);
+        out.finish(written).map_err(|e| match e {
+            FinishError::Output(e) => Error::from(e),
+            FinishError::Producer(e) => Error::from(e),
+        })
     })
     .await
     .map_err(|e| Error::Setup(format!("export was interrupted: {e}")))??;
-    if args.output.as_os_str() != "-" {
+    if args.output.as_os_str() == "-" {
+        return Ok(());
+    }
+    if ctx.json {
+        emit_json(&Exported {
+            name,
+            digest: info.0,
+            platform: info.1.to_string(),
+            format: match format {
+                Format::DockerArchive => "docker-archive",
+                Format::OciArchive => "oci-archive",
+            },
+            output: args.output,
+            bytes,
+        });
+    } else {
         emit(&format!("exported {name} to {}", args.output.display()));
     }
     Ok(())

@@ -32,7 +32,7 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
             if ctx.json {
                 emit_json(&Vec::<Row>::new());
             } else {
-                eprintln!("no store at {} yet: it holds no images", p.display());
+                note!("no store at {} yet: it holds no images", p.display());
             }
             return Ok(());
         }
@@ -44,7 +44,7 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
         return Ok(());
     }
     if rows.is_empty() {
-        eprintln!("the store at {} holds no images", store.root().display());
+        note!("the store at {} holds no images", store.root().display());
         return Ok(());
     }
     let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);

@@ -38,7 +38,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         let reporter = ctx.progress.reporter();
         let locked = engine.lock(name, reporter.as_ref()).await?;
         for w in &locked.warnings {
-            eprintln!("warning: {w}");
+            note!("warning: {w}");
         }
         lockfile
             .images

@@ -103,13 +103,13 @@ pub async fn run(ctx: &Ctx, cmd: &Command) -> Result<(), Error> {
                 fs_err::create_dir_all(parent).map_err(|e| Error::Setup(e.to_string()))?;
             }
             fs_err::write(&path, &f.content).map_err(|e| Error::Setup(e.to_string()))?;
-            eprintln!("wrote {} (for {})", path.display(), f.path);
+            note!("wrote {} (for {})", path.display(), f.path);
         }
     }
     if let Some(files) = &emitted {
         for f in files {
             for o in &f.omitted {
-                eprintln!("left out of {}: {o}", f.path);
+                note!("left out of {}: {o}", f.path);
             }
         }
     }
@@ -130,7 +130,7 @@ pub async fn run(ctx: &Ctx, cmd: &Command) -> Result<(), Error> {
                 emit(f.content.trim_end());
             }
             if args.emit == Some(EmitFormat::DaemonJson) {
-                eprintln!(
+                note!(
                     "merge these keys into /etc/docker/daemon.json, then `sudo systemctl restart docker`"
                 );
             }

@@ -4,6 +4,16 @@
 //! Only this layer prints. stdout carries results (tables, or one JSON document per result
 //! under `--json`); stderr carries progress, warnings and errors.
 
+/// `eprintln!` that cannot panic: with stderr closed (`cudaimg pull 2>&1 | head -1`) the
+/// message is lost, not the run. (`eprintln!` panics when the write fails; the crate's lints
+/// forbid it and `println!`.)
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod doctor;
 mod explain;
 mod export;
@@ -13,6 +23,7 @@ mod inspect;
 mod load;
 mod lock;
 mod mirrors;
+pub mod output;
 mod progress;
 mod pull;
 mod rm;
@@ -177,7 +188,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            note!("error: cannot start the async runtime: {e}");
             return ExitCode::from(exit::FAILURE);
         }
     };
@@ -202,6 +213,8 @@ pub fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::from(exit::OK),
+        // stdout's reader left (`| head`): it has what it wanted, so this is not an error.
+        Err(_) if output::stdout_closed() => ExitCode::from(exit::OK),
         Err(e) => {
             report_error(&e);
             ExitCode::from(e.exit_code())
@@ -224,17 +237,23 @@ pub(crate) fn report_error(e: &Error) {
     }
     // Messages escape what they echo; this catches any that do not, so no control character
     // from a reference, a file or a registry reaches the terminal.
-    eprintln!("{}", cudaimg_oci::text::shown_lines(&text));
+    note!("{}", cudaimg_oci::text::shown_lines(&text));
 }
 
 /// Writes a result line to stdout. A closed pipe (`cudaimg images | head`) ends the
-/// process quietly instead of panicking.
+/// process quietly with exit 0, as ripgrep does, instead of panicking as `println!` would;
+/// any other failure to write results (`> /dev/full`) ends it with exit 1.
 pub(crate) fn emit(line: &str) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+        if output::note_stdout_error(&e) {
+            std::process::exit(i32::from(exit::OK));
         }
+        report_error(&Error::Output(output::OutputError::Io {
+            path: PathBuf::from("stdout"),
+            source: e,
+        }));
+        std::process::exit(i32::from(exit::FAILURE));
     }
 }
 
@@ -242,7 +261,7 @@ pub(crate) fn emit(line: &str) {
 pub(crate) fn emit_json(value: &impl serde::Serialize) {
     match serde_json::to_string(value) {
         Ok(s) => emit(&s),
-        Err(e) => eprintln!("error: cannot encode the result as JSON: {e}"),
+        Err(e) => note!("error: cannot encode the result as JSON: {e}"),
     }
 }
 

@@ -70,7 +70,7 @@ impl Reporter for Lines {
         total: u64,
         to_fetch: u64,
     ) {
-        eprintln!(
+        note!(
             "resolved {name} ({platform}) to {digest}: {} to fetch of {}",
             human_bytes(to_fetch),
             human_bytes(total)
@@ -78,19 +78,19 @@ impl Reporter for Lines {
     }
     fn blob_cached(&self, digest: &Digest, size: u64) {
         if self.verbose {
-            eprintln!("{} already stored ({})", digest.short(), human_bytes(size));
+            note!("{} already stored ({})", digest.short(), human_bytes(size));
         }
     }
     fn blob_started(&self, digest: &Digest, size: u64, offset: u64, source: &str) {
         if offset > 0 {
-            eprintln!(
+            note!(
                 "resuming {} at {} of {} from {source}",
                 digest.short(),
                 human_bytes(offset),
                 human_bytes(size)
             );
         } else {
-            eprintln!(
+            note!(
                 "fetching {} ({}) from {source}",
                 digest.short(),
                 human_bytes(size)
@@ -99,13 +99,13 @@ impl Reporter for Lines {
     }
     fn blob_finished(&self, digest: &Digest) {
         if self.verbose {
-            eprintln!("verified {}", digest.short());
+            note!("verified {}", digest.short());
         }
     }
     fn source_failed(&self, source: &str, what: &str, error: &(dyn std::error::Error + 'static)) {
         // Without -v, the pull's closing warnings name each failed source once.
         if self.verbose {
-            eprintln!(
+            note!(
                 "{source} failed for {what}: {}; trying the next source",
                 chain(error)
             );

@@ -134,7 +134,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             // The other references are still pulled; the first failure decides the exit.
             Err(e) if targets.len() > 1 => {
                 if !e.is_not_found() {
-                    eprintln!("{config_note}");
+                    note!("{config_note}");
                 }
                 let e = Error::from(e);
                 super::report_error(&e);
@@ -142,7 +142,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             }
             Err(e) => {
                 if !e.is_not_found() {
-                    eprintln!("{config_note}");
+                    note!("{config_note}");
                 }
                 return Err(e.into());
             }
@@ -159,7 +159,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
 
 fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
     for w in &r.warnings {
-        eprintln!("warning: {w}");
+        note!("warning: {w}");
     }
     if ctx.verbose {
         for s in &r.sources {
@@ -168,7 +168,7 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
                 .iter()
                 .map(|f| format!("{} x{}", f.kind, f.count))
                 .collect();
-            eprintln!(
+            note!(
                 "source {}: {} in {} blobs, {} requests answered{}",
                 s.url,
                 human_bytes(s.bytes),

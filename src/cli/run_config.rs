@@ -135,7 +135,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     // Docker resolves `name@digest` against the repository digests it recorded when it
     // pulled; `docker load` (which `cudaimg load` uses) records none with Docker's classic
     // image store, and then Docker pulls that digest itself.
-    eprintln!(
+    note!(
         "note: pinned by digest. Docker uses its own copy if it recorded this digest on a \
          pull, else pulls it (through its daemon mirrors); after `cudaimg load`, which Docker \
          may know by tag only, `{}` names the loaded image",

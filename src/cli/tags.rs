@@ -204,7 +204,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         warnings,
     };
     for w in &listing.warnings {
-        eprintln!("warning: {w}");
+        note!("warning: {w}");
     }
     if ctx.json {
         emit_json(&listing);
@@ -215,7 +215,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
 }
 
 fn print(l: &Listing) {
-    eprintln!(
+    note!(
         "{}: {} tags from {} ({} page{}); {} match",
         l.repository,
         l.total,
@@ -266,7 +266,7 @@ fn print(l: &Listing) {
             ));
         }
     } else if l.skipped > 0 {
-        eprintln!(
+        note!(
             "{} tag{} that {} not nvidia/cuda tags skipped (`--all` lists them)",
             l.skipped,
             if l.skipped == 1 { "" } else { "s" },
@@ -280,6 +280,6 @@ fn print(l: &Listing) {
                 emit(&format!("  {why}"));
             }
         }
-        None => eprintln!("no tag matches the filters"),
+        None => note!("no tag matches the filters"),
     }
 }

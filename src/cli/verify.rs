@@ -2,6 +2,7 @@
 
 use crate::error::Error;
 use cudaimg_store::verify::verify;
+use cudaimg_store::StoreError;
 
 use super::{emit, emit_json, human_bytes, Ctx};
 
@@ -19,7 +20,8 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let repair = args.repair;
     let report = tokio::task::spawn_blocking(move || verify(&s, repair, &|n| bar.inc(n)))
         .await
-        .map_err(|e| Error::Setup(format!("verification was interrupted: {e}")))??;
+        .map_err(|e| Error::Setup(format!("verification was interrupted: {e}")))?
+        .map_err(broken_index)?;
     if ctx.json {
         emit_json(&report);
     } else {
@@ -41,10 +43,23 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         return Ok(());
     }
     for p in &report.problems {
-        eprintln!("problem: {p}");
+        note!("problem: {p}");
     }
     Err(Error::Corrupt(format!(
         "{} problems found",
         report.problems.len()
     )))
+}
+
+/// An `index.json` that is not an OCI index is damage `verify` found (exit 3), with its own
+/// fix, not a failure to run.
+fn broken_index(e: StoreError) -> Error {
+    match e {
+        StoreError::NotALayout { path, reason }
+            if path.file_name().is_some_and(|n| n == "index.json") =>
+        {
+            Error::BrokenIndex { path, reason }
+        }
+        e => e.into(),
+    }
 }

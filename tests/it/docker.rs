@@ -1,10 +1,15 @@
 //! Handing images to a real Docker Engine, exporting them, retagging, removing and
 //! collecting garbage. The engine is `dockerd` started by the harness (root only: elsewhere
 //! each test says it is skipped and why).
+//!
+//! Where an export goes needs no engine: device nodes made with `mknod`, FIFOs, directories,
+//! links, a file that must keep its old content when the export fails, and stdout whose
+//! reader leaves early (that part, for every command that prints).
 
 use cudaimg_test_support as common;
 
-use std::path::PathBuf;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::docker::{busybox, unavailable_reason, Runnable, TestDocker};
@@ -364,4 +369,317 @@ fn load_of_a_blob_flipped_in_place_fails_and_the_engine_gets_no_image() {
         !inspect.status.success(),
         "the engine holds the image by ID"
     );
+}
+
+/// A store holding the amd64 runtime image, for the export tests that need no Docker Engine.
+/// Its largest layer is a few MB, so an archive is far larger than a pipe's buffer.
+struct Stored {
+    sandbox: Sandbox,
+    config: PathBuf,
+    fx: Fixture,
+    _registry: TestRegistry,
+}
+
+const EXPORTED_NAME: &str = "cuda-12.4.1-runtime-ubuntu22.04.tar";
+
+fn stored() -> Stored {
+    let registry = TestRegistry::start();
+    let fx = Fixture::cuda("12.4.1", Flavor::Runtime, MediaTypes::Docker, Scale(0.005));
+    Pusher::new(&registry).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&registry.url(), &[]);
+    run_ok(&mut sandbox.cli(
+        &config,
+        &["pull", "--platform", "linux/amd64", &fx.reference()],
+    ));
+    Stored {
+        sandbox,
+        config,
+        fx,
+        _registry: registry,
+    }
+}
+
+impl Stored {
+    fn cmd(&self, args: &[&str]) -> Command {
+        self.sandbox.cli(&self.config, args)
+    }
+    fn export(&self, to: &Path) -> Command {
+        let mut cmd = self.cmd(&["export", &self.fx.reference(), "-o"]);
+        cmd.arg(to);
+        cmd
+    }
+    /// The archive, as exported to a new regular file.
+    fn archive(&self) -> Vec<u8> {
+        let file = self.sandbox.root().join("reference.tar");
+        run_ok(&mut self.export(&file));
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        bytes
+    }
+}
+
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn char_device(path: &Path) -> Option<u64> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    m.file_type().is_char_device().then(|| m.rdev())
+}
+
+#[test]
+fn export_writes_through_devices_and_fifos_and_never_replaces_them() {
+    if !is_root() {
+        eprintln!("SKIPPED: mknod needs root");
+        return;
+    }
+    let s = stored();
+    let archive = s.archive();
+    let dir = s.sandbox.root().join("dev");
+    std::fs::create_dir(&dir).unwrap();
+
+    // Twins of /dev/null and /dev/full: a regression replaces these, not the host's.
+    let null = dir.join("null");
+    let full = dir.join("full");
+    run_ok(Command::new("mknod").arg(&null).args(["c", "1", "3"]));
+    run_ok(Command::new("mknod").arg(&full).args(["c", "1", "7"]));
+    let null_dev = char_device(&null).unwrap();
+    let full_dev = char_device(&full).unwrap();
+    assert_eq!(Some(null_dev), char_device(Path::new("/dev/null")));
+
+    let out = run_ok(&mut s.export(&null));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("exported"),
+        "{out:?}"
+    );
+    assert_eq!(
+        char_device(&null),
+        Some(null_dev),
+        "the device was replaced"
+    );
+
+    let out = run_fails(&mut s.export(&full));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot write `{}`", full.display()))
+            && err.contains("No space left on device"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        char_device(&full),
+        Some(full_dev),
+        "the device was replaced"
+    );
+
+    // A FIFO is written through to its reader, whole.
+    let fifo = dir.join("fifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    run_ok(&mut s.export(&fifo));
+    assert!(
+        reader.join().unwrap() == archive,
+        "the FIFO's reader got other bytes"
+    );
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    assert_eq!(names_in(&dir), ["fifo", "full", "null"], "litter was left");
+}
+
+#[test]
+fn export_to_a_directory_is_refused_before_anything_is_written() {
+    let s = stored();
+    let dir = s.sandbox.root().join("out");
+    std::fs::create_dir(&dir).unwrap();
+    let before = names_in(s.sandbox.root());
+    let out = run_fails(&mut s.export(&dir));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("`{}` is a directory", dir.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "hint: name a file inside it, e.g. `-o {}/{EXPORTED_NAME}`",
+            dir.display()
+        )),
+        "{err}"
+    );
+    assert!(names_in(&dir).is_empty());
+    assert_eq!(
+        names_in(s.sandbox.root()),
+        before,
+        "something was written beside it"
+    );
+    // The suggested name works.
+    run_ok(&mut s.export(&dir.join(EXPORTED_NAME)));
+    assert_eq!(names_in(&dir), [EXPORTED_NAME]);
+}
+
+#[test]
+fn export_replaces_a_file_only_when_the_archive_is_whole_and_leaves_no_temp_file() {
+    let s = stored();
+    let archive = s.archive();
+    let out_dir = s.sandbox.root().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let target = out_dir.join("image.tar");
+    std::fs::write(&target, b"old content").unwrap();
+
+    // Through a link, as `cp` does: the file it points to is replaced, the link stays.
+    let link = out_dir.join("link.tar");
+    std::os::unix::fs::symlink("image.tar", &link).unwrap();
+    let out = run_ok(
+        s.sandbox
+            .cli(&s.config, &["--json", "export", &s.fx.reference(), "-o"])
+            .arg(&link),
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["digest"], s.fx.platform(Arch::Amd64).manifest.digest);
+    assert_eq!(r["bytes"], archive.len() as u64);
+    assert_eq!(r["format"], "docker-archive");
+    assert!(std::fs::read(&target).unwrap() == archive);
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(names_in(&out_dir), ["image.tar", "link.tar"]);
+
+    if !is_root() {
+        eprintln!("SKIPPED (the failing export): it runs as another user, which needs root");
+        return;
+    }
+    // A layer that cannot be read makes the export fail after the archive's first entries
+    // were written: run as `nobody`, with that blob unreadable to it.
+    std::fs::write(&target, b"old content").unwrap();
+    let layer = &s.fx.platform(Arch::Amd64).layers[0].digest;
+    let blob = s.sandbox.store_dir().join("blobs/sha256").join(&layer[7..]);
+    std::fs::set_permissions(s.sandbox.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut cmd = s.export(&target);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+    let out = run_fails(&mut cmd);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&layer[7..]) && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"old content");
+    assert_eq!(
+        names_in(&out_dir),
+        ["image.tar", "link.tar"],
+        "a temporary file was left"
+    );
+
+    // Readable again: the same user replaces the file.
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cmd = s.export(&target);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+    run_ok(&mut cmd);
+    assert!(std::fs::read(&target).unwrap() == archive);
+    assert_eq!(names_in(&out_dir), ["image.tar", "link.tar"]);
+}
+
+#[test]
+fn a_closed_stdout_is_not_an_error_for_any_command() {
+    let s = stored();
+    let reference = s.fx.reference();
+    // `export -o - | head -c 100`, as a shell runs it; the status is cudaimg's own.
+    let status = s.sandbox.root().join("status");
+    let mut sh = s.sandbox.command("sh");
+    sh.arg("-c")
+        .arg(format!(
+            "(\"$0\" \"$@\"; echo $? > '{}') | head -c 100 | wc -c",
+            status.display()
+        ))
+        .arg(common::cudaimg_binary())
+        .arg("--config")
+        .arg(&s.config)
+        .arg("--store")
+        .arg(s.sandbox.store_dir())
+        .args(["export", &reference, "-o", "-"]);
+    let out = run_ok(&mut sh);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&status).unwrap().trim(),
+        "0",
+        "{err}"
+    );
+    assert!(err.is_empty(), "{err}");
+
+    // Every command that prints, into a pipe whose reader is gone before it starts.
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["images"],
+        vec!["--json", "images"],
+        vec!["inspect", &reference],
+        vec!["--json", "inspect", &reference],
+        vec!["verify"],
+        vec!["--json", "verify"],
+        vec!["explain", "12.4.1-runtime-ubuntu22.04"],
+        vec!["--json", "explain", "12.4.1-runtime-ubuntu22.04"],
+        vec!["tags", "nvidia/cuda"],
+        vec!["--json", "tags", "nvidia/cuda"],
+        vec!["run-config", "--scenario", "compose", &reference],
+        vec!["--help"],
+        vec!["--version"],
+        vec!["--json", "pull", "--platform", "linux/amd64", &reference],
+        vec!["export", &reference, "-o", "-"],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = s
+            .cmd(&args)
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("error") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+
+    // stderr closed too (`2>&1 | head -1`): messages are lost, never the run; no panic (101).
+    for (args, code) in [
+        (
+            vec!["-v", "pull", "--platform", "linux/amd64", &reference],
+            0,
+        ),
+        (vec!["inspect", "nvidia/cuda:not-pulled"], 4),
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let status = s
+            .cmd(&args)
+            .stdout(Stdio::from(writer.try_clone().unwrap()))
+            .stderr(Stdio::from(writer))
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{args:?}");
+    }
 }

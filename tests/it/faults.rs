@@ -669,3 +669,87 @@ fn credentials_are_not_sent_to_a_redirect_target_that_asks_for_them() {
         );
     }
 }
+
+#[test]
+fn a_source_sending_more_than_the_blob_is_told_so_and_the_next_one_serves() {
+    let (registry, fx) = serving_image();
+    let big = largest(&fx);
+    let mirror = FaultProxy::start(&registry.url());
+    let extra = 300_000;
+    mirror.add(Fault::AppendBytes {
+        path_contains: big.digest.clone(),
+        bytes: extra,
+        times: ALWAYS,
+    });
+    let s = setup(&registry.url(), &[&mirror.url()]);
+    let r = s.pull(&fx, &[]);
+    assert!(layer_source(&r, &big.digest).starts_with(&registry.url()));
+    assert!(mirror
+        .requests()
+        .iter()
+        .any(|q| q.faults.contains(&"AppendBytes")));
+    let w = warnings(&r);
+    let said = format!("sent more than the {} bytes expected (at least ", big.size);
+    let at = w
+        .find(&said)
+        .unwrap_or_else(|| panic!("no `{said}` in {w}"));
+    let count: u64 = w[at + said.len()..]
+        .split(')')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {w}"));
+    assert!(
+        (big.size + 1..=big.size + extra).contains(&count),
+        "{count} for a {}-byte blob: {w}",
+        big.size
+    );
+    assert!(w.contains("size-mismatch"), "{w}");
+    s.verify();
+}
+
+#[test]
+fn a_refused_redirect_says_why_it_was_refused() {
+    let (registry, fx) = serving_image();
+    // A scheme that is not http(s), from an endpoint nobody marked insecure.
+    let front = FaultProxy::start(&registry.url());
+    front.add(Fault::RedirectBlobs {
+        to: "file:///etc".into(),
+    });
+    let s = setup(&registry.url(), &[&front.url()]);
+    let r = s.pull(&fx, &[]);
+    let w = warnings(&r);
+    assert!(
+        w.contains("a redirect to a `file:` URL, not followed: only http and https are"),
+        "{w}"
+    );
+    assert!(!w.contains("insecure"), "{w}");
+    assert!(
+        front.requests().iter().any(|q| q.status == Some(307)),
+        "no redirect was sent"
+    );
+
+    // Another origin, from an endpoint marked insecure: that is the reason then.
+    let cdn = FaultProxy::start_cdn(&registry.url());
+    let front = FaultProxy::start(&registry.url());
+    front.add(Fault::RedirectBlobs { to: cdn.url() });
+    let s = setup(&registry.url(), &[]);
+    let config = s.sandbox.write(
+        "mirrors.toml",
+        format!(
+            "[registries.\"docker.io\"]\nendpoint = \"{}\"\nmirrors = [{{ url = \"{}\", insecure = true }}]\n",
+            registry.url(),
+            front.url()
+        ),
+    );
+    assert_eq!(config, s.config);
+    let r = s.pull(&fx, &[]);
+    let w = warnings(&r);
+    assert!(
+        w.contains(&format!(
+            "a redirect to another origin, `{}`, not followed for an endpoint marked insecure",
+            cdn.url().trim_end_matches('/')
+        )),
+        "{w}"
+    );
+    assert!(cdn.requests().is_empty());
+}

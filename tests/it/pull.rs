@@ -1115,3 +1115,98 @@ fn verify_reports_a_linked_blob_and_repair_removes_the_link_not_its_target() {
     assert_eq!(r["bytes_downloaded"], layer.size, "{r}");
     run_ok(&mut cli(&sandbox, &config, &["verify"]));
 }
+
+#[test]
+fn verify_of_an_index_that_is_not_json_exits_3_and_says_how_to_recover() {
+    let official = TestRegistry::start();
+    let fx = fixture(Flavor::Base, MediaTypes::Docker);
+    Pusher::new(&official).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    pull_json(
+        &sandbox,
+        &config,
+        &["--platform", "linux/amd64", &fx.reference()],
+    );
+    let index = sandbox.store_dir().join("index.json");
+    std::fs::write(&index, b"this is not JSON\n").unwrap();
+
+    let out = run_fails(&mut cli(&sandbox, &config, &["verify"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!("`{}` cannot be read", index.display()))
+            && err.contains("not a valid OCI index"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "hint: `index.json` only lists the stored names: move it aside (`mv {}",
+            index.display()
+        )),
+        "{err}"
+    );
+
+    // The fix it names works: the pull finds every blob stored and fetches only manifests.
+    std::fs::rename(&index, sandbox.store_dir().join("index.json.broken")).unwrap();
+    let r = pull_json(
+        &sandbox,
+        &config,
+        &["--platform", "linux/amd64", &fx.reference()],
+    );
+    assert_eq!(r["bytes_downloaded"], 0, "{r}");
+    run_ok(&mut cli(&sandbox, &config, &["verify"]));
+}
+
+#[test]
+fn inspect_and_export_of_an_image_whose_manifest_is_missing_say_so_and_how_to_fix_it() {
+    let official = TestRegistry::start();
+    let fx = fixture(Flavor::Base, MediaTypes::Docker);
+    Pusher::new(&official).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    pull_json(
+        &sandbox,
+        &config,
+        &["--platform", "linux/arm64", &fx.reference()],
+    );
+    let manifest = &fx.platform(Arch::Arm64).manifest.digest;
+    std::fs::remove_file(
+        sandbox
+            .store_dir()
+            .join("blobs/sha256")
+            .join(&manifest[7..]),
+    )
+    .unwrap();
+    let name = format!("docker.io/{}", fx.reference());
+    let file = sandbox.root().join("image.tar");
+    for args in [
+        vec!["inspect", fx.reference().as_str()],
+        vec![
+            "export",
+            fx.reference().as_str(),
+            "-o",
+            file.to_str().unwrap(),
+        ],
+    ] {
+        let out = run_fails(&mut cli(&sandbox, &config, &args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "the store names `{name}` but its manifest blob {manifest} is missing"
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("`cudaimg verify`")
+                && err.contains(&format!("`cudaimg pull --platform linux/arm64/v8 {name}`")),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("os error"), "{args:?}: {err}");
+    }
+    assert!(!file.exists());
+    // And that pull does fetch it again.
+    pull_json(&sandbox, &config, &["--platform", "linux/arm64", &name]);
+    run_ok(&mut cli(&sandbox, &config, &["inspect", &fx.reference()]));
+}

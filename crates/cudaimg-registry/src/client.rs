@@ -4,13 +4,16 @@
 //! whether the endpoint answers at all.
 //!
 //! Redirects (blob CDNs) are followed by reqwest, which drops `Authorization` whenever the
-//! host, port or scheme changes; credentials never leave the endpoint they belong to.
+//! host, port or scheme changes; credentials never leave the endpoint they belong to. Only
+//! `http` and `https` targets are followed; an endpoint marked insecure follows redirects
+//! within its own origin only. A redirect that is not followed is reported with its reason.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::header::{
-    HeaderValue, ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderValue, ACCEPT, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
 
@@ -19,6 +22,8 @@ use super::error::{redact_url, RegistryError};
 use cudaimg_oci::digest::Digest;
 use cudaimg_oci::manifest::{self, ManifestError, MAX_MANIFEST_BYTES};
 
+/// Redirects followed for one request, as reqwest's default policy allows.
+const MAX_REDIRECTS: usize = 10;
 const USER_AGENT: &str = concat!("cudaimg/", env!("CARGO_PKG_VERSION"));
 /// Short: a dead mirror should cost seconds, not the 30 s that containerd spends per blob.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,10 +45,21 @@ impl HttpClients {
             Client::builder()
                 .user_agent(USER_AGENT)
                 .connect_timeout(CONNECT_TIMEOUT)
-                .redirect(reqwest::redirect::Policy::limited(10))
         };
         Ok(HttpClients {
-            verified: base().build()?,
+            // A redirect to another scheme (`file:`, `ftp:`) is stopped here rather than left
+            // to reqwest, whose refusal would read as a broken transfer worth retrying.
+            verified: base()
+                .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                    if !is_http(attempt.url()) {
+                        attempt.stop()
+                    } else if attempt.previous().len() >= MAX_REDIRECTS {
+                        attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+                    } else {
+                        attempt.follow()
+                    }
+                }))
+                .build()?,
             // Verification is off for the endpoint's own host only: a redirect elsewhere is
             // not followed, and token realms on other hosts use the verified client.
             insecure: base()
@@ -53,7 +69,7 @@ impl HttpClients {
                         .previous()
                         .last()
                         .is_some_and(|prev| same_origin(prev, attempt.url()));
-                    if same && attempt.previous().len() < 10 {
+                    if same && attempt.previous().len() < MAX_REDIRECTS {
                         attempt.follow()
                     } else {
                         attempt.stop()
@@ -507,6 +523,38 @@ fn next_link(header: &str) -> Option<&str> {
     })
 }
 
+fn is_http(url: &Url) -> bool {
+    matches!(url.scheme(), "http" | "https")
+}
+
+/// Why a redirect answer reached us instead of being followed, for the error's detail: the
+/// policies above stop at a scheme other than http(s), and, for an endpoint marked insecure,
+/// at another origin.
+fn refused_redirect(from: &Url, location: Option<&str>) -> String {
+    let Some(to) = location.and_then(|l| from.join(l).ok()) else {
+        return " (a redirect without a usable `Location`)".to_owned();
+    };
+    if !is_http(&to) {
+        return format!(
+            " (a redirect to a `{}:` URL, not followed: only http and https are)",
+            to.scheme()
+        );
+    }
+    let origin = format!(
+        "{}://{}{}",
+        to.scheme(),
+        to.host_str().unwrap_or(""),
+        to.port().map(|p| format!(":{p}")).unwrap_or_default()
+    );
+    if same_origin(from, &to) {
+        return format!(" (more than {MAX_REDIRECTS} redirects)");
+    }
+    format!(
+        " (a redirect to another origin, `{origin}`, not followed for an endpoint marked \
+         insecure: its certificate checks are off for its own origin only)"
+    )
+}
+
 fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()
         && a.host_str() == b.host_str()
@@ -527,6 +575,7 @@ async fn check_status(resp: Response, what: &'static str) -> Result<Response, Re
         return Ok(resp);
     }
     let url = redact_url(resp.url());
+    let (resp_url, location) = (resp.url().clone(), header_str(&resp, LOCATION.as_str()));
     // Clamped: the value is the server's to choose, and past an hour it means "not today".
     let retry_after = header_str(&resp, RETRY_AFTER.as_str())
         .and_then(|v| v.trim().parse::<u64>().ok())
@@ -535,7 +584,7 @@ async fn check_status(resp: Response, what: &'static str) -> Result<Response, Re
         .await
         .unwrap_or_default();
     let detail = if status.is_redirection() {
-        " (a redirect to another host, not followed for an endpoint marked insecure)".to_owned()
+        refused_redirect(&resp_url, location.as_deref())
     } else {
         detail
     };

@@ -45,6 +45,14 @@ pub enum RegistryError {
         expected: u64,
         actual: u64,
     },
+    /// A body that went on past the descriptor's size (counted as it arrived: a chunked or
+    /// close-delimited body announces no length).
+    #[error("{url} sent more than the {expected} bytes expected (at least {at_least})")]
+    TooLong {
+        url: String,
+        expected: u64,
+        at_least: u64,
+    },
     #[error("{url} cannot serve the blob: {reason}")]
     BadRange { url: String, reason: String },
     #[error("{url} sent an unusable manifest")]
@@ -91,6 +99,7 @@ impl RegistryError {
             | RegistryError::Denied { .. }
             | RegistryError::DigestMismatch { .. }
             | RegistryError::SizeMismatch { .. }
+            | RegistryError::TooLong { .. }
             | RegistryError::BadRange { .. }
             | RegistryError::BadManifest { .. }
             | RegistryError::BadResponse { .. }
@@ -123,7 +132,7 @@ impl RegistryError {
             RegistryError::NotFound { .. } => "not-found",
             RegistryError::Denied { .. } => "denied",
             RegistryError::DigestMismatch { .. } => "digest-mismatch",
-            RegistryError::SizeMismatch { .. } => "size-mismatch",
+            RegistryError::SizeMismatch { .. } | RegistryError::TooLong { .. } => "size-mismatch",
             RegistryError::BadRange { .. } => "bad-range",
             RegistryError::BadManifest { .. } => "bad-manifest",
             RegistryError::BadResponse { .. } => "bad-response",

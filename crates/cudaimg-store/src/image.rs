@@ -48,7 +48,25 @@ impl Store {
         };
         let corrupt = |what: String| StoreError::Corrupt(format!("{name}: {what}"));
         let digest = entry.digest().map_err(|e| corrupt(e.to_string()))?;
-        let manifest_bytes = self.read_blob(&digest, MAX_MANIFEST_BYTES)?;
+        // A blob the index names but that is gone: say which, and how to get it back.
+        let missing = |what: &'static str, digest: &Digest| {
+            let (name, digest) = (name.to_owned(), digest.clone());
+            let platform = entry.platform.as_ref().map(|p| p.to_platform().to_string());
+            move |e: StoreError| match e {
+                StoreError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                    StoreError::MissingBlob {
+                        name,
+                        what,
+                        digest,
+                        platform,
+                    }
+                }
+                e => e,
+            }
+        };
+        let manifest_bytes = self
+            .read_blob(&digest, MAX_MANIFEST_BYTES)
+            .map_err(missing("manifest", &digest))?;
         if Digest::of(&manifest_bytes) != digest {
             return Err(corrupt(format!("manifest {digest} is corrupt")));
         }
@@ -59,7 +77,9 @@ impl Store {
                 "manifest {digest} is not an image manifest"
             )));
         };
-        let config_bytes = self.read_blob(&manifest.config.digest, MAX_MANIFEST_BYTES)?;
+        let config_bytes = self
+            .read_blob(&manifest.config.digest, MAX_MANIFEST_BYTES)
+            .map_err(missing("config", &manifest.config.digest))?;
         if Digest::of(&config_bytes) != manifest.config.digest {
             return Err(corrupt(format!(
                 "config {} is corrupt",

@@ -71,6 +71,15 @@ pub enum StoreError {
         image: Option<String>,
         reason: String,
     },
+    /// A name in `index.json` whose manifest or config blob is gone.
+    #[error("the store names `{name}` but its {what} blob {digest} is missing")]
+    MissingBlob {
+        name: String,
+        what: &'static str,
+        digest: Digest,
+        /// The entry's platform, for the pull that fetches it again.
+        platform: Option<String>,
+    },
 }
 
 fn image_of(image: &Option<String>) -> String {
@@ -123,6 +132,14 @@ impl StoreError {
                  blob; then `cudaimg pull {}` fetches it again (`cudaimg pull --verify-existing` \
                  does both)",
                 image.as_deref().unwrap_or("IMAGE")
+            )),
+            StoreError::MissingBlob { name, platform, .. } => Some(format!(
+                "`cudaimg verify` lists everything else that is missing; `cudaimg pull {}{name}` \
+                 fetches it again",
+                platform
+                    .as_ref()
+                    .map(|p| format!("--platform {p} "))
+                    .unwrap_or_default()
             )),
             StoreError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 Some("choose a store you can write to with `--store`".into())

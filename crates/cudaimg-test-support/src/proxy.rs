@@ -101,6 +101,14 @@ pub enum Fault {
         offset: u64,
         times: usize,
     },
+    /// Sends `bytes` more bytes (0xAB) after the end of a 2xx GET body: a source that sends
+    /// more than the blob holds. The body goes out chunked, without upstream's
+    /// `Content-Length`, so only counting the bytes shows the excess.
+    AppendBytes {
+        path_contains: String,
+        bytes: u64,
+        times: usize,
+    },
     /// Drops the client's `Range` header, so upstream answers 200 with the whole body. Fires
     /// only on requests that have a `Range`.
     IgnoreRange { path_contains: String, times: usize },
@@ -141,6 +149,7 @@ impl Fault {
             Fault::Status { .. } => "Status",
             Fault::Stall { .. } => "Stall",
             Fault::FlipByte { .. } => "FlipByte",
+            Fault::AppendBytes { .. } => "AppendBytes",
             Fault::IgnoreRange { .. } => "IgnoreRange",
             Fault::Throttle { .. } => "Throttle",
             Fault::RedirectBlobs { .. } => "RedirectBlobs",
@@ -158,6 +167,7 @@ impl Fault {
             | Fault::Status { times, .. }
             | Fault::Stall { times, .. }
             | Fault::FlipByte { times, .. }
+            | Fault::AppendBytes { times, .. }
             | Fault::IgnoreRange { times, .. } => *times,
             _ => ALWAYS,
         }
@@ -956,6 +966,8 @@ struct BodyFaults {
     /// (position, seconds)
     stall: Option<(u64, u64)>,
     flip: Option<u64>,
+    /// Bytes to send after the body.
+    append: Option<u64>,
     names: Vec<&'static str>,
 }
 
@@ -1021,6 +1033,20 @@ fn body_faults(
     });
     if faults.flip.is_some() {
         faults.names.push("FlipByte");
+    }
+    // Only on a body that ends as upstream sent it: after a cut or stall there is no end.
+    if faults.cut.is_none() && faults.stall.is_none() {
+        faults.append = shared.take(|fault| match fault {
+            Fault::AppendBytes {
+                path_contains,
+                bytes,
+                ..
+            } if target.contains(path_contains.as_str()) => Some(*bytes),
+            _ => None,
+        });
+        if faults.append.is_some() {
+            faults.names.push("AppendBytes");
+        }
     }
     faults
 }
@@ -1234,13 +1260,16 @@ fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io::Result<En
 
     // Response to the client: upstream's status line and headers, but our own connection
     // handling; a chunked body stays chunked (re-framed), so a cut is visible to the client.
+    // Bytes appended past the body cannot be announced by upstream's length: re-framed chunked.
+    let chunked = body == Framing::Chunked || faults.append.is_some();
     let mut headers: Vec<(String, String)> = response
         .headers
         .iter()
         .filter(|(name, _)| !hop_by_hop(name))
+        .filter(|(name, _)| faults.append.is_none() || !name.eq_ignore_ascii_case("content-length"))
         .cloned()
         .collect();
-    if body == Framing::Chunked {
+    if chunked {
         headers.push(("Transfer-Encoding".into(), "chunked".into()));
     }
     shared.update(index, |r| {
@@ -1253,7 +1282,7 @@ fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io::Result<En
         shared,
         index,
         out: client,
-        chunked: body == Framing::Chunked,
+        chunked,
     };
     let mut reader = BodyReader::new(&mut upstream_in, body);
     let mut piece = vec![0; PIECE];
@@ -1295,6 +1324,15 @@ fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io::Result<En
         }
         writer.send(&piece[..n])?;
         position += n as u64;
+    }
+    if let Some(extra) = faults.append {
+        let filler = vec![0xAB; PIECE];
+        let mut left = extra;
+        while left > 0 {
+            let n = left.min(PIECE as u64);
+            writer.send(&filler[..n as usize])?;
+            left -= n;
+        }
     }
     writer.finish()?;
     Ok(Ending::Close)

@@ -162,7 +162,6 @@ impl BlobJob<'_> {
             }
             self.reporter
                 .blob_started(&desc.digest, desc.size, resp.offset, source.label());
-            let before = writer.written();
             let url = resp.url.clone();
             let mut body = resp.response.bytes_stream();
             let outcome = loop {
@@ -192,12 +191,15 @@ impl BlobJob<'_> {
                         match writer.write(&chunk).await {
                             Ok(()) => self.reporter.blob_progress(&desc.digest, n),
                             Err(WriteError::TooLong { expected_size }) => {
+                                // Counted before the reset: the blob's bytes so far (from
+                                // this response and any resumed before it) and this chunk.
+                                let at_least = writer.written() + n;
                                 writer.reset().await.map_err(give_up)?;
                                 contributors.clear();
-                                break Err(RegistryError::SizeMismatch {
+                                break Err(RegistryError::TooLong {
                                     url: url.clone(),
                                     expected: expected_size,
-                                    actual: before + n,
+                                    at_least,
                                 });
                             }
                             Err(WriteError::Store(e)) => return Err(give_up(e)),
