@@ -255,7 +255,7 @@ fn print(l: &Listing) {
     unknown.sort();
     unknown.dedup();
     for u in unknown {
-        eprintln!("note: {u}");
+        note!("note: {u}");
     }
     if let Some(u) = &l.unparsed {
         for t in u {

@@ -16,3 +16,4 @@ mod proxy_harness;
 mod pull;
 mod resilience;
 mod trust;
+mod upload;

@@ -60,7 +60,14 @@ impl Auth {
         })
     }
 
-    /// Answers the challenge of a 401 for `url` and caches the resulting header for `scope`.
+    /// Uses `credential` instead of looking one up in docker's config.json (a caller that was
+    /// given credentials explicitly). Has no effect once a lookup has been made.
+    pub(crate) fn set_credential(&self, credential: Credential) {
+        let _ = self.creds.set(Ok(Some(credential)));
+    }
+
+    /// Answers the challenge of a 401 for `url` and caches the resulting header for `scope`:
+    /// one or more space-separated scopes (`repository:a:pull,push repository:b:pull`).
     pub(crate) async fn respond(
         &self,
         http: &Client,
@@ -94,7 +101,7 @@ impl Auth {
                     http,
                     &realm,
                     service,
-                    asked.unwrap_or_else(|| scope.to_owned()),
+                    requested_scopes(scope, asked.as_deref()),
                     creds.as_ref(),
                 )
                 .await?;
@@ -123,19 +130,24 @@ impl Auth {
         http: &Client,
         realm: &Url,
         service: Option<String>,
-        scope: String,
+        scopes: Vec<String>,
         creds: Option<&Credential>,
     ) -> Result<String, RegistryError> {
         let realm_label = redact_url(realm);
         // Never downgrade: credentials for an https registry only go to an https realm.
         let creds = creds.filter(|_| realm.scheme() == "https" || !self.endpoint_is_https);
-        let mut query: Vec<(&str, String)> = vec![("scope", scope)];
-        if let Some(s) = service {
-            query.push(("service", s));
+        // One `scope` parameter per scope, as the token spec has it; the OAuth2 form below
+        // takes them space-separated in one.
+        let mut query: Vec<(&str, String)> = scopes.iter().map(|s| ("scope", s.clone())).collect();
+        if let Some(s) = &service {
+            query.push(("service", s.clone()));
         }
         let req = match creds {
             Some(Credential::IdentityToken(refresh)) => {
-                let mut form = query.clone();
+                let mut form: Vec<(&str, String)> = vec![("scope", scopes.join(" "))];
+                if let Some(s) = service {
+                    form.push(("service", s));
+                }
                 form.push(("grant_type", "refresh_token".into()));
                 form.push(("refresh_token", refresh.clone()));
                 form.push(("client_id", "cudaimg".into()));
@@ -241,6 +253,23 @@ pub fn read_challenge(header: Option<&str>) -> Result<Challenge, String> {
         return Ok(Challenge::Basic);
     }
     Err("it answered 401 without a Bearer or Basic challenge".into())
+}
+
+/// The scopes to ask a token for: ours (what the operation needs: a push needs `pull,push`,
+/// a mount also `pull` on the source repository) and those the challenge names, each once.
+/// The challenge's alone would not do: a registry names the scope of the request it refused,
+/// and the token must also serve the session's later requests.
+fn requested_scopes(ours: &str, challenge: Option<&str>) -> Vec<String> {
+    let mut scopes: Vec<String> = Vec::new();
+    for s in ours
+        .split_whitespace()
+        .chain(challenge.unwrap_or_default().split_whitespace())
+    {
+        if !scopes.iter().any(|have| have == s) {
+            scopes.push(s.to_owned());
+        }
+    }
+    scopes
 }
 
 fn bearer_header(token: &str) -> Result<HeaderValue, RegistryError> {

@@ -439,7 +439,7 @@ impl RegistryClient {
         })
     }
 
-    fn url(&self, s: &str) -> Result<Url, RegistryError> {
+    pub(crate) fn url(&self, s: &str) -> Result<Url, RegistryError> {
         Url::parse(s).map_err(|_| RegistryError::Status {
             url: s.to_owned(),
             status: 0,
@@ -455,7 +455,20 @@ impl RegistryClient {
         url: &Url,
         build: impl Fn(&Client) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
-        let scope = format!("repository:{repo}:pull");
+        self.send_scoped(&format!("repository:{repo}:pull"), url, build)
+            .await
+    }
+
+    /// [`Self::send`] for the space-separated Bearer `scope`s the request needs (uploads need
+    /// `pull,push`). `build` runs once more after a challenge: only for requests without a
+    /// streamed body (see [`Self::send_body_once`]).
+    pub(crate) async fn send_scoped(
+        &self,
+        scope: &str,
+        url: &Url,
+        build: impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        let scope = scope.to_owned();
         let mut authorization: Option<HeaderValue> = self.auth.cached(&scope);
         let mut answered = false;
         loop {
@@ -494,6 +507,48 @@ impl RegistryClient {
                     .await?,
             );
         }
+    }
+
+    /// Sends a request whose body is streamed, once. A body is never streamed twice into a
+    /// challenge: on a 401 the credentials are renewed here (a bodyless token request) and
+    /// [`RegistryError::TokenRenewed`] tells the caller to ask the upload's status and send
+    /// the rest again with the fresh token.
+    pub(crate) async fn send_body_once(
+        &self,
+        scope: &str,
+        url: &Url,
+        request: RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        let request = match self.auth.cached(scope) {
+            Some(h) => request.header(AUTH_HEADER, h),
+            None => request,
+        };
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| RegistryError::from_reqwest(url, e))?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge = header_str(&resp, WWW_AUTHENTICATE.as_str());
+        self.auth
+            .respond(&self.http, &self.verified, challenge.as_deref(), scope, url)
+            .await?;
+        Err(RegistryError::TokenRenewed {
+            url: redact_url(url),
+        })
+    }
+
+    /// The endpoint's HTTP client, for requests built outside this module.
+    pub(crate) fn http(&self) -> &Client {
+        &self.http
+    }
+
+    /// Uses `credential` for this endpoint instead of looking one up in docker's config.json
+    /// (a caller that was given credentials explicitly, or a test).
+    pub fn with_credential(self, credential: crate::Credential) -> Self {
+        self.auth.set_credential(credential);
+        self
     }
 }
 
@@ -555,13 +610,13 @@ fn refused_redirect(from: &Url, location: Option<&str>) -> String {
     )
 }
 
-fn same_origin(a: &Url, b: &Url) -> bool {
+pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()
         && a.host_str() == b.host_str()
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-fn header_str(resp: &Response, name: &str) -> Option<String> {
+pub(crate) fn header_str(resp: &Response, name: &str) -> Option<String> {
     resp.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -569,7 +624,10 @@ fn header_str(resp: &Response, name: &str) -> Option<String> {
 }
 
 /// Turns a non-success status into a typed error, with the registry's own error text.
-async fn check_status(resp: Response, what: &'static str) -> Result<Response, RegistryError> {
+pub(crate) async fn check_status(
+    resp: Response,
+    what: &'static str,
+) -> Result<Response, RegistryError> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);

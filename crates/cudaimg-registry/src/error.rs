@@ -65,6 +65,14 @@ pub enum RegistryError {
     BadResponse { url: String, reason: String },
     #[error("reading credentials for `{host}` failed: {reason}")]
     Credentials { host: String, reason: String },
+    /// An upload request was refused with a 401 (a token expired mid-upload); a fresh one is
+    /// in place. Nothing was sent again: ask the session's status and continue from there.
+    #[error("{url} asked for credentials again during an upload; they were renewed")]
+    TokenRenewed { url: String },
+    /// The registry no longer knows the upload session (404, or distribution's
+    /// `BLOB_UPLOAD_INVALID`/`BLOB_UPLOAD_UNKNOWN`): that blob starts over in a new session.
+    #[error("{url} lost the upload session{detail}")]
+    UploadSessionLost { url: String, detail: String },
 }
 
 /// What the caller should do after an error.
@@ -88,7 +96,9 @@ impl RegistryError {
             RegistryError::Connect { .. }
             | RegistryError::Timeout { .. }
             | RegistryError::Stalled { .. }
-            | RegistryError::Transfer { .. } => Next::Retry,
+            | RegistryError::Transfer { .. }
+            | RegistryError::TokenRenewed { .. }
+            | RegistryError::UploadSessionLost { .. } => Next::Retry,
             RegistryError::Status { status, .. }
                 if matches!(*status, 408 | 429) || *status >= 500 =>
             {
@@ -137,6 +147,8 @@ impl RegistryError {
             RegistryError::BadManifest { .. } => "bad-manifest",
             RegistryError::BadResponse { .. } => "bad-response",
             RegistryError::Credentials { .. } => "credentials",
+            RegistryError::TokenRenewed { .. } => "token-renewed",
+            RegistryError::UploadSessionLost { .. } => "upload-session-lost",
         }
     }
 

@@ -1,4 +1,5 @@
-//! The distribution protocol against one endpoint: authentication, manifests and blobs.
+//! The distribution protocol against one endpoint: authentication, manifests and blobs, read
+//! and written (uploads: [`RegistryClient::push_blob`] and its parts).
 //!
 //! Nothing here knows about mirrors or the store: a [`RegistryClient`] talks to exactly one
 //! endpoint, and its [`RegistryError`]s say whether another source could do better
@@ -8,7 +9,11 @@ pub mod auth;
 mod client;
 mod credentials;
 mod error;
+mod upload;
 
 pub use client::{BlobResponse, FetchedManifest, HttpClients, RegistryClient, TagList};
 pub use credentials::Credential;
 pub use error::{redact_url, Next, RegistryError};
+pub use upload::{
+    BlobSource, BytesSource, FileSource, Mount, Pushed, UploadError, UploadOptions, UploadSession,
+};

@@ -140,6 +140,39 @@ pub enum Fault {
     /// sent, with `Link: </v2/<name>/tags/list?n=N&last=T>; rel="next"` while more remain.
     /// Persistent.
     PaginateTags { max_page: usize },
+    /// Answers `status` (a distribution-style JSON error, with `Retry-After` and
+    /// `WWW-Authenticate` if given) to requests with `method` whose target contains
+    /// `path_contains`, after letting the first `skip` of them through. The request body is
+    /// read and dropped: upstream never sees the request. Counted. E.g. a 500, or a 404 (a lost
+    /// session), on the third `PATCH` of an upload.
+    StatusOn {
+        method: String,
+        path_contains: String,
+        skip: usize,
+        status: u16,
+        retry_after: Option<u64>,
+        www_authenticate: Option<String>,
+        times: usize,
+    },
+    /// Reads `bytes` bytes of the body of a request with `method` whose target contains
+    /// `path_contains` (after letting the first `skip` through), then resets the client's
+    /// connection: an upload cut mid-body. With `forward: false` none of the request reaches
+    /// upstream (the cut fell before the registry, whose session is intact); with
+    /// `forward: true` the request and those bytes go upstream, whose connection is then cut
+    /// too (the registry got part of the body). Counted; fires only on a body declared longer
+    /// than `bytes` (`Content-Length`).
+    CutRequestAfter {
+        method: String,
+        path_contains: String,
+        skip: usize,
+        bytes: u64,
+        forward: bool,
+        times: usize,
+    },
+    /// Rewrites the `Location` header of every response to point at `to`
+    /// (`http://HOST:PORT`), keeping path and query: a registry that sends uploads to another
+    /// host. Persistent.
+    RewriteLocation { to: String },
 }
 
 impl Fault {
@@ -157,6 +190,9 @@ impl Fault {
             Fault::Refuse => "Refuse",
             Fault::ServeManifest { .. } => "ServeManifest",
             Fault::PaginateTags { .. } => "PaginateTags",
+            Fault::StatusOn { .. } => "StatusOn",
+            Fault::CutRequestAfter { .. } => "CutRequestAfter",
+            Fault::RewriteLocation { .. } => "RewriteLocation",
         }
     }
 
@@ -168,7 +204,9 @@ impl Fault {
             | Fault::Stall { times, .. }
             | Fault::FlipByte { times, .. }
             | Fault::AppendBytes { times, .. }
-            | Fault::IgnoreRange { times, .. } => *times,
+            | Fault::IgnoreRange { times, .. }
+            | Fault::StatusOn { times, .. }
+            | Fault::CutRequestAfter { times, .. } => *times,
             _ => ALWAYS,
         }
     }
@@ -189,6 +227,9 @@ pub struct ProxyRequest {
     /// Body bytes written to the client (payload, without chunk framing). Written means
     /// accepted by the kernel: for a client that hung up early, that can exceed what it read.
     pub body_bytes: u64,
+    /// Request body bytes read from the client (payload, without chunk framing): what an
+    /// upload sent, whether or not it went on upstream.
+    pub request_bytes: u64,
     /// Names of the faults that fired on this request, e.g. `["IgnoreRange", "FlipByte"]`.
     pub faults: Vec<&'static str>,
 }
@@ -208,6 +249,8 @@ pub struct FaultProxy {
 struct Rule {
     fault: Fault,
     remaining: usize,
+    /// Matching requests let through so far, for faults with a `skip`.
+    skipped: usize,
 }
 
 struct Shared {
@@ -307,6 +350,7 @@ impl FaultProxy {
             self.shared.rules.lock().unwrap().push(Rule {
                 fault: rule,
                 remaining,
+                skipped: 0,
             });
         }
     }
@@ -341,6 +385,10 @@ impl FaultProxy {
     /// Body bytes sent to clients, all requests.
     pub fn body_bytes_sent(&self) -> u64 {
         self.requests().iter().map(|r| r.body_bytes).sum()
+    }
+    /// Request body bytes received (uploads), all requests.
+    pub fn request_bytes_received(&self) -> u64 {
+        self.requests().iter().map(|r| r.request_bytes).sum()
     }
     /// Body bytes sent for requests whose target contains `path_contains`.
     pub fn body_bytes_sent_for(&self, path_contains: &str) -> u64 {
@@ -424,6 +472,28 @@ impl Shared {
                 Fault::Throttle { bytes_per_sec } => Some(bytes_per_sec),
                 _ => None,
             })
+    }
+
+    /// Like [`Shared::take`] for faults with a `skip`: `applies` returns the skip and the
+    /// value; the first applicable rule lets `skip` requests pass (`None`) before it fires.
+    fn take_skipping<T>(&self, mut applies: impl FnMut(&Fault) -> Option<(usize, T)>) -> Option<T> {
+        let mut rules = self.rules.lock().unwrap();
+        let position = rules
+            .iter()
+            .position(|rule| rule.remaining > 0 && applies(&rule.fault).is_some())?;
+        let (skip, found) = applies(&rules[position].fault)?;
+        let rule = &mut rules[position];
+        if rule.skipped < skip {
+            rule.skipped += 1;
+            return None;
+        }
+        if rule.remaining != ALWAYS {
+            rule.remaining -= 1;
+        }
+        if rule.remaining == 0 {
+            rules.remove(position);
+        }
+        Some(found)
     }
 
     /// Takes the first applicable rule (in insertion order) for which `applies` says yes,
@@ -683,16 +753,11 @@ fn copy_request_body(
     reader: &mut BufReader<TcpStream>,
     framing: Framing,
     out: &mut impl Write,
+    count: &dyn Fn(u64),
 ) -> io::Result<()> {
     match framing {
         Framing::None | Framing::Close => Ok(()),
-        Framing::Length(n) => {
-            let copied = io::copy(&mut reader.take(n), out)?;
-            if copied < n {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "request body"));
-            }
-            Ok(())
-        }
+        Framing::Length(n) => copy_counted(reader, n, out, count),
         Framing::Chunked => {
             // Decoded then re-encoded in one chunk per piece: the same body, simpler framing.
             let mut body = BodyReader::new(reader, Framing::Chunked);
@@ -702,6 +767,7 @@ fn copy_request_body(
                 if n == 0 {
                     return out.write_all(b"0\r\n\r\n");
                 }
+                count(n as u64);
                 write!(out, "{n:x}\r\n")?;
                 out.write_all(&piece[..n])?;
                 out.write_all(b"\r\n")?;
@@ -881,6 +947,30 @@ fn request_faults(
     });
     if local.is_some() {
         return (local, false);
+    }
+    let status_on = shared.take_skipping(|fault| match fault {
+        Fault::StatusOn {
+            method: m,
+            path_contains,
+            skip,
+            status,
+            retry_after,
+            www_authenticate,
+            ..
+        } if m == method && target.contains(path_contains.as_str()) => {
+            let mut local = Local::error(*status, Some(fault.name()));
+            if let Some(seconds) = retry_after {
+                local = local.header("Retry-After", seconds.to_string());
+            }
+            if let Some(challenge) = www_authenticate {
+                local = local.header("WWW-Authenticate", challenge.clone());
+            }
+            Some((*skip, local))
+        }
+        _ => None,
+    });
+    if status_on.is_some() {
+        return (status_on, false);
     }
     if method == "GET"
         && target
@@ -1111,6 +1201,37 @@ impl BodyWriter<'_> {
     }
 }
 
+/// Copies exactly `n` body bytes, counting them as they arrive.
+fn copy_counted(
+    reader: &mut BufReader<TcpStream>,
+    n: u64,
+    out: &mut impl Write,
+    count: &dyn Fn(u64),
+) -> io::Result<()> {
+    let mut piece = vec![0; PIECE];
+    let mut left = n;
+    while left > 0 {
+        let want = left.min(PIECE as u64) as usize;
+        let got = reader.read(&mut piece[..want])?;
+        if got == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "request body"));
+        }
+        count(got as u64);
+        out.write_all(&piece[..got])?;
+        left -= got as u64;
+    }
+    Ok(())
+}
+
+/// `location` moved to the origin `to`, path and query kept.
+fn rewrite_location(location: &str, to: &str) -> String {
+    let path = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| location.strip_prefix(scheme))
+        .map_or(location, |rest| rest.find('/').map_or("/", |i| &rest[i..]));
+    format!("{}{path}", to.trim_end_matches('/'))
+}
+
 fn write_head(out: &TcpStream, status_line: &str, headers: &[(String, String)]) -> io::Result<()> {
     let mut head = format!("{status_line}\r\n");
     for (name, value) in headers {
@@ -1173,8 +1294,10 @@ fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io::Result<En
         range: head.get("range").map(String::from),
         authorization: head.get("authorization").map(String::from),
         body_bytes: 0,
+        request_bytes: 0,
         faults: Vec::new(),
     });
+    let count = |n: u64| shared.update(index, |r| r.request_bytes += n);
     if head
         .get("expect")
         .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
@@ -1192,14 +1315,37 @@ fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io::Result<En
     if let Some(local) = local {
         // Read the request body first: closing with unread input would reset the connection
         // and could destroy the answer before the client reads it.
-        copy_request_body(&mut reader, request_body, &mut io::sink())?;
+        copy_request_body(&mut reader, request_body, &mut io::sink(), &count)?;
         return respond_local(shared, index, client, &method, local);
+    }
+    let cut = match request_body {
+        Framing::Length(length) => shared.take_skipping(|fault| match fault {
+            Fault::CutRequestAfter {
+                method: m,
+                path_contains,
+                skip,
+                bytes,
+                forward,
+                ..
+            } if *m == method && target.contains(path_contains.as_str()) && length > *bytes => {
+                Some((*skip, (*bytes, *forward)))
+            }
+            _ => None,
+        }),
+        _ => None,
+    };
+    if cut.is_some() {
+        shared.update(index, |r| r.faults.push("CutRequestAfter"));
+    }
+    if let Some((bytes, false)) = cut {
+        copy_counted(&mut reader, bytes, &mut io::sink(), &count)?;
+        return Ok(Ending::Reset);
     }
 
     let upstream = match TcpStream::connect_timeout(&shared.upstream, CONNECT_TIMEOUT) {
         Ok(upstream) => upstream,
         Err(_) => {
-            copy_request_body(&mut reader, request_body, &mut io::sink())?;
+            copy_request_body(&mut reader, request_body, &mut io::sink(), &count)?;
             return respond_local(shared, index, client, &method, Local::error(502, None));
         }
     };
@@ -1223,7 +1369,16 @@ fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io::Result<En
     request.push_str("Connection: close\r\n\r\n");
     let mut upstream_out = &upstream;
     upstream_out.write_all(request.as_bytes())?;
-    copy_request_body(&mut reader, request_body, &mut upstream_out)?;
+    if let Some((bytes, true)) = cut {
+        copy_counted(&mut reader, bytes, &mut upstream_out, &count)?;
+        upstream_out.flush()?;
+        // The registry has part of the body; now both sides of the connection break.
+        thread::sleep(RESET_GRACE);
+        let _ = socket2::SockRef::from(&upstream).set_linger(Some(Duration::ZERO));
+        let _ = upstream.shutdown(Shutdown::Both);
+        return Ok(Ending::Reset);
+    }
+    copy_request_body(&mut reader, request_body, &mut upstream_out, &count)?;
     upstream_out.flush()?;
 
     let mut upstream_in = BufReader::with_capacity(PIECE, &upstream);
@@ -1269,6 +1424,18 @@ fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io::Result<En
         .filter(|(name, _)| faults.append.is_none() || !name.eq_ignore_ascii_case("content-length"))
         .cloned()
         .collect();
+    let moved_to = shared.take(|fault| match fault {
+        Fault::RewriteLocation { to } => Some(to.clone()),
+        _ => None,
+    });
+    if let Some(to) = moved_to {
+        for (name, value) in headers.iter_mut() {
+            if name.eq_ignore_ascii_case("location") {
+                *value = rewrite_location(value, &to);
+                shared.update(index, |r| r.faults.push("RewriteLocation"));
+            }
+        }
+    }
     if chunked {
         headers.push(("Transfer-Encoding".into(), "chunked".into()));
     }
