@@ -487,3 +487,51 @@ fn io_at(e: std::io::Error, path: &std::path::Path) -> StoreError {
         format!("{}: {e}", path.display()),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranged_writes_stay_within_the_blob_and_past_the_hashed_prefix() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&tmp.path().join("s")).unwrap_or_else(|e| panic!("{e}"));
+        let data: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect();
+        let digest = Digest::of(&data);
+        let size = data.len() as u64;
+        let mib = 1usize << 20;
+        rt.block_on(async {
+            let mut w = store
+                .blob_writer(&digest, size)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("stored already".into()))?;
+            let ranged = w.ranged().await?;
+            let out = ranged.write_at(size - 1, vec![0, 0]).await;
+            assert!(matches!(out, Err(StoreError::OutOfRange { .. })), "{out:?}");
+            // Out of order: the last two MiB first, then the first.
+            ranged.write_at(2 << 20, data[2 * mib..].to_vec()).await?;
+            ranged
+                .write_at(1 << 20, data[mib..2 * mib].to_vec())
+                .await?;
+            ranged.write_at(0, data[..mib].to_vec()).await?;
+            w.absorb(1 << 20).await?;
+            // Hashed bytes can no longer change.
+            let out = ranged.write_at(0, vec![1]).await;
+            assert!(matches!(out, Err(StoreError::OutOfRange { .. })), "{out:?}");
+            w.absorb(size).await?;
+            w.end_ranged().await?;
+            let out = ranged.write_at(size - 1, vec![1]).await;
+            assert!(matches!(out, Err(StoreError::OutOfRange { .. })), "{out:?}");
+            w.commit().await.map_err(|e| match e {
+                CommitError::Store(s) => s,
+                other => StoreError::Corrupt(other.to_string()),
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.check_blob(&digest, size).is_ok_and(|r| r.is_none()));
+    }
+}
