@@ -170,9 +170,10 @@ pub(crate) fn stored_facts(ctx: &Ctx, name: &str) -> Result<Option<StoredFacts>,
     Ok(Some(StoredFacts {
         name: image.name.clone(),
         digest: image
-            .entry
-            .index_digest()
-            .map_or_else(|| image.digest.to_string(), str::to_owned),
+            .index_digest
+            .as_ref()
+            .unwrap_or(&image.digest)
+            .to_string(),
         platform: image.platform().to_string(),
         env: ImageEnv::from_env(&image.config.config.env.clone().unwrap_or_default()),
     }))

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 use cudaimg_oci::digest::Digest;
-use cudaimg_oci::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
+use cudaimg_oci::manifest::Manifest;
 use cudaimg_store::{Store, StoreError};
 
 use super::{emit, emit_json, human_bytes, Ctx};
@@ -71,7 +71,6 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
 }
 
 fn rows(store: &Store) -> Result<Vec<Row>, Error> {
-    let index = store.read_index()?;
     // Blobs of each entry; a blob used by two or more entries is shared.
     struct Entry {
         broken: bool,
@@ -81,27 +80,21 @@ fn rows(store: &Store) -> Result<Vec<Row>, Error> {
         blobs: Vec<(Digest, u64)>,
     }
     let mut per_entry: Vec<Entry> = Vec::new();
-    for e in &index.manifests {
-        let name = e.ref_name().unwrap_or("<unnamed>").to_owned();
-        let platform = e.platform.as_ref().map(|p| p.to_platform().to_string());
-        let blobs = match e.digest() {
-            Ok(d) => match store.read_blob(&d, MAX_MANIFEST_BYTES) {
-                Ok(bytes) => match manifest::parse(&bytes, Some(&e.media_type)) {
-                    Ok(Manifest::Image(m)) => std::iter::once(&m.config)
-                        .chain(&m.layers)
-                        .map(|d| (d.digest.clone(), d.size))
-                        .collect(),
-                    _ => Vec::new(),
-                },
-                Err(_) => Vec::new(),
-            },
-            Err(_) => Vec::new(),
+    for e in store.list()? {
+        let name = e.name.unwrap_or_else(|| "<unnamed>".to_owned());
+        let platform = e.platform.as_ref().map(ToString::to_string);
+        let blobs = match e.manifest.map(|m| store.read_manifest(&m)) {
+            Some(Ok(Manifest::Image(m))) => std::iter::once(&m.config)
+                .chain(&m.layers)
+                .map(|d| (d.digest.clone(), d.size))
+                .collect(),
+            _ => Vec::new(),
         };
         let broken = blobs.is_empty() || !blobs.iter().all(|(d, s)| store.has_blob(d, *s));
         per_entry.push(Entry {
             broken,
             name,
-            digest: e.digest.clone(),
+            digest: e.digest,
             platform,
             blobs,
         });

@@ -45,9 +45,10 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let store = ctx.existing_store()?;
     let Some(image) = store.image(&name, want.as_ref())? else {
         let stored: Vec<String> = store
-            .read_index()?
-            .find(&name)
-            .filter_map(|e| e.platform.as_ref().map(|p| p.to_platform().to_string()))
+            .list()?
+            .into_iter()
+            .filter(|e| e.name.as_deref() == Some(name.as_str()))
+            .filter_map(|e| e.platform.map(|p| p.to_string()))
             .collect();
         if let (Some(w), false) = (&want, stored.is_empty()) {
             return Err(Error::NotInStore(format!(
@@ -57,12 +58,12 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         }
         return Err(Error::NotInStore(name));
     };
-    let (entry, digest, m, cfg) = (&image.entry, &image.digest, &image.manifest, &image.config);
+    let (digest, m, cfg) = (&image.digest, &image.manifest, &image.config);
     let out = Inspection {
         name: name.clone(),
         digest: digest.to_string(),
-        index_digest: entry.index_digest().map(str::to_owned),
-        media_type: entry.media_type.clone(),
+        index_digest: image.index_digest.as_ref().map(ToString::to_string),
+        media_type: image.media_type.clone(),
         platform: image.platform().to_string(),
         created: cfg.created.clone(),
         env: cfg.config.env.clone().unwrap_or_default(),

@@ -24,19 +24,10 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         .map(|r| config.canonicalize(r).map(|c| c.image.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let store = ctx.existing_store()?;
-    let removed = store.update_index(|idx| {
-        let before = idx.manifests.len();
-        idx.manifests.retain(|e| {
-            let named = e.ref_name().is_some_and(|n| names.iter().any(|x| x == n));
-            let platform_ok = match (&want, &e.platform) {
-                (None, _) => true,
-                (Some(w), Some(p)) => w.matches(&p.to_platform()),
-                (Some(_), None) => false,
-            };
-            !(named && platform_ok)
-        });
-        before - idx.manifests.len()
-    })?;
+    let mut removed = 0;
+    for name in &names {
+        removed += store.untag(name, want.as_ref())?;
+    }
     if removed == 0 {
         return Err(Error::NotInStore(names.join(", ")));
     }

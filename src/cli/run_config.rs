@@ -91,9 +91,8 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     // The manifest list's digest when there is one: what `docker pull` records, and the
     // same for every platform.
     let digest = image
-        .entry
-        .index_digest()
-        .and_then(|d| cudaimg_oci::digest::Digest::parse(d).ok())
+        .index_digest
+        .clone()
         .unwrap_or_else(|| image.digest.clone());
     let pinned = ImageRef {
         digest: Some(digest),

@@ -25,22 +25,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     }
     let target = target.to_string();
     let store = ctx.existing_store()?;
-    let added = store.update_index(|idx| {
-        let copies: Vec<_> = idx
-            .find(&source)
-            .cloned()
-            .map(|mut e| {
-                e.annotations
-                    .insert(cudaimg_store::REF_NAME.to_owned(), target.clone());
-                e
-            })
-            .collect();
-        let n = copies.len();
-        for e in copies {
-            idx.upsert(e);
-        }
-        n
-    })?;
+    let added = store.tag(&source, &target)?;
     if added == 0 {
         return Err(Error::NotInStore(source));
     }

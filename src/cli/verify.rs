@@ -1,7 +1,6 @@
 //! `cudaimg verify`: exits 3 and names each problem when the store is not sound.
 
 use crate::error::Error;
-use cudaimg_store::verify::verify;
 use cudaimg_store::StoreError;
 
 use super::{emit, emit_json, human_bytes, Ctx};
@@ -18,7 +17,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let bar = ctx.progress.counter("verifying");
     let s = store.clone();
     let repair = args.repair;
-    let report = tokio::task::spawn_blocking(move || verify(&s, repair, &|n| bar.inc(n)))
+    let report = tokio::task::spawn_blocking(move || s.fsck(repair, &|n| bar.inc(n)))
         .await
         .map_err(|e| Error::Setup(format!("verification was interrupted: {e}")))?
         .map_err(broken_index)?;

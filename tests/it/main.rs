@@ -9,6 +9,7 @@ mod cuda;
 mod docker;
 mod faults;
 mod harness;
+mod import;
 mod input_safety;
 mod parallel;
 mod proptests;

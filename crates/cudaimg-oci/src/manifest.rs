@@ -21,6 +21,9 @@ pub const OCI_MANIFEST: &str = OCI_IMAGE_MEDIA_TYPE;
 pub const OCI_INDEX: &str = OCI_IMAGE_INDEX_MEDIA_TYPE;
 const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
+/// The OCI annotation that names an image in a layout's `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
 /// The `Accept` header for manifest requests: every type cudaimg understands.
 pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \

@@ -17,6 +17,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::confine::{describe, file_type, same_file, StoreDir};
@@ -69,6 +70,49 @@ pub struct BlobWriter {
     size: u64,
     /// Bytes that were already in the partial file when it was opened.
     resumed: u64,
+    /// The hashed prefix, as [`RangedWriter`]s see it: they may write only past it.
+    /// `u64::MAX` while no ranged fill is open.
+    hashed: Arc<AtomicU64>,
+}
+
+/// Writes a blob's bytes at their offsets, for a parallel fill from several sources, while
+/// the [`BlobWriter`] it came from hashes the contiguous prefix ([`BlobWriter::absorb`]).
+/// Cheap to clone, one per worker. Every write is bounds-checked: it must lie within the blob
+/// and past the hashed prefix, so bytes already hashed can never change under the hash.
+#[derive(Clone)]
+pub struct RangedWriter {
+    file: Arc<std::fs::File>,
+    partial: Arc<PathBuf>,
+    digest: Digest,
+    size: u64,
+    hashed: Arc<AtomicU64>,
+}
+
+impl RangedWriter {
+    /// Writes `data` at `pos` on a blocking thread (callers hand over 1 MiB pieces, so the
+    /// network, the disk and the hash overlap). Returns the number of bytes written.
+    pub async fn write_at(&self, pos: u64, data: Vec<u8>) -> Result<u64, StoreError> {
+        let len = data.len() as u64;
+        let from = self.hashed.load(Ordering::Acquire);
+        let end = pos.saturating_add(len);
+        if pos < from || end > self.size {
+            return Err(StoreError::OutOfRange {
+                digest: self.digest.clone(),
+                start: pos,
+                end,
+                from: from.min(self.size),
+                size: self.size,
+            });
+        }
+        let (file, path) = (self.file.clone(), self.partial.clone());
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&data, pos).map_err(|e| io_at(e, &path))
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        Ok(len)
+    }
 }
 
 const PIECE: usize = 1 << 20;
@@ -129,6 +173,7 @@ impl BlobWriter {
             expected,
             size,
             resumed,
+            hashed: Arc::new(AtomicU64::new(u64::MAX)),
         }))
     }
 
@@ -197,11 +242,19 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// A second handle on the partial file, for writing ranges at their offsets while
-    /// this writer hashes the contiguous prefix ([`BlobWriter::absorb`]).
-    pub async fn ranged_handle(&mut self) -> Result<std::fs::File, StoreError> {
+    /// Opens a ranged fill: a [`RangedWriter`] for writing ranges at their offsets past
+    /// the current prefix, while this writer hashes the prefix as it grows
+    /// ([`BlobWriter::absorb`]). End it with [`BlobWriter::end_ranged`].
+    pub async fn ranged(&mut self) -> Result<RangedWriter, StoreError> {
         self.drain().await?;
-        self.file.try_clone().map_err(|e| io_at(e, &self.partial))
+        self.hashed.store(self.len, Ordering::Release);
+        Ok(RangedWriter {
+            file: self.file.clone(),
+            partial: Arc::new(self.partial.clone()),
+            digest: self.expected.clone(),
+            size: self.size,
+            hashed: self.hashed.clone(),
+        })
     }
 
     /// Hashes bytes that ranged writes put in the file from the current end of the
@@ -240,6 +293,7 @@ impl BlobWriter {
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         self.hasher = Some(hasher);
         self.len = upto;
+        self.hashed.fetch_max(upto, Ordering::AcqRel);
         let dirs = self.dirs.clone();
         tokio::task::spawn_blocking(move || write_sidecar(&dirs, upto))
             .await
@@ -249,6 +303,8 @@ impl BlobWriter {
     /// After a ranged fill: cuts off whatever lies past the contiguous prefix (ranges that
     /// finished out of order), so sequential writing continues from the prefix.
     pub async fn end_ranged(&mut self) -> Result<(), StoreError> {
+        // Ranged writers still held can write nothing more.
+        self.hashed.store(u64::MAX, Ordering::Release);
         self.drain().await?;
         self.truncate(self.len).await?;
         let _ = self.dirs.ingest.remove(&self.dirs.sidecar());
@@ -430,4 +486,52 @@ fn io_at(e: std::io::Error, path: &std::path::Path) -> StoreError {
         kind,
         format!("{}: {e}", path.display()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranged_writes_stay_within_the_blob_and_past_the_hashed_prefix() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&tmp.path().join("s")).unwrap_or_else(|e| panic!("{e}"));
+        let data: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 253) as u8).collect();
+        let digest = Digest::of(&data);
+        let size = data.len() as u64;
+        let mib = 1usize << 20;
+        rt.block_on(async {
+            let mut w = store
+                .blob_writer(&digest, size)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("stored already".into()))?;
+            let ranged = w.ranged().await?;
+            let out = ranged.write_at(size - 1, vec![0, 0]).await;
+            assert!(matches!(out, Err(StoreError::OutOfRange { .. })), "{out:?}");
+            // Out of order: the last two MiB first, then the first.
+            ranged.write_at(2 << 20, data[2 * mib..].to_vec()).await?;
+            ranged
+                .write_at(1 << 20, data[mib..2 * mib].to_vec())
+                .await?;
+            ranged.write_at(0, data[..mib].to_vec()).await?;
+            w.absorb(1 << 20).await?;
+            // Hashed bytes can no longer change.
+            let out = ranged.write_at(0, vec![1]).await;
+            assert!(matches!(out, Err(StoreError::OutOfRange { .. })), "{out:?}");
+            w.absorb(size).await?;
+            w.end_ranged().await?;
+            let out = ranged.write_at(size - 1, vec![1]).await;
+            assert!(matches!(out, Err(StoreError::OutOfRange { .. })), "{out:?}");
+            w.commit().await.map_err(|e| match e {
+                CommitError::Store(s) => s,
+                other => StoreError::Corrupt(other.to_string()),
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.check_blob(&digest, size).is_ok_and(|r| r.is_none()));
+    }
 }

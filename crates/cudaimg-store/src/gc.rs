@@ -1,4 +1,4 @@
-//! Removing names and garbage: `rm` drops index entries; `gc` deletes blobs no entry reaches
+//! Garbage: `gc` deletes blobs no entry reaches ([`Store::closure`]'s walk)
 //! and stale partial downloads.
 //!
 //! Safety against a concurrent pull: a pull holds a shared lock on `.gc.lock` from its
@@ -11,9 +11,10 @@
 
 use std::collections::BTreeSet;
 
+use super::closure::WalkError;
 use super::{Store, StoreError};
 use cudaimg_oci::digest::Digest;
-use cudaimg_oci::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
+use cudaimg_oci::manifest::Descriptor;
 
 /// Held by a pull; keeps `gc` out until dropped.
 pub struct GcGuard(#[allow(dead_code)] std::fs::File);
@@ -40,46 +41,37 @@ impl Store {
         Ok(GcGuard(f))
     }
 
-    /// Blobs that some index entry reaches.
+    /// Blobs that some index entry reaches (the union of every name's closure).
     fn referenced(&self) -> Result<BTreeSet<Digest>, StoreError> {
         let index = self.read_index()?;
         let mut keep = BTreeSet::new();
-        let mut manifests: Vec<(Digest, String)> = Vec::new();
+        let corrupt = |err: &dyn std::fmt::Display| StoreError::Corrupt(err.to_string());
         for e in &index.manifests {
-            let d = e
-                .digest()
-                .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-            manifests.push((d, e.media_type.clone()));
-            if let Some(i) = e.index_digest() {
-                keep.insert(Digest::parse(i).map_err(|err| StoreError::Corrupt(err.to_string()))?);
-            }
-        }
-        while let Some((d, media_type)) = manifests.pop() {
-            if !keep.insert(d.clone()) {
-                continue;
-            }
-            let bytes = self
-                .read_blob(&d, MAX_MANIFEST_BYTES)
-                .map_err(|e| match e {
-                    e @ StoreError::Unsafe { .. } => e,
-                    _ => StoreError::Corrupt(format!(
-                        "manifest {d} that index.json names cannot be read"
-                    )),
-                })?;
-            match manifest::parse(&bytes, Some(&media_type)) {
-                Ok(Manifest::Image(m)) => {
-                    keep.insert(m.config.digest.clone());
-                    keep.extend(m.layers.iter().map(|l| l.digest.clone()));
+            let manifest = Descriptor {
+                media_type: e.media_type.clone(),
+                digest: e.digest().map_err(|err| corrupt(&err))?,
+                size: e.size,
+            };
+            let list = e
+                .index_digest()
+                .map(Digest::parse)
+                .transpose()
+                .map_err(|err| corrupt(&err))?;
+            self.walk(&manifest, list.as_ref(), &mut |r| {
+                keep.insert(r.digest.clone())
+            })
+            .map_err(|e| match e {
+                WalkError::Unreadable {
+                    source: s @ StoreError::Unsafe { .. },
+                    ..
+                } => s,
+                WalkError::Unreadable { digest, .. } => StoreError::Corrupt(format!(
+                    "manifest {digest} that index.json names cannot be read"
+                )),
+                WalkError::Unparsable { digest, source } => {
+                    StoreError::Corrupt(format!("manifest {digest}: {source}"))
                 }
-                Ok(Manifest::Index(i)) => {
-                    manifests.extend(
-                        i.manifests.iter().map(|e| {
-                            (e.descriptor.digest.clone(), e.descriptor.media_type.clone())
-                        }),
-                    );
-                }
-                Err(e) => return Err(StoreError::Corrupt(format!("manifest {d}: {e}"))),
-            }
+            })?;
         }
         Ok(keep)
     }

@@ -1,7 +1,8 @@
 //! Reading a named image back out of the store: its entry, manifest and config, checked to
 //! be whole before any command uses them.
 
-use super::{IndexEntry, Store, StoreError};
+use super::index::{IndexEntry, IndexPlatform};
+use super::{Store, StoreError};
 use cudaimg_oci::digest::Digest;
 use cudaimg_oci::manifest::{self, ImageConfig, ImageManifest, Manifest, MAX_MANIFEST_BYTES};
 use cudaimg_oci::platform::Platform;
@@ -11,7 +12,12 @@ use cudaimg_oci::platform::Platform;
 pub struct StoredImage {
     /// Its canonical name (`docker.io/nvidia/cuda:TAG`).
     pub name: String,
-    pub entry: IndexEntry,
+    /// The manifest's media type, as the entry records it.
+    pub media_type: String,
+    /// The manifest list or index it was chosen from, if any.
+    pub index_digest: Option<Digest>,
+    /// The platform the entry records, if any.
+    entry_platform: Option<Platform>,
     pub digest: Digest,
     pub manifest_bytes: Vec<u8>,
     pub manifest: ImageManifest,
@@ -22,14 +28,11 @@ pub struct StoredImage {
 impl StoredImage {
     /// The platform the entry records, else the config's.
     pub fn platform(&self) -> Platform {
-        self.entry.platform.as_ref().map_or_else(
-            || Platform {
-                os: self.config.os.clone(),
-                architecture: self.config.architecture.clone(),
-                variant: self.config.variant.clone(),
-            },
-            super::IndexPlatform::to_platform,
-        )
+        self.entry_platform.clone().unwrap_or_else(|| Platform {
+            os: self.config.os.clone(),
+            architecture: self.config.architecture.clone(),
+            variant: self.config.variant.clone(),
+        })
     }
 }
 
@@ -97,9 +100,13 @@ impl Store {
                 return Err(corrupt(format!("layer {} is missing", l.digest)));
             }
         }
+        // An unusable recorded digest is `verify`'s to report; the image is still whole.
+        let index_digest = entry.index_digest().and_then(|d| Digest::parse(d).ok());
         Ok(Some(StoredImage {
             name: name.to_owned(),
-            entry: entry.clone(),
+            media_type: entry.media_type.clone(),
+            index_digest,
+            entry_platform: entry.platform.as_ref().map(IndexPlatform::to_platform),
             digest,
             manifest_bytes,
             manifest,
@@ -111,7 +118,7 @@ impl Store {
 
 /// The entry for the requested platform, else the host's, else the first.
 fn pick<'a>(candidates: &[&'a IndexEntry], want: Option<&Platform>) -> Option<&'a IndexEntry> {
-    let platform_of = |e: &IndexEntry| e.platform.as_ref().map(super::IndexPlatform::to_platform);
+    let platform_of = |e: &IndexEntry| e.platform.as_ref().map(IndexPlatform::to_platform);
     if let Some(w) = want {
         return candidates
             .iter()

@@ -1,5 +1,6 @@
 //! `index.json`, the layout's list of named images. Fields other tools wrote and cudaimg does
-//! not know are kept as they were.
+//! not know are kept as they were. Private to the store: other crates go through
+//! [`crate::Store::name`], [`crate::Store::list`] and the other typed operations.
 
 use std::collections::BTreeMap;
 
@@ -11,13 +12,13 @@ use cudaimg_oci::manifest::OCI_INDEX;
 use cudaimg_oci::platform::Platform;
 
 /// The OCI annotation that names an image in a layout; cudaimg writes canonical references.
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub(crate) use cudaimg_oci::manifest::REF_NAME;
 /// The digest of the manifest list or index the entry's manifest was chosen from.
-pub const INDEX_DIGEST_ANNOTATION: &str = "io.cudaimg.index.digest";
+pub(crate) const INDEX_DIGEST_ANNOTATION: &str = "io.cudaimg.index.digest";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct IndexFile {
+pub(crate) struct IndexFile {
     pub schema_version: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
@@ -40,7 +41,7 @@ impl Default for IndexFile {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct IndexEntry {
+pub(crate) struct IndexEntry {
     pub media_type: String,
     pub digest: String,
     pub size: u64,
@@ -53,7 +54,7 @@ pub struct IndexEntry {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexPlatform {
+pub(crate) struct IndexPlatform {
     pub architecture: String,
     pub os: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,7 +75,7 @@ impl From<&Platform> for IndexPlatform {
 }
 
 impl IndexPlatform {
-    pub fn to_platform(&self) -> Platform {
+    pub(crate) fn to_platform(&self) -> Platform {
         Platform {
             os: self.os.clone(),
             architecture: self.architecture.clone(),
@@ -84,15 +85,15 @@ impl IndexPlatform {
 }
 
 impl IndexEntry {
-    pub fn ref_name(&self) -> Option<&str> {
+    pub(crate) fn ref_name(&self) -> Option<&str> {
         self.annotations.get(REF_NAME).map(String::as_str)
     }
 
-    pub fn digest(&self) -> Result<Digest, DigestError> {
+    pub(crate) fn digest(&self) -> Result<Digest, DigestError> {
         Digest::parse(&self.digest)
     }
 
-    pub fn index_digest(&self) -> Option<&str> {
+    pub(crate) fn index_digest(&self) -> Option<&str> {
         self.annotations
             .get(INDEX_DIGEST_ANNOTATION)
             .map(String::as_str)
@@ -102,7 +103,7 @@ impl IndexEntry {
 impl IndexFile {
     /// Adds `entry`, replacing any entry with the same name and platform: a tag that moved
     /// replaces the old image, while other platforms of the same tag stay.
-    pub fn upsert(&mut self, entry: IndexEntry) {
+    pub(crate) fn upsert(&mut self, entry: IndexEntry) {
         let name = entry.ref_name().map(str::to_owned);
         let platform = entry.platform.clone();
         self.manifests.retain(|e| {
@@ -115,7 +116,7 @@ impl IndexFile {
     }
 
     /// Entries named `name`.
-    pub fn find<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a IndexEntry> + 'a {
+    pub(crate) fn find<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a IndexEntry> + 'a {
         self.manifests
             .iter()
             .filter(move |e| e.ref_name() == Some(name))

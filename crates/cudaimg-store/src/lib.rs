@@ -16,25 +16,39 @@
 //! - Trust: blobs are checked (digest and size) before the rename into `blobs/`, and again
 //!   as they leave the store ([`read`]); `verify` re-hashes everything.
 //!
+//! The API other crates use: names ([`Store::name`], [`Store::tag`], [`Store::untag`],
+//! [`Store::list`]), images ([`Store::image`], [`Store::read_manifest`]), blobs in
+//! ([`Store::blob_writer`], [`BlobWriter::ranged`] for parallel fills, [`Store::put_bytes`])
+//! and out ([`Store::open_blob`]), the closure of a name ([`Store::closure`]), import of an
+//! OCI image layout ([`Store::import_layout`]), `gc` and [`Store::fsck`]. Nothing outside
+//! this crate builds a path inside the store or touches `index.json` entries.
+//!
 //! Other tools read the layout directly: `skopeo inspect oci:STORE:docker.io/nvidia/cuda:TAG`.
 
 mod blob;
+mod closure;
 mod confine;
 mod gc;
 mod image;
+mod import;
 mod index;
+mod names;
 mod read;
-pub mod verify;
+mod verify;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use blob::{BlobWriter, CommitError, WriteError};
+pub use blob::{BlobWriter, CommitError, RangedWriter, WriteError};
+pub use closure::{BlobRole, Reached};
 pub(crate) use confine::StoreDir;
 pub use gc::{GcGuard, GcReport};
 pub use image::StoredImage;
-pub use index::{IndexEntry, IndexFile, IndexPlatform, INDEX_DIGEST_ANNOTATION, REF_NAME};
+pub use import::{ImportError, ImportReport, ImportedImage, NameFn, Naming, RecordedName};
+pub(crate) use index::IndexFile;
+pub use names::{ListedImage, NamedImage};
 pub use read::{BlobMismatch, VerifiedReader};
+pub use verify::VerifyReport;
 
 use cudaimg_oci::digest::Digest;
 
@@ -79,6 +93,17 @@ pub enum StoreError {
         digest: Digest,
         /// The entry's platform, for the pull that fetches it again.
         platform: Option<String>,
+    },
+    /// A ranged write ([`RangedWriter::write_at`]) outside the part of a blob still to be
+    /// written: a bug in the caller, refused before it could touch bytes already hashed.
+    #[error("a ranged write of bytes {start}..{end} of blob {digest} lies outside {from}..{size}, the part still to be written")]
+    OutOfRange {
+        digest: Digest,
+        start: u64,
+        end: u64,
+        /// The end of the hashed prefix.
+        from: u64,
+        size: u64,
     },
 }
 
@@ -238,6 +263,7 @@ impl Store {
         Ok(())
     }
 
+    /// The store's location, for messages (access goes through the store's methods).
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -262,7 +288,7 @@ impl Store {
     }
 
     /// Where blob `digest` lives (for messages and tests; access goes through [`StoreDir`]).
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs").join("sha256").join(digest.hex())
     }
 
@@ -278,7 +304,24 @@ impl Store {
             })
     }
 
-    /// Reads a small blob (a manifest or config), refusing anything over `limit` bytes.
+    /// Whether a regular file is stored for `digest`, whatever its size (for the manifest
+    /// list an entry records by digest only).
+    pub(crate) fn has_blob_file(&self, digest: &Digest) -> bool {
+        self.blobs()
+            .and_then(|d| Ok(d.stat(digest.hex())?))
+            .is_ok_and(|st| confine::file_type(&st) == rustix::fs::FileType::RegularFile)
+    }
+
+    /// Re-hashes every blob and checks that every name resolves to complete content (see
+    /// [`verify`]). `on_blob` is called with each blob's size after it is hashed. With
+    /// `repair`, corrupt blobs (and links or special files among blobs and partial
+    /// downloads) are removed, so that the next pull fetches them again.
+    pub fn fsck(&self, repair: bool, on_blob: &dyn Fn(u64)) -> Result<VerifyReport> {
+        verify::verify(self, repair, on_blob)
+    }
+
+    /// Reads a small blob (a manifest or config), refusing anything over `limit` bytes. Not
+    /// checked against its digest: [`Store::read_manifest`] and [`Store::image`] check.
     pub fn read_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>> {
         let mut f = self.blobs()?.open_read(digest.hex())?;
         let mut buf = Vec::new();
@@ -326,7 +369,7 @@ impl Store {
         Ok(StoreLock(f))
     }
 
-    pub fn read_index(&self) -> Result<IndexFile> {
+    pub(crate) fn read_index(&self) -> Result<IndexFile> {
         let mut text = Vec::new();
         self.root_dir()?
             .open_read("index.json")?
@@ -338,7 +381,7 @@ impl Store {
     }
 
     /// Read-modify-write of `index.json` under the store lock.
-    pub fn update_index<T>(&self, f: impl FnOnce(&mut IndexFile) -> T) -> Result<T> {
+    pub(crate) fn update_index<T>(&self, f: impl FnOnce(&mut IndexFile) -> T) -> Result<T> {
         let _lock = self.lock()?;
         // Blobs the new entries name must be durable before the index names them.
         self.blobs()?.sync()?;

@@ -1,4 +1,4 @@
-//! `cudaimg verify`: re-hash every blob and check that every name in `index.json` resolves
+//! `cudaimg verify` ([`Store::fsck`]): re-hash every blob and check that every name in `index.json` resolves
 //! to complete content (manifest, config, layers, and the index it was chosen from).
 //!
 //! Entries that are not regular files where blobs or partial downloads belong (links,
@@ -10,10 +10,12 @@ use std::io::Read;
 
 use rustix::fs::FileType;
 
+use super::closure::{BlobRole, Reached, WalkError};
 use super::confine::{describe, file_type, StoreDir};
+use super::index::IndexEntry;
 use super::{Store, StoreError};
 use cudaimg_oci::digest::{Digest, Hasher};
-use cudaimg_oci::manifest::{self, Manifest, MAX_MANIFEST_BYTES};
+use cudaimg_oci::manifest::Descriptor;
 
 /// What `verify` found.
 #[derive(Debug, Default, serde::Serialize)]
@@ -44,7 +46,7 @@ fn hash_file(dir: &StoreDir, name: &str, buf: &mut [u8]) -> Result<(Digest, u64)
 /// Checks the whole store. `on_blob` is called with each blob's size after it is hashed.
 /// With `repair`, corrupt blobs are deleted, so that the next pull fetches them again
 /// (a pull trusts a stored blob of the right size, as every blob was verified when stored).
-pub fn verify(
+pub(crate) fn verify(
     store: &Store,
     repair: bool,
     on_blob: &dyn Fn(u64),
@@ -108,78 +110,9 @@ pub fn verify(
         }
     }
 
-    let need =
-        |d: &Digest, size: u64, what: &str, image: &str, problems: &mut Vec<String>| match good
-            .get(d)
-        {
-            Some(s) if *s == size => true,
-            Some(s) => {
-                problems.push(format!(
-                    "{image}: {what} {d} is {s} bytes, the manifest says {size}"
-                ));
-                false
-            }
-            None => {
-                problems.push(format!("{image}: {what} {d} is missing or corrupt"));
-                false
-            }
-        };
-
     for entry in &index.manifests {
         report.images += 1;
-        let image = entry.ref_name().unwrap_or("(unnamed entry)").to_owned();
-        let digest = match entry.digest() {
-            Ok(d) => d,
-            Err(e) => {
-                report.problems.push(format!("{image}: {e}"));
-                continue;
-            }
-        };
-        if let Some(idx) = entry.index_digest() {
-            match Digest::parse(idx) {
-                Ok(d) => {
-                    if !good.contains_key(&d) {
-                        report.problems.push(format!(
-                            "{image}: its manifest list {d} is missing or corrupt"
-                        ));
-                    }
-                }
-                Err(e) => report.problems.push(format!("{image}: {e}")),
-            }
-        }
-        if !need(
-            &digest,
-            entry.size,
-            "manifest",
-            &image,
-            &mut report.problems,
-        ) {
-            continue;
-        }
-        let bytes = store.read_blob(&digest, MAX_MANIFEST_BYTES)?;
-        match manifest::parse(&bytes, Some(&entry.media_type)) {
-            Ok(Manifest::Image(m)) => {
-                need(
-                    &m.config.digest,
-                    m.config.size,
-                    "config",
-                    &image,
-                    &mut report.problems,
-                );
-                for l in &m.layers {
-                    need(&l.digest, l.size, "layer", &image, &mut report.problems);
-                }
-            }
-            Ok(Manifest::Index(i)) => {
-                for e in &i.manifests {
-                    let d = &e.descriptor;
-                    need(&d.digest, d.size, "manifest", &image, &mut report.problems);
-                }
-            }
-            Err(e) => report
-                .problems
-                .push(format!("{image}: manifest {digest} cannot be parsed: {e}")),
-        }
+        check_entry(store, entry, &good, &mut report.problems)?;
     }
     // A store other tools wrote may have no `ingest/`; one that is a link is a problem.
     let ingest = match store.ingest() {
@@ -215,4 +148,63 @@ pub fn verify(
         }
     }
     Ok(report)
+}
+
+/// Checks that everything `entry` reaches is among the `good` blobs (digest -> size).
+fn check_entry(
+    store: &Store,
+    entry: &IndexEntry,
+    good: &BTreeMap<Digest, u64>,
+    problems: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let image = entry.ref_name().unwrap_or("(unnamed entry)").to_owned();
+    let digest = match entry.digest() {
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(format!("{image}: {e}"));
+            return Ok(());
+        }
+    };
+    let list = match entry.index_digest().map(Digest::parse).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            problems.push(format!("{image}: {e}"));
+            None
+        }
+    };
+    let manifest = Descriptor {
+        media_type: entry.media_type.clone(),
+        digest,
+        size: entry.size,
+    };
+    // Only good manifests are followed, so a walk never fails to read one.
+    let res = store.walk(&manifest, list.as_ref(), &mut |r: &Reached| {
+        let (d, what) = (&r.digest, r.role);
+        match (good.get(d), r.size) {
+            (Some(_), None) => true,
+            (Some(s), Some(size)) if *s == size => true,
+            (Some(s), Some(size)) => {
+                problems.push(format!(
+                    "{image}: {what} {d} is {s} bytes, the manifest says {size}"
+                ));
+                false
+            }
+            (None, _) if what == BlobRole::Index => {
+                problems.push(format!("{image}: its {what} {d} is missing or corrupt"));
+                false
+            }
+            (None, _) => {
+                problems.push(format!("{image}: {what} {d} is missing or corrupt"));
+                false
+            }
+        }
+    });
+    match res {
+        Ok(()) => Ok(()),
+        Err(e @ WalkError::Unparsable { .. }) => {
+            problems.push(format!("{image}: {e}"));
+            Ok(())
+        }
+        Err(WalkError::Unreadable { source, .. }) => Err(source),
+    }
 }

@@ -19,8 +19,8 @@ use std::rc::Rc;
 
 use serde_json::json;
 
-use cudaimg_oci::manifest::OCI_INDEX;
-use cudaimg_store::{Store, StoreError, StoredImage, REF_NAME};
+use cudaimg_oci::manifest::{OCI_INDEX, REF_NAME};
+use cudaimg_store::{Store, StoreError, StoredImage};
 
 /// Which archive to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +98,7 @@ fn write_entries<W: Write>(
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
         "manifests": [{
-            "mediaType": image.entry.media_type,
+            "mediaType": image.media_type,
             "digest": image.digest,
             "size": image.manifest_bytes.len(),
             "annotations": annotations,

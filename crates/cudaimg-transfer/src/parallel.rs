@@ -1,6 +1,7 @@
 //! Filling one large blob from several sources at once: the missing part is cut into
 //! ranges, every usable source fetches ranges in parallel (`Range: bytes=a-b`), each range
-//! is written at its offset, and the contiguous prefix is hashed as it grows. The digest
+//! is written at its offset (through the store's [`RangedWriter`], which refuses a write
+//! outside the part still to be written), and the contiguous prefix is hashed as it grows. The digest
 //! still covers every byte in order, and memory stays at one 1 MiB buffer per source.
 //!
 //! Whatever this cannot finish (a source fails, ignores ranges, or none is left) is left to
@@ -19,7 +20,7 @@ use cudaimg_registry::RegistryError;
 
 use crate::FetchError;
 use cudaimg_mirrors::sources::{FallbackError, ItemState, Source};
-use cudaimg_store::{BlobWriter, StoreError};
+use cudaimg_store::{BlobWriter, RangedWriter, StoreError};
 
 /// Below this much left to fetch, one stream is as good.
 pub(super) const PARALLEL_MIN: u64 = 64 << 20;
@@ -44,7 +45,7 @@ impl BlobJob<'_> {
         if usable.len() < 2 || desc.size - writer.written() < PARALLEL_MIN {
             return Ok(Vec::new());
         }
-        let file = Arc::new(writer.ranged_handle().await.map_err(give_up)?);
+        let ranged = writer.ranged().await.map_err(give_up)?;
         let from = writer.written();
         let mut queue = VecDeque::new();
         let mut at = from;
@@ -65,7 +66,7 @@ impl BlobJob<'_> {
         let results = join_all(
             usable
                 .iter()
-                .map(|s| self.range_worker(s, desc, &state, &file, what)),
+                .map(|s| self.range_worker(s, desc, &state, &ranged, what)),
         )
         .await;
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
@@ -80,7 +81,7 @@ impl BlobJob<'_> {
         source: &Arc<Source>,
         desc: &Descriptor,
         fill: &Fill<'_>,
-        file: &Arc<std::fs::File>,
+        ranged: &RangedWriter,
         what: &str,
     ) -> Result<(), FallbackError<FetchError>> {
         loop {
@@ -93,7 +94,7 @@ impl BlobJob<'_> {
                 }
                 Take::Done => return Ok(()),
             };
-            let (reached, outcome) = self.fetch_range(source, desc, start, end, file).await;
+            let (reached, outcome) = self.fetch_range(source, desc, start, end, ranged).await;
             if reached > start {
                 if let Ok(mut d) = fill.done.lock() {
                     d.insert(start, reached);
@@ -137,7 +138,7 @@ impl BlobJob<'_> {
         desc: &Descriptor,
         start: u64,
         end: u64,
-        file: &Arc<std::fs::File>,
+        ranged: &RangedWriter,
     ) -> (u64, Result<(), FetchError>) {
         let request = source
             .client
@@ -196,7 +197,7 @@ impl BlobJob<'_> {
                     self.reporter.blob_progress(&desc.digest, n);
                     buf.extend_from_slice(&chunk);
                     if buf.len() >= PIECE {
-                        match write_at(file, std::mem::take(&mut buf), pos).await {
+                        match ranged.write_at(pos, std::mem::take(&mut buf)).await {
                             Ok(w) => pos += w,
                             Err(e) => return (pos, Err(FetchError::Store(e))),
                         }
@@ -207,7 +208,7 @@ impl BlobJob<'_> {
         };
         // Bytes that arrived before a failure are as good as any: keep them.
         if !buf.is_empty() {
-            match write_at(file, buf, pos).await {
+            match ranged.write_at(pos, buf).await {
                 Ok(w) => pos += w,
                 Err(e) => return (pos, Err(FetchError::Store(e))),
             }
@@ -271,17 +272,6 @@ impl Fill<'_> {
             }
         }
     }
-}
-
-async fn write_at(file: &Arc<std::fs::File>, data: Vec<u8>, pos: u64) -> Result<u64, StoreError> {
-    let file = file.clone();
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        file.write_all_at(&data, pos).map(|()| data.len() as u64)
-    })
-    .await
-    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
-    .map_err(StoreError::from)
 }
 
 fn poisoned() -> FallbackError<FetchError> {

@@ -24,7 +24,7 @@ use cudaimg_oci::platform::Platform;
 use cudaimg_oci::progress::Reporter;
 use cudaimg_oci::reference::ImageRef;
 use cudaimg_registry::{FetchedManifest, RegistryError};
-use cudaimg_store::{IndexEntry, IndexPlatform, StoreError, INDEX_DIGEST_ANNOTATION, REF_NAME};
+use cudaimg_store::{NamedImage, StoreError};
 
 /// What to pull: a canonical name, and, from a lockfile, the digests it must be.
 pub struct PullTarget<'a> {
@@ -433,25 +433,21 @@ impl Engine {
         if let Some(idx) = &index {
             self.store.put_bytes(&idx.digest, &idx.bytes).await?;
         }
-        let mut annotations = std::collections::BTreeMap::new();
         // A locked pull is named by its tag: the lock's digest is how it was fetched.
         let stored_name = match target.pin {
             Some(_) if image.tag.is_some() => image.without_digest(),
             _ => image.clone(),
         };
-        annotations.insert(REF_NAME.to_owned(), stored_name.to_string());
-        if let Some(idx) = &index {
-            annotations.insert(INDEX_DIGEST_ANNOTATION.to_owned(), idx.digest.to_string());
-        }
-        let entry = IndexEntry {
-            media_type: img.media_type.clone(),
-            digest: fetched.digest.to_string(),
-            size: fetched.bytes.len() as u64,
-            platform: Some(IndexPlatform::from(&platform_of_image)),
-            annotations,
-            other: Default::default(),
+        let named = NamedImage {
+            manifest: Descriptor {
+                media_type: img.media_type.clone(),
+                digest: fetched.digest.clone(),
+                size: fetched.bytes.len() as u64,
+            },
+            platform: Some(platform_of_image.clone()),
+            index_digest: index.as_ref().map(|i| i.digest.clone()),
         };
-        self.store.update_index(|i| i.upsert(entry))?;
+        self.store.name(&stored_name.to_string(), &named)?;
 
         Ok(PullReport {
             reference: target.input.to_owned(),
