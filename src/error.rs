@@ -4,7 +4,7 @@
 use cudaimg_config::lockfile::LockError;
 use cudaimg_config::ConfigError;
 use cudaimg_cuda::TagError;
-use cudaimg_mirrors::sources::FallbackError;
+use cudaimg_mirrors::fallback::FallbackError;
 use cudaimg_oci::platform::PlatformError;
 use cudaimg_oci::reference::ReferenceError;
 use cudaimg_store::StoreError;

@@ -14,7 +14,8 @@ use super::Engine;
 use crate::FetchError;
 use cudaimg_config::lockfile::Pin;
 use cudaimg_config::Canonical;
-use cudaimg_mirrors::sources::{FallbackError, Source, SourceReport, SourceSet};
+use cudaimg_mirrors::fallback::FallbackError;
+use cudaimg_mirrors::sources::{Source, SourceReport, SourceSet};
 use cudaimg_oci::digest::Digest;
 use cudaimg_oci::manifest::{
     self, Descriptor, ImageConfig, ImageManifest, Index, IndexEntry as ListEntry, Manifest,

@@ -9,7 +9,8 @@ use std::time::Duration;
 use futures_util::future::{join_all, select, Either};
 
 use super::pull::PullError;
-use cudaimg_mirrors::sources::{Attempt, FallbackError, SourceSet};
+use cudaimg_mirrors::fallback::{Attempt, FallbackError};
+use cudaimg_mirrors::sources::SourceSet;
 use cudaimg_oci::digest::Digest;
 use cudaimg_oci::progress::Reporter;
 use cudaimg_oci::reference::ImageRef;
