@@ -55,6 +55,13 @@ pub enum RegistryError {
     },
     #[error("{url} sent an unusable answer: {reason}")]
     BadResponse { url: String, reason: String },
+    /// A URL built from the configuration or a server's answer does not parse.
+    #[error("{url} is not a valid URL")]
+    InvalidUrl {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
     #[error("reading credentials for `{host}` failed: {reason}")]
     Credentials { host: String, reason: String },
 }
@@ -94,6 +101,7 @@ impl RegistryError {
             | RegistryError::BadRange { .. }
             | RegistryError::BadManifest { .. }
             | RegistryError::BadResponse { .. }
+            | RegistryError::InvalidUrl { .. }
             | RegistryError::Credentials { .. } => Next::NextSource,
         }
     }
@@ -127,6 +135,7 @@ impl RegistryError {
             RegistryError::BadRange { .. } => "bad-range",
             RegistryError::BadManifest { .. } => "bad-manifest",
             RegistryError::BadResponse { .. } => "bad-response",
+            RegistryError::InvalidUrl { .. } => "invalid-url",
             RegistryError::Credentials { .. } => "credentials",
         }
     }
