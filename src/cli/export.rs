@@ -48,7 +48,7 @@ pub(crate) fn repo_tag(name: &str) -> Option<String> {
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let config = ctx.config()?;
-    let (name, want) = args.image.resolve(&config)?;
+    let (name, want) = args.image.resolve(config)?;
     let store = ctx.existing_store()?;
     let image = store
         .image(&name, want.as_ref())?

@@ -1,6 +1,6 @@
 //! `cudaimg pull REF...`
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::path::PathBuf;
 
@@ -48,6 +48,18 @@ pub struct LockArgs {
     pub lockfile: PathBuf,
 }
 
+impl Args {
+    /// Blobs at once, the stall timeout, and whether only the official registry may
+    /// decide a tag's digest.
+    pub fn transfer(&self) -> (usize, Duration, bool) {
+        (
+            usize::from(self.jobs),
+            Duration::from_secs(self.stall_timeout),
+            self.require_upstream,
+        )
+    }
+}
+
 pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let platform: Platform = match &args.platform {
         Some(p) => p.parse()?,
@@ -82,13 +94,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         };
         targets.push((r, name, pin));
     }
-    let engine = ctx.engine(
-        config,
-        usize::from(args.jobs),
-        args.stall_timeout,
-        args.require_upstream,
-    )?;
-    let config_note = match &engine.config.path {
+    let session = &ctx.session;
+    let config_note = match &config.path {
         Some(p) => format!("mirror configuration: {}", p.display()),
         None => "no mirrors.toml found: each registry is pulled from its own host".to_owned(),
     };
@@ -102,7 +109,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             pin: pin.as_ref(),
             platform_explicit: args.platform.is_some(),
         };
-        let report = engine.pull(&target, &platform, reporter.as_ref()).await;
+        let report = session.pull(&target, &platform, reporter.as_ref()).await;
         drop(reporter);
         match report {
             Ok(report) => {
@@ -111,9 +118,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                     print(ctx, &report, secs, None);
                     continue;
                 }
-                let platform: Platform = report.platform.parse()?;
-                let loaded =
-                    super::load::load(&engine.store, &report.canonical, Some(&platform)).await;
+                let loaded = super::load::load(
+                    ctx.store()?,
+                    &report.canonical.to_string(),
+                    Some(&report.platform),
+                )
+                .await;
                 match loaded {
                     Ok(l) => print(ctx, &report, secs, Some(&l)),
                     Err(e) => {
@@ -188,7 +198,7 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
         return;
     }
     let cached = r.layers.iter().filter(|l| l.cached).count();
-    emit(&r.canonical);
+    emit(&r.canonical.to_string());
     emit(&format!("  digest:   {}", r.digest));
     if let Some(i) = &r.index_digest {
         emit(&format!("  index:    {i}"));
