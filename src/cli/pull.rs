@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use std::path::PathBuf;
 
 use crate::error::Error;
-use cudaimg_config::lockfile::{Lockfile, DEFAULT_LOCKFILE};
+use cudaimg_config::lockfile::{Lockfile, Pin, DEFAULT_LOCKFILE};
+use cudaimg_config::Canonical;
 use cudaimg_oci::platform::Platform;
 use cudaimg_transfer::handover::Loaded;
 use cudaimg_transfer::{PullReport, PullTarget, ResolvedBy, DEFAULT_JOBS, DEFAULT_STALL_SECS};
@@ -75,25 +76,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         (Some(l), true) => l.images.keys().cloned().collect(),
         _ => args.references.clone(),
     };
-    // Every reference, and its lock entry, is checked before any network traffic.
-    let mut targets = Vec::with_capacity(references.len());
-    for r in &references {
-        let name = config.canonicalize(r)?;
-        let pin = match &lock {
-            Some(l) => {
-                let pin = l.get(&name.image.lock_key())?.clone();
-                if let Some(d) = name.image.digest.as_ref().filter(|d| **d != pin.digest) {
-                    return Err(Error::Usage(format!(
-                        "`{r}` names {d}, but the lockfile pins {}; drop the digest or lock it again",
-                        pin.digest
-                    )));
-                }
-                Some(pin)
-            }
-            None => None,
-        };
-        targets.push((r, name, pin));
-    }
+    let targets = targets(config, lock.as_ref(), &references)?;
     let session = &ctx.session;
     let config_note = match &config.path {
         Some(p) => format!("mirror configuration: {}", p.display()),
@@ -160,6 +143,36 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         }),
         None => Ok(()),
     }
+}
+
+/// A reference as written, its canonical name, and its lock entry.
+type Target<'r> = (&'r String, Canonical, Option<Pin>);
+
+/// Every reference canonical, with its lock entry: all checked before any network traffic.
+fn targets<'r>(
+    config: &cudaimg_config::Config,
+    lock: Option<&Lockfile>,
+    references: &'r [String],
+) -> Result<Vec<Target<'r>>, Error> {
+    let mut targets = Vec::with_capacity(references.len());
+    for r in references {
+        let name = config.canonicalize(r)?;
+        let pin = match lock {
+            Some(l) => {
+                let pin = l.get(&name.image.lock_key())?.clone();
+                if let Some(d) = name.image.digest.as_ref().filter(|d| **d != pin.digest) {
+                    return Err(Error::Usage(format!(
+                        "`{r}` names {d}, but the lockfile pins {}; drop the digest or lock it again",
+                        pin.digest
+                    )));
+                }
+                Some(pin)
+            }
+            None => None,
+        };
+        targets.push((r, name, pin));
+    }
+    Ok(targets)
 }
 
 fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
