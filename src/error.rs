@@ -5,11 +5,11 @@ use crate::cli::output::OutputError;
 use cudaimg_config::lockfile::LockError;
 use cudaimg_config::ConfigError;
 use cudaimg_cuda::TagError;
-use cudaimg_mirrors::sources::FallbackError;
+use cudaimg_mirrors::fallback::FallbackError;
 use cudaimg_oci::platform::PlatformError;
 use cudaimg_oci::reference::ReferenceError;
 use cudaimg_store::StoreError;
-use cudaimg_transfer::PullError;
+use cudaimg_transfer::{PullError, SessionError};
 
 /// Process exit codes, documented in README.md.
 pub mod exit {
@@ -36,7 +36,7 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Pull(#[from] PullError),
+    Pull(PullError),
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
@@ -66,6 +66,27 @@ pub enum Error {
         path: std::path::PathBuf,
         reason: String,
     },
+}
+
+impl From<SessionError> for Error {
+    /// A part of the session that could not be set up fails as it did on its own: a bad
+    /// configuration is a usage error, a store error keeps its exit code.
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Config(e) => Error::Config(e),
+            SessionError::Store(e) => Error::Store(e),
+            SessionError::Http(e) => Error::Setup(format!("cannot set up the HTTP client: {e}")),
+        }
+    }
+}
+
+impl From<PullError> for Error {
+    fn from(e: PullError) -> Self {
+        match e {
+            PullError::Session(e) => e.into(),
+            e => Error::Pull(e),
+        }
+    }
 }
 
 impl Error {

@@ -50,11 +50,14 @@ struct Summary {
 pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let config = ctx.config()?;
     let image = match &args.reference {
-        Some(r) => Some(image_subject(ctx, &config, r)?),
+        Some(r) => Some(image_subject(ctx, config, r)?),
         None => None,
     };
-    let (driver, pings, docker) =
-        tokio::join!(host::probe_driver(), ping_all(&config), probe_docker());
+    let (driver, pings, docker) = tokio::join!(
+        host::probe_driver(),
+        ping_all(config, ctx.session.http().ok()),
+        probe_docker()
+    );
     let probes = Probes {
         driver,
         toolkit: host::probe_toolkit(),
@@ -173,8 +176,8 @@ async fn probe_docker() -> DockerState {
 }
 
 /// `GET /v2/` of every configured endpoint, all at once.
-async fn ping_all(config: &Config) -> Vec<EndpointPing> {
-    let Ok(http) = HttpClients::new(PING_TIMEOUT) else {
+async fn ping_all(config: &Config, http: Option<&HttpClients>) -> Vec<EndpointPing> {
+    let Some(http) = http.map(|h| h.with_manifest_timeout(PING_TIMEOUT)) else {
         return Vec::new();
     };
     let mut jobs = Vec::new();

@@ -181,7 +181,7 @@ pub(crate) fn stored_facts(ctx: &Ctx, name: &str) -> Result<Option<StoredFacts>,
 
 pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let config = ctx.config()?;
-    let subject = subject(&config, &args.input)?;
+    let subject = subject(config, &args.input)?;
     let stored = stored_facts(ctx, &subject.name)?;
     let e = explain(&subject, stored);
     if ctx.json {

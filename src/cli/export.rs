@@ -77,7 +77,7 @@ fn file_name(repo_tag: Option<&str>, format: Format) -> String {
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let config = ctx.config()?;
-    let (name, want) = args.image.resolve(&config)?;
+    let (name, want) = args.image.resolve(config)?;
     let store = ctx.existing_store()?;
     let image = store
         .image(&name, want.as_ref())?

@@ -41,7 +41,7 @@ struct Layer {
 
 pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let config = ctx.config()?;
-    let (name, want) = args.image.resolve(&config)?;
+    let (name, want) = args.image.resolve(config)?;
     let store = ctx.existing_store()?;
     let Some(image) = store.image(&name, want.as_ref())? else {
         let stored: Vec<String> = store

@@ -17,7 +17,7 @@ pub struct Args {
 
 pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let config = ctx.config()?;
-    let (name, want) = args.image.resolve(&config)?;
+    let (name, want) = args.image.resolve(config)?;
     let store = ctx.existing_store()?;
     let loaded = load(&store, &name, want.as_ref()).await?;
     if ctx.json {

@@ -16,7 +16,7 @@ pub struct Args {
     /// Accept a digest that only mirrors vouch for when the official registry is out of
     /// reach (by default `lock` requires the official registry: the lockfile is what CI trusts)
     #[arg(long)]
-    trust_mirrors: bool,
+    pub trust_mirrors: bool,
 }
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
@@ -27,16 +27,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         .iter()
         .map(|r| config.canonicalize(r))
         .collect::<Result<Vec<_>, _>>()?;
-    let engine = ctx.engine(
-        config,
-        1,
-        cudaimg_transfer::DEFAULT_STALL_SECS,
-        !args.trust_mirrors,
-    )?;
     let mut results = Vec::with_capacity(names.len());
     for name in &names {
         let reporter = ctx.progress.reporter();
-        let locked = engine.lock(name, reporter.as_ref()).await?;
+        let locked = ctx.session.lock(name, reporter.as_ref()).await?;
         for w in &locked.warnings {
             note!("warning: {w}");
         }

@@ -3,7 +3,6 @@
 //! containerd's configuration.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -12,8 +11,6 @@ use cudaimg_mirrors::emit::{self, Emitted};
 use cudaimg_mirrors::sources::Role;
 use cudaimg_mirrors::{self as m, Options, RegistryCheck};
 use cudaimg_oci::platform::Platform;
-use cudaimg_registry::HttpClients;
-use cudaimg_transfer::DEFAULT_STALL_SECS;
 
 use super::{emit, emit_json, human_bytes, Ctx};
 
@@ -76,14 +73,13 @@ pub async fn run(ctx: &Ctx, cmd: &Command) -> Result<(), Error> {
         Some(p) => p.parse()?,
         None => Platform::host(),
     };
-    let http = HttpClients::new(Duration::from_secs(DEFAULT_STALL_SECS))
-        .map_err(|e| Error::Setup(format!("cannot set up the HTTP client: {e}")))?;
+    let http = ctx.session.http()?;
     let opts = Options {
         tag: tag.clone(),
         max_blob_bytes: args.max_blob_bytes,
         platform,
     };
-    let checks = m::check(&config, &http, &opts).await;
+    let checks = m::check(config, http, &opts).await;
     let emitted: Option<Vec<Emitted>> = args.emit.map(|f| match f {
         EmitFormat::DaemonJson => vec![emit::daemon_json(&checks)],
         EmitFormat::Containerd => emit::containerd(&checks),

@@ -41,8 +41,8 @@ use clap::{Parser, Subcommand};
 use crate::error::{exit, Error};
 use cudaimg_config::Config;
 use cudaimg_mirrors::sources::chain;
-use cudaimg_store::{Store, StoreError};
-use cudaimg_transfer::Engine;
+use cudaimg_store::Store;
+use cudaimg_transfer::{Session, Settings};
 
 /// Pull NVIDIA CUDA images through mirrors, verified, into a local OCI store.
 #[derive(Debug, Parser)]
@@ -125,59 +125,57 @@ impl ImageArgs {
     }
 }
 
-/// Global settings the commands share.
+/// What the commands share: how to print, and the run's one [`Session`] (configuration,
+/// HTTP clients, source memory, store), built from the resolved [`Settings`].
 pub(crate) struct Ctx {
-    config_path: Option<PathBuf>,
-    store_path: Option<PathBuf>,
+    pub session: Session,
     pub json: bool,
     pub verbose: bool,
     pub progress: progress::Mode,
 }
 
 impl Ctx {
-    pub fn config(&self) -> Result<Config, Error> {
-        Ok(Config::load(self.config_path.as_deref())?)
-    }
-
-    /// The transfer engine over a configuration and the store.
-    pub fn engine(
-        &self,
-        config: Config,
-        jobs: usize,
-        stall_secs: u64,
-        require_upstream: bool,
-    ) -> Result<Engine, Error> {
-        let store = self.store()?;
-        let stall = std::time::Duration::from_secs(stall_secs);
-        let mut engine = Engine::new(config, store, jobs, stall)
-            .map_err(|e| Error::Setup(format!("cannot set up the HTTP client: {e}")))?;
-        engine.require_upstream = require_upstream;
-        Ok(engine)
-    }
-
-    fn store_root(&self) -> Result<PathBuf, Error> {
-        Ok(match &self.store_path {
-            Some(p) => p.clone(),
-            None => cudaimg_config::default_store_root().ok_or(StoreError::NoLocation)?,
-        })
+    pub fn config(&self) -> Result<&Config, Error> {
+        Ok(self.session.config()?)
     }
 
     /// The store, created if it does not exist yet (for commands that write).
-    pub fn store(&self) -> Result<Store, Error> {
-        Ok(Store::open(&self.store_root()?)?)
+    pub fn store(&self) -> Result<&Store, Error> {
+        Ok(self.session.store()?)
     }
 
     /// The store as it is (for commands that only read): never created or changed.
     pub fn existing_store(&self) -> Result<Store, Error> {
-        Ok(Store::open_existing(&self.store_root()?)?)
+        Ok(self.session.existing_store()?)
+    }
+}
+
+impl Cli {
+    /// The raw arguments resolved into the settings the session is built from: the global
+    /// options, and the transfer options of the command that has them.
+    fn settings(&self) -> Settings {
+        let defaults = Settings::default();
+        let (jobs, stall_timeout, require_upstream) = match &self.command {
+            Command::Pull(a) => a.transfer(),
+            // The lockfile is what CI trusts: only the official registry vouches, unless told.
+            Command::Lock(a) => (1, defaults.stall_timeout, !a.trust_mirrors),
+            _ => (defaults.jobs, defaults.stall_timeout, false),
+        };
+        Settings {
+            config_path: self.config.clone(),
+            store_path: self.store.clone(),
+            jobs,
+            stall_timeout,
+            require_upstream,
+            verify_existing: matches!(&self.command, Command::Pull(a) if a.verify_existing()),
+        }
     }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let ctx = Ctx {
-        config_path: cli.config,
-        store_path: cli.store,
+        session: Session::new(cli.settings()),
         json: cli.json,
         verbose: cli.verbose > 0,
         progress: progress::Mode::choose(cli.quiet, cli.verbose, std::io::stderr().is_terminal()),

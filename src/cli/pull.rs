@@ -1,11 +1,12 @@
 //! `cudaimg pull REF...`
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::path::PathBuf;
 
 use crate::error::Error;
-use cudaimg_config::lockfile::{Lockfile, DEFAULT_LOCKFILE};
+use cudaimg_config::lockfile::{Lockfile, Pin, DEFAULT_LOCKFILE};
+use cudaimg_config::Canonical;
 use cudaimg_oci::platform::Platform;
 use cudaimg_transfer::handover::Loaded;
 use cudaimg_transfer::{PullReport, PullTarget, ResolvedBy, DEFAULT_JOBS, DEFAULT_STALL_SECS};
@@ -52,6 +53,23 @@ pub struct LockArgs {
     pub lockfile: PathBuf,
 }
 
+impl Args {
+    /// `--verify-existing`: re-hash stored blobs and fetch again those that fail.
+    pub fn verify_existing(&self) -> bool {
+        self.verify_existing
+    }
+
+    /// Blobs at once, the stall timeout, and whether only the official registry may
+    /// decide a tag's digest.
+    pub fn transfer(&self) -> (usize, Duration, bool) {
+        (
+            usize::from(self.jobs),
+            Duration::from_secs(self.stall_timeout),
+            self.require_upstream,
+        )
+    }
+}
+
 pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let platform: Platform = match &args.platform {
         Some(p) => p.parse()?,
@@ -67,33 +85,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         (Some(l), true) => l.images.keys().cloned().collect(),
         _ => args.references.clone(),
     };
-    // Every reference, and its lock entry, is checked before any network traffic.
-    let mut targets = Vec::with_capacity(references.len());
-    for r in &references {
-        let name = config.canonicalize(r)?;
-        let pin = match &lock {
-            Some(l) => {
-                let pin = l.get(&name.image.lock_key())?.clone();
-                if let Some(d) = name.image.digest.as_ref().filter(|d| **d != pin.digest) {
-                    return Err(Error::Usage(format!(
-                        "`{r}` names {d}, but the lockfile pins {}; drop the digest or lock it again",
-                        pin.digest
-                    )));
-                }
-                Some(pin)
-            }
-            None => None,
-        };
-        targets.push((r, name, pin));
-    }
-    let mut engine = ctx.engine(
-        config,
-        usize::from(args.jobs),
-        args.stall_timeout,
-        args.require_upstream,
-    )?;
-    engine.verify_existing = args.verify_existing;
-    let config_note = match &engine.config.path {
+    let targets = targets(config, lock.as_ref(), &references)?;
+    let session = &ctx.session;
+    let config_note = match &config.path {
         Some(p) => format!("mirror configuration: {}", p.display()),
         None => "no mirrors.toml found: each registry is pulled from its own host".to_owned(),
     };
@@ -107,7 +101,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             pin: pin.as_ref(),
             platform_explicit: args.platform.is_some(),
         };
-        let report = engine.pull(&target, &platform, reporter.as_ref()).await;
+        let report = session.pull(&target, &platform, reporter.as_ref()).await;
         drop(reporter);
         match report {
             Ok(report) => {
@@ -116,9 +110,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                     print(ctx, &report, secs, None);
                     continue;
                 }
-                let platform: Platform = report.platform.parse()?;
-                let loaded =
-                    super::load::load(&engine.store, &report.canonical, Some(&platform)).await;
+                let loaded = super::load::load(
+                    ctx.store()?,
+                    &report.canonical.to_string(),
+                    Some(&report.platform),
+                )
+                .await;
                 match loaded {
                     Ok(l) => print(ctx, &report, secs, Some(&l)),
                     Err(e) => {
@@ -157,6 +154,36 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     }
 }
 
+/// A reference as written, its canonical name, and its lock entry.
+type Target<'r> = (&'r String, Canonical, Option<Pin>);
+
+/// Every reference canonical, with its lock entry: all checked before any network traffic.
+fn targets<'r>(
+    config: &cudaimg_config::Config,
+    lock: Option<&Lockfile>,
+    references: &'r [String],
+) -> Result<Vec<Target<'r>>, Error> {
+    let mut targets = Vec::with_capacity(references.len());
+    for r in references {
+        let name = config.canonicalize(r)?;
+        let pin = match lock {
+            Some(l) => {
+                let pin = l.get(&name.image.lock_key())?.clone();
+                if let Some(d) = name.image.digest.as_ref().filter(|d| **d != pin.digest) {
+                    return Err(Error::Usage(format!(
+                        "`{r}` names {d}, but the lockfile pins {}; drop the digest or lock it again",
+                        pin.digest
+                    )));
+                }
+                Some(pin)
+            }
+            None => None,
+        };
+        targets.push((r, name, pin));
+    }
+    Ok(targets)
+}
+
 fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
     for w in &r.warnings {
         note!("warning: {w}");
@@ -193,7 +220,7 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
         return;
     }
     let cached = r.layers.iter().filter(|l| l.cached).count();
-    emit(&r.canonical);
+    emit(&r.canonical.to_string());
     emit(&format!("  digest:   {}", r.digest));
     if let Some(i) = &r.index_digest {
         emit(&format!("  index:    {i}"));

@@ -2,17 +2,13 @@
 //! tags through the mirror configuration (mirrors first, the official registry last, as for
 //! manifests), filtered, newest first, and one recommended with the reasons.
 
-use std::time::Duration;
-
 use serde::Serialize;
 
 use crate::error::Error;
 use cudaimg_cuda::choose::{self, Filter, Recommendation, VersionFilter};
 use cudaimg_cuda::{eol, tag, CudaTag, Flavor};
-use cudaimg_mirrors::sources::{Role, SourceSet};
+use cudaimg_mirrors::sources::Role;
 use cudaimg_oci::progress::Silent;
-use cudaimg_registry::HttpClients;
-use cudaimg_transfer::DEFAULT_STALL_SECS;
 
 use super::{emit, emit_json, Ctx};
 
@@ -137,15 +133,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         });
     let name = config.canonicalize(&args.repository)?;
     let repository = name.image.name();
-    let http = HttpClients::new(Duration::from_secs(DEFAULT_STALL_SECS))
-        .map_err(|e| Error::Setup(format!("cannot set up the HTTP client: {e}")))?;
-    let set = SourceSet::new(
-        &config,
-        &name.image.registry,
-        name.via_mirror.as_deref(),
-        &http,
-        &cudaimg_mirrors::sources::SourceMemory::default(),
-    );
+    let set = ctx.session.sources(&name)?;
     let repo = name.image.repository.clone();
     let what = format!("the tag list of {repository}");
     let result = set

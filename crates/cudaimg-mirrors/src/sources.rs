@@ -1,5 +1,6 @@
 //! The mirror policy at run time: the ordered sources for one registry, what the run has
-//! learned about each (backoff after failures, `Retry-After`), and the fallback loop.
+//! learned about each (backoff after failures, `Retry-After`). The loop that moves through
+//! them is [`crate::fallback`].
 //!
 //! Order: the mirror named in the reference (`mirror.example/nvidia/cuda`) first, then the
 //! configured mirrors in file order, then the official endpoint. Each request goes to the
@@ -9,8 +10,9 @@
 //! again for every blob while others can serve; a success clears its backoff.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::fallback::ItemState;
 use std::fmt::Write as _;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -168,102 +170,6 @@ pub enum Pick {
     None,
 }
 
-/// Per-item bookkeeping: which sources are done for this item, and their failure counts.
-pub struct ItemState<E = RegistryError> {
-    excluded: HashSet<usize>,
-    failures: BTreeMap<usize, u32>,
-    pub attempts: Vec<Attempt<E>>,
-}
-
-impl<E> Default for ItemState<E> {
-    fn default() -> Self {
-        ItemState {
-            excluded: HashSet::new(),
-            failures: BTreeMap::new(),
-            attempts: Vec::new(),
-        }
-    }
-}
-
-impl<E> ItemState<E> {
-    pub fn exclude(&mut self, source: &Source) {
-        self.excluded.insert(source.index);
-    }
-
-    /// Lets an excluded source serve the item again.
-    pub fn readmit(&mut self, source: &Source) {
-        self.excluded.remove(&source.index);
-    }
-
-    pub fn is_excluded(&self, source: &Source) -> bool {
-        self.excluded.contains(&source.index)
-    }
-}
-
-/// One failed attempt, for the error that lists them all.
-#[derive(Debug)]
-pub struct Attempt<E = RegistryError> {
-    pub source: String,
-    pub role: Role,
-    pub error: E,
-}
-
-/// How the fallback loop ended without a result.
-#[derive(Debug, thiserror::Error)]
-pub enum FallbackError<E: Classify = RegistryError> {
-    #[error("{}", describe(.what, .attempts))]
-    Exhausted {
-        what: String,
-        attempts: Vec<Attempt<E>>,
-    },
-    #[error(transparent)]
-    GiveUp(E),
-}
-
-impl<E: Classify> FallbackError<E> {
-    /// The same outcome with each error converted (a protocol error into a transfer's).
-    pub fn map<F: Classify>(self, f: impl Fn(E) -> F) -> FallbackError<F> {
-        match self {
-            FallbackError::Exhausted { what, attempts } => FallbackError::Exhausted {
-                what,
-                attempts: attempts
-                    .into_iter()
-                    .map(|a| Attempt {
-                        source: a.source,
-                        role: a.role,
-                        error: f(a.error),
-                    })
-                    .collect(),
-            },
-            FallbackError::GiveUp(e) => FallbackError::GiveUp(f(e)),
-        }
-    }
-
-    /// True when the registry itself (or every source) says the thing does not exist.
-    pub fn is_not_found(&self) -> bool {
-        let FallbackError::Exhausted { attempts, .. } = self else {
-            return false;
-        };
-        let official = attempts.iter().rev().find(|a| a.role == Role::Official);
-        match official {
-            Some(a) => a.error.is_not_found(),
-            None => !attempts.is_empty() && attempts.iter().all(|a| a.error.is_not_found()),
-        }
-    }
-}
-
-fn describe<E: Classify>(what: &str, attempts: &[Attempt<E>]) -> String {
-    let mut s = format!("could not fetch {what} from any source");
-    let mut seen = HashSet::new();
-    for a in attempts {
-        let line = format!("\n  - {}: {}", a.source, chain(&a.error));
-        if seen.insert(line.clone()) {
-            s.push_str(&line);
-        }
-    }
-    s
-}
-
 /// An error and its causes on one line, as `a: b: c`.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
@@ -350,8 +256,8 @@ impl SourceSet {
         })
     }
 
-    /// Records a failure outside any item's bookkeeping (a tag lookup): in the report, and
-    /// in the source's backoff when the failure is a passing one.
+    /// Records a failure outside any item's bookkeeping (a tag lookup, asked of every
+    /// source at once): in the report, and in the source's backoff when it is a passing one.
     pub fn note_failure<E: Classify>(
         &self,
         source: &Source,
@@ -360,20 +266,27 @@ impl SourceSet {
         what: &str,
     ) {
         reporter.source_failed(source.label(), what, error);
-        if error.next() == Next::Retry {
-            if let Ok(mut b) = source.backoff.lock() {
-                b.consecutive_failures += 1;
-                let delay = error
-                    .retry_after()
-                    .unwrap_or_else(|| backoff(error, b.consecutive_failures));
-                b.not_before = Instant::now().checked_add(delay);
-            }
-        }
+        self.record(source, error);
+    }
+
+    /// The one record of a failure, for the report and the source's backoff (a passing
+    /// fault only). Returns the backoff it set, if any.
+    pub(crate) fn record<E: Classify>(&self, source: &Source, error: &E) -> Option<Duration> {
         if let Ok(mut h) = source.health.lock() {
             let entry = h.failures.entry(error.kind()).or_insert((0, String::new()));
             entry.0 += 1;
             entry.1 = chain(error);
         }
+        if error.next() != Next::Retry {
+            return None;
+        }
+        let mut b = source.backoff.lock().ok()?;
+        b.consecutive_failures += 1;
+        let delay = error
+            .retry_after()
+            .unwrap_or_else(|| backoff(error, b.consecutive_failures));
+        b.not_before = Instant::now().checked_add(delay);
+        Some(delay)
     }
 
     /// Warnings gathered so far: one line per source and kind of failure, plus any added.
@@ -494,98 +407,6 @@ impl SourceSet {
         if let Ok(mut h) = source.health.lock() {
             h.blobs += 1;
         }
-    }
-
-    /// Records a failure: backoff for the source, exclusion from the item when it cannot
-    /// serve it or has failed it too often. `progressed` says bytes arrived before it failed
-    /// (a cut or stalled transfer worth resuming), which does not count against the item.
-    pub fn failed<E: Classify>(
-        &self,
-        source: &Source,
-        item: &mut ItemState<E>,
-        error: E,
-        progressed: bool,
-        what: &str,
-        reporter: &dyn Reporter,
-    ) -> Result<(), FallbackError<E>> {
-        reporter.source_failed(source.label(), what, &error);
-        let next = error.next();
-        if next == Next::GiveUp {
-            return Err(FallbackError::GiveUp(error));
-        }
-        if let Ok(mut h) = source.health.lock() {
-            let entry = h.failures.entry(error.kind()).or_insert((0, String::new()));
-            entry.0 += 1;
-            entry.1 = chain(&error);
-        }
-        if next == Next::Retry {
-            if let Ok(mut b) = source.backoff.lock() {
-                b.consecutive_failures += 1;
-                let delay = error
-                    .retry_after()
-                    .unwrap_or_else(|| backoff(&error, b.consecutive_failures));
-                b.not_before = Instant::now().checked_add(delay);
-                if delay > MAX_WAIT {
-                    item.exclude(source);
-                }
-            }
-        }
-        match next {
-            Next::NextSource | Next::GiveUp => item.exclude(source),
-            Next::Retry if !progressed => {
-                let n = item.failures.entry(source.index).or_default();
-                *n += 1;
-                if *n >= MAX_FAILURES_PER_ITEM {
-                    item.exclude(source);
-                }
-            }
-            Next::Retry => {}
-        }
-        item.attempts.push(Attempt {
-            source: source.label().to_owned(),
-            role: source.role,
-            error,
-        });
-        Ok(())
-    }
-
-    /// Waits for `pick` to offer a source for the item, or says none is left.
-    pub async fn next_source<E>(&self, item: &ItemState<E>) -> Option<Arc<Source>> {
-        loop {
-            match self.pick(item) {
-                Pick::Now(s) => return Some(s),
-                Pick::Wait(d) if d <= MAX_WAIT => tokio::time::sleep(d).await,
-                Pick::Wait(_) | Pick::None => return None,
-            }
-        }
-    }
-
-    /// Runs a one-shot request (a manifest) against the sources until one succeeds.
-    pub async fn first_success<T, E, F, Fut>(
-        &self,
-        what: &str,
-        reporter: &dyn Reporter,
-        mut op: F,
-    ) -> Result<(T, Arc<Source>), FallbackError<E>>
-    where
-        E: Classify,
-        F: FnMut(Arc<Source>) -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let mut item = ItemState::default();
-        while let Some(source) = self.next_source(&item).await {
-            match op(source.clone()).await {
-                Ok(v) => {
-                    self.succeeded(&source);
-                    return Ok((v, source));
-                }
-                Err(e) => self.failed(&source, &mut item, e, false, what, reporter)?,
-            }
-        }
-        Err(FallbackError::Exhausted {
-            what: what.to_owned(),
-            attempts: item.attempts,
-        })
     }
 }
 

@@ -40,6 +40,16 @@ pub struct HttpClients {
 }
 
 impl HttpClients {
+    /// The same clients (and connection pools) with another limit on manifest-sized
+    /// requests: a health check wants its answer sooner than a pull.
+    #[must_use]
+    pub fn with_manifest_timeout(&self, manifest_timeout: Duration) -> Self {
+        HttpClients {
+            manifest_timeout,
+            ..self.clone()
+        }
+    }
+
     pub fn new(stall_timeout: Duration) -> Result<Self, reqwest::Error> {
         let base = || {
             Client::builder()
@@ -440,11 +450,9 @@ impl RegistryClient {
     }
 
     pub(crate) fn url(&self, s: &str) -> Result<Url, RegistryError> {
-        Url::parse(s).map_err(|_| RegistryError::Status {
+        Url::parse(s).map_err(|source| RegistryError::InvalidUrl {
             url: s.to_owned(),
-            status: 0,
-            detail: " (not a valid URL)".into(),
-            retry_after: None,
+            source,
         })
     }
 

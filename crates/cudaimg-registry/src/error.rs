@@ -63,6 +63,13 @@ pub enum RegistryError {
     },
     #[error("{url} sent an unusable answer: {reason}")]
     BadResponse { url: String, reason: String },
+    /// A URL built from the configuration or a server's answer does not parse.
+    #[error("{url} is not a valid URL")]
+    InvalidUrl {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
     #[error("reading credentials for `{host}` failed: {reason}")]
     Credentials { host: String, reason: String },
     /// An upload request was refused with a 401 (a token expired mid-upload); a fresh one is
@@ -113,6 +120,7 @@ impl RegistryError {
             | RegistryError::BadRange { .. }
             | RegistryError::BadManifest { .. }
             | RegistryError::BadResponse { .. }
+            | RegistryError::InvalidUrl { .. }
             | RegistryError::Credentials { .. } => Next::NextSource,
         }
     }
@@ -146,6 +154,7 @@ impl RegistryError {
             RegistryError::BadRange { .. } => "bad-range",
             RegistryError::BadManifest { .. } => "bad-manifest",
             RegistryError::BadResponse { .. } => "bad-response",
+            RegistryError::InvalidUrl { .. } => "invalid-url",
             RegistryError::Credentials { .. } => "credentials",
             RegistryError::TokenRenewed { .. } => "token-renewed",
             RegistryError::UploadSessionLost { .. } => "upload-session-lost",

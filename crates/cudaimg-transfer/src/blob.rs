@@ -1,6 +1,8 @@
 //! Moving one blob into the store: from the first usable source, resuming with `Range`
 //! after a cut or stall (from the same source or another), and starting over elsewhere when
-//! the finished bytes do not hash to the digest.
+//! the finished bytes do not hash to the digest. The sources are walked by the one fallback
+//! loop ([`cudaimg_mirrors::fallback`]); this module is one attempt ([`BlobOp`]) and what
+//! to do with a finished file.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,12 +15,10 @@ use cudaimg_oci::progress::Reporter;
 use cudaimg_registry::RegistryError;
 
 use crate::FetchError;
-use cudaimg_mirrors::sources::{FallbackError, ItemState, Pick, Source, SourceSet};
-use cudaimg_store::{CommitError, Store, WriteError};
+use cudaimg_mirrors::fallback::{Fallback, FallbackError, Operation, Outcome};
+use cudaimg_mirrors::sources::{Source, SourceSet};
+use cudaimg_store::{BlobWriter, CommitError, Store, StoreError, WriteError};
 
-/// Cuts and stalls after which bytes had arrived, per blob, before giving up on it: enough to
-/// ride out a flaky link, bounded so a source that cuts every connection cannot loop forever.
-const MAX_RESUMES: u32 = 50;
 /// Complete downloads that hashed wrong, per blob, before giving up on it.
 const MAX_MISMATCHES: u32 = 3;
 
@@ -39,14 +39,16 @@ pub(super) struct BlobJob<'a> {
     pub reporter: &'a dyn Reporter,
 }
 
+fn give_up(e: StoreError) -> FallbackError<FetchError> {
+    FallbackError::GiveUp(FetchError::Store(e))
+}
+
 impl BlobJob<'_> {
     pub(super) async fn fetch(
         &self,
         desc: &Descriptor,
     ) -> Result<Fetched, FallbackError<FetchError>> {
-        let what = format!("blob {}", desc.digest);
-        let give_up = |e: cudaimg_store::StoreError| FallbackError::GiveUp(FetchError::Store(e));
-        let Some(mut writer) = self
+        let Some(writer) = self
             .store
             .blob_writer(&desc.digest, desc.size)
             .await
@@ -55,189 +57,227 @@ impl BlobJob<'_> {
             self.reporter.blob_cached(&desc.digest, desc.size);
             return Ok(Fetched::AlreadyStored);
         };
-        let mut item = ItemState::default();
-        // Sources whose bytes are in the partial file: the suspects if the digest is wrong.
-        let mut contributors: Vec<Arc<Source>> = Vec::new();
-        let mut resumes = 0u32;
-        let mut mismatches = 0u32;
-        let mut high_water = writer.written();
+        let mut fallback =
+            Fallback::new(self.sources, format!("blob {}", desc.digest), self.reporter);
+        let mut op = BlobOp {
+            job: self,
+            desc,
+            high_water: writer.written(),
+            writer,
+            contributors: Vec::new(),
+            mismatches: 0,
+        };
         // A large blob with several sources to ask: fill it from all of them at once.
-        if desc.size - writer.written() >= super::parallel::PARALLEL_MIN {
-            contributors = self
-                .fill_parallel(desc, &mut writer, &mut item, &what)
+        if desc.size - op.writer.written() >= super::parallel::PARALLEL_MIN {
+            op.contributors = self
+                .fill_parallel(desc, &mut op.writer, &mut fallback)
                 .await?;
-            high_water = writer.written();
+            op.high_water = op.writer.written();
         }
+        // Complete already (an earlier run's partial file, or the parallel fill): no source
+        // needs asking unless its bytes turn out wrong.
+        if op.writer.written() == desc.size {
+            match op.finish(&mut fallback).await {
+                Outcome::Done(fetched) => return Ok(fetched),
+                Outcome::Stop(e) => return Err(e),
+                Outcome::Again | Outcome::Failed { .. } => {}
+            }
+        }
+        fallback.run(&mut op).await.map(|(fetched, _)| fetched)
+    }
+}
+
+/// One blob's download: the partial file, and who put bytes in it.
+struct BlobOp<'j, 'a> {
+    job: &'j BlobJob<'a>,
+    desc: &'j Descriptor,
+    writer: BlobWriter,
+    /// Sources whose bytes are in the partial file: the suspects if the digest is wrong.
+    contributors: Vec<Arc<Source>>,
+    /// The furthest any attempt got: progress is bytes beyond it, so a source that restarts
+    /// the blob and cuts again makes none.
+    high_water: u64,
+    mismatches: u32,
+}
+
+impl Operation for BlobOp<'_, '_> {
+    type Output = Fetched;
+    type Error = FetchError;
+
+    /// Fetches the rest of the blob from `source`, from where the partial file ends.
+    async fn attempt(
+        &mut self,
+        source: Arc<Source>,
+        fallback: &mut Fallback<'_, FetchError>,
+    ) -> Outcome<Fetched, FetchError> {
+        let (job, desc) = (self.job, self.desc);
+        let offset = self.writer.written();
+        let request = source
+            .client
+            .blob(job.repo, &desc.digest, offset, desc.size);
+        // Headers that never come are a stall too.
+        let resp = match tokio::time::timeout(job.stall, request).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return failed(e, false),
+            Err(_) => {
+                let url = source.client.blob_url(job.repo, &desc.digest);
+                let secs = job.stall.as_secs();
+                return failed(RegistryError::Stalled { url, secs }, false);
+            }
+        };
+        if resp.offset != offset {
+            // The source ignored `Range`: its body starts at byte 0.
+            if let Err(e) = self.writer.reset().await {
+                return Outcome::Stop(give_up(e));
+            }
+            self.contributors.clear();
+        }
+        if !self.contributors.iter().any(|c| c.index == source.index) {
+            self.contributors.push(source.clone());
+        }
+        job.reporter
+            .blob_started(&desc.digest, desc.size, resp.offset, source.label());
+        let outcome = match self.stream(&source, resp).await {
+            Ok(outcome) => outcome,
+            Err(e) => return Outcome::Stop(give_up(e)),
+        };
+        let progressed = self.writer.written() > self.high_water;
+        self.high_water = self.high_water.max(self.writer.written());
+        match outcome {
+            Err(e) => failed(e, progressed),
+            Ok(()) => match self.finish(fallback).await {
+                Outcome::Done(fetched) => Outcome::Done(fetched),
+                other => {
+                    // The source answered in full, whatever its bytes hash to.
+                    if progressed {
+                        fallback.sources().succeeded(&source);
+                    }
+                    other
+                }
+            },
+        }
+    }
+}
+
+fn failed(e: RegistryError, progressed: bool) -> Outcome<Fetched, FetchError> {
+    Outcome::Failed {
+        error: e.into(),
+        progressed,
+    }
+}
+
+impl BlobOp<'_, '_> {
+    /// Writes the body into the partial file. The outer error is the store's (the end);
+    /// the inner one the source's.
+    async fn stream(
+        &mut self,
+        source: &Source,
+        resp: cudaimg_registry::BlobResponse,
+    ) -> Result<Result<(), RegistryError>, StoreError> {
+        let (job, desc) = (self.job, self.desc);
+        let url = resp.url.clone();
+        let mut body = resp.response.bytes_stream();
         loop {
-            if writer.written() == desc.size {
-                match writer.commit().await {
-                    Ok(()) => {
-                        self.reporter.blob_finished(&desc.digest);
-                        return Ok(match contributors.pop() {
-                            Some(last) => {
-                                self.sources.blob_done(&last);
-                                Fetched::From(last)
-                            }
-                            // Everything came from an earlier run's partial file.
-                            None => Fetched::AlreadyStored,
-                        });
-                    }
-                    Err(CommitError::Mismatch { actual, .. }) => {
-                        mismatches += 1;
-                        if mismatches > MAX_MISMATCHES {
-                            return Err(FallbackError::Exhausted {
-                                what: format!("{what} (its content never matched its digest)"),
-                                attempts: item.attempts,
-                            });
-                        }
-                        let blamed = if writer.resumed() > 0 {
-                            // Bytes from an earlier run are in there: nobody can be blamed.
-                            &[][..]
-                        } else {
-                            &contributors[..]
-                        };
-                        self.discard_corrupt(desc, &actual, blamed, &mut item, &what)?;
-                        // With no other source left, one more full try from the same ones:
-                        // corruption on the way (a flaky proxy) need not repeat.
-                        if mismatches < 2 && matches!(self.sources.pick(&item), Pick::None) {
-                            for c in blamed {
-                                item.readmit(c);
-                            }
-                        }
-                        writer.reset().await.map_err(give_up)?;
-                        contributors.clear();
-                        high_water = 0;
-                        continue;
-                    }
-                    Err(CommitError::Store(e)) => return Err(give_up(e)),
-                }
-            }
-            let Some(source) = self.sources.next_source(&item).await else {
-                return Err(FallbackError::Exhausted {
-                    what,
-                    attempts: item.attempts,
-                });
-            };
-            let offset = writer.written();
-            let request = source
-                .client
-                .blob(self.repo, &desc.digest, offset, desc.size);
-            // Headers that never come are a stall too.
-            let resp = match tokio::time::timeout(self.stall, request).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    self.sources.failed(
-                        &source,
-                        &mut item,
-                        e.into(),
-                        false,
-                        &what,
-                        self.reporter,
-                    )?;
-                    continue;
-                }
+            let chunk = match tokio::time::timeout(job.stall, body.next()).await {
                 Err(_) => {
-                    let e = RegistryError::Stalled {
-                        url: source.client.blob_url(self.repo, &desc.digest),
-                        secs: self.stall.as_secs(),
-                    };
-                    self.sources.failed(
-                        &source,
-                        &mut item,
-                        e.into(),
-                        false,
-                        &what,
-                        self.reporter,
-                    )?;
-                    continue;
+                    let secs = job.stall.as_secs();
+                    return Ok(Err(RegistryError::Stalled { url, secs }));
                 }
+                Ok(None) if self.writer.written() < desc.size => {
+                    let reason = format!(
+                        "the body ended at byte {} of {}",
+                        self.writer.written(),
+                        desc.size
+                    );
+                    return Ok(Err(RegistryError::Transfer { url, reason }));
+                }
+                Ok(None) => return Ok(Ok(())),
+                Ok(Some(Err(e))) => return Ok(Err(RegistryError::from_reqwest_at(&url, e))),
+                Ok(Some(Ok(chunk))) => chunk,
             };
-            if resp.offset != offset {
-                // The source ignored `Range`: its body starts at byte 0.
-                writer.reset().await.map_err(give_up)?;
-                contributors.clear();
-            }
-            if !contributors.iter().any(|c| c.index == source.index) {
-                contributors.push(source.clone());
-            }
-            self.reporter
-                .blob_started(&desc.digest, desc.size, resp.offset, source.label());
-            let url = resp.url.clone();
-            let mut body = resp.response.bytes_stream();
-            let outcome = loop {
-                match tokio::time::timeout(self.stall, body.next()).await {
-                    Err(_) => {
-                        break Err(RegistryError::Stalled {
-                            url: url.clone(),
-                            secs: self.stall.as_secs(),
-                        })
-                    }
-                    Ok(None) if writer.written() < desc.size => {
-                        break Err(RegistryError::Transfer {
-                            url: url.clone(),
-                            reason: format!(
-                                "the body ended at byte {} of {}",
-                                writer.written(),
-                                desc.size
-                            ),
-                        })
-                    }
-                    Ok(None) => break Ok(()),
-                    Ok(Some(Err(e))) => break Err(RegistryError::from_reqwest_at(&url, e)),
-                    Ok(Some(Ok(chunk))) => {
-                        let n = chunk.len() as u64;
-                        self.received.fetch_add(n, Ordering::Relaxed);
-                        source.add_bytes(n);
-                        match writer.write(&chunk).await {
-                            Ok(()) => self.reporter.blob_progress(&desc.digest, n),
-                            Err(WriteError::TooLong { expected_size }) => {
-                                // Counted before the reset: the blob's bytes so far (from
-                                // this response and any resumed before it) and this chunk.
-                                let at_least = writer.written() + n;
-                                writer.reset().await.map_err(give_up)?;
-                                contributors.clear();
-                                break Err(RegistryError::TooLong {
-                                    url: url.clone(),
-                                    expected: expected_size,
-                                    at_least,
-                                });
-                            }
-                            Err(WriteError::Store(e)) => return Err(give_up(e)),
-                        }
-                    }
+            let n = chunk.len() as u64;
+            job.received.fetch_add(n, Ordering::Relaxed);
+            source.add_bytes(n);
+            match self.writer.write(&chunk).await {
+                Ok(()) => job.reporter.blob_progress(&desc.digest, n),
+                Err(WriteError::TooLong { expected_size }) => {
+                    // Counted before the reset: the blob's bytes so far (from this response
+                    // and any resumed before it) and this chunk.
+                    let at_least = self.writer.written() + n;
+                    self.writer.reset().await?;
+                    self.contributors.clear();
+                    return Ok(Err(RegistryError::TooLong {
+                        url,
+                        expected: expected_size,
+                        at_least,
+                    }));
                 }
-            };
-            // Progress is bytes beyond the furthest point any attempt reached: a source that
-            // restarts the blob and cuts again makes none.
-            let progressed = writer.written() > high_water;
-            high_water = high_water.max(writer.written());
-            if progressed {
-                self.sources.succeeded(&source);
-            }
-            if let Err(e) = outcome {
-                if progressed {
-                    resumes += 1;
-                }
-                self.sources.failed(
-                    &source,
-                    &mut item,
-                    e.into(),
-                    progressed && resumes <= MAX_RESUMES,
-                    &what,
-                    self.reporter,
-                )?;
+                Err(WriteError::Store(e)) => return Err(e),
             }
         }
     }
 
+    /// Commits the complete file. Wrong bytes are blamed on every source that contributed
+    /// and thrown away, and the loop goes on ([`Outcome::Again`]) until the mismatches run
+    /// past [`MAX_MISMATCHES`].
+    async fn finish(
+        &mut self,
+        fallback: &mut Fallback<'_, FetchError>,
+    ) -> Outcome<Fetched, FetchError> {
+        let desc = self.desc;
+        let actual = match self.writer.commit().await {
+            Ok(()) => {
+                self.job.reporter.blob_finished(&desc.digest);
+                return Outcome::Done(match self.contributors.pop() {
+                    Some(last) => {
+                        fallback.sources().blob_done(&last);
+                        Fetched::From(last)
+                    }
+                    // Everything came from an earlier run's partial file.
+                    None => Fetched::AlreadyStored,
+                });
+            }
+            Err(CommitError::Mismatch { actual, .. }) => actual,
+            Err(CommitError::Store(e)) => return Outcome::Stop(give_up(e)),
+        };
+        self.mismatches += 1;
+        if self.mismatches > MAX_MISMATCHES {
+            let what = format!("{} (its content never matched its digest)", fallback.what());
+            return Outcome::Stop(fallback.exhausted(Some(what)));
+        }
+        let blamed = if self.writer.resumed() > 0 {
+            // Bytes from an earlier run are in there: nobody can be blamed.
+            Vec::new()
+        } else {
+            std::mem::take(&mut self.contributors)
+        };
+        if let Err(e) = self.job.discard_corrupt(desc, &actual, &blamed, fallback) {
+            return Outcome::Stop(e);
+        }
+        // With no other source left, one more full try from the same ones: corruption on
+        // the way (a flaky proxy) need not repeat.
+        if self.mismatches < 2 && fallback.none_left() {
+            for c in &blamed {
+                fallback.readmit(c);
+            }
+        }
+        if let Err(e) = self.writer.reset().await {
+            return Outcome::Stop(give_up(e));
+        }
+        self.contributors.clear();
+        self.high_water = 0;
+        Outcome::Again
+    }
+}
+
+impl BlobJob<'_> {
     /// Wrong bytes: every source that contributed is suspect for this blob, and named.
     fn discard_corrupt(
         &self,
         desc: &Descriptor,
         actual: &cudaimg_oci::digest::Digest,
         contributors: &[Arc<Source>],
-        item: &mut ItemState<FetchError>,
-        what: &str,
+        fallback: &mut Fallback<'_, FetchError>,
     ) -> Result<(), FallbackError<FetchError>> {
         let names: Vec<&str> = contributors.iter().map(|c| c.label()).collect();
         let from = if names.is_empty() {
@@ -250,19 +290,12 @@ impl BlobJob<'_> {
             desc.digest
         ));
         for c in contributors {
-            self.sources.failed(
-                c,
-                item,
-                RegistryError::DigestMismatch {
-                    url: c.client.blob_url(self.repo, &desc.digest),
-                    expected: desc.digest.clone(),
-                    actual: actual.clone(),
-                }
-                .into(),
-                false,
-                what,
-                self.reporter,
-            )?;
+            let error = RegistryError::DigestMismatch {
+                url: c.client.blob_url(self.repo, &desc.digest),
+                expected: desc.digest.clone(),
+                actual: actual.clone(),
+            };
+            fallback.failed(c, error.into(), false)?;
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! The transfer engine: resolves an image through the sources and moves its blobs into the
-//! store, verified. Commands (`pull` now; `sync` and `build` later) drive it; it prints
-//! nothing and reports through [`cudaimg_oci::progress::Reporter`].
+//! store, verified, in typed steps (resolve, select, plan, fetch, commit) that `pull` and
+//! `lock` share and `copy`, `push` and bundles will. Commands drive it through one
+//! [`Session`] per run; it prints nothing and reports through
+//! [`cudaimg_oci::progress::Reporter`].
 
 pub mod archive;
 mod blob;
@@ -10,18 +12,22 @@ mod lock;
 mod parallel;
 mod pull;
 mod resolve;
+mod steps;
 
 pub use error::FetchError;
 pub use lock::Locked;
 pub use pull::{LayerReport, PullError, PullReport, PullTarget};
 pub use resolve::ResolvedBy;
+pub use steps::{Committed, Downloaded, Plan, Resolved, Selected};
 
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use cudaimg_config::Config;
-use cudaimg_mirrors::sources::SourceMemory;
+use cudaimg_config::{Canonical, Config, ConfigError};
+use cudaimg_mirrors::sources::{SourceMemory, SourceSet};
 use cudaimg_registry::HttpClients;
-use cudaimg_store::Store;
+use cudaimg_store::{Store, StoreError};
 
 /// Default seconds without a byte before a transfer counts as stalled.
 pub const DEFAULT_STALL_SECS: u64 = 30;
@@ -29,11 +35,14 @@ pub const DEFAULT_STALL_SECS: u64 = 30;
 /// Default number of blobs in flight at once.
 pub const DEFAULT_JOBS: u16 = 4;
 
-/// What every transfer needs: the mirror policy, the store, and shared HTTP clients.
-pub struct Engine {
-    pub config: Config,
-    pub store: Store,
-    pub http: HttpClients,
+/// What a run was asked for, resolved from the command line and the environment (the
+/// binary's raw arguments become this once; nothing below it reads arguments).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `--config`: the mirror configuration, or `None` for the default search.
+    pub config_path: Option<PathBuf>,
+    /// `--store`: the store's root, or `None` for the default location.
+    pub store_path: Option<PathBuf>,
     /// Blobs downloaded concurrently.
     pub jobs: usize,
     /// A blob transfer that delivers no byte for this long is ended and resumed elsewhere.
@@ -43,27 +52,106 @@ pub struct Engine {
     /// Re-hash the blobs of an image that are stored already, and fetch again those that
     /// fail (otherwise a stored blob of the right size counts as present).
     pub verify_existing: bool,
-    /// What the run has learned about each source, across references.
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            config_path: None,
+            store_path: None,
+            jobs: usize::from(DEFAULT_JOBS),
+            stall_timeout: Duration::from_secs(DEFAULT_STALL_SECS),
+            require_upstream: false,
+            verify_existing: false,
+        }
+    }
+}
+
+/// What setting up a session's parts can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot set up the HTTP client")]
+    Http(#[source] reqwest::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One run's shared state, built once from [`Settings`]: the configuration, the HTTP
+/// clients, what the run has learned about each source, and the store. Each part is set up
+/// when a command first needs it, so a command that does not use the network builds no
+/// client, and a command that only reads never creates a store.
+pub struct Session {
+    pub settings: Settings,
+    config: OnceLock<Config>,
+    http: OnceLock<HttpClients>,
+    store: OnceLock<Store>,
+    /// What the run has learned about each source, across references and commands' steps.
     pub memory: SourceMemory,
 }
 
-impl Engine {
-    /// `jobs`: blobs in flight at once; `stall_timeout`: see [`Engine::stall_timeout`].
-    pub fn new(
-        config: Config,
-        store: Store,
-        jobs: usize,
-        stall_timeout: Duration,
-    ) -> Result<Self, reqwest::Error> {
-        Ok(Engine {
-            config,
-            store,
-            http: HttpClients::new(stall_timeout)?,
-            jobs: jobs.max(1),
-            stall_timeout,
-            require_upstream: false,
-            verify_existing: false,
+impl Session {
+    pub fn new(settings: Settings) -> Self {
+        Session {
+            settings,
+            config: OnceLock::new(),
+            http: OnceLock::new(),
+            store: OnceLock::new(),
             memory: SourceMemory::default(),
-        })
+        }
+    }
+
+    /// The mirror configuration, read on first use.
+    pub fn config(&self) -> Result<&Config, ConfigError> {
+        if let Some(c) = self.config.get() {
+            return Ok(c);
+        }
+        let loaded = Config::load(self.settings.config_path.as_deref())?;
+        Ok(self.config.get_or_init(|| loaded))
+    }
+
+    /// The HTTP clients every request of the run shares (one connection pool).
+    pub fn http(&self) -> Result<&HttpClients, SessionError> {
+        if let Some(h) = self.http.get() {
+            return Ok(h);
+        }
+        let built = HttpClients::new(self.settings.stall_timeout).map_err(SessionError::Http)?;
+        Ok(self.http.get_or_init(|| built))
+    }
+
+    fn store_root(&self) -> Result<PathBuf, StoreError> {
+        match &self.settings.store_path {
+            Some(p) => Ok(p.clone()),
+            None => cudaimg_config::default_store_root().ok_or(StoreError::NoLocation),
+        }
+    }
+
+    /// The store, created if it does not exist yet (for commands that write).
+    pub fn store(&self) -> Result<&Store, StoreError> {
+        if let Some(s) = self.store.get() {
+            return Ok(s);
+        }
+        let opened = Store::open(&self.store_root()?)?;
+        Ok(self.store.get_or_init(|| opened))
+    }
+
+    /// The store as it is (for commands that only read): never created or changed.
+    pub fn existing_store(&self) -> Result<Store, StoreError> {
+        if let Some(s) = self.store.get() {
+            return Ok(s.clone());
+        }
+        Store::open_existing(&self.store_root()?)
+    }
+
+    /// The sources for a canonical name, with this run's memory of each.
+    pub fn sources(&self, name: &Canonical) -> Result<SourceSet, SessionError> {
+        Ok(SourceSet::new(
+            self.config()?,
+            &name.image.registry,
+            name.via_mirror.as_deref(),
+            self.http()?,
+            &self.memory,
+        ))
     }
 }

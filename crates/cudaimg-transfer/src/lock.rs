@@ -1,9 +1,9 @@
 //! `lock`: resolve a reference the way `pull` does and record the digests it names, for
 //! every platform, without downloading any layer.
 
-use super::pull::{manifest_by_digest, PullError};
+use super::pull::PullError;
 use super::resolve::ResolvedBy;
-use super::Engine;
+use super::Session;
 use cudaimg_config::lockfile::Pin;
 use cudaimg_config::Canonical;
 use cudaimg_oci::manifest::Manifest;
@@ -19,22 +19,16 @@ pub struct Locked {
     pub warnings: Vec<String>,
 }
 
-impl Engine {
+impl Session {
+    /// Resolves `name` (step 1 of a pull) and pins what it names, every platform of it.
     pub async fn lock(
         &self,
         name: &Canonical,
         reporter: &dyn Reporter,
     ) -> Result<Locked, PullError> {
-        let image = &name.image;
-        let repo = image.repository.as_str();
-        let sources = self.sources(name);
-        let (digest, resolved_by) = self.top_digest(&sources, image, None, reporter).await?;
-        let what = format!("manifest {digest} of `{image}`");
-        let ((fetched, parsed), _) =
-            manifest_by_digest(&sources, repo, &digest, None, &what, reporter)
-                .await
-                .map_err(|e| PullError::giving_up(image, e))?;
-        let (media_type, platforms) = match parsed {
+        let sources = self.sources(name)?;
+        let resolved = self.resolve(&sources, &name.image, None, reporter).await?;
+        let (media_type, platforms) = match resolved.parsed {
             Manifest::Image(m) => (m.media_type, Default::default()),
             Manifest::Index(idx) => (
                 idx.media_type,
@@ -51,13 +45,13 @@ impl Engine {
             ),
         };
         Ok(Locked {
-            reference: image.lock_key(),
+            reference: name.image.lock_key(),
             pin: Pin {
-                digest: fetched.digest,
+                digest: resolved.manifest.digest,
                 media_type,
                 platforms,
             },
-            resolved_by,
+            resolved_by: resolved.by,
             warnings: sources.warnings(),
         })
     }

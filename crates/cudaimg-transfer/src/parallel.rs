@@ -19,7 +19,8 @@ use cudaimg_oci::manifest::Descriptor;
 use cudaimg_registry::RegistryError;
 
 use crate::FetchError;
-use cudaimg_mirrors::sources::{FallbackError, ItemState, Source};
+use cudaimg_mirrors::fallback::{Fallback, FallbackError};
+use cudaimg_mirrors::sources::Source;
 use cudaimg_store::{BlobWriter, RangedWriter, StoreError};
 
 /// Below this much left to fetch, one stream is as good.
@@ -36,11 +37,10 @@ impl BlobJob<'_> {
         &self,
         desc: &Descriptor,
         writer: &mut BlobWriter,
-        item: &mut ItemState<FetchError>,
-        what: &str,
+        fallback: &mut Fallback<'_, FetchError>,
     ) -> Result<Vec<Arc<Source>>, FallbackError<FetchError>> {
         let give_up = |e: StoreError| FallbackError::GiveUp(FetchError::Store(e));
-        let mut usable = self.sources.usable_now(item);
+        let mut usable = fallback.usable_now();
         usable.truncate(MAX_SOURCES);
         if usable.len() < 2 || desc.size - writer.written() < PARALLEL_MIN {
             return Ok(Vec::new());
@@ -58,7 +58,7 @@ impl BlobJob<'_> {
             queue: Mutex::new((queue, 0)),
             done: Mutex::new(BTreeMap::new()),
             writer: tokio::sync::Mutex::new(writer),
-            item: Mutex::new(item),
+            fallback: Mutex::new(fallback),
             helped: Mutex::new(Vec::new()),
         };
         self.reporter
@@ -66,7 +66,7 @@ impl BlobJob<'_> {
         let results = join_all(
             usable
                 .iter()
-                .map(|s| self.range_worker(s, desc, &state, &ranged, what)),
+                .map(|s| self.range_worker(s, desc, &state, &ranged)),
         )
         .await;
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
@@ -80,9 +80,8 @@ impl BlobJob<'_> {
         &self,
         source: &Arc<Source>,
         desc: &Descriptor,
-        fill: &Fill<'_>,
+        fill: &Fill<'_, '_>,
         ranged: &RangedWriter,
-        what: &str,
     ) -> Result<(), FallbackError<FetchError>> {
         loop {
             let (start, end) = match fill.take() {
@@ -115,15 +114,8 @@ impl BlobJob<'_> {
                 }
                 Err(e) => {
                     fill.finish((reached < end).then_some((reached, end)));
-                    let mut item = fill.item.lock().map_err(|_| poisoned())?;
-                    self.sources.failed(
-                        source,
-                        &mut item,
-                        e,
-                        reached > start,
-                        what,
-                        self.reporter,
-                    )?;
+                    let mut fallback = fill.fallback.lock().map_err(|_| poisoned())?;
+                    fallback.failed(source, e, reached > start)?;
                     // This source is done here; the others, or the sequential loop, go on.
                     return Ok(());
                 }
@@ -224,17 +216,17 @@ enum Take {
 }
 
 /// Shared state of one parallel fill.
-struct Fill<'w> {
+struct Fill<'w, 'f> {
     /// Ranges to fetch, and how many are being fetched now.
     queue: Mutex<(VecDeque<(u64, u64)>, usize)>,
     /// Finished ranges beyond the hashed prefix: start -> end.
     done: Mutex<BTreeMap<u64, u64>>,
     writer: tokio::sync::Mutex<&'w mut BlobWriter>,
-    item: Mutex<&'w mut ItemState<FetchError>>,
+    fallback: Mutex<&'w mut Fallback<'f, FetchError>>,
     helped: Mutex<Vec<Arc<Source>>>,
 }
 
-impl Fill<'_> {
+impl Fill<'_, '_> {
     /// The next range to fetch, or whether to wait for one a failing worker may hand back.
     fn take(&self) -> Take {
         let Ok(mut q) = self.queue.lock() else {

@@ -1,30 +1,26 @@
 //! `pull`: resolve a reference to one platform's manifest, fetch what the store lacks, and
-//! name the result in `index.json` under its canonical reference.
+//! name the result in `index.json` under its canonical reference, through the steps in
+//! [`super::steps`]; what it reports, and what can go wrong.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use super::blob::{BlobJob, Fetched};
-use super::resolve::{resolve_tag, ResolvedBy};
-use super::Engine;
-use crate::FetchError;
+use super::resolve::ResolvedBy;
+use crate::{FetchError, Session, SessionError};
 use cudaimg_config::lockfile::Pin;
 use cudaimg_config::Canonical;
-use cudaimg_mirrors::sources::{FallbackError, Source, SourceReport, SourceSet};
+use cudaimg_mirrors::fallback::FallbackError;
+use cudaimg_mirrors::sources::{Source, SourceReport, SourceSet};
 use cudaimg_oci::digest::Digest;
 use cudaimg_oci::manifest::{
-    self, Descriptor, ImageConfig, ImageManifest, Index, IndexEntry as ListEntry, Manifest,
-    ManifestError,
+    self, ImageManifest, Index, IndexEntry as ListEntry, Manifest, ManifestError,
 };
 use cudaimg_oci::platform::Platform;
 use cudaimg_oci::progress::Reporter;
 use cudaimg_oci::reference::ImageRef;
 use cudaimg_registry::{FetchedManifest, RegistryError};
-use cudaimg_store::{NamedImage, StoreError};
+use cudaimg_store::StoreError;
 
 /// What to pull: a canonical name, and, from a lockfile, the digests it must be.
 pub struct PullTarget<'a> {
@@ -43,12 +39,15 @@ pub struct PullReport {
     /// The reference as the user wrote it.
     pub reference: String,
     /// The canonical reference the image is stored under.
-    pub canonical: String,
+    #[serde(serialize_with = "as_text")]
+    pub canonical: ImageRef,
     /// Digest of the platform manifest.
     pub digest: Digest,
     /// Digest of the manifest list or index it was chosen from, if any.
     pub index_digest: Option<Digest>,
-    pub platform: String,
+    /// The image's platform, as `os/arch[/variant]`.
+    #[serde(serialize_with = "as_text")]
+    pub platform: Platform,
     /// Where the manifest came from.
     pub manifest_source: String,
     /// Who decided the digest: the official registry, mirrors (official out of reach), the
@@ -143,6 +142,13 @@ pub enum PullError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// A value in `--json` as the text it displays as (`nvidia/cuda:12.4.1-…`, `linux/amd64`).
+fn as_text<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 fn mirror_lines(held_by: &[(String, Digest)], errors: &[(String, String)]) -> String {
@@ -188,6 +194,7 @@ impl PullError {
             PullError::NoPlatform { .. } => Some("choose one with `--platform OS/ARCH`".into()),
             PullError::Store(e) => e.hint(),
             PullError::Unusable { .. } => None,
+            PullError::Session(_) => None,
             PullError::NotUpstream { held_by, reference, .. } => Some(match held_by.first() {
                 Some((mirror, d)) => format!(
                     "the tag is gone upstream (NVIDIA deletes end-of-life tags), but mirror {mirror} still serves it as {d}; \
@@ -233,262 +240,71 @@ impl PullError {
     }
 }
 
-impl Engine {
-    /// The sources for a canonical name, with this run's memory of each.
-    pub(super) fn sources(&self, name: &Canonical) -> SourceSet {
-        SourceSet::new(
-            &self.config,
-            &name.image.registry,
-            name.via_mirror.as_deref(),
-            &self.http,
-            &self.memory,
-        )
-    }
-
-    /// Which digest: the lockfile's, the reference's, or the official registry's answer.
-    pub(super) async fn top_digest(
-        &self,
-        sources: &SourceSet,
-        image: &ImageRef,
-        pin: Option<&Pin>,
-        reporter: &dyn Reporter,
-    ) -> Result<(Digest, ResolvedBy), PullError> {
-        Ok(match (pin, &image.digest, &image.tag) {
-            (Some(pin), _, _) => (pin.digest.clone(), ResolvedBy::Lock),
-            (None, Some(d), _) => (d.clone(), ResolvedBy::Digest),
-            (None, None, tag) => {
-                let tag = tag.as_deref().unwrap_or("latest");
-                resolve_tag(sources, image, tag, self.require_upstream, reporter).await?
-            }
-        })
-    }
-
-    /// Pulls `target` for `platform` into the store.
+impl Session {
+    /// Pulls `target` for `platform` into the store: resolve, select, plan, fetch, commit.
     pub async fn pull(
         &self,
         target: &PullTarget<'_>,
         platform: &Platform,
         reporter: &dyn Reporter,
     ) -> Result<PullReport, PullError> {
-        let name = target.name;
-        let image = &name.image;
-        let repo = image.repository.as_str();
+        let image = &target.name.image;
         // Until the index names what this pull stores, `gc` must not run.
-        let store = self.store.clone();
+        let store = self.store()?.clone();
         let _gc_guard = tokio::task::spawn_blocking(move || store.hold_against_gc())
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        let sources = self.sources(name);
-        let (top_digest, resolved_by) = self
-            .top_digest(&sources, image, target.pin, reporter)
+        let sources = self.sources(target.name)?;
+        let resolved = self.resolve(&sources, image, target.pin, reporter).await?;
+        let (resolved_by, manifest_source) = (resolved.by, resolved.source.clone());
+        let selected = self
+            .select(&sources, image, resolved, platform, target.pin, reporter)
             .await?;
-        // Everything else by digest, from whichever source has it.
-        let what = format!("manifest {top_digest} of `{image}`");
-        let (top, top_source) =
-            manifest_by_digest(&sources, repo, &top_digest, None, &what, reporter)
-                .await
-                .map_err(|e| PullError::giving_up(image, e))?;
-        let (top_fetched, top_parsed) = top;
-
-        // A list or index: pick the platform's manifest and fetch it by digest.
-        let (index, fetched, img, chosen) = match top_parsed {
-            Manifest::Image(img) => (None, top_fetched, img, None),
-            Manifest::Index(idx) => {
-                let entry = idx.select(platform).ok_or_else(|| PullError::NoPlatform {
-                    reference: image.to_string(),
-                    platform: platform.to_string(),
-                    available: idx.platforms().join(", "),
-                })?;
-                if let Some(pin) = target.pin.filter(|p| !p.platforms.is_empty()) {
-                    check_pin(image, pin, entry, &idx)?;
-                }
-                let want = entry.descriptor.clone();
-                let what = format!("{platform} manifest of `{image}`");
-                let ((child, parsed), _) = manifest_by_digest(
-                    &sources,
-                    repo,
-                    &want.digest,
-                    Some(want.size),
-                    &what,
-                    reporter,
-                )
-                .await
-                .map_err(|e| PullError::giving_up(image, e))?;
-                let Manifest::Image(img) = parsed else {
-                    return Err(PullError::Unusable {
-                        reference: image.to_string(),
-                        source: ManifestError::UnsupportedMediaType(
-                            "an index nested inside an index".into(),
-                        ),
-                    });
-                };
-                (Some(top_fetched), child, img, entry.platform.clone())
-            }
-        };
-
-        // The config is read back as JSON; a hostile size must fail before any download.
-        if img.config.size > manifest::MAX_MANIFEST_BYTES {
-            return Err(PullError::Unusable {
-                reference: image.to_string(),
-                source: ManifestError::BadDescriptor {
-                    which: "config".into(),
-                    reason: format!("{} bytes is too large for an image config", img.config.size),
-                },
-            });
-        }
-        // Blobs: config first, then layers; each digest once.
-        let mut seen = BTreeSet::new();
-        let blobs: Vec<Descriptor> = std::iter::once(&img.config)
-            .chain(&img.layers)
-            .filter(|d| seen.insert(d.digest.clone()))
-            .cloned()
-            .collect();
-        // A stored blob counts by its size (it was verified when stored); asked to, check
-        // its content too, and fetch again what fails.
-        let repaired = if self.verify_existing {
-            let mut check: Vec<(Digest, u64)> =
-                blobs.iter().map(|d| (d.digest.clone(), d.size)).collect();
-            check.push((fetched.digest.clone(), fetched.bytes.len() as u64));
-            if let Some(idx) = &index {
-                check.push((idx.digest.clone(), idx.bytes.len() as u64));
-            }
-            let store = self.store.clone();
-            tokio::task::spawn_blocking(move || drop_corrupt(&store, &check))
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e)))??
-        } else {
-            Vec::new()
-        };
-        let missing: Vec<&Descriptor> = blobs
-            .iter()
-            .filter(|d| !self.store.has_blob(&d.digest, d.size))
-            .collect();
-        let to_fetch = missing.iter().map(|d| d.size).sum();
-        let shown_platform = chosen.clone().unwrap_or_else(|| platform.clone());
+        let plan = self.plan(image, &selected.image)?;
+        let img = &selected.image;
+        let shown_platform = selected.platform.as_ref().unwrap_or(platform);
         reporter.resolved(
             &image.to_string(),
-            &fetched.digest,
-            &shown_platform,
+            &selected.manifest.digest,
+            shown_platform,
             img.content_size(),
-            to_fetch,
+            plan.to_fetch,
         );
-        for d in blobs.iter().filter(|d| !missing.contains(d)) {
+        for d in plan.blobs.iter().filter(|d| !plan.missing.contains(d)) {
             reporter.blob_cached(&d.digest, d.size);
         }
-
-        let received = AtomicU64::new(0);
-        let job = BlobJob {
-            store: &self.store,
-            sources: &sources,
-            repo,
-            received: &received,
-            stall: self.stall_timeout,
-            reporter,
-        };
-        let fetched_from: Vec<(Digest, Option<String>)> = stream::iter(missing)
-            .map(|d| {
-                let job = &job;
-                async move {
-                    let url = match job.fetch(d).await? {
-                        Fetched::From(source) => Some(source.client.blob_url(repo, &d.digest)),
-                        Fetched::AlreadyStored => None,
-                    };
-                    Ok::<_, FallbackError<FetchError>>((d.digest.clone(), url))
-                }
+        let downloaded = self.fetch(&sources, image, &plan, reporter).await?;
+        let committed = self
+            .commit(target, &selected, platform, {
+                let mut w = sources.warnings();
+                w.extend(plan.repaired.iter().cloned());
+                w
             })
-            .buffer_unordered(self.jobs.max(1))
-            .try_collect()
-            .await
-            .map_err(|e| PullError::blob_failed(image, e))?;
-
-        // The config tells the platform of a single-platform image, and whether it matches.
-        let config_bytes = self
-            .store
-            .read_blob(&img.config.digest, manifest::MAX_MANIFEST_BYTES)?;
-        let config: ImageConfig = serde_json::from_slice(&config_bytes).unwrap_or_default();
-        let mut warnings = sources.warnings();
-        warnings.extend(repaired);
-        let platform_of_image = chosen.unwrap_or_else(|| Platform {
-            os: config.os.clone(),
-            architecture: config.architecture.clone(),
-            variant: config.variant.clone(),
-        });
-        if index.is_none() && !platform.matches(&platform_of_image) && target.platform_explicit {
-            return Err(PullError::NoPlatform {
-                reference: image.to_string(),
-                platform: platform.to_string(),
-                available: platform_of_image.to_string(),
-            });
-        }
-        if index.is_none() && !platform.matches(&platform_of_image) {
-            warnings.push(format!(
-                "`{image}` is a single-platform image for {platform_of_image}, not the requested {platform}"
-            ));
-        }
-
-        // Manifests last, so the index never names an image whose blobs are not all stored.
-        self.store
-            .put_bytes(&fetched.digest, &fetched.bytes)
             .await?;
-        if let Some(idx) = &index {
-            self.store.put_bytes(&idx.digest, &idx.bytes).await?;
-        }
-        // A locked pull is named by its tag: the lock's digest is how it was fetched.
-        let stored_name = match target.pin {
-            Some(_) if image.tag.is_some() => image.without_digest(),
-            _ => image.clone(),
-        };
-        let named = NamedImage {
-            manifest: Descriptor {
-                media_type: img.media_type.clone(),
-                digest: fetched.digest.clone(),
-                size: fetched.bytes.len() as u64,
-            },
-            platform: Some(platform_of_image.clone()),
-            index_digest: index.as_ref().map(|i| i.digest.clone()),
-        };
-        self.store.name(&stored_name.to_string(), &named)?;
-
         Ok(PullReport {
             reference: target.input.to_owned(),
-            canonical: stored_name.to_string(),
-            digest: fetched.digest.clone(),
-            index_digest: index.map(|i| i.digest),
-            platform: platform_of_image.to_string(),
-            manifest_source: top_source.label().to_owned(),
+            canonical: committed.name,
+            digest: selected.manifest.digest.clone(),
+            index_digest: selected.index.map(|i| i.digest),
+            platform: committed.platform,
+            manifest_source: manifest_source.label().to_owned(),
             resolved_by,
-            layers: layer_reports(&img, &fetched_from),
+            layers: layer_reports(img, &downloaded.from),
             total_bytes: img.content_size(),
-            bytes_downloaded: received.load(Ordering::Relaxed),
-            warnings,
+            bytes_downloaded: downloaded.received,
+            warnings: committed.warnings,
             sources: sources.report(),
         })
     }
 }
 
-/// Re-hashes the stored ones among `blobs` and removes those that fail, so they are fetched
-/// again; says what it removed.
-fn drop_corrupt(
-    store: &cudaimg_store::Store,
-    blobs: &[(Digest, u64)],
-) -> Result<Vec<String>, StoreError> {
-    let mut removed = Vec::new();
-    for (digest, size) in blobs {
-        if !store.has_blob(digest, *size) {
-            continue;
-        }
-        if let Some(why) = store.check_blob(digest, *size)? {
-            store.remove_blob(digest)?;
-            removed.push(format!(
-                "stored blob {digest} was corrupt (its content {why}); removed and fetched again"
-            ));
-        }
-    }
-    Ok(removed)
-}
-
 /// The platform manifest an index names must be the one the lockfile pinned.
-fn check_pin(image: &ImageRef, pin: &Pin, entry: &ListEntry, idx: &Index) -> Result<(), PullError> {
+pub(super) fn check_pin(
+    image: &ImageRef,
+    pin: &Pin,
+    entry: &ListEntry,
+    idx: &Index,
+) -> Result<(), PullError> {
     let platform = entry
         .platform
         .as_ref()

@@ -4,12 +4,14 @@
 //! blocked link), the mirrors' answer is used if they agree, with a warning that it is only
 //! mirror-asserted; `--require-upstream` refuses that.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{join_all, select, Either};
 
 use super::pull::PullError;
-use cudaimg_mirrors::sources::{Attempt, FallbackError, SourceSet};
+use cudaimg_mirrors::fallback::{Attempt, FallbackError};
+use cudaimg_mirrors::sources::{Source, SourceSet};
 use cudaimg_oci::digest::Digest;
 use cudaimg_oci::progress::Reporter;
 use cudaimg_oci::reference::ImageRef;
@@ -56,9 +58,141 @@ pub(super) async fn resolve_tag(
                 attempts: Vec::new(),
             },
         })?;
-    // Each mirror's answer lands in its slot as it comes. Once the official registry has
-    // answered, slow mirrors get only a short grace: staleness checks must not make every
-    // pull wait for a silent mirror.
+    let (from_official, from_mirrors) = ask(&official, &mirrors, repo, tag).await;
+    let mut answers: Vec<(String, Digest)> = Vec::new();
+    let mut attempts: Vec<Attempt> = Vec::new();
+    for (m, r) in mirrors.iter().zip(from_mirrors) {
+        match r {
+            // Still thinking after the grace: neither stale nor failed.
+            None => {}
+            Some(Ok(d)) => answers.push((m.label().to_owned(), d)),
+            Some(Err(e)) => {
+                sources.note_failure(m, &e, reporter, &what);
+                attempts.push(Attempt {
+                    source: m.label().to_owned(),
+                    role: m.role,
+                    error: e,
+                });
+            }
+        }
+    }
+    let official_failed = |e: &RegistryError| sources.note_failure(&official, e, reporter, &what);
+    let e = match from_official {
+        Ok(digest) => {
+            for (mirror, d) in &answers {
+                if *d != digest {
+                    sources.warn(format!(
+                        "mirror {mirror} is stale or differs for `{image}`: it serves {d}, \
+                         the official registry {digest}; {digest} was pulled"
+                    ));
+                }
+            }
+            return Ok((digest, ResolvedBy::Official));
+        }
+        Err(e) => {
+            official_failed(&e);
+            e
+        }
+    };
+    if e.is_not_found() {
+        return Err(PullError::NotUpstream {
+            reference: image.to_string(),
+            official: official.label().to_owned(),
+            held_by: answers,
+            mirror_errors: attempts
+                .iter()
+                .map(|a| (a.source.clone(), cudaimg_mirrors::sources::chain(&a.error)))
+                .collect(),
+        });
+    }
+    if let RegistryError::Denied { .. } = e {
+        // A refusal is an answer, not an outage: Docker Hub refuses unknown repositories
+        // this way. Mirrors do not get to overrule it.
+        return Err(PullError::Refused {
+            reference: image.to_string(),
+            source: e,
+        });
+    }
+    if require_upstream {
+        return Err(PullError::UpstreamRequired {
+            reference: image.to_string(),
+            source: e,
+        });
+    }
+    let out_of_reach = OutOfReach {
+        official: &official,
+        error: e,
+        what,
+        attempts,
+    };
+    mirrors_decide(sources, image, answers, out_of_reach)
+}
+
+/// The official registry's failure, and the mirrors' failures before it.
+struct OutOfReach<'a> {
+    official: &'a Source,
+    error: RegistryError,
+    what: String,
+    attempts: Vec<Attempt>,
+}
+
+/// With the official registry out of reach, mirrors that agree decide, with a warning.
+fn mirrors_decide(
+    sources: &SourceSet,
+    image: &ImageRef,
+    answers: Vec<(String, Digest)>,
+    failed: OutOfReach<'_>,
+) -> Result<(Digest, ResolvedBy), PullError> {
+    let OutOfReach {
+        official,
+        error: e,
+        what,
+        mut attempts,
+    } = failed;
+    let Some((_, first)) = answers.first() else {
+        attempts.push(Attempt {
+            source: official.label().to_owned(),
+            role: official.role,
+            error: e,
+        });
+        return Err(PullError::Resolve {
+            reference: image.to_string(),
+            source: FallbackError::Exhausted { what, attempts },
+        });
+    };
+    if answers.iter().any(|(_, d)| d != first) {
+        return Err(PullError::MirrorsDisagree {
+            reference: image.to_string(),
+            answers,
+        });
+    }
+    let names: Vec<&str> = answers.iter().map(|(m, _)| m.as_str()).collect();
+    sources.warn(format!(
+        "the official registry {} is out of reach ({}): `{image}` was resolved to {first} \
+         by {} only. That digest is mirror-asserted, not confirmed upstream; \
+         `--require-upstream` refuses this, and `cudaimg lock` pins a digest you trust",
+        official.label(),
+        cudaimg_mirrors::sources::chain(&e),
+        if names.len() == 1 {
+            format!("mirror {}", names[0])
+        } else {
+            format!("mirrors {} (they agree)", names.join(", "))
+        },
+    ));
+    Ok((first.clone(), ResolvedBy::Mirrors))
+}
+
+type Answer = Result<Digest, RegistryError>;
+
+/// Asks the official registry and the mirrors at once. Each mirror's answer lands in its
+/// slot as it comes. Once the official registry has answered, slow mirrors get only a
+/// short grace: staleness checks must not make every pull wait for a silent mirror.
+async fn ask(
+    official: &Source,
+    mirrors: &[Arc<Source>],
+    repo: &str,
+    tag: &str,
+) -> (Answer, Vec<Option<Answer>>) {
     let slots: Vec<std::sync::Mutex<Option<Result<Digest, RegistryError>>>> = mirrors
         .iter()
         .map(|_| std::sync::Mutex::new(None))
@@ -96,96 +230,5 @@ pub(super) async fn resolve_tag(
         .into_iter()
         .map(|s| s.into_inner().ok().flatten())
         .collect();
-
-    let mut answers: Vec<(String, Digest)> = Vec::new();
-    let mut attempts: Vec<Attempt> = Vec::new();
-    for (m, r) in mirrors.iter().zip(from_mirrors) {
-        match r {
-            // Still thinking after the grace: neither stale nor failed.
-            None => {}
-            Some(Ok(d)) => answers.push((m.label().to_owned(), d)),
-            Some(Err(e)) => {
-                sources.note_failure(m, &e, reporter, &what);
-                attempts.push(Attempt {
-                    source: m.label().to_owned(),
-                    role: m.role,
-                    error: e,
-                });
-            }
-        }
-    }
-    match from_official {
-        Ok(digest) => {
-            for (mirror, d) in &answers {
-                if *d != digest {
-                    sources.warn(format!(
-                        "mirror {mirror} is stale or differs for `{image}`: it serves {d}, \
-                         the official registry {digest}; {digest} was pulled"
-                    ));
-                }
-            }
-            Ok((digest, ResolvedBy::Official))
-        }
-        Err(e) if e.is_not_found() => {
-            sources.note_failure(&official, &e, reporter, &what);
-            Err(PullError::NotUpstream {
-                reference: image.to_string(),
-                official: official.label().to_owned(),
-                held_by: answers,
-                mirror_errors: attempts
-                    .iter()
-                    .map(|a| (a.source.clone(), cudaimg_mirrors::sources::chain(&a.error)))
-                    .collect(),
-            })
-        }
-        Err(e @ RegistryError::Denied { .. }) => {
-            // A refusal is an answer, not an outage: Docker Hub refuses unknown repositories
-            // this way. Mirrors do not get to overrule it.
-            sources.note_failure(&official, &e, reporter, &what);
-            Err(PullError::Refused {
-                reference: image.to_string(),
-                source: e,
-            })
-        }
-        Err(e) => {
-            sources.note_failure(&official, &e, reporter, &what);
-            if require_upstream {
-                return Err(PullError::UpstreamRequired {
-                    reference: image.to_string(),
-                    source: e,
-                });
-            }
-            let Some((_, first)) = answers.first() else {
-                attempts.push(Attempt {
-                    source: official.label().to_owned(),
-                    role: official.role,
-                    error: e,
-                });
-                return Err(PullError::Resolve {
-                    reference: image.to_string(),
-                    source: FallbackError::Exhausted { what, attempts },
-                });
-            };
-            if answers.iter().any(|(_, d)| d != first) {
-                return Err(PullError::MirrorsDisagree {
-                    reference: image.to_string(),
-                    answers,
-                });
-            }
-            let names: Vec<&str> = answers.iter().map(|(m, _)| m.as_str()).collect();
-            sources.warn(format!(
-                "the official registry {} is out of reach ({}): `{image}` was resolved to {first} \
-                 by {} only. That digest is mirror-asserted, not confirmed upstream; \
-                 `--require-upstream` refuses this, and `cudaimg lock` pins a digest you trust",
-                official.label(),
-                cudaimg_mirrors::sources::chain(&e),
-                if names.len() == 1 {
-                    format!("mirror {}", names[0])
-                } else {
-                    format!("mirrors {} (they agree)", names.join(", "))
-                },
-            ));
-            Ok((first.clone(), ResolvedBy::Mirrors))
-        }
-    }
+    (from_official, from_mirrors)
 }

@@ -1,0 +1,548 @@
+//! The one fallback loop: ask the sources of a registry for one item (a manifest, a blob, a
+//! tag list, and next an upload) until one succeeds, every usable source has failed it, or
+//! an error says nobody can help. Written once, in the spirit of uv's
+//! `fetch_with_url_fallback`: the error decides what happens next ([`Classify::next`]), and
+//! [`Fallback::failed`] is the only code that records a failure for an item (report,
+//! backoff, exclusion, per-item counts).
+//!
+//! Rules, all here:
+//! - a passing fault ([`Next::Retry`]: dead URL, 5xx, stall) puts the source into backoff for
+//!   the whole run (every item), and counts against this item; after
+//!   [`MAX_FAILURES_PER_ITEM`] the source is done for it. A `Retry-After` beyond [`MAX_WAIT`]
+//!   ends it for the item at once;
+//! - a fault that bytes arrived before (a cut worth resuming) does not count, up to
+//!   [`MAX_RESUMES`] per item;
+//! - [`Next::NextSource`] (not found, wrong bytes) excludes the source for this item only,
+//!   with no backoff: other items may still come from it;
+//! - [`Next::GiveUp`] (the local disk failed) ends the loop at once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use cudaimg_oci::progress::Reporter;
+use cudaimg_registry::{Next, RegistryError};
+
+use crate::sources::{Classify, Pick, Source, SourceSet, MAX_FAILURES_PER_ITEM, MAX_WAIT};
+
+/// Cuts and stalls after which bytes had arrived, per item, that do not count as failures:
+/// enough to ride out a flaky link, bounded so a source that cuts every connection cannot
+/// loop forever.
+pub const MAX_RESUMES: u32 = 50;
+
+/// Per-item bookkeeping: which sources are done for this item, and their failure counts.
+pub struct ItemState<E = RegistryError> {
+    excluded: HashSet<usize>,
+    failures: BTreeMap<usize, u32>,
+    resumes: u32,
+    pub attempts: Vec<Attempt<E>>,
+}
+
+impl<E> Default for ItemState<E> {
+    fn default() -> Self {
+        ItemState {
+            excluded: HashSet::new(),
+            failures: BTreeMap::new(),
+            resumes: 0,
+            attempts: Vec::new(),
+        }
+    }
+}
+
+impl<E> ItemState<E> {
+    pub fn exclude(&mut self, source: &Source) {
+        self.excluded.insert(source.index);
+    }
+
+    /// Lets an excluded source serve the item again.
+    pub fn readmit(&mut self, source: &Source) {
+        self.excluded.remove(&source.index);
+    }
+
+    pub fn is_excluded(&self, source: &Source) -> bool {
+        self.excluded.contains(&source.index)
+    }
+}
+
+/// One failed attempt, for the error that lists them all.
+#[derive(Debug)]
+pub struct Attempt<E = RegistryError> {
+    pub source: String,
+    pub role: crate::sources::Role,
+    pub error: E,
+}
+
+/// How the fallback loop ended without a result.
+#[derive(Debug, thiserror::Error)]
+pub enum FallbackError<E: Classify = RegistryError> {
+    #[error("{}", describe(.what, .attempts))]
+    Exhausted {
+        what: String,
+        attempts: Vec<Attempt<E>>,
+    },
+    #[error(transparent)]
+    GiveUp(E),
+}
+
+impl<E: Classify> FallbackError<E> {
+    /// The same outcome with each error converted (a protocol error into a transfer's).
+    pub fn map<F: Classify>(self, f: impl Fn(E) -> F) -> FallbackError<F> {
+        match self {
+            FallbackError::Exhausted { what, attempts } => FallbackError::Exhausted {
+                what,
+                attempts: attempts
+                    .into_iter()
+                    .map(|a| Attempt {
+                        source: a.source,
+                        role: a.role,
+                        error: f(a.error),
+                    })
+                    .collect(),
+            },
+            FallbackError::GiveUp(e) => FallbackError::GiveUp(f(e)),
+        }
+    }
+
+    /// True when the registry itself (or every source) says the thing does not exist.
+    pub fn is_not_found(&self) -> bool {
+        let FallbackError::Exhausted { attempts, .. } = self else {
+            return false;
+        };
+        let official = attempts
+            .iter()
+            .rev()
+            .find(|a| a.role == crate::sources::Role::Official);
+        match official {
+            Some(a) => a.error.is_not_found(),
+            None => !attempts.is_empty() && attempts.iter().all(|a| a.error.is_not_found()),
+        }
+    }
+}
+
+fn describe<E: Classify>(what: &str, attempts: &[Attempt<E>]) -> String {
+    let mut s = format!("could not fetch {what} from any source");
+    let mut seen = HashSet::new();
+    for a in attempts {
+        let line = format!("\n  - {}: {}", a.source, crate::sources::chain(&a.error));
+        if seen.insert(line.clone()) {
+            s.push_str(&line);
+        }
+    }
+    s
+}
+
+/// What one attempt against one source came to.
+pub enum Outcome<T, E: Classify> {
+    /// It worked: the source is recorded as having answered.
+    Done(T),
+    /// It failed. `progressed`: bytes arrived before it did (a cut or stall worth resuming
+    /// from where it stopped), which does not count against the item.
+    Failed { error: E, progressed: bool },
+    /// The attempt recorded what went wrong itself (through [`Fallback::failed`], say for
+    /// every source whose bytes hashed wrong); pick a source again.
+    Again,
+    /// End the loop with this error: nothing another source could change.
+    Stop(FallbackError<E>),
+}
+
+/// One try at the item against one source. The fallback loop calls it until it is done; it
+/// may keep state between tries (a partial file that later tries resume).
+pub trait Operation {
+    type Output;
+    type Error: Classify;
+    /// Tries `source`. `fallback` is the item's bookkeeping, for an attempt that must blame
+    /// other sources or look at which are usable.
+    fn attempt(
+        &mut self,
+        source: Arc<Source>,
+        fallback: &mut Fallback<'_, Self::Error>,
+    ) -> impl std::future::Future<Output = Outcome<Self::Output, Self::Error>>;
+}
+
+/// One item's run through the sources: its bookkeeping, and the loop.
+pub struct Fallback<'s, E> {
+    sources: &'s SourceSet,
+    item: ItemState<E>,
+    what: String,
+    reporter: &'s dyn Reporter,
+}
+
+impl<'s, E: Classify> Fallback<'s, E> {
+    /// An item described as `what` in reports and errors ("blob sha256:…").
+    pub fn new(
+        sources: &'s SourceSet,
+        what: impl Into<String>,
+        reporter: &'s dyn Reporter,
+    ) -> Self {
+        Fallback {
+            sources,
+            item: ItemState::default(),
+            what: what.into(),
+            reporter,
+        }
+    }
+
+    pub fn sources(&self) -> &'s SourceSet {
+        self.sources
+    }
+
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    pub fn item(&self) -> &ItemState<E> {
+        &self.item
+    }
+
+    /// Lets an excluded source serve the item again.
+    pub fn readmit(&mut self, source: &Source) {
+        self.item.readmit(source);
+    }
+
+    /// No source is left for the item, now or after a backoff.
+    pub fn none_left(&self) -> bool {
+        matches!(self.sources.pick(&self.item), Pick::None)
+    }
+
+    /// Every source that could serve the item right now, in order.
+    pub fn usable_now(&self) -> Vec<Arc<Source>> {
+        self.sources.usable_now(&self.item)
+    }
+
+    /// The loop has nothing left to try: every attempt, under `what` (or another wording).
+    pub fn exhausted(&mut self, what: Option<String>) -> FallbackError<E> {
+        FallbackError::Exhausted {
+            what: what.unwrap_or_else(|| self.what.clone()),
+            attempts: std::mem::take(&mut self.item.attempts),
+        }
+    }
+
+    /// Records a failure of `source` for this item: in the report, in the source's backoff
+    /// when it is a passing one, and as an exclusion from the item when the source cannot
+    /// serve it or has failed it too often. The only place that does; a [`Next::GiveUp`]
+    /// error comes back as the loop's end.
+    pub fn failed(
+        &mut self,
+        source: &Source,
+        error: E,
+        progressed: bool,
+    ) -> Result<(), FallbackError<E>> {
+        self.reporter
+            .source_failed(source.label(), &self.what, &error);
+        let next = error.next();
+        if next == Next::GiveUp {
+            return Err(FallbackError::GiveUp(error));
+        }
+        let delay = self.sources.record(source, &error);
+        if delay.is_some_and(|d| d > MAX_WAIT) {
+            self.item.exclude(source);
+        }
+        match next {
+            Next::NextSource | Next::GiveUp => self.item.exclude(source),
+            Next::Retry if !progressed => {
+                let n = self.item.failures.entry(source.index).or_default();
+                *n += 1;
+                if *n >= MAX_FAILURES_PER_ITEM {
+                    self.item.exclude(source);
+                }
+            }
+            Next::Retry => {}
+        }
+        self.item.attempts.push(Attempt {
+            source: source.label().to_owned(),
+            role: source.role,
+            error,
+        });
+        Ok(())
+    }
+
+    /// Waits for a source to offer itself for the item, or says none is left.
+    async fn next_source(&self) -> Option<Arc<Source>> {
+        loop {
+            match self.sources.pick(&self.item) {
+                Pick::Now(s) => return Some(s),
+                Pick::Wait(d) if d <= MAX_WAIT => tokio::time::sleep(d).await,
+                Pick::Wait(_) | Pick::None => return None,
+            }
+        }
+    }
+
+    /// The loop: runs `op` against the sources until it is done, returning its result and
+    /// the source that produced it.
+    pub async fn run<O: Operation<Error = E>>(
+        &mut self,
+        op: &mut O,
+    ) -> Result<(O::Output, Arc<Source>), FallbackError<E>> {
+        while let Some(source) = self.next_source().await {
+            match op.attempt(source.clone(), self).await {
+                Outcome::Done(v) => {
+                    self.sources.succeeded(&source);
+                    return Ok((v, source));
+                }
+                Outcome::Failed { error, progressed } => {
+                    // Bytes arrived: the source answers, whatever cut it off.
+                    if progressed {
+                        self.sources.succeeded(&source);
+                        self.item.resumes += 1;
+                    }
+                    let resumable = progressed && self.item.resumes <= MAX_RESUMES;
+                    self.failed(&source, error, resumable)?;
+                }
+                Outcome::Again => {}
+                Outcome::Stop(e) => return Err(e),
+            }
+        }
+        Err(self.exhausted(None))
+    }
+}
+
+/// A one-shot request as an [`Operation`]: its result, or its error, each time.
+struct EachSource<F>(F);
+
+impl<T, E, F, Fut> Operation for EachSource<F>
+where
+    E: Classify,
+    F: FnMut(Arc<Source>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    type Output = T;
+    type Error = E;
+
+    async fn attempt(&mut self, source: Arc<Source>, _: &mut Fallback<'_, E>) -> Outcome<T, E> {
+        match (self.0)(source).await {
+            Ok(v) => Outcome::Done(v),
+            Err(error) => Outcome::Failed {
+                error,
+                progressed: false,
+            },
+        }
+    }
+}
+
+impl SourceSet {
+    /// Runs `op` for the item `what` through the fallback loop.
+    pub async fn with_fallback<O: Operation>(
+        &self,
+        what: &str,
+        reporter: &dyn Reporter,
+        op: &mut O,
+    ) -> Result<(O::Output, Arc<Source>), FallbackError<O::Error>> {
+        Fallback::new(self, what, reporter).run(op).await
+    }
+
+    /// Runs a one-shot request (a manifest, a tag list) against the sources until one
+    /// succeeds.
+    pub async fn first_success<T, E, F, Fut>(
+        &self,
+        what: &str,
+        reporter: &dyn Reporter,
+        op: F,
+    ) -> Result<(T, Arc<Source>), FallbackError<E>>
+    where
+        E: Classify,
+        F: FnMut(Arc<Source>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        self.with_fallback(what, reporter, &mut EachSource(op))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use cudaimg_config::Config;
+    use cudaimg_oci::progress::Silent;
+    use cudaimg_registry::HttpClients;
+
+    use super::*;
+    use crate::sources::SourceMemory;
+
+    /// A failure that classifies itself as the test says: no network behind it.
+    #[derive(Debug)]
+    enum Fake {
+        /// A dead URL: retry later.
+        Dead,
+        /// Bytes that hashed wrong: ask the next source.
+        HashMismatch,
+        /// The disk is full: nobody can help.
+        DiskFull,
+    }
+
+    impl std::fmt::Display for Fake {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{self:?}")
+        }
+    }
+
+    impl std::error::Error for Fake {}
+
+    impl Classify for Fake {
+        fn next(&self) -> Next {
+            match self {
+                Fake::Dead => Next::Retry,
+                Fake::HashMismatch => Next::NextSource,
+                Fake::DiskFull => Next::GiveUp,
+            }
+        }
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+    }
+
+    /// Two mirrors, then the official endpoint; nothing listens on them and nothing asks.
+    fn sources(memory: &SourceMemory) -> SourceSet {
+        let config = Config::parse(
+            "[registries.\"r.test\"]\nendpoint = \"http://127.0.0.1:9\"\n\
+             mirrors = [{ url = \"http://127.0.0.1:7\" }, { url = \"http://127.0.0.1:8\" }]\n",
+            Path::new("mirrors.toml"),
+        )
+        .expect("config");
+        let http = HttpClients::new(Duration::from_secs(5)).expect("clients");
+        SourceSet::new(&config, "r.test", None, &http, memory)
+    }
+
+    /// Fails on the first mirror with `error`, succeeds elsewhere; records who was asked.
+    async fn first_mirror_fails(
+        set: &SourceSet,
+        error: fn() -> Fake,
+    ) -> (
+        Result<(usize, Arc<Source>), FallbackError<Fake>>,
+        Vec<usize>,
+    ) {
+        let asked = Mutex::new(Vec::new());
+        let result = set
+            .first_success("item", &Silent, |s| {
+                asked.lock().expect("lock").push(s.index);
+                async move {
+                    if s.index == 0 {
+                        Err(error())
+                    } else {
+                        Ok(s.index)
+                    }
+                }
+            })
+            .await;
+        (result, asked.into_inner().expect("lock"))
+    }
+
+    #[tokio::test]
+    async fn a_hash_mismatch_skips_the_source_for_the_item_only_a_dead_url_backs_it_off() {
+        // Wrong bytes: the next source serves this item; the mirror is not backing off, so
+        // the next item asks it first again.
+        let memory = SourceMemory::default();
+        let set = sources(&memory);
+        let (result, asked) = first_mirror_fails(&set, || Fake::HashMismatch).await;
+        assert_eq!(result.expect("served").0, 1);
+        assert_eq!(asked, [0, 1]);
+        assert!(matches!(set.pick(&ItemState::<Fake>::default()), Pick::Now(s) if s.index == 0));
+
+        // A dead URL: the next source serves this item too, but the mirror backs off for the
+        // whole run, so the next item does not ask it first.
+        let memory = SourceMemory::default();
+        let set = sources(&memory);
+        let (result, asked) = first_mirror_fails(&set, || Fake::Dead).await;
+        assert_eq!(result.expect("served").0, 1);
+        assert_eq!(asked, [0, 1]);
+        assert!(matches!(set.pick(&ItemState::<Fake>::default()), Pick::Now(s) if s.index == 1));
+        // The report counts each failure once, whatever its kind.
+        assert_eq!(set.report()[0].failures[0].count, 1);
+    }
+
+    #[tokio::test]
+    async fn a_mismatch_everywhere_exhausts_without_retrying_any_source() {
+        let memory = SourceMemory::default();
+        let set = sources(&memory);
+        let mut calls = 0;
+        let result: Result<((), _), _> = set
+            .first_success("item", &Silent, |_| {
+                calls += 1;
+                async { Err(Fake::HashMismatch) }
+            })
+            .await;
+        let Err(FallbackError::Exhausted { attempts, .. }) = result else {
+            panic!("expected every source to be tried once");
+        };
+        assert_eq!((calls, attempts.len()), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn give_up_stops_at_once() {
+        let memory = SourceMemory::default();
+        let set = sources(&memory);
+        let mut calls = 0;
+        let result: Result<((), _), _> = set
+            .first_success("item", &Silent, |_| {
+                calls += 1;
+                async { Err(Fake::DiskFull) }
+            })
+            .await;
+        assert!(matches!(result, Err(FallbackError::GiveUp(Fake::DiskFull))));
+        assert_eq!(calls, 1, "no other source is asked after a give-up");
+    }
+
+    /// Resumable cuts: an operation that makes progress and is cut again and again is not
+    /// excluded after `MAX_FAILURES_PER_ITEM`, as one that makes none is.
+    struct Cuts {
+        left: u32,
+        progressed: bool,
+        calls: u32,
+    }
+
+    impl Operation for Cuts {
+        type Output = u32;
+        type Error = Fake;
+        async fn attempt(
+            &mut self,
+            _: Arc<Source>,
+            _: &mut Fallback<'_, Fake>,
+        ) -> Outcome<u32, Fake> {
+            self.calls += 1;
+            if self.left == 0 {
+                return Outcome::Done(self.calls);
+            }
+            self.left -= 1;
+            Outcome::Failed {
+                error: Fake::Dead,
+                progressed: self.progressed,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn progressed_cuts_do_not_count_against_the_item() {
+        let memory = SourceMemory::default();
+        let set = sources(&memory);
+        // Four cuts in a row, each after progress: no source is excluded, the fifth try
+        // finishes.
+        let mut cuts = Cuts {
+            left: 4,
+            progressed: true,
+            calls: 0,
+        };
+        let mut fallback = Fallback::new(&set, "item", &Silent);
+        let (calls, _) = fallback.run(&mut cuts).await.expect("finished");
+        assert_eq!(calls, 5);
+        assert!(set
+            .sources()
+            .iter()
+            .all(|s| !fallback.item().is_excluded(s)));
+
+        // Without progress, a source is done for the item after its third dead answer.
+        let memory = SourceMemory::default();
+        let set = sources(&memory);
+        let mut cuts = Cuts {
+            left: u32::MAX,
+            progressed: false,
+            calls: 0,
+        };
+        let result = Fallback::new(&set, "item", &Silent).run(&mut cuts).await;
+        let Err(FallbackError::Exhausted { attempts, .. }) = result else {
+            panic!("expected the sources to run out");
+        };
+        assert_eq!(cuts.calls, 3 * MAX_FAILURES_PER_ITEM);
+        assert_eq!(attempts.len() as u32, 3 * MAX_FAILURES_PER_ITEM);
+    }
+}
