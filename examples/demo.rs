@@ -8,6 +8,8 @@
 //! Run: `scripts/setup.sh && cargo build --release && cargo run --release --example demo`
 
 #![allow(clippy::unwrap_used)]
+// A demo: std::fs is fine where a failure stops it with its own message.
+#![allow(clippy::disallowed_methods)]
 
 use cudaimg_test_support as common;
 

@@ -10,6 +10,8 @@
 //! Generated layers are cached under `target/bench-fixtures`.
 
 #![allow(clippy::unwrap_used)]
+// A demo: std::fs is fine where a failure stops it with its own message.
+#![allow(clippy::disallowed_methods)]
 
 use cudaimg_test_support as common;
 

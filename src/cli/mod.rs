@@ -50,10 +50,10 @@ use cudaimg_transfer::{Session, Settings};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Mirror configuration file [default: ./mirrors.toml, then $XDG_CONFIG_HOME/cudaimg/mirrors.toml]
+    /// Mirror configuration file [default: ./mirrors.toml, then $`XDG_CONFIG_HOME/cudaimg/mirrors.toml`]
     #[arg(long, global = true, env = cudaimg_static::EnvVars::CUDAIMG_CONFIG, value_name = "PATH")]
     config: Option<PathBuf>,
-    /// The local OCI image layout [default: $XDG_DATA_HOME/cudaimg]
+    /// The local OCI image layout [default: $`XDG_DATA_HOME/cudaimg`]
     #[arg(long, global = true, env = cudaimg_static::EnvVars::CUDAIMG_STORE, value_name = "DIR")]
     store: Option<PathBuf>,
     /// Print machine-readable JSON on stdout

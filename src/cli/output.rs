@@ -19,6 +19,11 @@
 //! Write errors are remembered by the [`Output`] itself, so that a caller whose writer
 //! (a tar builder) turned one into its own error still reports the output's path and cause.
 
+// std::fs, not fs-err, on purpose: what an output path is (a device, a FIFO, a link loop)
+// is read from the raw OS error (`ELOOP`, `EINVAL`), which fs-err's wrapped errors hide;
+// every error this module returns names the path itself.
+#![allow(clippy::disallowed_methods)]
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -401,6 +406,8 @@ fn parent_dir(p: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
@@ -423,7 +430,7 @@ mod tests {
         let path = d.path().join("out.tar");
         std::fs::write(&path, b"old").expect("write");
         let mut out = Output::create(&path, "x.tar").expect("create");
-        out.write_all(&[7u8; 3 << 20]).expect("write");
+        out.write_all(&vec![7u8; 3 << 20]).expect("write");
         let res = out.finish(Err::<(), _>("corrupt blob"));
         assert!(matches!(res, Err(FinishError::Producer("corrupt blob"))));
         assert_eq!(std::fs::read(&path).expect("read"), b"old");

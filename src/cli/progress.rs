@@ -31,8 +31,8 @@ impl Mode {
         }
     }
 
-    pub fn reporter(&self) -> Box<dyn Reporter> {
-        match *self {
+    pub fn reporter(self) -> Box<dyn Reporter> {
+        match self {
             Mode::Bars => Box::new(Bars::new()),
             Mode::Lines { verbose } => Box::new(Lines { verbose }),
             Mode::Quiet => Box::new(Silent),
@@ -40,7 +40,7 @@ impl Mode {
     }
 
     /// A byte counter for long local work (verify); drawn only as a bar.
-    pub fn counter(&self, label: &str) -> ProgressBar {
+    pub fn counter(self, label: &str) -> ProgressBar {
         match self {
             Mode::Bars => {
                 let bar = ProgressBar::new_spinner().with_style(

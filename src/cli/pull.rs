@@ -14,6 +14,8 @@ use cudaimg_transfer::{PullReport, PullTarget, ResolvedBy, DEFAULT_JOBS, DEFAULT
 use super::{emit, emit_json, human_bytes, Ctx};
 
 #[derive(Debug, clap::Args)]
+// Command-line switches: each bool is one flag.
+#[allow(clippy::struct_excessive_bools)]
 pub struct Args {
     /// Images to pull, e.g. `nvidia/cuda:12.4.1-runtime-ubuntu22.04` or a mirror-prefixed
     /// name; with `--locked` and none given, every locked image

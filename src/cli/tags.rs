@@ -88,6 +88,9 @@ struct Listed {
     unknown: Vec<String>,
 }
 
+// The command end to end: list through the sources, filter, order, recommend, print both
+// forms; the steps share the filtered list and its warnings.
+#[allow(clippy::too_many_lines)]
 pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let config = ctx.config()?;
     let last = args.repository.rsplit('/').next().unwrap_or_default();
@@ -261,13 +264,12 @@ fn print(l: &Listing) {
             if l.skipped == 1 { "is" } else { "are" }
         );
     }
-    match &l.recommended {
-        Some(r) => {
-            emit(&format!("recommended: {}:{}", l.repository, r.tag));
-            for why in &r.reasons {
-                emit(&format!("  {why}"));
-            }
+    if let Some(r) = &l.recommended {
+        emit(&format!("recommended: {}:{}", l.repository, r.tag));
+        for why in &r.reasons {
+            emit(&format!("  {why}"));
         }
-        None => note!("no tag matches the filters"),
+    } else {
+        note!("no tag matches the filters");
     }
 }

@@ -85,7 +85,7 @@ impl Host {
         path
     }
 
-    /// A fake `nvidia-smi` answering the query with `lines`, used through CUDAIMG_NVIDIA_SMI.
+    /// A fake `nvidia-smi` answering the query with `lines`, used through `CUDAIMG_NVIDIA_SMI`.
     fn gpu(&mut self, lines: &str) {
         let smi = self.program("nvidia-smi", &format!("printf '{lines}\\n'"));
         self.set("CUDAIMG_NVIDIA_SMI", smi.display().to_string());
@@ -741,6 +741,7 @@ fn doctor_checks_the_mirror_configuration() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
+#[allow(clippy::many_single_char_names)]
 fn mirrors_check_ranks_fresh_stale_and_dead_mirrors_and_emits_daemon_configs() {
     let store = FixtureStore::shared();
     let old = store.cuda(&CudaSpec::new("12.4.1", Flavor::Base).arches(&[common::Arch::Amd64]));
@@ -821,7 +822,7 @@ fn mirrors_check_ranks_fresh_stale_and_dead_mirrors_and_emits_daemon_configs() {
         .iter()
         .map(|e| e["rank"].as_u64().unwrap())
         .collect();
-    fresh_ranks.sort();
+    fresh_ranks.sort_unstable();
     assert_eq!(fresh_ranks, [1, 2, 3]);
     assert_eq!(s["rank"], 4);
     assert_eq!(d["rank"], 5);

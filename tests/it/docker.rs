@@ -308,7 +308,7 @@ fn gc_during_a_pull_waits_and_deletes_nothing_the_pull_needs() {
     // Wait until the pull has committed a blob that no index entry names yet.
     let blobs = e.sandbox.store_dir().join("blobs/sha256");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0) == 0 {
+    while std::fs::read_dir(&blobs).map_or(0, std::iter::Iterator::count) == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the pull committed nothing"

@@ -411,7 +411,7 @@ fn wait_for_partial(store: &Path, bytes: u64, digest: &str) -> u64 {
         .join(format!("{}.partial", &digest[7..]));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
         if len >= bytes {
             return len;
         }

@@ -4,6 +4,20 @@
 
 // Tests stop at the first failed step, with its message.
 #![allow(clippy::unwrap_used)]
+// Test code: std::fs is fine where a failure stops the test with its own message.
+#![allow(clippy::disallowed_methods)]
+// Test code: casts of small test sizes, long scenario functions, helper items next to the
+// step that uses them, and big fixtures on the stack are fine here.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::too_many_lines,
+    clippy::items_after_statements,
+    clippy::large_stack_arrays,
+    clippy::needless_pass_by_value,
+    clippy::case_sensitive_file_extension_comparisons
+)]
 
 mod cuda;
 mod docker;

@@ -149,8 +149,7 @@ fn a_full_disk_is_a_clear_error_and_commits_nothing_partial() {
         .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
         .arg(&mnt)
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+        .is_ok_and(|s| s.success());
     if !mounted {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         assert!(!is_root(), "running as root, the tmpfs mount must work");
@@ -191,8 +190,7 @@ fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// The layout an earlier cudaimg run leaves before it has stored any image.

@@ -428,6 +428,8 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -101,10 +101,7 @@ impl Lockfile {
             message,
         };
         let file: File = toml::from_str(&text).map_err(|e| {
-            let (line, col) = e
-                .span()
-                .map(|s| crate::line_col(&text, s.start))
-                .unwrap_or((1, 1));
+            let (line, col) = e.span().map_or((1, 1), |s| crate::line_col(&text, s.start));
             invalid(format!("{line}:{col}: {}", e.message().trim()))
         })?;
         if file.version != VERSION {
@@ -148,6 +145,8 @@ impl Lockfile {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

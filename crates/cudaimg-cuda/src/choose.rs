@@ -87,7 +87,7 @@ pub struct Recommendation {
 const PREFERRED_OS: &[&str] = &["ubuntu24.04", "ubuntu22.04"];
 
 /// Picks one of `matched` (all passing `filter`): supported before end-of-life (per the
-/// tables as of [`eol::AS_OF`]), the newest version, no release candidates or TensorRT
+/// tables as of [`eol::AS_OF`]), the newest version, no release candidates or `TensorRT`
 /// variants unless nothing else matches; `runtime` when no flavor was asked for, no cuDNN
 /// unless asked, and the newest Ubuntu LTS when no OS was asked for.
 pub fn recommend(matched: &[CudaTag], filter: &Filter) -> Option<Recommendation> {
@@ -180,6 +180,8 @@ pub fn recommend(matched: &[CudaTag], filter: &Filter) -> Option<Recommendation>
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::version::{CudaVersion, DriverVersion};
 
-/// Minimum Linux x86_64 driver of each toolkit minor's first (GA) release. A later update
+/// Minimum Linux `x86_64` driver of each toolkit minor's first (GA) release. A later update
 /// of the same minor may need a slightly newer one (12.4.1: 550.54.15); the container
 /// runtime checks at minor level, which is what this table is for.
 const MIN_DRIVER: &[((u32, u32), &str)] = &[
@@ -276,13 +276,14 @@ impl Requirement {
                         Some(want) => compare(host.driver.cmp(&want), c.op),
                         None => false,
                     },
-                    "brand" => match host.brand {
-                        Some(b) => c.op == Op::Eq && b == c.value,
-                        None => {
+                    "brand" => {
+                        if let Some(b) = host.brand {
+                            c.op == Op::Eq && b == c.value
+                        } else {
                             needs_brand = true;
                             true
                         }
-                    },
+                    }
                     // Architecture constraints (`arch=7.5`) need the GPU's compute
                     // capability, which the probes do not read: treated as unmet.
                     _ => false,
@@ -305,7 +306,7 @@ impl Requirement {
 }
 
 fn compare(ord: std::cmp::Ordering, op: Op) -> bool {
-    use std::cmp::Ordering::*;
+    use std::cmp::Ordering::{Equal, Greater, Less};
     match op {
         Op::Ge => ord != Less,
         Op::Gt => ord == Greater,
@@ -332,6 +333,8 @@ fn render(alt: &[Condition]) -> String {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -61,6 +61,8 @@ impl ImageEnv {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     #[test]
     fn devel_images_are_recognised_by_what_nvidia_sets() {

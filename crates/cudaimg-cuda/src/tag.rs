@@ -20,9 +20,9 @@
 //! every tag those lists ever named, and each one parses with nothing unknown.
 //!
 //! A string outside the grammar, or a combination history rules out (cuDNN 7 on CUDA 12,
-//! `base` with cuDNN, TensorRT before 13.0.0), is refused with the reason: never guessed at.
+//! `base` with cuDNN, `TensorRT` before 13.0.0), is refused with the reason: never guessed at.
 //! What NVIDIA may still add is never refused: an OS family or version, a cuDNN major, a CUDA
-//! release, or a TensorRT variant that cudaimg's tables (as of [`eol::AS_OF`]) do not know is
+//! release, or a `TensorRT` variant that cudaimg's tables (as of [`eol::AS_OF`]) do not know is
 //! parsed and marked in [`CudaTag::unknown`], with a note. Combinations whose existence
 //! depends on a date (an OS NVIDIA added later) likewise only get a note: the registry decides.
 
@@ -246,7 +246,7 @@ fn known_families() -> String {
 }
 
 /// The note for something the tables do not know.
-fn not_in_table(what: String) -> String {
+fn not_in_table(what: &str) -> String {
     format!(
         "{what} is not in cudaimg's table (as of {}); treated as unknown",
         eol::AS_OF
@@ -359,7 +359,7 @@ impl CudaTag {
                 )));
             }
             if !os_known(os) {
-                unknown.push(not_in_table(format!("OS `{os}`")));
+                unknown.push(not_in_table(&format!("OS `{os}`")));
             }
         }
         let mut parsed = CudaTag {
@@ -414,7 +414,7 @@ impl CudaTag {
         }
         if v.minor_key() > driver::newest_known().minor_key() {
             self.unknown
-                .push(not_in_table(format!("CUDA {}", v.minor_only())));
+                .push(not_in_table(&format!("CUDA {}", v.minor_only())));
         }
         match self.cudnn {
             Cudnn::Major(n @ 0..=1) => {
@@ -423,7 +423,7 @@ impl CudaTag {
                 )))
             }
             Cudnn::Major(n) if cudnn_era(self.cudnn).is_none() => {
-                self.unknown.push(not_in_table(format!("cuDNN {n}")));
+                self.unknown.push(not_in_table(&format!("cuDNN {n}")));
             }
             _ => {}
         }
@@ -449,7 +449,7 @@ impl CudaTag {
                 )));
             }
             if v > first {
-                self.unknown.push(not_in_table(format!(
+                self.unknown.push(not_in_table(&format!(
                     "a TensorRT image of CUDA {v} (known: 13.0.0)"
                 )));
             }
@@ -572,6 +572,8 @@ impl CudaTag {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

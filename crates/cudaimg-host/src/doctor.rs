@@ -285,8 +285,10 @@ fn image_findings(p: &Probes, image: &ImageSubject, out: &mut Vec<Finding>) {
             .tag
             .as_ref()
             .filter(|t| t.flavor != Flavor::Devel)
-            .map(|t| format!("`{}`", t.with_flavor(Flavor::Devel)))
-            .unwrap_or_else(|| "the `devel` flavor of the same tag".into());
+            .map_or_else(
+                || "the `devel` flavor of the same tag".into(),
+                |t| format!("`{}`", t.with_flavor(Flavor::Devel)),
+            );
         out.push(finding(
             "image",
             Status::Warn,
@@ -300,6 +302,10 @@ fn image_findings(p: &Probes, image: &ImageSubject, out: &mut Vec<Finding>) {
     }
 }
 
+// One finding per rule of how a driver meets an image (minimum, minor-version compatibility,
+// NVIDIA_REQUIRE_CUDA, end of life), in the order doctor prints them; split, the rules would
+// lose the shared context they read.
+#[allow(clippy::too_many_lines)]
 fn driver_vs_image(
     name: &str,
     version: CudaVersion,
@@ -644,6 +650,8 @@ fn mirror_findings(p: &Probes, out: &mut Vec<Finding>) {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use crate::probe::Gpu;

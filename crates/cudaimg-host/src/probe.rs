@@ -108,7 +108,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    fs_err::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Finds the driver: `nvidia-smi --query-gpu=driver_version,name --format=csv,noheader`,
@@ -226,7 +226,7 @@ pub fn parse_proc_version(text: &str) -> Option<DriverVersion> {
 }
 
 fn read_small(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let meta = fs_err::metadata(path).map_err(|e| e.to_string())?;
     // A FIFO or device named like a config file would block the read forever.
     if !meta.is_file() {
         return Err("not a regular file".into());
@@ -234,7 +234,7 @@ fn read_small(path: &Path) -> Result<String, String> {
     if meta.len() > MAX_CONFIG_BYTES {
         return Err(format!("larger than {MAX_CONFIG_BYTES} bytes"));
     }
-    std::fs::read_to_string(path).map_err(|e| e.to_string())
+    fs_err::read_to_string(path).map_err(|e| e.to_string())
 }
 
 /// What Docker's `daemon.json` says.
@@ -320,7 +320,7 @@ pub fn probe_cdi() -> Cdi {
         );
     let mut nvidia_specs = Vec::new();
     for dir in &dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else {
+        let Ok(entries) = fs_err::read_dir(dir) else {
             continue;
         };
         let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
@@ -347,6 +347,8 @@ pub fn probe_toolkit() -> Vec<(String, PathBuf)> {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

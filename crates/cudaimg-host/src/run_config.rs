@@ -245,6 +245,8 @@ pub fn compose(spec: &Spec) -> String {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
@@ -311,10 +313,7 @@ mod tests {
         let mut s = spec("all");
         s.host_dir = Some("/data/my work's".into());
         let out = docker_run(&s, Scenario::Workdir);
-        assert!(
-            out.contains(r#"-v '/data/my work'\''s':/workspace"#),
-            "{out}"
-        );
+        assert!(out.contains(r"-v '/data/my work'\''s':/workspace"), "{out}");
     }
 
     #[test]

@@ -348,6 +348,8 @@ impl SourceSet {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use std::path::Path;
     use std::sync::Mutex;
@@ -543,6 +545,6 @@ mod tests {
             panic!("expected the sources to run out");
         };
         assert_eq!(cuts.calls, 3 * MAX_FAILURES_PER_ITEM);
-        assert_eq!(attempts.len() as u32, 3 * MAX_FAILURES_PER_ITEM);
+        assert_eq!(attempts.len(), 3 * MAX_FAILURES_PER_ITEM as usize);
     }
 }

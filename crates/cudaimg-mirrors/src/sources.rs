@@ -271,6 +271,9 @@ impl SourceSet {
 
     /// The one record of a failure, for the report and the source's backoff (a passing
     /// fault only). Returns the backoff it set, if any.
+    // A method of the set, though it reads only `source`: failures are recorded through the
+    // set that owns the sources, as every caller holds it.
+    #[allow(clippy::unused_self)]
     pub(crate) fn record<E: Classify>(&self, source: &Source, error: &E) -> Option<Duration> {
         if let Ok(mut h) = source.health.lock() {
             let entry = h.failures.entry(error.kind()).or_insert((0, String::new()));

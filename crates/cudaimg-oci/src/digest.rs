@@ -131,6 +131,8 @@ impl Hasher {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -272,6 +272,8 @@ pub struct RootFs {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
@@ -339,7 +341,7 @@ mod tests {
             parse(m.as_bytes(), None).is_err(),
             "size 0 with a non-empty digest"
         );
-        let huge = vec![b' '; (MAX_MANIFEST_BYTES + 1) as usize];
+        let huge = vec![b' '; usize::try_from(MAX_MANIFEST_BYTES + 1).expect("fits")];
         assert!(matches!(parse(&huge, None), Err(ManifestError::TooLarge)));
     }
 

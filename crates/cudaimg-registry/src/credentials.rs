@@ -13,7 +13,7 @@ pub enum Credential {
         username: String,
         password: String,
     },
-    /// An OAuth2 refresh token, as `docker login` stores for some registries.
+    /// An `OAuth2` refresh token, as `docker login` stores for some registries.
     IdentityToken(String),
 }
 
@@ -78,6 +78,8 @@ pub fn lookup(host: &str) -> Result<Option<Credential>, String> {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -201,6 +201,8 @@ pub fn redact_url(url: &reqwest::Url) -> String {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -794,7 +794,7 @@ fn feed_body<R: AsyncRead + Send + Unpin + 'static>(feed: Arc<Mutex<Feed<R>>>, l
             return None;
         }
         let mut f = feed.lock().await;
-        let mut buf = vec![0u8; left.min(PIECE as u64) as usize];
+        let mut buf = vec![0u8; usize::try_from(left.min(PIECE as u64)).unwrap_or(PIECE)];
         let read = match f.reader.as_mut() {
             Some(r) => r.read(&mut buf).await,
             None => Err(io::Error::other("the source is not open")),
@@ -804,6 +804,8 @@ fn feed_body<R: AsyncRead + Send + Unpin + 'static>(feed: Arc<Mutex<Feed<R>>>, l
                 buf.truncate(n);
                 let (pos, hashed) = (f.pos, f.hasher.len());
                 if hashed >= pos && hashed < pos + n as u64 {
+                    // Less than `n`, which is a buffer length: the cast cannot truncate.
+                    #[allow(clippy::cast_possible_truncation)]
                     f.hasher.update(&buf[(hashed - pos) as usize..]);
                 }
                 f.pos += n as u64;

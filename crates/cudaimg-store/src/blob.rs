@@ -107,7 +107,7 @@ impl RangedWriter {
         let (file, path) = (self.file.clone(), self.partial.clone());
         tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
-            file.write_all_at(&data, pos).map_err(|e| io_at(e, &path))
+            file.write_all_at(&data, pos).map_err(|e| io_at(&e, &path))
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
@@ -228,7 +228,7 @@ impl BlobWriter {
         self.pending = Some(tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::FileExt;
             hasher.update(&data);
-            file.write_all_at(&data, at).map_err(|e| io_at(e, &path))?;
+            file.write_all_at(&data, at).map_err(|e| io_at(&e, &path))?;
             Ok((hasher, data))
         }));
         Ok(())
@@ -277,10 +277,10 @@ impl BlobWriter {
                 let want = usize::try_from((upto - at).min(buf.len() as u64)).unwrap_or(buf.len());
                 let n = file
                     .read_at(&mut buf[..want], at)
-                    .map_err(|e| io_at(e, &path))?;
+                    .map_err(|e| io_at(&e, &path))?;
                 if n == 0 {
                     return Err(io_at(
-                        std::io::Error::other("the file ended before its ranges"),
+                        &std::io::Error::other("the file ended before its ranges"),
                         &path,
                     ));
                 }
@@ -314,7 +314,7 @@ impl BlobWriter {
     async fn truncate(&self, at: u64) -> Result<(), StoreError> {
         let file = self.file.clone();
         let path = self.partial.clone();
-        tokio::task::spawn_blocking(move || file.set_len(at).map_err(|e| io_at(e, &path)))
+        tokio::task::spawn_blocking(move || file.set_len(at).map_err(|e| io_at(&e, &path)))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
@@ -348,7 +348,7 @@ impl BlobWriter {
         let file = self.file.clone();
         let (partial, dirs) = (self.partial.clone(), self.dirs.clone());
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            file.sync_all().map_err(|e| io_at(e, &partial))?;
+            file.sync_all().map_err(|e| io_at(&e, &partial))?;
             // Only the file this writer opened and hashed goes into blobs/: not a link or
             // another file put at the partial's name meanwhile.
             let ours = |st: std::io::Result<rustix::fs::Stat>| {
@@ -405,10 +405,10 @@ fn lock_partial(
             }
             Err(e) => return Err(e),
         };
-        file.lock().map_err(|e| io_at(e, &path))?;
+        file.lock().map_err(|e| io_at(&e, &path))?;
         if store.has_blob(expected, size) {
             // Committed by someone else; an empty partial we just created is litter.
-            if file.metadata().map(|m| m.len() == 0).unwrap_or(false) && is_at_name(&file, dirs) {
+            if file.metadata().is_ok_and(|m| m.len() == 0) && is_at_name(&file, dirs) {
                 let _ = dirs.ingest.remove(&dirs.partial);
             }
             return Ok(None);
@@ -416,7 +416,7 @@ fn lock_partial(
         if !is_at_name(&file, dirs) {
             continue;
         }
-        let mut len = file.metadata().map_err(|e| io_at(e, &path))?.len();
+        let mut len = file.metadata().map_err(|e| io_at(&e, &path))?.len();
         // A parallel fill writes ranges out of order; its sidecar says how long the
         // contiguous, written prefix is. Bytes past it may sit beside holes.
         let sidecar = dirs.sidecar();
@@ -427,19 +427,20 @@ fn lock_partial(
         });
         if let Some(prefix) = prefix {
             if prefix < len {
-                file.set_len(prefix).map_err(|e| io_at(e, &path))?;
+                file.set_len(prefix).map_err(|e| io_at(&e, &path))?;
                 len = prefix;
             }
         }
         let _ = dirs.ingest.remove(&sidecar);
         let mut hasher = Hasher::new();
         if len > size {
-            file.set_len(0).map_err(|e| io_at(e, &path))?;
+            file.set_len(0).map_err(|e| io_at(&e, &path))?;
         } else if len > 0 {
-            file.seek(SeekFrom::Start(0)).map_err(|e| io_at(e, &path))?;
+            file.seek(SeekFrom::Start(0))
+                .map_err(|e| io_at(&e, &path))?;
             let mut buf = vec![0u8; 1 << 20];
             loop {
-                let n = file.read(&mut buf).map_err(|e| io_at(e, &path))?;
+                let n = file.read(&mut buf).map_err(|e| io_at(&e, &path))?;
                 if n == 0 {
                     break;
                 }
@@ -457,7 +458,7 @@ fn write_sidecar(dirs: &Dirs, upto: u64) -> Result<(), StoreError> {
         .create_temp(&format!("{}.prefix-tmp-", dirs.hex))?;
     let res = f.write_all(upto.to_string().as_bytes());
     let res = res
-        .map_err(|e| io_at(e, &dirs.ingest.join(&tmp)))
+        .map_err(|e| io_at(&e, &dirs.ingest.join(&tmp)))
         .and_then(|()| dirs.ingest.rename_to(&tmp, &dirs.ingest, &dirs.sidecar()));
     if res.is_err() {
         let _ = dirs.ingest.remove(&tmp);
@@ -480,7 +481,7 @@ fn replaced(partial: &std::path::Path) -> StoreError {
     }
 }
 
-fn io_at(e: std::io::Error, path: &std::path::Path) -> StoreError {
+fn io_at(e: &std::io::Error, path: &std::path::Path) -> StoreError {
     let kind = e.kind();
     StoreError::from(std::io::Error::new(
         kind,
@@ -489,6 +490,8 @@ fn io_at(e: std::io::Error, path: &std::path::Path) -> StoreError {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
@@ -528,7 +531,7 @@ mod tests {
             assert!(matches!(out, Err(StoreError::OutOfRange { .. })), "{out:?}");
             w.commit().await.map_err(|e| match e {
                 CommitError::Store(s) => s,
-                other => StoreError::Corrupt(other.to_string()),
+                other @ CommitError::Mismatch { .. } => StoreError::Corrupt(other.to_string()),
             })
         })
         .unwrap_or_else(|e| panic!("{e}"));

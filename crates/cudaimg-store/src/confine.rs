@@ -217,6 +217,8 @@ pub(crate) fn same_file(file: &File, st: &Stat) -> bool {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

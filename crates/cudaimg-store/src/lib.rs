@@ -78,7 +78,7 @@ pub enum StoreError {
         expected: &'static str,
     },
     /// A stored blob is not what its name says; found while its bytes left the store.
-    #[error("blob {digest}{} is corrupt in the store: its content {reason}", image_of(.image))]
+    #[error("blob {digest}{} is corrupt in the store: its content {reason}", image_of(.image.as_ref()))]
     BlobCorrupt {
         digest: Digest,
         /// The image being read out, if any.
@@ -107,11 +107,8 @@ pub enum StoreError {
     },
 }
 
-fn image_of(image: &Option<String>) -> String {
-    image
-        .as_ref()
-        .map(|i| format!(" of `{i}`"))
-        .unwrap_or_default()
+fn image_of(image: Option<&String>) -> String {
+    image.map(|i| format!(" of `{i}`")).unwrap_or_default()
 }
 
 impl From<std::io::Error> for StoreError {
@@ -235,7 +232,7 @@ impl Store {
         let store = Store {
             root: root.to_owned(),
         };
-        if std::fs::symlink_metadata(root.join(LAYOUT_FILE)).is_err() {
+        if fs_err::symlink_metadata(root.join(LAYOUT_FILE)).is_err() {
             return Err(StoreError::Missing(root.to_owned()));
         }
         store.check_layout()?;
@@ -348,11 +345,11 @@ impl Store {
         let disk = |e: String| StoreError::Io(std::io::Error::other(e));
         w.write(bytes).await.map_err(|e| match e {
             WriteError::Store(s) => s,
-            other => disk(other.to_string()),
+            other @ WriteError::TooLong { .. } => disk(other.to_string()),
         })?;
         w.commit().await.map_err(|e| match e {
             CommitError::Store(s) => s,
-            other => disk(other.to_string()),
+            other @ CommitError::Mismatch { .. } => disk(other.to_string()),
         })
     }
 

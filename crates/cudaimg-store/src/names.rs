@@ -206,6 +206,8 @@ impl Store {
 }
 
 #[cfg(test)]
+// Tests: std::fs is fine where a failure stops the test with its own message.
+#[allow(clippy::disallowed_methods)]
 pub(crate) mod tests {
     use super::*;
     use crate::closure::BlobRole;

@@ -728,13 +728,12 @@ impl FixtureStore {
         let target = target_size(def.real_bytes, scale);
         let key = format!("{key}@{target}");
         let mut made = self.inner.made.lock().unwrap();
-        let layer = match made.get(&key) {
-            Some(layer) => layer.clone(),
-            None => {
-                let layer = write_layer(&self.inner.dir, def, &key, target, vars).unwrap();
-                made.insert(key, layer.clone());
-                layer
-            }
+        let layer = if let Some(layer) = made.get(&key) {
+            layer.clone()
+        } else {
+            let layer = write_layer(&self.inner.dir, def, &key, target, vars).unwrap();
+            made.insert(key, layer.clone());
+            layer
         };
         Layer {
             media_type: media.layer().to_string(),
@@ -986,7 +985,7 @@ enum Step {
 }
 
 fn steps_for(flavor: Flavor) -> Vec<Step> {
-    use Step::*;
+    use Step::{Entrypoint, Env, Label, Layer};
     // base: ubuntu rootfs, then NVIDIA's base Dockerfile.
     let mut steps = vec![
         Layer(&L1_ROOTFS),
@@ -1361,7 +1360,7 @@ fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header
     h
 }
 
-/// SplitMix64: a few lines, good enough, and fixed forever (digests depend on it).
+/// `SplitMix64`: a few lines, good enough, and fixed forever (digests depend on it).
 struct Prng(u64);
 
 impl Prng {

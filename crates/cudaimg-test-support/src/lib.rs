@@ -10,6 +10,20 @@
 //!   host's config, credentials and proxies never leak into a test.
 // A test harness: a failed setup step should stop the test with its message.
 #![allow(clippy::unwrap_used)]
+// Test code: std::fs is fine where a failure stops the test with its own message.
+#![allow(clippy::disallowed_methods)]
+// Test code: casts of small test sizes, long scenario functions, helper items next to the
+// step that uses them, and big fixtures on the stack are fine here.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::too_many_lines,
+    clippy::items_after_statements,
+    clippy::large_stack_arrays,
+    clippy::needless_pass_by_value,
+    clippy::case_sensitive_file_extension_comparisons
+)]
 
 pub mod docker;
 pub mod fixtures;
@@ -35,7 +49,7 @@ pub use push::Pusher;
 pub use registry::{dead_endpoint, Blackhole, RegistryOptions, Request, TestRegistry};
 pub use token::TokenServer;
 
-/// A temporary home for one CLI run (or several): HOME, XDG dirs and DOCKER_CONFIG all point
+/// A temporary home for one CLI run (or several): HOME, XDG dirs and `DOCKER_CONFIG` all point
 /// inside it. Everything is removed when the sandbox is dropped, so keep it alive until the
 /// commands built from it have finished.
 pub struct Sandbox {
@@ -130,7 +144,7 @@ impl Sandbox {
         path
     }
 
-    /// `program` with the environment cleared but for PATH, and HOME, XDG_*, DOCKER_CONFIG
+    /// `program` with the environment cleared but for PATH, and HOME, XDG_*, `DOCKER_CONFIG`
     /// inside the sandbox. No proxy variables, no CUDAIMG_* from the host.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
         let mut command = Command::new(program);

@@ -67,7 +67,7 @@ const RESET_GRACE: Duration = Duration::from_millis(100);
 pub enum Fault {
     /// Sends the headers and the first `bytes` bytes of a 2xx GET body (counted in the response,
     /// not in the blob), then ends the connection: with a FIN (`reset: false`, the client sees an
-    /// early EOF) or an RST (`reset: true`, "connection reset by peer"; SO_LINGER 0 and close,
+    /// early EOF) or an RST (`reset: true`, "connection reset by peer"; `SO_LINGER` 0 and close,
     /// after a short pause so that the bytes already written reach the client first).
     /// Chunked bodies stay chunked, so the client sees the cut; a body delimited only by the
     /// connection's end (no length, no chunks; the registry never sends one) cannot show it.
@@ -362,8 +362,8 @@ impl FaultProxy {
         self.resume();
     }
 
-    /// Listens again on the same port after [`Fault::Refuse`]. (std binds with SO_REUSEADDR, so
-    /// the port's TIME_WAIT connections do not block it; panics if someone else took the port.)
+    /// Listens again on the same port after [`Fault::Refuse`]. (std binds with `SO_REUSEADDR`, so
+    /// the port's `TIME_WAIT` connections do not block it; panics if someone else took the port.)
     pub fn resume(&self) {
         let mut listener = self.shared.listener.lock().unwrap();
         if listener.is_none() {
@@ -541,7 +541,7 @@ fn accept_loop(shared: Arc<Shared>) {
 enum Ending {
     /// Close normally (FIN after the whole response).
     Close,
-    /// Reset (RST): SO_LINGER 0, then close.
+    /// Reset (RST): `SO_LINGER` 0, then close.
     Reset,
 }
 
@@ -1342,12 +1342,9 @@ fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io::Result<En
         return Ok(Ending::Reset);
     }
 
-    let upstream = match TcpStream::connect_timeout(&shared.upstream, CONNECT_TIMEOUT) {
-        Ok(upstream) => upstream,
-        Err(_) => {
-            copy_request_body(&mut reader, request_body, &mut io::sink(), &count)?;
-            return respond_local(shared, index, client, &method, Local::error(502, None));
-        }
+    let Ok(upstream) = TcpStream::connect_timeout(&shared.upstream, CONNECT_TIMEOUT) else {
+        copy_request_body(&mut reader, request_body, &mut io::sink(), &count)?;
+        return respond_local(shared, index, client, &method, Local::error(502, None));
     };
     upstream.set_read_timeout(Some(IO_TIMEOUT))?;
     upstream.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -1429,7 +1426,7 @@ fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io::Result<En
         _ => None,
     });
     if let Some(to) = moved_to {
-        for (name, value) in headers.iter_mut() {
+        for (name, value) in &mut headers {
             if name.eq_ignore_ascii_case("location") {
                 *value = rewrite_location(value, &to);
                 shared.update(index, |r| r.faults.push("RewriteLocation"));

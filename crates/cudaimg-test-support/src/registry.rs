@@ -128,7 +128,7 @@ impl TestRegistry {
                         dir,
                     };
                 }
-                Err(Failure::PortTaken) if attempt < ATTEMPTS => continue,
+                Err(Failure::PortTaken) if attempt < ATTEMPTS => {}
                 Err(failure) => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -264,7 +264,7 @@ pub fn dead_endpoint() -> String {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 return format!("http://127.0.0.1:{port}");
             }
-            _ => continue,
+            _ => {}
         }
     }
     panic!("every candidate port below 1024 on 127.0.0.1 accepts connections")

@@ -150,7 +150,10 @@ impl TokenServer {
     }
     /// Mints a token directly (no HTTP), e.g. `issue("alice", &["repository:nvidia/cuda:pull"])`.
     pub fn issue(&self, subject: &str, scopes: &[&str]) -> String {
-        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        let scopes: Vec<String> = scopes
+            .iter()
+            .map(std::string::ToString::to_string)
+            .collect();
         self.state.token(subject, &scopes)
     }
 }

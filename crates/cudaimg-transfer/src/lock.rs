@@ -29,7 +29,7 @@ impl Session {
         let sources = self.sources(name)?;
         let resolved = self.resolve(&sources, &name.image, None, reporter).await?;
         let (media_type, platforms) = match resolved.parsed {
-            Manifest::Image(m) => (m.media_type, Default::default()),
+            Manifest::Image(m) => (m.media_type, std::collections::BTreeMap::default()),
             Manifest::Index(idx) => (
                 idx.media_type,
                 idx.manifests

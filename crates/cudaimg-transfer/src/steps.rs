@@ -267,16 +267,15 @@ impl Session {
         let image = &target.name.image;
         let store = self.store()?;
         let img = &selected.image;
-        let platform_of_image = match &selected.platform {
-            Some(p) => p.clone(),
-            None => {
-                let bytes = store.read_blob(&img.config.digest, manifest::MAX_MANIFEST_BYTES)?;
-                let config: ImageConfig = serde_json::from_slice(&bytes).unwrap_or_default();
-                Platform {
-                    os: config.os,
-                    architecture: config.architecture,
-                    variant: config.variant,
-                }
+        let platform_of_image = if let Some(p) = &selected.platform {
+            p.clone()
+        } else {
+            let bytes = store.read_blob(&img.config.digest, manifest::MAX_MANIFEST_BYTES)?;
+            let config: ImageConfig = serde_json::from_slice(&bytes).unwrap_or_default();
+            Platform {
+                os: config.os,
+                architecture: config.architecture,
+                variant: config.variant,
             }
         };
         let single = selected.index.is_none();
