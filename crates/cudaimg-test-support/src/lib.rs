@@ -15,6 +15,7 @@ pub mod docker;
 pub mod fixtures;
 pub mod proxy;
 pub mod push;
+pub mod python_base;
 pub mod registry;
 pub mod token;
 
