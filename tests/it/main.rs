@@ -5,6 +5,7 @@
 // Tests stop at the first failed step, with its message.
 #![allow(clippy::unwrap_used)]
 
+mod build;
 mod cuda;
 mod docker;
 mod faults;

@@ -20,7 +20,6 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use flate2::write::GzEncoder;
-use sha2::{Digest as _, Sha256};
 
 use super::fixtures::{sha256_digest, Document, DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST};
 use super::push::Pusher;
@@ -288,12 +287,4 @@ with zipfile.ZipFile(path, "w") as z:
         String::from_utf8_lossy(&out.stderr)
     );
     path
-}
-
-/// sha256 of a file, `sha256:…`.
-pub fn file_digest(path: &Path) -> String {
-    let mut h = Sha256::new();
-    let mut f = std::fs::File::open(path).unwrap();
-    std::io::copy(&mut f, &mut h).unwrap();
-    format!("sha256:{}", hex::encode(h.finalize()))
 }
