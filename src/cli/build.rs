@@ -530,7 +530,7 @@ async fn build(
         .arg(&plan.image);
     let network = args.network.clone().or_else(|| {
         plan.arg("PIP_INDEX_URL")
-            .filter(|u| loopback(u) && !args.wheelhouse.is_some())
+            .filter(|u| loopback(u) && args.wheelhouse.is_none())
             .map(|_| "host".to_owned())
     });
     if let Some(n) = &network {

@@ -507,7 +507,7 @@ fn a_failing_matrix_cell_does_not_stop_the_rest() {
     let wheels = wheelhouse(&e.sandbox.root().join("wheels"));
     let matrix = e.sandbox.write(
         "builds.toml",
-        &format!(
+        format!(
             "repository = \"team/torch\"\nbases = [\"nvidia/cuda:{BASE_TAG}\"]\n\
              torch = [\"2.4.1\", \"2.5.1\", \"2.8.0\"]\npython = [\"3.11\"]\n"
         ),

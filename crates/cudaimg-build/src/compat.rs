@@ -654,6 +654,7 @@ fn runtime_warning(base: &CudaTag, variant: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

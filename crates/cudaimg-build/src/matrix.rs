@@ -209,6 +209,7 @@ pub fn bake(plans: &[Plan], context: &str, dockerfile: &str, json: bool) -> Stri
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
