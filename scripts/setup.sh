@@ -10,6 +10,9 @@ command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+# debootstrap makes the runnable Python base of the `cudaimg build` tests (cached outside
+# the clone, in /var/cache/cudaimg-test).
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 [ -x /bin/busybox ] && file_is_static=$(LC_ALL=C ldd /bin/busybox 2>&1 | grep -c 'not a dynamic') || file_is_static=0
 [ "$file_is_static" -ge 1 ] || need+=(busybox-static)
 if ((${#need[@]})); then
@@ -17,4 +20,11 @@ if ((${#need[@]})); then
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# pypiserver: the real package index on loopback that the `cudaimg build --pip-index-url`
+# test installs through. From PyPI; a failure here only makes that test print SKIPPED.
+if ! command -v pypi-server >/dev/null 2>&1; then
+    python3 -m pip install --quiet pypiserver 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages pypiserver \
+        || echo "setup: pypiserver not installed; the package-index build test will be skipped" >&2
 fi

@@ -46,6 +46,9 @@ pub enum Error {
     /// A registry request (a tag list) that no source could answer.
     #[error(transparent)]
     Sources(#[from] FallbackError),
+    /// `build`: a torch x CUDA x Python combination that cannot work.
+    #[error(transparent)]
+    Refused(#[from] cudaimg_build::compat::Refusal),
     #[error("{0}")]
     Setup(String),
     #[error("{0}")]
@@ -107,6 +110,7 @@ impl Error {
             Error::Docker(_) => exit::FAILURE,
             Error::Store(StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. }) => exit::CORRUPT,
             Error::Store(StoreError::Missing(_)) => exit::NOT_FOUND,
+            Error::Refused(_) => exit::USAGE,
             Error::Setup(_) => exit::FAILURE,
             Error::Usage(_) => exit::USAGE,
             Error::Failed { code, .. } => *code,
@@ -138,6 +142,7 @@ impl Error {
                  the whole setup"
                     .into(),
             ),
+            Error::Refused(r) => Some(r.hint()),
             Error::Setup(_) | Error::Usage(_) | Error::Failed { .. } => None,
             Error::Platform(_) => Some("for example `--platform linux/arm64`".into()),
             Error::Store(e) => e.hint(),

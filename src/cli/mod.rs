@@ -14,6 +14,7 @@ macro_rules! note {
     }};
 }
 
+mod build;
 mod doctor;
 mod explain;
 mod export;
@@ -100,6 +101,8 @@ enum Command {
     Mirrors(mirrors::Command),
     /// Print the `docker run` line or docker-compose.yml for a stored image, pinned by digest
     RunConfig(run_config::Args),
+    /// Build PyTorch on an nvidia/cuda base: checked torch x CUDA x Python, base pinned by digest
+    Build(Box<build::Args>),
 }
 
 /// A stored image, for the commands that read one (`inspect`, `load`, `export`).
@@ -207,6 +210,7 @@ pub fn main() -> ExitCode {
             Command::Doctor(args) => doctor::run(&ctx, &args).await,
             Command::Mirrors(cmd) => mirrors::run(&ctx, &cmd).await,
             Command::RunConfig(args) => run_config::run(&ctx, &args),
+            Command::Build(args) => build::run(&ctx, *args).await,
         }
     });
     match result {

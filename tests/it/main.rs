@@ -19,6 +19,7 @@
     clippy::case_sensitive_file_extension_comparisons
 )]
 
+mod build;
 mod cuda;
 mod docker;
 mod faults;

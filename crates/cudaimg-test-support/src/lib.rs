@@ -29,6 +29,7 @@ pub mod docker;
 pub mod fixtures;
 pub mod proxy;
 pub mod push;
+pub mod python_base;
 pub mod registry;
 pub mod token;
 

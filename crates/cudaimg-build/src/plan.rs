@@ -1,0 +1,259 @@
+//! One build, decided: the base pinned by digest, the checked combination, the template's
+//! build args, the resulting image name, what it needs of the driver, and its warnings.
+//!
+//! Naming scheme of the result (`--tag REPO` sets the repository, default `cudaimg/torch`):
+//!
+//! ```text
+//! REPO:{torch}-{cuXYZ}-py{X.Y}-[cudnn-]{flavor}-{os}
+//! team/torch:2.5.1-cu124-py3.11-runtime-ubuntu22.04
+//! ```
+//!
+//! `--tag` with a tag of its own (`team/torch:dev`) names the result as given.
+
+use cudaimg_cuda::{driver, CudaTag, CudaVersion, Flavor};
+use serde::Serialize;
+
+use crate::compat::{self, Checked, Py, Refusal, Request};
+
+/// The repository results go to when `--tag` names none.
+pub const DEFAULT_REPOSITORY: &str = "cudaimg/torch";
+
+/// pip's index for a wheel variant.
+pub fn pytorch_index(variant: &str) -> String {
+    format!("https://download.pytorch.org/whl/{variant}")
+}
+
+/// The base as known before the build.
+#[derive(Debug, Clone)]
+pub struct Base {
+    /// The canonical name, `docker.io/nvidia/cuda:12.4.1-runtime-ubuntu22.04`.
+    pub name: String,
+    /// The platform manifest's digest, once pulled (`None` in a plan made from tags alone).
+    pub digest: Option<String>,
+    pub tag: CudaTag,
+    /// `CUDA_VERSION` from the image's environment, else the tag's version.
+    pub cuda: CudaVersion,
+    /// Pythons found in its layers.
+    pub pythons: Vec<Py>,
+}
+
+impl Base {
+    /// `FROM` for a plain `docker build` or bake: the name pinned by digest.
+    pub fn pinned(&self) -> String {
+        match &self.digest {
+            Some(d) => format!("{}@{d}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// What a build is asked to do beyond the combination.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `--tag`: a repository, or a full name with its tag.
+    pub tag: Option<String>,
+    /// Extra pip packages, space-separated.
+    pub extra_packages: String,
+    pub pip_index_url: Option<String>,
+    pub apt_mirror: Option<String>,
+    /// Install from the wheelhouse (the build context) only.
+    pub wheelhouse: bool,
+}
+
+/// The driver the result needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct DriverNeed {
+    /// For the CUDA the wheels carry (and, on `devel`, the base's nvcc), fully compatible.
+    pub minimum: Option<String>,
+    /// What the container runtime checks.
+    pub nvidia_require_cuda: String,
+    pub text: String,
+}
+
+/// A build, ready to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub image: String,
+    pub base: String,
+    pub base_digest: Option<String>,
+    pub base_cuda: String,
+    #[serde(flatten)]
+    pub checked: Checked,
+    pub driver: DriverNeed,
+    pub template: &'static str,
+    pub build_args: Vec<(String, String)>,
+}
+
+/// The name of the result, by the scheme above.
+pub fn image_name(tag: Option<&str>, base: &CudaTag, c: &Checked) -> String {
+    let repo = tag.unwrap_or(DEFAULT_REPOSITORY);
+    let last = repo.rsplit('/').next().unwrap_or(repo);
+    if last.contains(':') || repo.contains('@') {
+        return repo.to_owned();
+    }
+    let cudnn = if base.cudnn.is_some() { "cudnn-" } else { "" };
+    let os = base
+        .os
+        .as_deref()
+        .map_or(String::new(), |o| format!("-{o}"));
+    format!(
+        "{repo}:{}-{}-py{}-{cudnn}{}{os}",
+        c.torch, c.variant, c.python, c.flavor
+    )
+}
+
+fn driver_need(base: &Base, c: &Checked) -> DriverNeed {
+    let mut need = c.wheels_cuda.minor_only();
+    if c.flavor == Flavor::Devel && base.cuda.minor_only() > need {
+        need = base.cuda.minor_only();
+    }
+    let minimum = driver::min_driver(need).map(|d| d.as_str().to_owned());
+    let require = format!("cuda>={need}");
+    let text = match (&minimum, driver::minor_compat_driver(need)) {
+        (Some(m), Some(compat)) => format!(
+            "needs an NVIDIA driver >= {m} (CUDA {need}); {} runs it with minor-version \
+             compatibility only with NVIDIA_DISABLE_REQUIRE=1, since NVIDIA_REQUIRE_CUDA={require} \
+             makes the container runtime check it (`cudaimg doctor IMAGE` checks this host)",
+            compat.as_str()
+        ),
+        (Some(m), None) => format!("needs an NVIDIA driver >= {m} (CUDA {need})"),
+        _ => format!("needs a driver for CUDA {need} (not in cudaimg's driver table)"),
+    };
+    DriverNeed {
+        minimum,
+        nvidia_require_cuda: require,
+        text,
+    }
+}
+
+/// Checks and plans one build.
+pub fn plan(
+    base: &Base,
+    torch: &str,
+    python: Option<&str>,
+    variant: Option<&str>,
+    opts: &Options,
+) -> Result<Plan, Refusal> {
+    let checked = compat::check(&Request {
+        torch,
+        python,
+        variant,
+        base: &base.tag,
+        base_cuda: base.cuda,
+        base_pythons: &base.pythons,
+    })?;
+    let driver = driver_need(base, &checked);
+    let image = image_name(opts.tag.as_deref(), &base.tag, &checked);
+    let index = opts
+        .pip_index_url
+        .clone()
+        .unwrap_or_else(|| pytorch_index(&checked.variant));
+    let build_args = vec![
+        ("BASE_IMAGE".to_owned(), base.pinned()),
+        ("BASE_NAME".to_owned(), base.name.clone()),
+        (
+            "BASE_DIGEST".to_owned(),
+            base.digest.clone().unwrap_or_default(),
+        ),
+        ("BASE_CUDA".to_owned(), base.cuda.to_string()),
+        ("CUDA_FLAVOR".to_owned(), checked.flavor.to_string()),
+        ("PYTHON".to_owned(), checked.python.to_string()),
+        ("TORCH".to_owned(), checked.torch.clone()),
+        ("TORCH_VARIANT".to_owned(), checked.variant.clone()),
+        ("TORCH_CUDA".to_owned(), checked.wheels_cuda.to_string()),
+        (
+            "NVIDIA_REQUIRE_CUDA".to_owned(),
+            driver.nvidia_require_cuda.clone(),
+        ),
+        ("EXTRA_PACKAGES".to_owned(), opts.extra_packages.clone()),
+        ("PIP_INDEX_URL".to_owned(), index),
+        (
+            "PIP_NO_INDEX".to_owned(),
+            if opts.wheelhouse { "1" } else { "0" }.to_owned(),
+        ),
+        (
+            "APT_MIRROR".to_owned(),
+            opts.apt_mirror.clone().unwrap_or_default(),
+        ),
+    ];
+    Ok(Plan {
+        image,
+        base: base.name.clone(),
+        base_digest: base.digest.clone(),
+        base_cuda: base.cuda.to_string(),
+        checked,
+        driver,
+        template: crate::TEMPLATE_PATH,
+        build_args,
+    })
+}
+
+impl Plan {
+    /// The value of one build arg.
+    pub fn arg(&self, name: &str) -> Option<&str> {
+        self.build_args
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The same plan with `FROM` set to a name the engine holds locally (after the hand-over:
+    /// an engine that got the base from the store has no registry digest for it).
+    pub fn with_local_base(mut self, local: &str) -> Plan {
+        for (k, v) in &mut self.build_args {
+            if k == "BASE_IMAGE" {
+                local.clone_into(v);
+            }
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn base(tag: &str) -> Base {
+        let t = CudaTag::parse(tag).unwrap();
+        Base {
+            name: format!("docker.io/nvidia/cuda:{tag}"),
+            digest: Some(format!("sha256:{}", "a".repeat(64))),
+            cuda: t.version,
+            tag: t,
+            pythons: vec![],
+        }
+    }
+
+    #[test]
+    fn names_args_and_driver_follow_the_scheme() {
+        let b = base("12.4.1-runtime-ubuntu22.04");
+        let opts = Options {
+            tag: Some("team/torch".into()),
+            ..Options::default()
+        };
+        let p = plan(&b, "2.5.1", Some("3.11"), None, &opts).unwrap();
+        assert_eq!(p.image, "team/torch:2.5.1-cu124-py3.11-runtime-ubuntu22.04");
+        assert_eq!(p.arg("NVIDIA_REQUIRE_CUDA"), Some("cuda>=12.4"));
+        assert_eq!(p.driver.minimum.as_deref(), Some("550.54.14"));
+        assert!(p.arg("BASE_IMAGE").unwrap().ends_with(&"a".repeat(64)));
+        assert_eq!(
+            p.arg("PIP_INDEX_URL"),
+            Some("https://download.pytorch.org/whl/cu124")
+        );
+        let b = base("12.4.1-cudnn-devel-ubuntu22.04");
+        let p = plan(&b, "2.5.1", None, None, &Options::default()).unwrap();
+        assert_eq!(
+            p.image,
+            "cudaimg/torch:2.5.1-cu124-py3.10-cudnn-devel-ubuntu22.04"
+        );
+        let opts = Options {
+            tag: Some("registry:5000/team/torch:dev".into()),
+            ..Options::default()
+        };
+        assert_eq!(
+            plan(&b, "2.5.1", None, None, &opts).unwrap().image,
+            "registry:5000/team/torch:dev"
+        );
+    }
+}

@@ -1,0 +1,695 @@
+//! `cudaimg build`: PyTorch on an `nvidia/cuda` base, checked, pinned and built.
+//!
+//! Each build (one, or every cell of `--matrix builds.toml`):
+//! 1. is checked against the tables of [`cudaimg_build::compat`] from the base's tag alone,
+//!    before any network traffic; an impossible combination is refused (exit 2) with the
+//!    reason and the nearest valid ones;
+//! 2. pulls the base through the mirrors (the pull path of `cudaimg pull`), which pins its
+//!    digest, reads its `CUDA_VERSION` and the Pythons in its layers, and plans again;
+//! 3. hands the base to the Docker Engine from the store (`DOCKER_HOST`), so the build needs
+//!    no registry, and checks the engine holds it under the upstream config digest;
+//! 4. runs `docker build` with the template (`dockerfiles/pytorch.Dockerfile`, compiled
+//!    in): BuildKit (`DOCKER_BUILDKIT=1`) when the CLI can do it, the classic builder
+//!    otherwise or with `--builder classic`; its output streams as progress lines.
+//!
+//! In a matrix, invalid cells are skipped with their reason and a failing cell does not stop
+//! the rest; the summary lists every cell; the exit is 1 if any build failed.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use cudaimg_build::compat::Py;
+use cudaimg_build::matrix::{self, Cell, Matrix};
+use cudaimg_build::plan::{self, Base, Options, Plan};
+use cudaimg_build::python::Finder;
+use cudaimg_config::Config;
+use cudaimg_cuda::image::ImageEnv;
+use cudaimg_cuda::CudaTag;
+use cudaimg_docker::DockerEngine;
+use cudaimg_oci::platform::Platform;
+use cudaimg_store::Store;
+use cudaimg_transfer::{Engine, PullTarget, DEFAULT_JOBS, DEFAULT_STALL_SECS};
+
+use crate::error::{exit, Error};
+
+use super::{emit, emit_json, Ctx};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Builder {
+    /// BuildKit when the docker CLI can run it, else the classic builder
+    Auto,
+    /// BuildKit (`DOCKER_BUILDKIT=1`), or fail
+    Buildkit,
+    /// The classic builder (`DOCKER_BUILDKIT=0`)
+    Classic,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The base, an nvidia/cuda image (`nvidia/cuda:12.4.1-runtime-ubuntu22.04`)
+    #[arg(long, value_name = "REF", required_unless_present = "matrix")]
+    base: Option<String>,
+    /// torch version (`2.5.1`)
+    #[arg(long, value_name = "V", required_unless_present = "matrix")]
+    torch: Option<String>,
+    /// Python minor version [default: the base's, else its OS's, within torch's range]
+    #[arg(long, value_name = "V")]
+    python: Option<String>,
+    /// The wheel variant (`cu124`) [default: the newest of the base's CUDA major not newer than it]
+    #[arg(long, value_name = "cuXYZ")]
+    cuda_wheels: Option<String>,
+    /// The result's repository (`team/torch`: the tag follows the naming scheme) or full name
+    #[arg(long, value_name = "DEST")]
+    tag: Option<String>,
+    /// Install torch from the wheels in DIR only, no index (air-gapped)
+    #[arg(long, value_name = "DIR", conflicts_with = "pip_index_url")]
+    wheelhouse: Option<PathBuf>,
+    /// The team's pip index [default: download.pytorch.org/whl/cuXYZ]
+    #[arg(long, value_name = "URL")]
+    pip_index_url: Option<String>,
+    /// An apt mirror replacing the OS archive in the image (when Python comes from the OS)
+    #[arg(long, value_name = "URL")]
+    apt_mirror: Option<String>,
+    /// More pip packages to install with torch (space-separated)
+    #[arg(long, value_name = "PKGS")]
+    extra_packages: Option<String>,
+    /// Check and print the plan; pull nothing, build nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Build every cell of a matrix file (builds.toml)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["base", "torch", "python", "cuda_wheels"])]
+    matrix: Option<PathBuf>,
+    /// Write the valid cells as a docker-bake file (HCL; JSON if FILE ends in .json)
+    #[arg(long, value_name = "FILE")]
+    bake: Option<PathBuf>,
+    /// Which builder runs the build
+    #[arg(long, value_enum, default_value_t = Builder::Auto)]
+    builder: Builder,
+    /// `docker build --network` [default: `host` when the pip index is on loopback]
+    #[arg(long, value_name = "MODE")]
+    network: Option<String>,
+    /// The docker CLI to run
+    #[arg(long, value_name = "PATH", default_value = "docker")]
+    docker: PathBuf,
+}
+
+/// What happened to one cell.
+#[derive(Debug, serde::Serialize)]
+struct Outcome {
+    cell: String,
+    status: &'static str,
+    image: Option<String>,
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<Plan>,
+}
+
+pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
+    let config = ctx.config()?;
+    let (cells, mut opts, matrix_mode) = match &args.matrix {
+        Some(path) => {
+            let m =
+                Matrix::load(path).map_err(|e| Error::Usage(format!("{e}\nhint: {}", e.hint())))?;
+            let opts = Options {
+                tag: args.tag.clone().or(m.repository.clone()),
+                extra_packages: args
+                    .extra_packages
+                    .clone()
+                    .unwrap_or(m.extra_packages.clone()),
+                pip_index_url: args.pip_index_url.clone().or(m.pip_index_url.clone()),
+                apt_mirror: args.apt_mirror.clone().or(m.apt_mirror.clone()),
+                wheelhouse: args.wheelhouse.is_some(),
+            };
+            (m.cells(), opts, true)
+        }
+        None => {
+            let cell = Cell {
+                base: args.base.clone().unwrap_or_default(),
+                torch: args.torch.clone().unwrap_or_default(),
+                python: args.python.clone(),
+                variant: args.cuda_wheels.clone(),
+            };
+            let opts = Options {
+                tag: args.tag.clone(),
+                extra_packages: args.extra_packages.clone().unwrap_or_default(),
+                pip_index_url: args.pip_index_url.clone(),
+                apt_mirror: args.apt_mirror.clone(),
+                wheelhouse: args.wheelhouse.is_some(),
+            };
+            (vec![cell], opts, false)
+        }
+    };
+    if let Some(w) = &args.wheelhouse {
+        if !w.is_dir() {
+            return Err(Error::Usage(format!(
+                "the wheelhouse `{}` is not a directory",
+                w.display()
+            )));
+        }
+    }
+    opts.extra_packages = opts.extra_packages.trim().to_owned();
+
+    let mut outcomes = Vec::new();
+    let mut plans = Vec::new();
+    let mut engine: Option<Engine> = None;
+    let builder = if args.dry_run {
+        None
+    } else {
+        Some(choose_builder(&args)?)
+    };
+    for cell in &cells {
+        let label = cell.to_string();
+        // 1. From the tag alone, before any network traffic.
+        let (name, tag) = match base_tag(&config, &cell.base) {
+            Ok(x) => x,
+            Err(e) if matrix_mode => {
+                outcomes.push(skipped(&label, e.to_string()));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let guess: Vec<Py> = cell
+            .python
+            .as_deref()
+            .and_then(Py::parse)
+            .into_iter()
+            .collect();
+        let pre = Base {
+            name: name.clone(),
+            digest: None,
+            cuda: tag.version,
+            tag: tag.clone(),
+            pythons: guess,
+        };
+        if let Err(r) = plan_cell(&pre, cell, &opts) {
+            if matrix_mode {
+                outcomes.push(skipped(&label, format!("{r}; {}", r.hint())));
+                continue;
+            }
+            return Err(Error::Refused(r));
+        }
+        // 2. The base: from the store (dry run) or pulled through the mirrors.
+        // A dry run never creates or changes a store.
+        let store = if args.dry_run {
+            match ctx.existing_store() {
+                Ok(s) => Some(s),
+                Err(Error::Store(cudaimg_store::StoreError::Missing(_))) => None,
+                Err(e) => return Err(e),
+            }
+        } else {
+            Some(ctx.store()?)
+        };
+        let base = if args.dry_run {
+            let stored = match &store {
+                Some(s) => stored_base(s, &name, &tag)?,
+                None => None,
+            };
+            stored.unwrap_or(Base {
+                pythons: Vec::new(),
+                ..pre
+            })
+        } else {
+            let engine = match &mut engine {
+                Some(e) => e,
+                None => engine.insert(ctx.engine(
+                    config.clone(),
+                    usize::from(DEFAULT_JOBS),
+                    DEFAULT_STALL_SECS,
+                    false,
+                )?),
+            };
+            match pull_base(ctx, engine, &config, &cell.base, &name, &tag).await {
+                Ok(b) => b,
+                Err(e) if matrix_mode => {
+                    super::report_error(&e);
+                    outcomes.push(failed(&label, None, e.to_string()));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let plan = match plan_cell(&base, cell, &opts) {
+            Ok(p) => p,
+            Err(r) if matrix_mode => {
+                outcomes.push(skipped(&label, format!("{r}; {}", r.hint())));
+                continue;
+            }
+            Err(r) => return Err(Error::Refused(r)),
+        };
+        print_plan(ctx, &plan, args.dry_run && base.digest.is_none());
+        plans.push(plan.clone());
+        let Some(builder) = builder else {
+            outcomes.push(Outcome {
+                cell: label,
+                status: "planned",
+                image: Some(plan.image.clone()),
+                reason: None,
+                plan: Some(plan),
+            });
+            continue;
+        };
+        // 3 and 4.
+        let Some(store) = &store else { continue };
+        match build(ctx, &args, builder, store, &plan).await {
+            Ok(()) => outcomes.push(Outcome {
+                cell: label,
+                status: "built",
+                image: Some(plan.image.clone()),
+                reason: None,
+                plan: Some(plan),
+            }),
+            Err(e) if matrix_mode => {
+                super::report_error(&e);
+                outcomes.push(failed(&label, Some(plan.image.clone()), e.to_string()));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(path) = &args.bake {
+        write_bake(path, &plans, args.wheelhouse.as_deref())?;
+        note!("wrote {} with {} target(s)", path.display(), plans.len());
+    }
+    summary(ctx, &outcomes, matrix_mode);
+    let failures = outcomes.iter().filter(|o| o.status == "failed").count();
+    if failures > 0 {
+        return Err(Error::Failed {
+            what: format!("{failures} of {} build(s) failed", outcomes.len()),
+            code: exit::FAILURE,
+        });
+    }
+    Ok(())
+}
+
+fn skipped(cell: &str, reason: String) -> Outcome {
+    Outcome {
+        cell: cell.to_owned(),
+        status: "skipped",
+        image: None,
+        reason: Some(reason),
+        plan: None,
+    }
+}
+
+fn failed(cell: &str, image: Option<String>, reason: String) -> Outcome {
+    Outcome {
+        cell: cell.to_owned(),
+        status: "failed",
+        image,
+        reason: Some(reason),
+        plan: None,
+    }
+}
+
+fn plan_cell(
+    base: &Base,
+    cell: &Cell,
+    opts: &Options,
+) -> Result<Plan, cudaimg_build::compat::Refusal> {
+    plan::plan(
+        base,
+        &cell.torch,
+        cell.python.as_deref(),
+        cell.variant.as_deref(),
+        opts,
+    )
+}
+
+/// The canonical name and its parsed nvidia/cuda tag.
+fn base_tag(config: &Config, input: &str) -> Result<(String, CudaTag), Error> {
+    let name = config.canonicalize(input)?.image;
+    let Some(tag) = name.tag.clone() else {
+        return Err(Error::Usage(format!(
+            "the base `{input}` names no tag: cudaimg reads the CUDA version and flavor from \
+             the nvidia/cuda tag, then pins the digest itself (e.g. \
+             `nvidia/cuda:12.4.1-runtime-ubuntu22.04`)"
+        )));
+    };
+    Ok((name.to_string(), CudaTag::parse(&tag)?))
+}
+
+/// The base as the store holds it (dry run), if it does.
+fn stored_base(store: &Store, name: &str, tag: &CudaTag) -> Result<Option<Base>, Error> {
+    let Some(image) = store.image(name, Some(&Platform::host()))? else {
+        return Ok(None);
+    };
+    Ok(Some(describe(store, name, tag, &image)?))
+}
+
+fn describe(
+    store: &Store,
+    name: &str,
+    tag: &CudaTag,
+    image: &cudaimg_store::StoredImage,
+) -> Result<Base, Error> {
+    let env = ImageEnv::from_env(&image.config.config.env.clone().unwrap_or_default());
+    let mut finder = Finder::default();
+    for layer in &image.manifest.layers {
+        let reader = store.open_blob(&layer.digest, layer.size)?;
+        let gzip = layer.media_type.ends_with("gzip");
+        finder.layer(reader, gzip).map_err(|e| {
+            Error::Setup(format!(
+                "cannot read layer {} of `{name}`: {e}",
+                layer.digest
+            ))
+        })?;
+    }
+    Ok(Base {
+        name: name.to_owned(),
+        digest: Some(image.digest.to_string()),
+        cuda: env.version().unwrap_or(tag.version),
+        tag: tag.clone(),
+        pythons: finder.found(),
+    })
+}
+
+async fn pull_base(
+    ctx: &Ctx,
+    engine: &Engine,
+    config: &Config,
+    input: &str,
+    name: &str,
+    tag: &CudaTag,
+) -> Result<Base, Error> {
+    let canonical = config.canonicalize(input)?;
+    let platform = Platform::host();
+    let reporter = ctx.progress.reporter();
+    let report = engine
+        .pull(
+            &PullTarget {
+                input,
+                name: &canonical,
+                pin: None,
+                platform_explicit: false,
+            },
+            &platform,
+            reporter.as_ref(),
+        )
+        .await;
+    drop(reporter);
+    let report = report?;
+    for w in &report.warnings {
+        note!("warning: {w}");
+    }
+    note!("base {} pinned at {}", report.canonical, report.digest);
+    let image = engine
+        .store
+        .image(&report.canonical, Some(&report.platform.parse()?))?
+        .ok_or_else(|| Error::NotInStore(name.to_owned()))?;
+    describe(&engine.store, name, tag, &image)
+}
+
+fn print_plan(ctx: &Ctx, p: &Plan, unpinned: bool) {
+    if ctx.json {
+        return;
+    }
+    emit(&format!("plan {}", p.image));
+    emit(&format!(
+        "  base:     {}{}",
+        p.base,
+        p.base_digest
+            .as_deref()
+            .map_or_else(String::new, |d| format!("@{d}"))
+    ));
+    if unpinned {
+        emit("  (not pulled yet: a build pulls the base, pins its digest and looks for Python in it)");
+    }
+    emit(&format!(
+        "  torch:    {} {} (CUDA {}), {}",
+        p.checked.torch, p.checked.variant, p.checked.wheels_cuda, p.checked.source
+    ));
+    emit(&format!(
+        "  python:   {} from {}",
+        p.checked.python, p.checked.python_source
+    ));
+    emit(&format!("  driver:   {}", p.driver.text));
+    for (k, v) in &p.build_args {
+        emit(&format!("  --build-arg {k}={v}"));
+    }
+    for w in &p.checked.warnings {
+        note!("warning: {w}");
+    }
+}
+
+/// BuildKit or classic, and why.
+fn choose_builder(args: &Args) -> Result<Builder, Error> {
+    match args.builder {
+        Builder::Classic => return Ok(Builder::Classic),
+        Builder::Auto | Builder::Buildkit => {}
+    }
+    // Docker CLIs before 23 run BuildKit themselves with DOCKER_BUILDKIT=1 (Debian's 20.10);
+    // later ones need the buildx plugin for it.
+    let version = Command::new(&args.docker)
+        .args(["version", "--format", "{{.Client.Version}}"])
+        .env_remove("DOCKER_BUILDKIT")
+        .output()
+        .map_err(|e| {
+            Error::Setup(format!(
+                "cannot run the docker CLI `{}`: {e}",
+                args.docker.display()
+            ))
+        })?;
+    let major: u32 = String::from_utf8_lossy(&version.stdout)
+        .trim()
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    let buildx = major >= 23
+        && Command::new(&args.docker)
+            .args(["buildx", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if (1..23).contains(&major) || buildx {
+        return Ok(Builder::Buildkit);
+    }
+    let why = format!(
+        "the docker CLI `{}` ({}) has no BuildKit: from version 23 it needs the buildx plugin",
+        args.docker.display(),
+        String::from_utf8_lossy(&version.stdout).trim()
+    );
+    if args.builder == Builder::Buildkit {
+        return Err(Error::Usage(format!(
+            "{why}\nhint: install docker-buildx, or point `--docker` at a 20.10 CLI \
+             (Debian's /usr/bin/docker), or use `--builder classic`"
+        )));
+    }
+    note!("note: {why}; using the classic builder");
+    Ok(Builder::Classic)
+}
+
+fn loopback(url: &str) -> bool {
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_default();
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]")
+}
+
+async fn build(
+    ctx: &Ctx,
+    args: &Args,
+    builder: Builder,
+    store: &Store,
+    plan: &Plan,
+) -> Result<(), Error> {
+    // 3. The base into the engine, from the store.
+    let image = store
+        .image(&plan.base, Some(&Platform::host()))?
+        .ok_or_else(|| Error::NotInStore(plan.base.clone()))?;
+    let local = super::export::repo_tag(&plan.base).unwrap_or_else(|| image.digest.to_string());
+    let docker = DockerEngine::from_env().map_err(cudaimg_transfer::handover::LoadError::from)?;
+    let loaded =
+        cudaimg_transfer::handover::hand_over(&docker, store, &image, Some(local.clone())).await?;
+    note!(
+        "base handed to the Docker Engine at {} as {local} (image ID {})",
+        loaded.engine,
+        loaded.image_id
+    );
+    let plan = plan.clone().with_local_base(&local);
+
+    // 4. docker build, template and context on disk.
+    let work = tempdir()?;
+    let dockerfile = work.join("pytorch.Dockerfile");
+    fs_err::write(&dockerfile, cudaimg_build::TEMPLATE).map_err(|e| Error::Setup(e.to_string()))?;
+    let context = match &args.wheelhouse {
+        Some(w) => w.clone(),
+        None => {
+            let empty = work.join("context");
+            fs_err::create_dir(&empty).map_err(|e| Error::Setup(e.to_string()))?;
+            empty
+        }
+    };
+    let mut cmd = Command::new(&args.docker);
+    cmd.arg("build")
+        .arg("-f")
+        .arg(&dockerfile)
+        .arg("-t")
+        .arg(&plan.image);
+    let network = args.network.clone().or_else(|| {
+        plan.arg("PIP_INDEX_URL")
+            .filter(|u| loopback(u) && args.wheelhouse.is_none())
+            .map(|_| "host".to_owned())
+    });
+    if let Some(n) = &network {
+        cmd.arg("--network").arg(n);
+    }
+    match builder {
+        Builder::Classic => {
+            cmd.env("DOCKER_BUILDKIT", "0");
+        }
+        _ => {
+            cmd.env("DOCKER_BUILDKIT", "1").arg("--progress=plain");
+        }
+    }
+    for (k, v) in &plan.build_args {
+        cmd.arg("--build-arg").arg(format!("{k}={v}"));
+    }
+    cmd.arg(&context);
+    note!(
+        "building {} with {} on {}",
+        plan.image,
+        if builder == Builder::Classic {
+            "the classic builder"
+        } else {
+            "BuildKit"
+        },
+        loaded.engine
+    );
+    let tail = run_streaming(ctx, cmd).await?;
+    if let Some(code) = tail.0 {
+        return Err(Error::Failed {
+            what: format!(
+                "docker build of {} failed (exit {code}); its last lines:\n{}",
+                plan.image,
+                tail.1.join("\n")
+            ),
+            code: exit::FAILURE,
+        });
+    }
+    let id = docker
+        .image_id(&plan.image)
+        .await
+        .map_err(cudaimg_transfer::handover::LoadError::from)?;
+    if ctx.json {
+        return Ok(());
+    }
+    emit(&format!(
+        "built {} (image ID {})",
+        plan.image,
+        id.unwrap_or_else(|| "unknown".into())
+    ));
+    Ok(())
+}
+
+fn tempdir() -> Result<PathBuf, Error> {
+    let dir = std::env::temp_dir().join(format!(
+        "cudaimg-build-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    fs_err::create_dir_all(&dir).map_err(|e| Error::Setup(e.to_string()))?;
+    Ok(dir)
+}
+
+/// Runs docker, each output line a progress line on stderr (unless `-q`); returns the exit
+/// code if it failed, and the last lines.
+async fn run_streaming(ctx: &Ctx, mut cmd: Command) -> Result<(Option<i32>, Vec<String>), Error> {
+    let quiet = matches!(ctx.progress, super::progress::Mode::Quiet);
+    let what = format!("{:?}", cmd.get_program());
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Setup(format!("cannot run {what}: {e}")))?;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let mut readers = Vec::new();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            }));
+        }
+        drop(tx);
+        let mut tail = std::collections::VecDeque::new();
+        for line in rx {
+            if !quiet {
+                note!("  | {}", cudaimg_oci::text::shown(&line));
+            }
+            tail.push_back(line);
+            if tail.len() > 25 {
+                tail.pop_front();
+            }
+        }
+        for r in readers {
+            let _ = r.join();
+        }
+        let status = child
+            .wait()
+            .map_err(|e| Error::Setup(format!("{what}: {e}")))?;
+        Ok((
+            (!status.success()).then(|| status.code().unwrap_or(-1)),
+            tail.into_iter().collect(),
+        ))
+    })
+    .await
+    .map_err(|e| Error::Setup(e.to_string()))?
+}
+
+fn write_bake(path: &Path, plans: &[Plan], wheelhouse: Option<&Path>) -> Result<(), Error> {
+    let json = path.extension().is_some_and(|e| e == "json");
+    let context = wheelhouse.map_or_else(|| "wheelhouse".to_owned(), |w| w.display().to_string());
+    let text = matrix::bake(plans, &context, cudaimg_build::TEMPLATE_PATH, json);
+    let partial = path.with_extension("partial");
+    fs_err::write(&partial, text).map_err(|e| Error::Setup(e.to_string()))?;
+    fs_err::rename(&partial, path).map_err(|e| Error::Setup(e.to_string()))?;
+    Ok(())
+}
+
+fn summary(ctx: &Ctx, outcomes: &[Outcome], matrix_mode: bool) {
+    if ctx.json {
+        for o in outcomes {
+            emit_json(o);
+        }
+        return;
+    }
+    if !matrix_mode {
+        return;
+    }
+    emit("summary:");
+    for o in outcomes {
+        let mut line = format!("  {:8} {}", o.status, o.cell);
+        if let Some(i) = &o.image {
+            line.push_str(&format!(" -> {i}"));
+        }
+        if let Some(r) = &o.reason {
+            line.push_str(&format!(": {r}"));
+        }
+        emit(&line);
+    }
+    let count = |s: &str| outcomes.iter().filter(|o| o.status == s).count();
+    emit(&format!(
+        "  {} built, {} planned, {} skipped, {} failed",
+        count("built"),
+        count("planned"),
+        count("skipped"),
+        count("failed")
+    ));
+}

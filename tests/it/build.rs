@@ -1,0 +1,549 @@
+//! `cudaimg build`: refusals (exit 2, with the reason and the nearest valid combinations),
+//! plans and matrices (no engine needed), and real builds on the harness's own `dockerd`
+//! (root only; elsewhere SKIPPED): a runnable fixture base with a real Python 3.11 (Debian
+//! minbase shaped as `nvidia/cuda:12.4.1-runtime-ubuntu22.04`, see
+//! `cudaimg_test_support::python_base`), the stand-in torch wheel installed from a wheelhouse
+//! with BuildKit and through a real package index (pypiserver on loopback) with the classic
+//! builder; `docker run` imports it and prints its version.
+
+use cudaimg_test_support as common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::docker::{unavailable_reason, TestDocker};
+use common::python_base::{stand_in_torch_wheel, PythonBase};
+use common::{run_fails, run_ok, Pusher, Sandbox, TestRegistry};
+
+/// Debian's 20.10 CLI: BuildKit with DOCKER_BUILDKIT=1, no buildx needed (FIELD.md).
+const DEBIAN_DOCKER: &str = "/usr/bin/docker";
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn offline() -> (Sandbox, PathBuf) {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&common::dead_endpoint(), &[]);
+    (sandbox, config)
+}
+
+#[test]
+fn the_seed_case_cu118_wheels_on_a_cuda_13_base_is_refused_with_its_fix() {
+    let (sandbox, config) = offline();
+    let out = run_fails(&mut sandbox.cli(
+        &config,
+        &[
+            "build",
+            "--base",
+            "nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04",
+            "--torch",
+            "2.7.1",
+            "--cuda-wheels",
+            "cu118",
+        ],
+    ));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cu118 wheels (CUDA 11.8) on the CUDA 13.0.1 base"),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: nearest valid: --torch 2.11 --cuda-wheels cu130"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--base nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04"),
+        "{err}"
+    );
+    // Refused before any network traffic: the only endpoint is dead, and no store was made.
+    assert!(!sandbox.store_dir().exists());
+}
+
+#[test]
+fn impossible_combinations_are_refused_with_the_nearest_valid_ones() {
+    let (sandbox, config) = offline();
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &[
+                "--base",
+                "nvidia/cuda:12.4.1-devel-ubuntu22.04",
+                "--torch",
+                "2.5.1",
+                "--cuda-wheels",
+                "cu118",
+            ],
+            "on a `devel` base, extensions compile with the base's nvcc",
+            "--cuda-wheels cu124",
+        ),
+        (
+            &[
+                "--base",
+                "nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+                "--torch",
+                "2.8.0",
+                "--cuda-wheels",
+                "cu124",
+            ],
+            "torch 2.8.0 has no cu124 wheels",
+            "torch 2.8 has cu126, cu128, cu129",
+        ),
+        (
+            &[
+                "--base",
+                "nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+                "--torch",
+                "2.3.1",
+                "--python",
+                "3.12",
+            ],
+            "torch 2.3.1 has no wheels for Python 3.12 (it supports 3.8 to 3.11)",
+            "--python 3.10",
+        ),
+        (
+            &[
+                "--base",
+                "nvidia/cuda:12.6.3-base-ubuntu24.04",
+                "--torch",
+                "2.5.1",
+                "--python",
+                "3.10",
+            ],
+            "Python 3.10 is neither in the base nor among ubuntu24.04's packages",
+            "a ubuntu22.04 base (Python 3.10)",
+        ),
+        (
+            &[
+                "--base",
+                "nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+                "--torch",
+                "1.13.1",
+            ],
+            "torch 1.13.1 is not in cudaimg's table",
+            "--torch 2.3",
+        ),
+        (
+            &[
+                "--base",
+                "nvidia/cuda:12.4.1-bogus-ubuntu22.04",
+                "--torch",
+                "2.5.1",
+            ],
+            "is not an nvidia/cuda tag",
+            "hint:",
+        ),
+    ];
+    for (args, reason, nearest) in cases {
+        let mut cmd = sandbox.cli(&config, &["build", "--dry-run"]);
+        cmd.args(*args);
+        let out = run_fails(&mut cmd);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(reason), "{args:?}: {err}");
+        assert!(err.contains(nearest), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_dry_run_plans_name_args_driver_and_warns_about_cuda_twice_on_runtime() {
+    let (sandbox, config) = offline();
+    let out = run_ok(&mut sandbox.cli(
+        &config,
+        &[
+            "build",
+            "--dry-run",
+            "--base",
+            "nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+            "--torch",
+            "2.5.1",
+            "--tag",
+            "team/torch",
+        ],
+    ));
+    let plan = stdout(&out);
+    assert!(
+        plan.contains("plan team/torch:2.5.1-cu124-py3.10-runtime-ubuntu22.04"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("--build-arg NVIDIA_REQUIRE_CUDA=cuda>=12.4"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("needs an NVIDIA driver >= 550.54.14"),
+        "{plan}"
+    );
+    assert!(plan.contains("3.10 from ubuntu22.04's packages"), "{plan}");
+    let err = stderr(&out);
+    assert!(err.contains("CUDA ships twice"), "{err}");
+    assert!(err.contains("`12.4.1-base-ubuntu22.04` avoids it"), "{err}");
+    // The `base` flavor has nothing to warn about.
+    let out = run_ok(&mut sandbox.cli(
+        &config,
+        &[
+            "build",
+            "--dry-run",
+            "--base",
+            "nvidia/cuda:12.4.1-base-ubuntu22.04",
+            "--torch",
+            "2.5.1",
+        ],
+    ));
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_matrix_skips_invalid_cells_with_reasons_and_bake_enumerates_the_valid_ones() {
+    let (sandbox, config) = offline();
+    let matrix = sandbox.write(
+        "builds.toml",
+        "repository = \"team/torch\"\n\
+         bases = [\"nvidia/cuda:12.4.1-base-ubuntu22.04\", \"nvidia/cuda:13.0.1-devel-ubuntu24.04\"]\n\
+         torch = [\"2.5.1\", \"2.9.0\"]\n",
+    );
+    for (file, check) in [
+        ("docker-bake.hcl", "target \""),
+        ("docker-bake.json", "\"target\""),
+    ] {
+        let bake = sandbox.root().join(file);
+        let out = run_ok(
+            sandbox
+                .cli(&config, &["build", "--dry-run", "--matrix"])
+                .arg(&matrix)
+                .arg("--bake")
+                .arg(&bake),
+        );
+        let text = stdout(&out);
+        // 2.5.1 on CUDA 12.4: planned; 2.9.0 has no cu12.4-or-older wheel but cu126 (same
+        // major): planned; 2.5.1 on CUDA 13: skipped; 2.9.0 on CUDA 13 with Python 3.12.
+        assert!(text.contains("planned  nvidia/cuda:12.4.1-base-ubuntu22.04 torch 2.5.1 -> team/torch:2.5.1-cu124-py3.10-base-ubuntu22.04"), "{text}");
+        assert!(text.contains("skipped  nvidia/cuda:13.0.1-devel-ubuntu24.04 torch 2.5.1: cu124 wheels (CUDA 12.4) on the CUDA 13.0.1 base"), "{text}");
+        assert!(
+            text.contains("team/torch:2.9.0-cu130-py3.12-devel-ubuntu24.04"),
+            "{text}"
+        );
+        assert!(text.contains("3 planned, 1 skipped, 0 failed"), "{text}");
+        let written = std::fs::read_to_string(&bake).unwrap();
+        assert!(written.contains(check), "{written}");
+        assert_eq!(
+            written
+                .matches("2.9.0-cu130-py3.12-devel-ubuntu24.04")
+                .count(),
+            1,
+            "{written}"
+        );
+        assert!(!written.contains("2.5.1-cu124-py3.10-devel"), "{written}");
+        assert!(
+            written.contains("dockerfiles/pytorch.Dockerfile"),
+            "{written}"
+        );
+    }
+    let bad = sandbox.write("bad.toml", "bases = []\ntorch = [\"2.5.1\"]\n");
+    let out = run_fails(
+        sandbox
+            .cli(&config, &["build", "--dry-run", "--matrix"])
+            .arg(&bad),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+// ---- real builds ----------------------------------------------------------------------
+
+struct Env {
+    sandbox: Sandbox,
+    config: PathBuf,
+    _registry: TestRegistry,
+    base: PythonBase,
+    docker: TestDocker,
+}
+
+const BASE_TAG: &str = "12.4.1-runtime-ubuntu22.04";
+
+/// dockerd, and a registry acting as docker.io holding the fixture base; `None` (after
+/// printing SKIPPED) where that cannot be had.
+fn env() -> Option<Env> {
+    if let Some(why) = unavailable_reason() {
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    let base = match PythonBase::build("runtime") {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!("SKIPPED: no fixture base: {why}");
+            return None;
+        }
+    };
+    let registry = TestRegistry::start();
+    base.push(&Pusher::new(&registry), "nvidia/cuda", BASE_TAG);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&registry.url(), &[]);
+    Some(Env {
+        sandbox,
+        config,
+        _registry: registry,
+        base,
+        docker: TestDocker::start(),
+    })
+}
+
+impl Env {
+    fn build(&self, args: &[&str]) -> Command {
+        let mut cmd = self.sandbox.cli(&self.config, &["build"]);
+        cmd.args(args).env("DOCKER_HOST", self.docker.host());
+        cmd
+    }
+
+    fn run(&self, image: &str, code: &str) -> String {
+        let out = self
+            .docker
+            .docker(&[
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--entrypoint",
+                "python",
+                image,
+                "-c",
+                code,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker run: {}", stderr(&out));
+        stdout(&out).trim().to_owned()
+    }
+}
+
+fn wheelhouse(dir: &Path) -> PathBuf {
+    stand_in_torch_wheel(dir, "2.5.1+cu124", "12.4");
+    dir.to_owned()
+}
+
+#[test]
+fn buildkit_installs_from_a_wheelhouse_and_the_image_carries_labels_and_the_driver_check() {
+    let Some(e) = env() else { return };
+    let wheels = wheelhouse(&e.sandbox.root().join("wheels"));
+    let out = run_ok(&mut e.build(&[
+        "--base",
+        &format!("nvidia/cuda:{BASE_TAG}"),
+        "--torch",
+        "2.5.1",
+        "--python",
+        "3.11",
+        "--tag",
+        "team/torch",
+        "--wheelhouse",
+        wheels.to_str().unwrap(),
+        "--builder",
+        "buildkit",
+        "--docker",
+        DEBIAN_DOCKER,
+        "--network",
+        "none",
+    ]));
+    let image = "team/torch:2.5.1-cu124-py3.11-runtime-ubuntu22.04";
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert!(text.contains(&format!("built {image}")), "{text}\n{err}");
+    assert!(text.contains("3.11 from the base image"), "{text}");
+    assert!(
+        err.contains("building team/torch:2.5.1-cu124-py3.11-runtime-ubuntu22.04 with BuildKit"),
+        "{err}"
+    );
+    // BuildKit's plain progress, streamed as lines.
+    assert!(err.contains("  | #"), "{err}");
+    assert!(err.contains("torch 2.5.1+cu124 CUDA 12.4"), "{err}");
+    assert!(err.contains("CUDA ships twice"), "{err}");
+
+    assert_eq!(
+        e.run(image, "import torch; print(torch.__version__)"),
+        "2.5.1+cu124"
+    );
+    // The system Python is untouched: torch lives only in the venv.
+    let sys = e
+        .docker
+        .docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/usr/bin/python3",
+            image,
+            "-c",
+            "import torch",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !sys.status.success(),
+        "torch must not be in the system Python"
+    );
+
+    let inspect = e.docker.inspect(image);
+    let labels = &inspect["Config"]["Labels"];
+    assert_eq!(
+        labels["org.opencontainers.image.base.name"],
+        format!("docker.io/nvidia/cuda:{BASE_TAG}")
+    );
+    assert_eq!(
+        labels["org.opencontainers.image.base.digest"],
+        e.base.manifest.digest
+    );
+    assert_eq!(labels["io.cudaimg.torch.version"], "2.5.1");
+    assert_eq!(labels["io.cudaimg.torch.variant"], "cu124");
+    assert_eq!(labels["io.cudaimg.cuda.wheels"], "12.4");
+    assert_eq!(labels["io.cudaimg.cuda.base"], "12.4.1");
+    assert_eq!(labels["io.cudaimg.python.version"], "3.11");
+    let env: Vec<&str> = inspect["Config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"NVIDIA_REQUIRE_CUDA=cuda>=12.4"), "{env:?}");
+    assert!(env.contains(&"CUDA_VERSION=12.4.1"), "{env:?}");
+    // The base's layer first, as pulled; no wheel file in the result (the wheelhouse is
+    // only in the `venv` stage, whose /opt/venv alone is copied).
+    let layers = inspect["RootFS"]["Layers"].as_array().unwrap();
+    assert_eq!(layers[0], e.base.diff_id);
+    assert_eq!(
+        e.run(image, "import os; print(os.path.exists('/tmp/wheelhouse'))"),
+        "False"
+    );
+}
+
+struct PypiServer(Child);
+
+impl Drop for PypiServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pypi_server(dir: &Path) -> Option<(PypiServer, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("pypi-server")
+        .args(["run", "-i", "127.0.0.1", "-p", &port.to_string()])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        eprintln!(
+            "SKIPPED: pypi-server is not installed (scripts/setup.sh: pip install pypiserver)"
+        );
+        return None;
+    };
+    let server = PypiServer(child);
+    let url = format!("http://127.0.0.1:{port}/simple/");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::blocking::get(&url)
+        .map(|r| r.status().is_success())
+        .ok()
+        != Some(true)
+    {
+        assert!(Instant::now() < deadline, "pypi-server did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Some((server, url))
+}
+
+#[test]
+fn the_classic_builder_installs_through_a_real_package_index_on_loopback() {
+    let Some(e) = env() else { return };
+    let packages = wheelhouse(&e.sandbox.root().join("packages"));
+    let Some((_server, url)) = pypi_server(&packages) else {
+        return;
+    };
+    let out = run_ok(&mut e.build(&[
+        "--base",
+        &format!("nvidia/cuda:{BASE_TAG}"),
+        "--torch",
+        "2.5.1",
+        "--python",
+        "3.11",
+        "--tag",
+        "team/torch:classic",
+        "--pip-index-url",
+        &url,
+        "--builder",
+        "classic",
+        "--docker",
+        DEBIAN_DOCKER,
+    ]));
+    let err = stderr(&out);
+    assert!(err.contains("with the classic builder"), "{err}");
+    // The classic builder's own output format ("Step 1/…"), streamed.
+    assert!(err.contains("  | Step 1/"), "{err}");
+    assert!(err.contains(&format!("Looking in indexes: {url}")), "{err}");
+    assert_eq!(
+        e.run(
+            "team/torch:classic",
+            "import torch; print(torch.__version__)"
+        ),
+        "2.5.1+cu124"
+    );
+    let labels = &e.docker.inspect("team/torch:classic")["Config"]["Labels"];
+    assert_eq!(
+        labels["org.opencontainers.image.base.digest"],
+        e.base.manifest.digest
+    );
+}
+
+#[test]
+fn a_failing_matrix_cell_does_not_stop_the_rest() {
+    let Some(e) = env() else { return };
+    let wheels = wheelhouse(&e.sandbox.root().join("wheels"));
+    let matrix = e.sandbox.write(
+        "builds.toml",
+        format!(
+            "repository = \"team/torch\"\nbases = [\"nvidia/cuda:{BASE_TAG}\"]\n\
+             torch = [\"2.4.1\", \"2.5.1\", \"2.8.0\"]\npython = [\"3.11\"]\n"
+        ),
+    );
+    // 2.4.1: valid, but the wheelhouse has no such torch: the build fails. 2.5.1: built.
+    // 2.8.0: no wheel variant of CUDA <= 12.4 but cu126; planned and fails the same way.
+    let out = run_fails(
+        e.build(&[
+            "--builder",
+            "buildkit",
+            "--docker",
+            DEBIAN_DOCKER,
+            "--network",
+            "none",
+            "--wheelhouse",
+        ])
+        .arg(&wheels)
+        .arg("--matrix")
+        .arg(&matrix),
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(text.contains("built    nvidia/cuda:12.4.1-runtime-ubuntu22.04 torch 2.5.1 python 3.11 -> team/torch:2.5.1-cu124-py3.11-runtime-ubuntu22.04"), "{text}");
+    assert!(
+        text.contains("failed   nvidia/cuda:12.4.1-runtime-ubuntu22.04 torch 2.4.1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 built, 0 planned, 0 skipped, 2 failed"),
+        "{text}"
+    );
+    assert_eq!(
+        e.run(
+            "team/torch:2.5.1-cu124-py3.11-runtime-ubuntu22.04",
+            "import torch; print(torch.__version__)"
+        ),
+        "2.5.1+cu124"
+    );
+}
