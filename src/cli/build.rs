@@ -1,4 +1,4 @@
-//! `cudaimg build`: PyTorch on an `nvidia/cuda` base, checked, pinned and built.
+//! `cudaimg build`: `PyTorch` on an `nvidia/cuda` base, checked, pinned and built.
 //!
 //! Each build (one, or every cell of `--matrix builds.toml`):
 //! 1. is checked against the tables of [`cudaimg_build::compat`] from the base's tag alone,
@@ -9,7 +9,7 @@
 //! 3. hands the base to the Docker Engine from the store (`DOCKER_HOST`), so the build needs
 //!    no registry, and checks the engine holds it under the upstream config digest;
 //! 4. runs `docker build` with the template (`dockerfiles/pytorch.Dockerfile`, compiled
-//!    in): BuildKit (`DOCKER_BUILDKIT=1`) when the CLI can do it, the classic builder
+//!    in): `BuildKit` (`DOCKER_BUILDKIT=1`) when the CLI can do it, the classic builder
 //!    otherwise or with `--builder classic`; its output streams as progress lines.
 //!
 //! In a matrix, invalid cells are skipped with their reason and a failing cell does not stop
@@ -29,7 +29,7 @@ use cudaimg_cuda::CudaTag;
 use cudaimg_docker::DockerEngine;
 use cudaimg_oci::platform::Platform;
 use cudaimg_store::Store;
-use cudaimg_transfer::{Engine, PullTarget, DEFAULT_JOBS, DEFAULT_STALL_SECS};
+use cudaimg_transfer::PullTarget;
 
 use crate::error::{exit, Error};
 
@@ -37,9 +37,9 @@ use super::{emit, emit_json, Ctx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Builder {
-    /// BuildKit when the docker CLI can run it, else the classic builder
+    /// `BuildKit` when the docker CLI can run it, else the classic builder
     Auto,
-    /// BuildKit (`DOCKER_BUILDKIT=1`), or fail
+    /// `BuildKit` (`DOCKER_BUILDKIT=1`), or fail
     Buildkit,
     /// The classic builder (`DOCKER_BUILDKIT=0`)
     Classic,
@@ -105,40 +105,40 @@ struct Outcome {
     plan: Option<Plan>,
 }
 
+// The matrix loop: for each cell, check, pull the base, plan, build, and record the
+// outcome, where a failing cell is reported and the loop goes on; the steps share the
+// cell's state and the summary. Each step is its own function; the loop stays whole.
+#[allow(clippy::too_many_lines)]
 pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let config = ctx.config()?;
-    let (cells, mut opts, matrix_mode) = match &args.matrix {
-        Some(path) => {
-            let m =
-                Matrix::load(path).map_err(|e| Error::Usage(format!("{e}\nhint: {}", e.hint())))?;
-            let opts = Options {
-                tag: args.tag.clone().or(m.repository.clone()),
-                extra_packages: args
-                    .extra_packages
-                    .clone()
-                    .unwrap_or(m.extra_packages.clone()),
-                pip_index_url: args.pip_index_url.clone().or(m.pip_index_url.clone()),
-                apt_mirror: args.apt_mirror.clone().or(m.apt_mirror.clone()),
-                wheelhouse: args.wheelhouse.is_some(),
-            };
-            (m.cells(), opts, true)
-        }
-        None => {
-            let cell = Cell {
-                base: args.base.clone().unwrap_or_default(),
-                torch: args.torch.clone().unwrap_or_default(),
-                python: args.python.clone(),
-                variant: args.cuda_wheels.clone(),
-            };
-            let opts = Options {
-                tag: args.tag.clone(),
-                extra_packages: args.extra_packages.clone().unwrap_or_default(),
-                pip_index_url: args.pip_index_url.clone(),
-                apt_mirror: args.apt_mirror.clone(),
-                wheelhouse: args.wheelhouse.is_some(),
-            };
-            (vec![cell], opts, false)
-        }
+    let (cells, mut opts, matrix_mode) = if let Some(path) = &args.matrix {
+        let m = Matrix::load(path).map_err(|e| Error::Usage(format!("{e}\nhint: {}", e.hint())))?;
+        let opts = Options {
+            tag: args.tag.clone().or(m.repository.clone()),
+            extra_packages: args
+                .extra_packages
+                .clone()
+                .unwrap_or(m.extra_packages.clone()),
+            pip_index_url: args.pip_index_url.clone().or(m.pip_index_url.clone()),
+            apt_mirror: args.apt_mirror.clone().or(m.apt_mirror.clone()),
+            wheelhouse: args.wheelhouse.is_some(),
+        };
+        (m.cells(), opts, true)
+    } else {
+        let cell = Cell {
+            base: args.base.clone().unwrap_or_default(),
+            torch: args.torch.clone().unwrap_or_default(),
+            python: args.python.clone(),
+            variant: args.cuda_wheels.clone(),
+        };
+        let opts = Options {
+            tag: args.tag.clone(),
+            extra_packages: args.extra_packages.clone().unwrap_or_default(),
+            pip_index_url: args.pip_index_url.clone(),
+            apt_mirror: args.apt_mirror.clone(),
+            wheelhouse: args.wheelhouse.is_some(),
+        };
+        (vec![cell], opts, false)
     };
     if let Some(w) = &args.wheelhouse {
         if !w.is_dir() {
@@ -152,7 +152,6 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
 
     let mut outcomes = Vec::new();
     let mut plans = Vec::new();
-    let mut engine: Option<Engine> = None;
     let builder = if args.dry_run {
         None
     } else {
@@ -161,7 +160,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     for cell in &cells {
         let label = cell.to_string();
         // 1. From the tag alone, before any network traffic.
-        let (name, tag) = match base_tag(&config, &cell.base) {
+        let (name, tag) = match base_tag(config, &cell.base) {
             Ok(x) => x,
             Err(e) if matrix_mode => {
                 outcomes.push(skipped(&label, e.to_string()));
@@ -198,7 +197,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                 Err(e) => return Err(e),
             }
         } else {
-            Some(ctx.store()?)
+            Some(ctx.store()?.clone())
         };
         let base = if args.dry_run {
             let stored = match &store {
@@ -210,16 +209,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                 ..pre
             })
         } else {
-            let engine = match &mut engine {
-                Some(e) => e,
-                None => engine.insert(ctx.engine(
-                    config.clone(),
-                    usize::from(DEFAULT_JOBS),
-                    DEFAULT_STALL_SECS,
-                    false,
-                )?),
-            };
-            match pull_base(ctx, engine, &config, &cell.base, &name, &tag).await {
+            match pull_base(ctx, config, &cell.base, &name, &tag).await {
                 Ok(b) => b,
                 Err(e) if matrix_mode => {
                     super::report_error(&e);
@@ -365,7 +355,6 @@ fn describe(
 
 async fn pull_base(
     ctx: &Ctx,
-    engine: &Engine,
     config: &Config,
     input: &str,
     name: &str,
@@ -374,7 +363,8 @@ async fn pull_base(
     let canonical = config.canonicalize(input)?;
     let platform = Platform::host();
     let reporter = ctx.progress.reporter();
-    let report = engine
+    let report = ctx
+        .session
         .pull(
             &PullTarget {
                 input,
@@ -392,11 +382,11 @@ async fn pull_base(
         note!("warning: {w}");
     }
     note!("base {} pinned at {}", report.canonical, report.digest);
-    let image = engine
-        .store
-        .image(&report.canonical, Some(&report.platform.parse()?))?
+    let store = ctx.store()?;
+    let image = store
+        .image(&report.canonical.to_string(), Some(&report.platform))?
         .ok_or_else(|| Error::NotInStore(name.to_owned()))?;
-    describe(&engine.store, name, tag, &image)
+    describe(store, name, tag, &image)
 }
 
 fn print_plan(ctx: &Ctx, p: &Plan, unpinned: bool) {
@@ -431,7 +421,7 @@ fn print_plan(ctx: &Ctx, p: &Plan, unpinned: bool) {
     }
 }
 
-/// BuildKit or classic, and why.
+/// `BuildKit` or classic, and why.
 fn choose_builder(args: &Args) -> Result<Builder, Error> {
     match args.builder {
         Builder::Classic => return Ok(Builder::Classic),
@@ -514,13 +504,12 @@ async fn build(
     let work = tempdir()?;
     let dockerfile = work.join("pytorch.Dockerfile");
     fs_err::write(&dockerfile, cudaimg_build::TEMPLATE).map_err(|e| Error::Setup(e.to_string()))?;
-    let context = match &args.wheelhouse {
-        Some(w) => w.clone(),
-        None => {
-            let empty = work.join("context");
-            fs_err::create_dir(&empty).map_err(|e| Error::Setup(e.to_string()))?;
-            empty
-        }
+    let context = if let Some(w) = &args.wheelhouse {
+        w.clone()
+    } else {
+        let empty = work.join("context");
+        fs_err::create_dir(&empty).map_err(|e| Error::Setup(e.to_string()))?;
+        empty
     };
     let mut cmd = Command::new(&args.docker);
     cmd.arg("build")
@@ -598,7 +587,7 @@ fn tempdir() -> Result<PathBuf, Error> {
 /// code if it failed, and the last lines.
 async fn run_streaming(ctx: &Ctx, mut cmd: Command) -> Result<(Option<i32>, Vec<String>), Error> {
     let quiet = matches!(ctx.progress, super::progress::Mode::Quiet);
-    let what = format!("{:?}", cmd.get_program());
+    let what = cmd.get_program().to_string_lossy().into_owned();
     tokio::task::spawn_blocking(move || {
         let mut child = cmd
             .stdout(Stdio::piped())

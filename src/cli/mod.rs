@@ -101,7 +101,7 @@ enum Command {
     Mirrors(mirrors::Command),
     /// Print the `docker run` line or docker-compose.yml for a stored image, pinned by digest
     RunConfig(run_config::Args),
-    /// Build PyTorch on an nvidia/cuda base: checked torch x CUDA x Python, base pinned by digest
+    /// Build `PyTorch` on an nvidia/cuda base: checked torch x CUDA x Python, base pinned by digest
     Build(Box<build::Args>),
 }
 

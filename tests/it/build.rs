@@ -3,7 +3,7 @@
 //! (root only; elsewhere SKIPPED): a runnable fixture base with a real Python 3.11 (Debian
 //! minbase shaped as `nvidia/cuda:12.4.1-runtime-ubuntu22.04`, see
 //! `cudaimg_test_support::python_base`), the stand-in torch wheel installed from a wheelhouse
-//! with BuildKit and through a real package index (pypiserver on loopback) with the classic
+//! with `BuildKit` and through a real package index (pypiserver on loopback) with the classic
 //! builder; `docker run` imports it and prints its version.
 
 use cudaimg_test_support as common;
@@ -16,7 +16,7 @@ use common::docker::{unavailable_reason, TestDocker};
 use common::python_base::{stand_in_torch_wheel, PythonBase};
 use common::{run_fails, run_ok, Pusher, Sandbox, TestRegistry};
 
-/// Debian's 20.10 CLI: BuildKit with DOCKER_BUILDKIT=1, no buildx needed (FIELD.md).
+/// Debian's 20.10 CLI: `BuildKit` with `DOCKER_BUILDKIT=1`, no buildx needed (FIELD.md).
 const DEBIAN_DOCKER: &str = "/usr/bin/docker";
 
 fn stderr(o: &std::process::Output) -> String {

@@ -136,7 +136,7 @@ pub const TORCH: &[TorchRelease] = &[
 
 /// Python minors each OS family/version of the `nvidia/cuda` tags ships as packages (the
 /// first is the system default). Sources: Ubuntu's archive (`python3.X` in main/universe of
-/// focal, jammy, noble), RHEL 8/9/10 AppStream (Rocky and Oracle rebuild it), Amazon Linux
+/// focal, jammy, noble), RHEL 8/9/10 `AppStream` (Rocky and Oracle rebuild it), Amazon Linux
 /// 2023 and Azure Linux 3 package lists; as of 2025. The fixture base of the tests is Debian
 /// 12 (3.11).
 pub const OS_PYTHON: &[(&str, &[Py])] = &[

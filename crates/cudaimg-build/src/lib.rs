@@ -1,4 +1,4 @@
-//! Building team images of PyTorch on an `nvidia/cuda` base, decided before anything runs:
+//! Building team images of `PyTorch` on an `nvidia/cuda` base, decided before anything runs:
 //!
 //! - [`compat`]: the one place with the torch → `cuXYZ` wheel variants → Python table and the
 //!   OS → Python table, each row with its source; and the rules that refuse an impossible

@@ -82,7 +82,7 @@ impl Matrix {
             path: path.to_owned(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let text = fs_err::read_to_string(path).map_err(|e| err(e.to_string()))?;
         Matrix::parse(&text).map_err(err)
     }
 
