@@ -17,6 +17,7 @@ mod progress;
 mod pull;
 mod rm;
 mod run_config;
+mod serve;
 mod tag;
 mod tags;
 mod verify;
@@ -89,6 +90,8 @@ enum Command {
     Mirrors(mirrors::Command),
     /// Print the `docker run` line or docker-compose.yml for a stored image, pinned by digest
     RunConfig(run_config::Args),
+    /// Serve the store as a read-only registry (a mirror for Docker, containerd, skopeo)
+    Serve(serve::Args),
 }
 
 /// A stored image, for the commands that read one (`inspect`, `load`, `export`).
@@ -198,6 +201,7 @@ pub fn main() -> ExitCode {
             Command::Doctor(args) => doctor::run(&ctx, &args).await,
             Command::Mirrors(cmd) => mirrors::run(&ctx, &cmd).await,
             Command::RunConfig(args) => run_config::run(&ctx, &args),
+            Command::Serve(args) => serve::run(&ctx, &args).await,
         }
     });
     match result {
