@@ -15,4 +15,5 @@ mod proptests;
 mod proxy_harness;
 mod pull;
 mod resilience;
+mod serve;
 mod trust;
