@@ -3,7 +3,8 @@
 # (`docker-registry`), skopeo (the independent reader of what cudaimg writes), a Docker
 # Engine (`docker.io`: the tests start their own dockerd as root), busybox-static (a real
 # static binary for an image that `docker run` runs) and docker-compose (`docker-compose
-# config` validates the compose files `cudaimg run-config` writes).
+# config` validates the compose files `cudaimg run-config` writes), and containerd (its `ctr`
+# pulls from `cudaimg serve` through a hosts.toml mirror in the tests).
 set -euo pipefail
 need=()
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
@@ -13,6 +14,7 @@ command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 # debootstrap makes the runnable Python base of the `cudaimg build` tests (cached outside
 # the clone, in /var/cache/cudaimg-test).
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v ctr >/dev/null 2>&1 || need+=(containerd)
 [ -x /bin/busybox ] && file_is_static=$(LC_ALL=C ldd /bin/busybox 2>&1 | grep -c 'not a dynamic') || file_is_static=0
 [ "$file_is_static" -ge 1 ] || need+=(busybox-static)
 if ((${#need[@]})); then

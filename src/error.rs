@@ -49,6 +49,8 @@ pub enum Error {
     /// `build`: a torch x CUDA x Python combination that cannot work.
     #[error(transparent)]
     Refused(#[from] cudaimg_build::compat::Refusal),
+    #[error(transparent)]
+    Serve(#[from] cudaimg_serve::ServeError),
     #[error("{0}")]
     Setup(String),
     #[error("{0}")]
@@ -111,6 +113,11 @@ impl Error {
             Error::Store(StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. }) => exit::CORRUPT,
             Error::Store(StoreError::Missing(_)) => exit::NOT_FOUND,
             Error::Refused(_) => exit::USAGE,
+            Error::Serve(cudaimg_serve::ServeError::Tls { .. }) => exit::USAGE,
+            Error::Serve(cudaimg_serve::ServeError::Store(
+                StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. },
+            )) => exit::CORRUPT,
+            Error::Serve(_) => exit::FAILURE,
             Error::Setup(_) => exit::FAILURE,
             Error::Usage(_) => exit::USAGE,
             Error::Failed { code, .. } => *code,
@@ -146,6 +153,7 @@ impl Error {
             Error::Setup(_) | Error::Usage(_) | Error::Failed { .. } => None,
             Error::Platform(_) => Some("for example `--platform linux/arm64`".into()),
             Error::Store(e) => e.hint(),
+            Error::Serve(e) => e.hint(),
             Error::Pull(e) => e.hint(),
             Error::NotInStore(r) => Some(format!(
                 "`cudaimg images` lists what is stored; `cudaimg pull {r}` fetches it"

@@ -29,6 +29,7 @@ mod progress;
 mod pull;
 mod rm;
 mod run_config;
+mod serve;
 mod tag;
 mod tags;
 mod verify;
@@ -103,6 +104,8 @@ enum Command {
     RunConfig(run_config::Args),
     /// Build `PyTorch` on an nvidia/cuda base: checked torch x CUDA x Python, base pinned by digest
     Build(Box<build::Args>),
+    /// Serve the store as a read-only registry (a mirror for Docker, containerd, skopeo)
+    Serve(serve::Args),
 }
 
 /// A stored image, for the commands that read one (`inspect`, `load`, `export`).
@@ -211,6 +214,7 @@ pub fn main() -> ExitCode {
             Command::Mirrors(cmd) => mirrors::run(&ctx, &cmd).await,
             Command::RunConfig(args) => run_config::run(&ctx, &args),
             Command::Build(args) => build::run(&ctx, *args).await,
+            Command::Serve(args) => serve::run(&ctx, &args).await,
         }
     });
     match result {

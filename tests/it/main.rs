@@ -31,5 +31,6 @@ mod proptests;
 mod proxy_harness;
 mod pull;
 mod resilience;
+mod serve;
 mod trust;
 mod upload;

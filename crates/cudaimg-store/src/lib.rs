@@ -261,6 +261,15 @@ impl Store {
     }
 
     /// The store's location, for messages (access goes through the store's methods).
+    /// Which version of `index.json` is there now, cheaply (a `stat`, no read): every writer
+    /// replaces it by rename, so a new version has a new inode. For readers that cache what
+    /// the index says (`serve`); `None` when there is no index yet.
+    pub fn index_version(&self) -> Option<(u64, u64, i64, i64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs_err::symlink_metadata(self.index_path()).ok()?;
+        Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.size()))
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -136,6 +136,24 @@ impl Store {
         })
     }
 
+    /// Opens blob `digest` as a plain file, for senders that hand the file to the kernel
+    /// (`sendfile`) and so cannot hash what passes: `serve` without `--verify-reads`. It
+    /// is confined like [`Store::open_blob`] (a link or special file is refused) and its
+    /// size must be `size`. Its content is trusted as verified when it was committed: blob
+    /// files appear only by rename after their digest matched, so one that exists is whole.
+    pub fn open_blob_file(&self, digest: &Digest, size: u64) -> Result<std::fs::File, StoreError> {
+        let file = self.blobs()?.open_read(digest.hex())?;
+        let len = file.metadata()?.len();
+        if len != size {
+            return Err(StoreError::BlobCorrupt {
+                digest: digest.clone(),
+                image: None,
+                reason: format!("is {len} bytes, {size} were expected"),
+            });
+        }
+        Ok(file)
+    }
+
     /// Re-hashes a stored blob. `Ok(Some(why))` when it is stored but wrong (or not a
     /// regular file); `Ok(None)` when it is right.
     pub fn check_blob(&self, digest: &Digest, size: u64) -> Result<Option<String>, StoreError> {

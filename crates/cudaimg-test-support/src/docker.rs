@@ -34,12 +34,21 @@ pub fn unavailable_reason() -> Option<String> {
 
 impl TestDocker {
     pub fn start() -> TestDocker {
+        Self::start_with_config(&serde_json::json!({}))
+    }
+
+    /// Starts an engine whose `daemon.json` is `config` (e.g. `{"registry-mirrors": [URL]}`).
+    pub fn start_with_config(config: &serde_json::Value) -> TestDocker {
         let dir = tempfile::Builder::new()
             .prefix("cudaimg-dockerd-")
             .tempdir()
             .unwrap();
         let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        let config_file = dir.path().join("daemon.json");
+        std::fs::write(&config_file, serde_json::to_vec(config).unwrap()).unwrap();
         let child = Command::new("dockerd")
+            .arg("--config-file")
+            .arg(&config_file)
             .arg("--data-root")
             .arg(dir.path().join("data"))
             .arg("--exec-root")

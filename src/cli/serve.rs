@@ -1,0 +1,92 @@
+//! `cudaimg serve`: the store as a read-only registry, until interrupted (Ctrl-C, SIGTERM).
+//! Prints one line when it listens (`--json`: `{"addr":…,"store":…,"tls":…}`), so a script
+//! or a test that asked for port 0 learns the port.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Error;
+use cudaimg_serve::{Options, Server, TlsFiles};
+
+use super::{emit, emit_json, Ctx};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0: any free port, printed when listening)
+    #[arg(long, default_value = "127.0.0.1:5000", value_name = "IP:PORT")]
+    addr: String,
+    /// PEM certificate chain: serve HTTPS (blobs then go by a buffered copy, not sendfile)
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Hash every blob while sending it and abort the connection if it does not match
+    /// (no sendfile) [default: trust the store, whose blobs were verified when written]
+    #[arg(long)]
+    verify_reads: bool,
+    /// Most clients served at once; more wait to be accepted
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    max_connections: usize,
+    /// Seconds a client may take to send a request, stay idle, or stall a download
+    #[arg(long, default_value_t = 30, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    client_timeout: u64,
+}
+
+pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
+    let store = ctx.existing_store()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    let opts = Options {
+        verify_reads: args.verify_reads,
+        max_connections: args.max_connections,
+        client_timeout: Duration::from_secs(args.client_timeout),
+        tls: tls.clone(),
+        access_log: ctx.verbose,
+        log: std::sync::Arc::new(|line: &str| note!("{line}")),
+    };
+    let root = store.root().to_owned();
+    let server = Server::bind(&args.addr, store, opts).await?;
+    let addr = server
+        .local_addr()
+        .map_err(|e| Error::Setup(format!("cannot read the listening address: {e}")))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if ctx.json {
+        emit_json(&serde_json::json!({
+            "addr": addr.to_string(),
+            "url": format!("{scheme}://{addr}"),
+            "store": root,
+            "tls": tls.is_some(),
+            "verify_reads": args.verify_reads,
+        }));
+    } else {
+        emit(&format!(
+            "serving {} read-only at {scheme}://{addr} (Ctrl-C stops)",
+            root.display()
+        ));
+    }
+    server.run(stop_signal()).await;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM (a service manager's stop).
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,829 @@
+//! `cudaimg serve` with real clients: a store filled by `cudaimg pull` from a real registry,
+//! then read back by skopeo, by `cudaimg pull` through mirrors.toml, by a real dockerd whose
+//! `registry-mirrors` names the server, and by containerd's `ctr` through a `hosts.toml`
+//! mirror; hostile requests on raw sockets; `gc` beside a live download.
+
+use cudaimg_test_support as common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::docker::{busybox, unavailable_reason, Runnable, TestDocker};
+use common::fixtures::sha256_digest;
+use common::{
+    dead_endpoint, run_ok, Arch, CudaSpec, Fixture, FixtureStore, Flavor, MediaTypes, Pusher,
+    Sandbox, Scale, TestRegistry,
+};
+use serde_json::Value;
+
+/// A running `cudaimg serve`, killed on drop.
+struct Served {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Served {
+    fn start(sandbox: &Sandbox, extra: &[&str]) -> Served {
+        let log = sandbox
+            .root()
+            .join(format!("serve-{}.log", fastrand_suffix()));
+        let mut cmd = sandbox.cudaimg();
+        cmd.arg("--store")
+            .arg(sandbox.store_dir())
+            .args(["--json", "-v", "serve", "--addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!(
+                "serve printed no JSON ({e}): {line}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        Served {
+            child,
+            addr: v["addr"].as_str().unwrap().to_owned(),
+            log,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One raw request; returns the status line, the head and the body (read to EOF).
+    fn raw(&self, request: &[u8]) -> (u16, String, Vec<u8>) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(request).unwrap();
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all);
+        let split = all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&all)));
+        let head = String::from_utf8_lossy(&all[..split]).into_owned();
+        let status = head[9..12].parse().unwrap();
+        (status, head, all[split + 4..].to_vec())
+    }
+
+    fn get(&self, target: &str, extra: &str) -> (u16, String, Vec<u8>) {
+        self.raw(
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n")
+                .as_bytes(),
+        )
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fastrand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn error_code(body: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)));
+    v["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A store holding the multi-arch `nvidia/cuda` runtime fixture (amd64 pulled) and
+/// `ubuntu:22.04`, pulled from a real registry.
+struct Filled {
+    sandbox: Sandbox,
+    fx: Fixture,
+    _official: TestRegistry,
+}
+
+fn filled(fx: Fixture) -> Filled {
+    let official = TestRegistry::start();
+    Pusher::new(&official).push(&fx);
+    let ubuntu = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Oci, Scale::TINY);
+    Pusher::new(&official).push_as(&ubuntu, "library/ubuntu", "22.04");
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    run_ok(&mut sandbox.cli(
+        &config,
+        &[
+            "pull",
+            "--platform",
+            "linux/amd64",
+            &fx.reference(),
+            "ubuntu:22.04",
+        ],
+    ));
+    Filled {
+        sandbox,
+        fx,
+        _official: official,
+    }
+}
+
+fn runtime() -> Fixture {
+    Fixture::cuda("12.4.1", Flavor::Runtime, MediaTypes::Docker, Scale::TINY)
+}
+
+#[test]
+fn serve_answers_the_distribution_api_from_the_store() {
+    let f = filled(runtime());
+    let s = Served::start(&f.sandbox, &[]);
+    let index = f.fx.index.as_ref().unwrap();
+    let amd = f.fx.platform(Arch::Amd64);
+    let arm = f.fx.platform(Arch::Arm64);
+    let tag = &f.fx.tag;
+
+    let (st, head, body) = s.get("/v2/", "");
+    assert_eq!(st, 200);
+    assert_eq!(
+        header(&head, "Docker-Distribution-API-Version"),
+        Some("registry/2.0")
+    );
+    assert_eq!(body, b"{}");
+
+    // By tag: the stored index, byte for byte, with its media type and digest; as the
+    // registry-mirrors name, as containerd's ?ns= name, and with the host in the path.
+    for target in [
+        format!("/v2/nvidia/cuda/manifests/{tag}"),
+        format!("/v2/nvidia/cuda/manifests/{tag}?ns=docker.io"),
+        format!("/v2/docker.io/nvidia/cuda/manifests/{tag}"),
+        format!("/v2/nvidia/cuda/manifests/{}", index.digest),
+    ] {
+        let (st, head, body) = s.get(&target, "");
+        assert_eq!(st, 200, "{target}: {head}");
+        assert_eq!(body, index.bytes, "{target}");
+        assert_eq!(
+            header(&head, "Content-Type"),
+            Some(index.media_type.as_str())
+        );
+        assert_eq!(
+            header(&head, "Docker-Content-Digest"),
+            Some(index.digest.as_str())
+        );
+        assert_eq!(
+            header(&head, "Content-Length"),
+            Some(index.bytes.len().to_string().as_str())
+        );
+    }
+    let (st, head, body) = s.raw(
+        format!(
+            "HEAD /v2/nvidia/cuda/manifests/{tag} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(st, 200);
+    assert!(body.is_empty());
+    assert_eq!(
+        header(&head, "Content-Length"),
+        Some(index.bytes.len().to_string().as_str())
+    );
+    // The pulled child is served; the platform that was not pulled is a 404.
+    let (st, head, body) = s.get(
+        &format!("/v2/nvidia/cuda/manifests/{}", amd.manifest.digest),
+        "",
+    );
+    assert_eq!(st, 200);
+    assert_eq!(body, amd.manifest.bytes);
+    assert_eq!(
+        header(&head, "Content-Type"),
+        Some(amd.manifest.media_type.as_str())
+    );
+    let (st, _, body) = s.get(
+        &format!("/v2/nvidia/cuda/manifests/{}", arm.manifest.digest),
+        "",
+    );
+    assert_eq!((st, error_code(&body)), (404, "MANIFEST_UNKNOWN".into()));
+    let (st, _, body) = s.get("/v2/nvidia/cuda/manifests/no-such-tag", "");
+    assert_eq!((st, error_code(&body)), (404, "MANIFEST_UNKNOWN".into()));
+    let (st, _, body) = s.get("/v2/nvidia/other/manifests/latest", "");
+    assert_eq!((st, error_code(&body)), (404, "NAME_UNKNOWN".into()));
+    let (st, _, body) = s.get(&format!("/v2/nvidia/cuda/manifests/{tag}?ns=nvcr.io"), "");
+    assert_eq!((st, error_code(&body)), (404, "NAME_UNKNOWN".into()));
+
+    // Blobs: whole, ranged, HEAD.
+    let layer = f.fx.largest_layer(Arch::Amd64);
+    let bytes = layer.bytes();
+    let blob = format!("/v2/nvidia/cuda/blobs/{}", layer.digest);
+    let (st, head, body) = s.get(&blob, "");
+    assert_eq!(st, 200);
+    assert_eq!(sha256_digest(&body), layer.digest);
+    assert_eq!(
+        header(&head, "Docker-Content-Digest"),
+        Some(layer.digest.as_str())
+    );
+    let (st, head, body) = s.get(&blob, "Range: bytes=10-1009\r\n");
+    assert_eq!(st, 206);
+    assert_eq!(body, bytes[10..1010]);
+    assert_eq!(
+        header(&head, "Content-Range"),
+        Some(format!("bytes 10-1009/{}", bytes.len()).as_str())
+    );
+    let (st, _, body) = s.get(&blob, "Range: bytes=-5\r\n");
+    assert_eq!((st, body.as_slice()), (206, &bytes[bytes.len() - 5..]));
+    let (st, head, body) =
+        s.raw(format!("HEAD {blob} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes());
+    assert_eq!(st, 200);
+    assert!(body.is_empty());
+    assert_eq!(
+        header(&head, "Content-Length"),
+        Some(bytes.len().to_string().as_str())
+    );
+    // A blob of another repository is not this one's.
+    let (st, _, body) = s.get(
+        &format!("/v2/library/ubuntu/blobs/{}", amd.config.digest),
+        "",
+    );
+    assert_eq!((st, error_code(&body)), (404, "BLOB_UNKNOWN".into()));
+
+    // Lists, paginated.
+    let (st, _, body) = s.get("/v2/nvidia/cuda/tags/list", "");
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["name"], "nvidia/cuda");
+    assert_eq!(v["tags"], serde_json::json!([tag]));
+    let (st, head, body) = s.get("/v2/_catalog?n=1", "");
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["repositories"], serde_json::json!(["library/ubuntu"]));
+    assert_eq!(
+        header(&head, "Link"),
+        Some("</v2/_catalog?n=1&last=library%2Fubuntu>; rel=\"next\"")
+    );
+    let (_, head, body) = s.get("/v2/_catalog?n=1&last=library%2Fubuntu", "");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["repositories"], serde_json::json!(["nvidia/cuda"]));
+    assert_eq!(header(&head, "Link"), None);
+    let (st, _, body) = s.get("/v2/ubuntu/tags/list", "");
+    assert_eq!(st, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["tags"],
+        serde_json::json!(["22.04"])
+    );
+
+    // Referrers: the store keeps none, so an empty OCI index.
+    let (st, head, body) = s.get(&format!("/v2/nvidia/cuda/referrers/{}", index.digest), "");
+    assert_eq!(st, 200);
+    assert_eq!(
+        header(&head, "Content-Type"),
+        Some("application/vnd.oci.image.index.v1+json")
+    );
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["manifests"], serde_json::json!([]));
+
+    // Keep-alive: two requests on one connection, both answered.
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\nGET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = String::new();
+    c.read_to_string(&mut all).unwrap();
+    assert_eq!(all.matches("HTTP/1.1 200 OK").count(), 2, "{all}");
+}
+
+#[test]
+fn serve_skopeo_copies_from_it_and_cudaimg_pulls_through_it_as_a_mirror() {
+    let f = filled(runtime());
+    let s = Served::start(&f.sandbox, &[]);
+    let index = f.fx.index.as_ref().unwrap();
+    let amd = f.fx.platform(Arch::Amd64);
+
+    let other = Sandbox::new();
+    let src = format!("docker://{}/nvidia/cuda:{}", s.addr, f.fx.tag);
+    let raw = run_ok(
+        other
+            .skopeo()
+            .args(["inspect", "--raw", "--tls-verify=false", &src]),
+    );
+    assert_eq!(raw.stdout, index.bytes, "skopeo saw other manifest bytes");
+    let dir = other.root().join("copy");
+    run_ok(other.skopeo().args([
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        "--override-arch",
+        "amd64",
+        &src,
+        &format!("oci:{}:x", dir.display()),
+    ]));
+    let layout: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    // skopeo 1.9 converts Docker media types for an OCI layout, so compare what it verified:
+    // every layer digest of the amd64 image is in the copy.
+    let copied: Vec<String> = std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    for l in amd.layer_digests() {
+        assert!(copied.contains(&l), "skopeo did not copy {l}: {layout}");
+    }
+
+    // cudaimg itself, with the server as docker.io's mirror and no official endpoint alive.
+    let config = other.write_hub_config(&dead_endpoint(), &[&s.url()]);
+    let out = run_ok(&mut other.cli(
+        &config,
+        &[
+            "--json",
+            "pull",
+            "--platform",
+            "linux/amd64",
+            &f.fx.reference(),
+        ],
+    ));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["digest"], amd.manifest.digest);
+    assert_eq!(r["index_digest"], index.digest);
+    run_ok(&mut other.cli(&config, &["verify"]));
+}
+
+#[test]
+fn serve_over_tls_copies_with_skopeo() {
+    let f = filled(runtime());
+    let dir = f.sandbox.root().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output();
+    if !ok.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: openssl cannot make a test certificate");
+        return;
+    }
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let s = Served::start(
+        &f.sandbox,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let out = f.sandbox.root().join("copy");
+    run_ok(f.sandbox.skopeo().args([
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        "--override-arch",
+        "amd64",
+        &format!("docker://{}/nvidia/cuda:{}", s.addr, f.fx.tag),
+        &format!("dir:{}", out.display()),
+    ]));
+    let layer = f.fx.largest_layer(Arch::Amd64);
+    let copied = std::fs::read(out.join(layer.digest.strip_prefix("sha256:").unwrap())).unwrap();
+    assert_eq!(sha256_digest(&copied), layer.digest);
+
+    // Plain HTTP to the TLS port is not answered as HTTP.
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    assert!(
+        !buf.starts_with(b"HTTP/1.1 200"),
+        "TLS port answered plain HTTP"
+    );
+}
+
+#[test]
+fn serve_hostile_requests_get_errors_and_a_slow_client_holds_nothing() {
+    let f = filled(runtime());
+    let s = Served::start(&f.sandbox, &["--client-timeout", "2"]);
+    let layer = f.fx.largest_layer(Arch::Amd64);
+    let size = layer.size;
+
+    for target in [
+        "/v2/../../../../etc/passwd",
+        "/v2/nvidia/../../etc/manifests/passwd",
+        "/v2/nvidia/cuda/blobs/..%2f..%2f..%2fetc%2fpasswd",
+        "/v2/nvidia/cuda/blobs/sha256:../../../../etc/passwd",
+        "/v2/nvidia/cuda/manifests/../../../index.json",
+        "/v2/%2e%2e/%2e%2e/manifests/x",
+        "/etc/passwd",
+        "/v2/nvidia/cuda/blobs/sha256:0000",
+    ] {
+        let (st, _, body) = s.get(target, "");
+        assert!((400..500).contains(&st), "{target}: {st}");
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("root:"), "{target} served a file: {text}");
+        error_code(&body);
+    }
+    let (st, _, body) = s.get("/v2/nvidia/cuda/blobs/sha256:XYZ", "");
+    assert_eq!((st, error_code(&body)), (400, "DIGEST_INVALID".into()));
+    let (st, _, body) = s.get("/v2/NVIDIA/cuda/tags/list", "");
+    assert_eq!((st, error_code(&body)), (400, "NAME_INVALID".into()));
+
+    // Ranges: inverted, past the end, and numbers larger than any file.
+    let blob = format!("/v2/nvidia/cuda/blobs/{}", layer.digest);
+    for range in [
+        "bytes=100-10".to_owned(),
+        format!("bytes={size}-"),
+        "bytes=18446744073709551615-18446744073709551616".to_owned(),
+        "bytes=0-99999999999999999999999999".to_owned(),
+    ] {
+        let (st, head, _) = s.get(&blob, &format!("Range: {range}\r\n"));
+        assert_eq!(st, 416, "{range}");
+        assert_eq!(
+            header(&head, "Content-Range"),
+            Some(format!("bytes */{size}").as_str())
+        );
+    }
+
+    // Writes: refused with the OCI error body, without reading a body.
+    for method in ["PUT", "POST", "PATCH", "DELETE"] {
+        let (st, head, body) = s.raw(
+            format!(
+                "{method} /v2/nvidia/cuda/manifests/x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(
+            (st, error_code(&body)),
+            (405, "UNSUPPORTED".into()),
+            "{method}"
+        );
+        assert_eq!(header(&head, "Allow"), Some("GET, HEAD"));
+    }
+    let (st, _, _) = s.raw(
+        b"POST /v2/nvidia/cuda/blobs/uploads/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    assert_eq!(st, 405);
+
+    // A head too large, too many headers, garbage.
+    let big = format!("GET /v2/ HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(64 * 1024));
+    assert_eq!(s.raw(big.as_bytes()).0, 431);
+    let many = format!("GET /v2/ HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(100));
+    assert_eq!(s.raw(many.as_bytes()).0, 431);
+    assert_eq!(s.raw(b"\x16\x03\x01 not http\r\n\r\n").0, 400);
+
+    // Slow clients: a partial head, then silence, on several connections. Others are
+    // served meanwhile, and each slow one is closed after the client timeout.
+    let slow: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut c = TcpStream::connect(&s.addr).unwrap();
+            c.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .unwrap();
+            c
+        })
+        .collect();
+    let t = Instant::now();
+    let (st, _, body) = s.get(&blob, "");
+    assert_eq!(st, 200);
+    assert_eq!(sha256_digest(&body), layer.digest);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "slow clients held the server up"
+    );
+    for mut c in slow {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let t = Instant::now();
+        let mut buf = Vec::new();
+        let _ = c.read_to_end(&mut buf);
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "a slow client was kept open past the timeout"
+        );
+        assert!(
+            buf.is_empty() || buf.starts_with(b"HTTP/1.1 408"),
+            "{buf:?}"
+        );
+    }
+    // An idle keep-alive connection is closed too.
+    let mut idle = TcpStream::connect(&s.addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = idle.read_to_end(&mut buf);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn serve_a_gc_beside_a_live_download_never_breaks_it() {
+    // Layers of a few MB, more than the socket buffers hold, so the download is mid-way.
+    let store = FixtureStore::shared();
+    let fx = store.cuda(
+        &CudaSpec::new("12.4.1", Flavor::Runtime)
+            .media(MediaTypes::Docker)
+            .scale(Scale(0.02)),
+    );
+    let f = filled(fx);
+    let s = Served::start(&f.sandbox, &[]);
+    let layer = f.fx.largest_layer(Arch::Amd64);
+    assert!(
+        layer.size > 8 << 20,
+        "the layer is too small: {}",
+        layer.size
+    );
+    let blob = format!("/v2/nvidia/cuda/blobs/{}", layer.digest);
+
+    let mut c = TcpStream::connect(&s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(format!("GET {blob} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut first = vec![0u8; 64 * 1024];
+    c.read_exact(&mut first).unwrap();
+
+    // The image goes, and gc deletes its blobs, while the client has read only 64 KiB.
+    let config = f.sandbox.write_hub_config(&dead_endpoint(), &[]);
+    run_ok(&mut f.sandbox.cli(&config, &["rm", &f.fx.reference()]));
+    let gc = run_ok(&mut f.sandbox.cli(&config, &["--json", "gc"]));
+    let report: Value = serde_json::from_slice(&gc.stdout).unwrap();
+    assert!(report["blobs_removed"].as_u64().unwrap() > 0, "{report}");
+    let hex = layer.digest.strip_prefix("sha256:").unwrap();
+    assert!(!f
+        .sandbox
+        .store_dir()
+        .join("blobs/sha256")
+        .join(hex)
+        .exists());
+
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    let mut all = first;
+    all.extend_from_slice(&rest);
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let body = &all[split + 4..];
+    assert_eq!(body.len() as u64, layer.size);
+    assert_eq!(
+        sha256_digest(body),
+        layer.digest,
+        "the download was damaged by gc"
+    );
+
+    // The name is gone from the live server, without a restart.
+    let (st, _, body) = s.get(&blob, "");
+    assert_eq!((st, error_code(&body)), (404, "NAME_UNKNOWN".into()));
+    let (_, _, body) = s.get("/v2/_catalog", "");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["repositories"], serde_json::json!(["library/ubuntu"]));
+}
+
+#[test]
+fn serve_verify_reads_aborts_a_corrupt_blob_before_its_end() {
+    let f = filled(runtime());
+    let layer = f.fx.largest_layer(Arch::Amd64);
+    let path = f
+        .sandbox
+        .store_dir()
+        .join("blobs/sha256")
+        .join(layer.digest.strip_prefix("sha256:").unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let s = Served::start(&f.sandbox, &["--verify-reads"]);
+    let (st, head, body) = s.get(&format!("/v2/nvidia/cuda/blobs/{}", layer.digest), "");
+    assert_eq!(st, 200);
+    let announced: usize = header(&head, "Content-Length").unwrap().parse().unwrap();
+    assert_eq!(announced as u64, layer.size);
+    assert!(
+        body.len() < announced,
+        "a corrupt blob was sent whole ({} bytes)",
+        body.len()
+    );
+    // A range that ends early is held back too.
+    let (_, _, body) = s.get(
+        &format!("/v2/nvidia/cuda/blobs/{}", layer.digest),
+        "Range: bytes=0-199\r\n",
+    );
+    assert!(body.len() < 200, "a range of a corrupt blob was sent whole");
+    assert!(s.log().contains("corrupt"), "{}", s.log());
+}
+
+fn docker_or_skip() -> bool {
+    match unavailable_reason() {
+        Some(why) => {
+            eprintln!("SKIPPED: {why}");
+            false
+        }
+        None => true,
+    }
+}
+
+#[test]
+fn serve_docker_pulls_nvidia_cuda_through_registry_mirrors_and_runs_it() {
+    if !docker_or_skip() {
+        return;
+    }
+    let official = TestRegistry::start();
+    let base = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Docker, Scale::TINY);
+    let amd64 = base.platform(Arch::Amd64);
+    let tag = "12.4.1-served-ubuntu22.04";
+    let image = Runnable::build(amd64, "hello from the served store", &busybox());
+    image.push(&Pusher::new(&official), amd64, "nvidia/cuda", tag);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let reference = format!("nvidia/cuda:{tag}");
+    run_ok(&mut sandbox.cli(&config, &["pull", &reference]));
+    drop(official);
+
+    let s = Served::start(&sandbox, &[]);
+    let d = TestDocker::start_with_config(&serde_json::json!({
+        "registry-mirrors": [s.url()],
+    }));
+    let out = d.docker(&["pull", &reference]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker pull failed: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log(),
+        s.log()
+    );
+    assert_eq!(d.inspect(&reference)["Id"], image.config.digest);
+    let run = d
+        .docker(&["run", "--rm", "--network", "none", &reference])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hello from the served store"
+    );
+    // Docker asked the mirror for Hub's name (a HEAD by tag, then the digest).
+    assert!(
+        s.log()
+            .contains(&format!("HEAD /v2/nvidia/cuda/manifests/{tag} 200")),
+        "{}",
+        s.log()
+    );
+}
+
+/// containerd with its own root, state and socket, stopped on drop.
+struct Containerd {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("cudaimg-containerd-")
+            .tempdir()
+            .unwrap();
+        let p = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{r}/root\"\nstate = \"{r}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{r}/c.sock\"\n[ttrpc]\n  address = \"{r}/c.sock.ttrpc\"\n\
+             [debug]\n  address = \"{r}/debug.sock\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{r}/opt\"\n",
+            r = p.display()
+        );
+        std::fs::write(p.join("config.toml"), config).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(p.join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(p.join("containerd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let c = Containerd { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c
+            .ctr(&["version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(self.dir.path().join("c.sock"))
+            .args(args);
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn serve_ctr_pulls_through_a_hosts_toml_mirror() {
+    if unavailable_reason().is_some()
+        || Command::new("containerd")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!("SKIPPED: containerd needs root and the Debian package containerd");
+        return;
+    }
+    let f = filled(runtime());
+    let s = Served::start(&f.sandbox, &[]);
+    let c = Containerd::start();
+    let hosts = c.path().join("certs.d/docker.io");
+    std::fs::create_dir_all(&hosts).unwrap();
+    // The official server is unreachable here: only the mirror can answer.
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        format!(
+            "server = \"https://registry-1.docker.io\"\n\n[host.\"{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            s.url()
+        ),
+    )
+    .unwrap();
+    let reference = format!("docker.io/{}", f.fx.reference());
+    let out = c
+        .ctr(&["image", "pull", "--platform", "linux/amd64", "--hosts-dir"])
+        .arg(c.path().join("certs.d"))
+        .arg(&reference)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctr pull failed: {}{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        c.log(),
+        s.log()
+    );
+    let ls = run_ok(&mut c.ctr(&["image", "ls"]));
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    let index = &f.fx.index.as_ref().unwrap().digest;
+    assert!(
+        ls.contains(&reference) && ls.contains(index.as_str()),
+        "{ls}"
+    );
+    // containerd named the registry with ?ns=.
+    assert!(s.log().contains("?ns=docker.io"), "{}", s.log());
+}
