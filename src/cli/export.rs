@@ -1,5 +1,10 @@
 //! `cudaimg export REF -o FILE`: a stored image as a file for `docker load` or skopeo.
 //!
+//! A whole multi-platform image (`pull --all-platforms`) goes into an `oci-archive` whole:
+//! its index and every child, so `skopeo copy --all oci-archive:…` reads the same index
+//! digest back. A docker-archive holds one platform (`--platform`, default the host's), and
+//! `export` says so; `--platform` with `oci-archive` writes that one platform, as before.
+//!
 //! Where the archive goes (a file replaced atomically, a device or FIFO written through,
 //! stdout whose reader may leave early) is [`super::output`]'s business.
 
@@ -79,9 +84,23 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let config = ctx.config()?;
     let (name, want) = args.image.resolve(config)?;
     let store = ctx.existing_store()?;
+    let whole = store
+        .list()?
+        .iter()
+        .any(|e| e.is_index && e.name.as_deref() == Some(name.as_str()));
+    if whole && want.is_none() && args.format == ArchiveFormat::OciArchive {
+        return export_set(ctx, store, name, args).await;
+    }
     let image = store
         .image(&name, want.as_ref())?
         .ok_or_else(|| Error::NotInStore(name.clone()))?;
+    if whole && args.format == ArchiveFormat::DockerArchive {
+        note!(
+            "note: {name} is a multi-platform image; a docker-archive holds one platform, so this \
+             one is {} (choose with `--platform`; `--format oci-archive` writes every platform)",
+            image.platform()
+        );
+    }
     let tag = repo_tag(&name);
     // Refused here, before anything is written: a directory, a socket, a missing parent.
     let mut out = Output::create(&args.output, &file_name(tag.as_deref(), args.format.into()))?;
@@ -115,6 +134,59 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         });
     } else {
         emit(&format!("exported {name} to {}", args.output.display()));
+    }
+    Ok(())
+}
+
+/// `export --format oci-archive` of a whole multi-platform image: the index and every child.
+async fn export_set(
+    ctx: &Ctx,
+    store: cudaimg_store::Store,
+    name: String,
+    args: Args,
+) -> Result<(), Error> {
+    let set = store
+        .image_set(&name)?
+        .ok_or_else(|| Error::NotInStore(name.clone()))?;
+    let tag = repo_tag(&name);
+    let mut out = Output::create(&args.output, &file_name(tag.as_deref(), Format::OciArchive))?;
+    let digest = set
+        .top_digest()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let platforms: Vec<String> = set
+        .children
+        .iter()
+        .filter_map(|c| c.platform.as_ref().map(ToString::to_string))
+        .collect();
+    let bytes = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
+        let written = archive::write_set(&store, &set, tag.as_deref(), &mut out);
+        out.finish(written).map_err(|e| match e {
+            FinishError::Output(e) => Error::from(e),
+            FinishError::Producer(e) => Error::from(e),
+        })
+    })
+    .await
+    .map_err(|e| Error::Setup(format!("export was interrupted: {e}")))??;
+    if args.output.as_os_str() == "-" {
+        return Ok(());
+    }
+    if ctx.json {
+        emit_json(&serde_json::json!({
+            "name": name,
+            "digest": digest,
+            "platform": "all",
+            "platforms": platforms,
+            "format": "oci-archive",
+            "output": args.output,
+            "bytes": bytes,
+        }));
+    } else {
+        emit(&format!(
+            "exported {name} ({}) to {}",
+            platforms.join(", "),
+            args.output.display()
+        ));
     }
     Ok(())
 }

@@ -1,4 +1,8 @@
 //! `cudaimg images`: what the store holds, and how much the images share.
+//!
+//! A whole multi-platform image (`pull --all-platforms`) shows as one `index` row (its index
+//! digest, every blob of every child) followed by a row per platform, each with the shared
+//! index digest; attestations are counted in the index row's manifests, not shown alone.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +27,12 @@ struct Row {
     layers: usize,
     /// The entry's manifest or config is missing or unreadable (`cudaimg verify` says more).
     broken: bool,
+    /// The manifest list or index this platform was chosen from, if any.
+    index_digest: Option<String>,
+    /// The row is a whole multi-platform image's index; then `manifests` counts its
+    /// children (attestations included) and `size` covers every blob of every child.
+    index: bool,
+    manifests: Option<usize>,
 }
 
 pub fn run(ctx: &Ctx) -> Result<(), Error> {
@@ -53,17 +63,22 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
         "NAME", "DIGEST", "PLATFORM", "SIZE", "SHARED"
     ));
     for r in &rows {
+        let platform = match (&r.platform, r.index) {
+            (_, true) => "(index)",
+            (Some(p), false) => p.as_str(),
+            (None, false) => "-",
+        };
         emit(&format!(
             "{:<w$}  {:<19}  {:<14}  {:>10}  {:>10}  {}",
             r.name,
             r.digest.get(..19).unwrap_or(&r.digest),
-            r.platform.as_deref().unwrap_or("-"),
+            platform,
             human_bytes(r.size),
             human_bytes(r.shared),
-            if r.broken {
-                "BROKEN (see `cudaimg verify`)".to_owned()
-            } else {
-                r.layers.to_string()
+            match (r.broken, r.manifests) {
+                (true, _) => "BROKEN (see `cudaimg verify`)".to_owned(),
+                (false, Some(n)) => format!("{n} manifests"),
+                (false, None) => r.layers.to_string(),
             }
         ));
     }
@@ -78,17 +93,39 @@ fn rows(store: &Store) -> Result<Vec<Row>, Error> {
         digest: String,
         platform: Option<String>,
         blobs: Vec<(Digest, u64)>,
+        index_digest: Option<String>,
+        /// For an index row: how many child manifests.
+        manifests: Option<usize>,
     }
     let mut per_entry: Vec<Entry> = Vec::new();
     for e in store.list()? {
         let name = e.name.unwrap_or_else(|| "<unnamed>".to_owned());
         let platform = e.platform.as_ref().map(ToString::to_string);
-        let blobs = match e.manifest.map(|m| store.read_manifest(&m)) {
-            Some(Ok(Manifest::Image(m))) => std::iter::once(&m.config)
-                .chain(&m.layers)
-                .map(|d| (d.digest.clone(), d.size))
-                .collect(),
-            _ => Vec::new(),
+        let (blobs, manifests) = if e.is_index {
+            // Every blob of every child, each once; a set that cannot be read is broken.
+            match store.image_set(&name) {
+                Ok(Some(set)) => {
+                    let mut seen = std::collections::BTreeSet::new();
+                    let blobs = set
+                        .children
+                        .iter()
+                        .flat_map(|c| &c.blobs)
+                        .filter(|d| seen.insert(d.digest.clone()))
+                        .map(|d| (d.digest.clone(), d.size))
+                        .collect();
+                    (blobs, Some(set.children.len()))
+                }
+                _ => (Vec::new(), Some(0)),
+            }
+        } else {
+            let blobs = match e.manifest.map(|m| store.read_manifest(&m)) {
+                Some(Ok(Manifest::Image(m))) => std::iter::once(&m.config)
+                    .chain(&m.layers)
+                    .map(|d| (d.digest.clone(), d.size))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (blobs, None)
         };
         let broken = blobs.is_empty() || !blobs.iter().all(|(d, s)| store.has_blob(d, *s));
         per_entry.push(Entry {
@@ -97,10 +134,18 @@ fn rows(store: &Store) -> Result<Vec<Row>, Error> {
             digest: e.digest,
             platform,
             blobs,
+            index_digest: e.index_digest.map(|d| d.to_string()),
+            manifests,
         });
     }
+    // Sharing counts platform entries only: an index row repeats its platforms' blobs.
     let mut users: BTreeMap<&Digest, usize> = BTreeMap::new();
-    for e in &per_entry {
+    // For index rows: which names use each blob.
+    let mut names_using: BTreeMap<&Digest, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for e in per_entry.iter().filter(|e| e.manifests.is_none()) {
+        for (d, _) in &e.blobs {
+            names_using.entry(d).or_default().insert(e.name.as_str());
+        }
         let mut unique: Vec<&Digest> = e.blobs.iter().map(|(d, _)| d).collect();
         unique.sort();
         unique.dedup();
@@ -118,11 +163,20 @@ fn rows(store: &Store) -> Result<Vec<Row>, Error> {
             shared: e
                 .blobs
                 .iter()
-                .filter(|(d, _)| users.get(d).copied().unwrap_or(0) > 1)
+                .filter(|(d, _)| match e.manifests {
+                    // An index shares what images of other names use.
+                    Some(_) => names_using
+                        .get(d)
+                        .is_some_and(|n| n.iter().any(|n| *n != e.name)),
+                    None => users.get(d).copied().unwrap_or(0) > 1,
+                })
                 .map(|(_, s)| s)
                 .sum(),
             layers: e.blobs.len().saturating_sub(1),
             broken: e.broken,
+            index_digest: e.index_digest.clone(),
+            index: e.manifests.is_some(),
+            manifests: e.manifests,
         })
         .collect();
     rows.sort_by(|a, b| a.name.cmp(&b.name).then(a.platform.cmp(&b.platform)));

@@ -9,7 +9,9 @@ use cudaimg_config::lockfile::{Lockfile, Pin, DEFAULT_LOCKFILE};
 use cudaimg_config::Canonical;
 use cudaimg_oci::platform::Platform;
 use cudaimg_transfer::handover::Loaded;
-use cudaimg_transfer::{PullReport, PullTarget, ResolvedBy, DEFAULT_JOBS, DEFAULT_STALL_SECS};
+use cudaimg_transfer::{
+    PullAllReport, PullReport, PullTarget, ResolvedBy, DEFAULT_JOBS, DEFAULT_STALL_SECS,
+};
 
 use super::{emit, emit_json, human_bytes, Ctx};
 
@@ -24,6 +26,10 @@ pub struct Args {
     /// Platform to pull from a multi-platform image [default: the host's]
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<String>,
+    /// Pull every platform of a multi-platform image, attestations included, and keep its
+    /// manifest list or index byte-exact (for `push` and `export --format oci-archive`)
+    #[arg(long, conflicts_with_all = ["platform", "load"])]
+    all_platforms: bool,
     /// Blobs to download at once
     #[arg(short, long, default_value_t = DEFAULT_JOBS, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
@@ -103,6 +109,18 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             pin: pin.as_ref(),
             platform_explicit: args.platform.is_some(),
         };
+        if args.all_platforms {
+            let pulled = pull_all(ctx, &target, reporter, &config_note).await;
+            match pulled {
+                Err(e) if targets.len() == 1 => return Err(e),
+                Err(e) => {
+                    super::report_error(&e);
+                    first_error.get_or_insert(e);
+                }
+                Ok(()) => {}
+            }
+            continue;
+        }
         let report = session.pull(&target, &platform, reporter.as_ref()).await;
         drop(reporter);
         match report {
@@ -245,8 +263,77 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
     }
 }
 
+/// `pull --all-platforms` of one target; prints its report.
+async fn pull_all(
+    ctx: &Ctx,
+    target: &PullTarget<'_>,
+    reporter: Box<dyn cudaimg_oci::progress::Reporter>,
+    config_note: &str,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let report = ctx.session.pull_all(target, reporter.as_ref()).await;
+    // The bars end before the report is printed.
+    drop(reporter);
+    match report {
+        Ok(r) => {
+            print_all(ctx, &r, started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Err(e) => {
+            if !e.is_not_found() {
+                note!("{config_note}");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// What `pull --all-platforms` prints: the index, then one line per child.
+fn print_all(ctx: &Ctx, r: &PullAllReport, secs: f64) {
+    for w in &r.warnings {
+        note!("warning: {w}");
+    }
+    if ctx.json {
+        emit_json(r);
+        return;
+    }
+    emit(&r.canonical.to_string());
+    if let Some(i) = &r.index_digest {
+        emit(&format!("  index:    {i}"));
+    }
+    emit(&format!("  digest from: {}", describe(r.resolved_by)));
+    for p in &r.platforms {
+        emit(&format!(
+            "  {:<16}  {}  {:>10}  {} layers{}",
+            p.platform.as_deref().unwrap_or("-"),
+            p.digest,
+            human_bytes(p.size),
+            p.layers,
+            if p.named {
+                ""
+            } else {
+                "  (kept with the index, not listed)"
+            }
+        ));
+    }
+    emit(&format!(
+        "  size:     {} ({} blobs already stored)",
+        human_bytes(r.total_bytes),
+        r.blobs_cached
+    ));
+    emit(&format!(
+        "  fetched:  {} in {secs:.1}s, manifest from {}",
+        human_bytes(r.bytes_downloaded),
+        r.manifest_source
+    ));
+}
+
 fn resolved_by(r: &PullReport) -> &'static str {
-    match r.resolved_by {
+    describe(r.resolved_by)
+}
+
+fn describe(by: ResolvedBy) -> &'static str {
+    match by {
         ResolvedBy::Official => "the official registry",
         ResolvedBy::Mirrors => "mirrors only (the official registry was out of reach)",
         ResolvedBy::Digest => "the reference",

@@ -26,6 +26,7 @@ mod faults;
 mod harness;
 mod import;
 mod input_safety;
+mod multiarch;
 mod parallel;
 mod proptests;
 mod proxy_harness;

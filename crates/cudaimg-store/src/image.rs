@@ -45,7 +45,8 @@ impl Store {
         want: Option<&Platform>,
     ) -> Result<Option<StoredImage>, StoreError> {
         let index = self.read_index()?;
-        let candidates: Vec<&IndexEntry> = index.find(name).collect();
+        // A whole multi-platform image's index entry is not an image; its platforms are.
+        let candidates: Vec<&IndexEntry> = index.find(name).filter(|e| !e.is_index()).collect();
         let Some(entry) = pick(&candidates, want) else {
             return Ok(None);
         };

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use cudaimg_oci::digest::{Digest, DigestError};
-use cudaimg_oci::manifest::OCI_INDEX;
+use cudaimg_oci::manifest::{DOCKER_LIST, OCI_INDEX};
 use cudaimg_oci::platform::Platform;
 
 /// The OCI annotation that names an image in a layout; cudaimg writes canonical references.
@@ -91,6 +91,12 @@ impl IndexEntry {
 
     pub(crate) fn digest(&self) -> Result<Digest, DigestError> {
         Digest::parse(&self.digest)
+    }
+
+    /// Whether the entry names a manifest list or index itself: a whole multi-platform
+    /// image ([`crate::sets`]), not one platform of it.
+    pub(crate) fn is_index(&self) -> bool {
+        self.media_type == OCI_INDEX || self.media_type == DOCKER_LIST
     }
 
     pub(crate) fn index_digest(&self) -> Option<&str> {

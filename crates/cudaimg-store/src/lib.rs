@@ -19,8 +19,9 @@
 //! The API other crates use: names ([`Store::name`], [`Store::tag`], [`Store::untag`],
 //! [`Store::list`]), images ([`Store::image`], [`Store::read_manifest`]), blobs in
 //! ([`Store::blob_writer`], [`BlobWriter::ranged`] for parallel fills, [`Store::put_bytes`])
-//! and out ([`Store::open_blob`]), the closure of a name ([`Store::closure`]), import of an
-//! OCI image layout ([`Store::import_layout`]), `gc` and [`Store::fsck`]. Nothing outside
+//! and out ([`Store::open_blob`]), the closure of a name ([`Store::closure`]), whole
+//! multi-platform images ([`Store::name_all_platforms`], [`Store::image_set`], see `sets.rs`),
+//! import of an OCI image layout ([`Store::import_layout`]), `gc` and [`Store::fsck`]. Nothing outside
 //! this crate builds a path inside the store or touches `index.json` entries.
 //!
 //! Other tools read the layout directly: `skopeo inspect oci:STORE:docker.io/nvidia/cuda:TAG`.
@@ -34,6 +35,7 @@ mod import;
 mod index;
 mod names;
 mod read;
+mod sets;
 mod verify;
 
 use std::io::Read;
@@ -48,6 +50,7 @@ pub use import::{ImportError, ImportReport, ImportedImage, NameFn, Naming, Recor
 pub(crate) use index::IndexFile;
 pub use names::{ListedImage, NamedImage};
 pub use read::{BlobMismatch, VerifiedReader};
+pub use sets::{NamedSet, StoredChild, StoredManifest, StoredSet};
 pub use verify::VerifyReport;
 
 use cudaimg_oci::digest::Digest;

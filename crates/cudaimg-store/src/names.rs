@@ -6,6 +6,12 @@
 //! platform, pointing at a single-platform manifest, with the manifest list it was chosen
 //! from recorded by digest ([`INDEX_DIGEST_ANNOTATION`]). Naming the same name and platform
 //! again replaces the entry; other platforms of the name stay.
+//!
+//! A whole multi-platform image (`pull --all-platforms`) adds one entry that names the index
+//! itself, before the platform entries ([`crate::sets`]). That entry stands only while the
+//! name is that whole index: naming one platform of the name from another index (or from
+//! none), or removing one platform, removes it too, and the name falls back to the
+//! per-platform convention above.
 
 use std::collections::BTreeMap;
 
@@ -41,6 +47,9 @@ pub struct ListedImage {
     pub manifest: Option<Descriptor>,
     pub platform: Option<Platform>,
     pub index_digest: Option<Digest>,
+    /// The entry names a manifest list or index itself: a whole multi-platform image, whose
+    /// platforms have entries of their own ([`crate::sets`]).
+    pub is_index: bool,
 }
 
 impl From<&IndexEntry> for ListedImage {
@@ -55,6 +64,7 @@ impl From<&IndexEntry> for ListedImage {
             }),
             platform: e.platform.as_ref().map(IndexPlatform::to_platform),
             index_digest: e.index_digest().and_then(|d| Digest::parse(d).ok()),
+            is_index: e.is_index(),
         }
     }
 }
@@ -83,7 +93,20 @@ impl Store {
             annotations,
             other: Map::new(),
         };
-        self.update_index(|i| i.upsert(entry))
+        let from_index = image.index_digest.as_ref().map(ToString::to_string);
+        let is_platform = !entry.is_index();
+        self.update_index(|i| {
+            if is_platform {
+                // This platform now comes from another index (or none): the name no longer
+                // is the whole image its index entry names.
+                i.manifests.retain(|e| {
+                    !(e.ref_name() == Some(name)
+                        && e.is_index()
+                        && from_index.as_deref() != Some(e.digest.as_str()))
+                });
+            }
+            i.upsert(entry);
+        })
     }
 
     /// Gives every platform stored as `source` the name `target` as well (entries of
@@ -108,20 +131,33 @@ impl Store {
 
     /// Removes the entries named `name`: every platform's, or only those serving
     /// `platform` (an entry that records no platform serves none). Blobs stay until `gc`.
-    /// Returns how many entries were removed.
+    /// Removing a platform of a whole multi-platform image removes its index entry too (the
+    /// name is no longer the whole index; the other platforms stay, each as pulled alone).
+    /// Returns how many platform entries were removed (an index entry alone counts as one).
     pub fn untag(&self, name: &str, platform: Option<&Platform>) -> Result<usize, StoreError> {
         self.update_index(|idx| {
-            let before = idx.manifests.len();
+            let serves = |e: &IndexEntry| match (platform, &e.platform) {
+                (None, _) => true,
+                (Some(w), Some(p)) => w.matches(&p.to_platform()),
+                (Some(_), None) => false,
+            };
+            let (mut platforms, mut indexes) = (0, 0);
             idx.manifests.retain(|e| {
-                let named = e.ref_name() == Some(name);
-                let platform_ok = match (platform, &e.platform) {
-                    (None, _) => true,
-                    (Some(w), Some(p)) => w.matches(&p.to_platform()),
-                    (Some(_), None) => false,
-                };
-                !(named && platform_ok)
+                let gone = e.ref_name() == Some(name) && serves(e);
+                if gone {
+                    *if e.is_index() {
+                        &mut indexes
+                    } else {
+                        &mut platforms
+                    } += 1;
+                }
+                !gone
             });
-            before - idx.manifests.len()
+            if platforms > 0 {
+                idx.manifests
+                    .retain(|e| !(e.ref_name() == Some(name) && e.is_index()));
+            }
+            platforms.max(indexes.min(1))
         })
     }
 
@@ -180,7 +216,7 @@ impl Store {
     }
 
     /// Whether every blob `image` reaches is stored.
-    fn check_complete(&self, name: &str, image: &NamedImage) -> Result<(), StoreError> {
+    pub(crate) fn check_complete(&self, name: &str, image: &NamedImage) -> Result<(), StoreError> {
         let incomplete = |what: String| StoreError::Corrupt(format!("{name}: {what}"));
         let mut missing = None;
         self.walk(

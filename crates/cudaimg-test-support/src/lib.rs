@@ -25,6 +25,7 @@
     clippy::case_sensitive_file_extension_comparisons
 )]
 
+pub mod attest;
 pub mod docker;
 pub mod fixtures;
 pub mod proxy;

@@ -20,7 +20,7 @@ use std::rc::Rc;
 use serde_json::json;
 
 use cudaimg_oci::manifest::{OCI_INDEX, REF_NAME};
-use cudaimg_store::{Store, StoreError, StoredImage};
+use cudaimg_store::{Store, StoreError, StoredImage, StoredManifest, StoredSet};
 
 /// Which archive to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +136,98 @@ fn write_entries<W: Write>(
                 },
                 None => e.into(),
             });
+        }
+    }
+    Ok(())
+}
+
+/// Writes a whole multi-platform image (`pull --all-platforms`) to `out` as an
+/// `oci-archive`: `index.json` names the stored index itself (so `skopeo copy --all
+/// oci-archive:…` reads the same index digest back), and `blobs/` holds the index, every
+/// child manifest (attestations too) and every blob of every child, each once. A docker-archive
+/// holds one platform: write that with [`write`].
+pub fn write_set(
+    store: &Store,
+    set: &StoredSet,
+    repo_tag: Option<&str>,
+    out: impl Write,
+) -> Result<(), StoreError> {
+    let Some(index) = &set.index else {
+        return Err(StoreError::Corrupt(format!(
+            "{} is not stored as a whole multi-platform image",
+            set.name
+        )));
+    };
+    let closed = Rc::new(Cell::new(false));
+    let mut tar = tar::Builder::new(Gate {
+        inner: out,
+        closed: closed.clone(),
+    });
+    tar.mode(tar::HeaderMode::Deterministic);
+    let res = write_set_entries(store, set, index, repo_tag, &mut tar);
+    if res.is_err() {
+        // As in `write`: no end-of-archive blocks after a failure.
+        closed.set(true);
+        return res;
+    }
+    tar.into_inner()?.flush()?;
+    Ok(())
+}
+
+fn write_set_entries<W: Write>(
+    store: &Store,
+    set: &StoredSet,
+    index: &StoredManifest,
+    repo_tag: Option<&str>,
+    tar: &mut tar::Builder<W>,
+) -> Result<(), StoreError> {
+    let path = |d: &cudaimg_oci::digest::Digest| format!("blobs/sha256/{}", d.hex());
+    add_bytes(tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let mut annotations = serde_json::Map::new();
+    annotations.insert("io.containerd.image.name".into(), json!(set.name));
+    if let Some(t) = repo_tag
+        .and_then(|t| t.rsplit_once(':'))
+        .map(|(_, tag)| tag)
+    {
+        annotations.insert(REF_NAME.into(), json!(t));
+    }
+    let d = &index.descriptor;
+    let layout_index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": d.media_type,
+            "digest": d.digest,
+            "size": d.size,
+            "annotations": annotations,
+        }],
+    });
+    add_bytes(tar, "index.json", &to_vec(&layout_index)?)?;
+    add_bytes(tar, "blobs/", &[])?;
+    let mut seen = std::collections::BTreeSet::new();
+    seen.insert(d.digest.clone());
+    add_bytes(tar, &path(&d.digest), &index.bytes)?;
+    for child in &set.children {
+        let m = &child.manifest;
+        if seen.insert(m.descriptor.digest.clone()) {
+            add_bytes(tar, &path(&m.descriptor.digest), &m.bytes)?;
+        }
+        for b in &child.blobs {
+            if !seen.insert(b.digest.clone()) {
+                continue;
+            }
+            let mut blob = store.open_blob(&b.digest, b.size)?;
+            let mut header = header(b.size);
+            if let Err(e) = tar.append_data(&mut header, path(&b.digest), &mut blob) {
+                return Err(match blob.mismatch() {
+                    Some(m) => StoreError::BlobCorrupt {
+                        digest: m.digest.clone(),
+                        image: Some(set.name.clone()),
+                        reason: m.reason.clone(),
+                    },
+                    None => e.into(),
+                });
+            }
         }
     }
     Ok(())

@@ -11,12 +11,14 @@ pub mod handover;
 mod lock;
 mod parallel;
 mod pull;
+mod pull_all;
 mod resolve;
 mod steps;
 
 pub use error::FetchError;
 pub use lock::Locked;
 pub use pull::{LayerReport, PullError, PullReport, PullTarget};
+pub use pull_all::{PlatformReport, PullAllReport};
 pub use resolve::ResolvedBy;
 pub use steps::{Committed, Downloaded, Plan, Resolved, Selected};
 

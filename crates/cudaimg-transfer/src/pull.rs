@@ -147,7 +147,10 @@ pub enum PullError {
 }
 
 /// A value in `--json` as the text it displays as (`nvidia/cuda:12.4.1-…`, `linux/amd64`).
-fn as_text<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn as_text<S: serde::Serializer, T: std::fmt::Display>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 

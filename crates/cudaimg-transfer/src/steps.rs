@@ -144,8 +144,35 @@ impl Session {
         if let Some(pin) = pin.filter(|p| !p.platforms.is_empty()) {
             check_pin(image, pin, entry, &idx)?;
         }
-        let want = &entry.descriptor;
-        let what = format!("{platform} manifest of `{image}`");
+        let (child, img) = self
+            .select_child(
+                sources,
+                image,
+                &entry.descriptor,
+                &platform.to_string(),
+                reporter,
+            )
+            .await?;
+        Ok(Selected {
+            index: Some(resolved.manifest),
+            manifest: child,
+            image: img,
+            platform: entry.platform.clone(),
+        })
+    }
+
+    /// Step 2 for one child of an index (`pull --all-platforms` takes every one): its image
+    /// manifest by digest, checked against the index's descriptor. `which` names it in
+    /// messages (a platform).
+    pub async fn select_child(
+        &self,
+        sources: &SourceSet,
+        image: &ImageRef,
+        want: &Descriptor,
+        which: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<(FetchedManifest, ImageManifest), PullError> {
+        let what = format!("{which} manifest of `{image}`");
         let repo = image.repository.as_str();
         let ((child, parsed), _) = manifest_by_digest(
             sources,
@@ -165,12 +192,7 @@ impl Session {
                 ),
             });
         };
-        Ok(Selected {
-            index: Some(resolved.manifest),
-            manifest: child,
-            image: img,
-            platform: entry.platform.clone(),
-        })
+        Ok((child, img))
     }
 
     /// Step 3: the image's blobs, and which the store lacks. A hostile config size fails
@@ -329,7 +351,10 @@ impl Session {
 
 /// Re-hashes the stored ones among `blobs` and removes those that fail, so they are fetched
 /// again; says what it removed.
-fn drop_corrupt(store: &Store, blobs: &[(Digest, u64)]) -> Result<Vec<String>, StoreError> {
+pub(crate) fn drop_corrupt(
+    store: &Store,
+    blobs: &[(Digest, u64)],
+) -> Result<Vec<String>, StoreError> {
     let mut removed = Vec::new();
     for (digest, size) in blobs {
         if !store.has_blob(digest, *size) {
