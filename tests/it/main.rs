@@ -14,6 +14,7 @@ mod parallel;
 mod proptests;
 mod proxy_harness;
 mod pull;
+mod push;
 mod resilience;
 mod trust;
 mod upload;

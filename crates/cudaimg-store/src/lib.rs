@@ -23,6 +23,7 @@ mod confine;
 mod gc;
 mod image;
 mod index;
+mod locations;
 mod read;
 pub mod verify;
 
@@ -34,6 +35,7 @@ pub(crate) use confine::StoreDir;
 pub use gc::{GcGuard, GcReport};
 pub use image::StoredImage;
 pub use index::{IndexEntry, IndexFile, IndexPlatform, INDEX_DIGEST_ANNOTATION, REF_NAME};
+pub use locations::BlobLocations;
 pub use read::{BlobMismatch, VerifiedReader};
 
 use cudaimg_oci::digest::Digest;

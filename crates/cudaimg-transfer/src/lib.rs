@@ -4,16 +4,23 @@
 
 pub mod archive;
 mod blob;
+mod copy;
 mod error;
 pub mod handover;
 mod lock;
 mod parallel;
 mod pull;
+mod push;
 mod resolve;
 
+pub use copy::{copy, CopySource, PlatformChoice};
 pub use error::FetchError;
 pub use lock::Locked;
 pub use pull::{LayerReport, PullError, PullReport, PullTarget};
+pub use push::{
+    push, BlobReport, ChannelReader, Destination, DestinationFigures, PushError, PushOptions,
+    PushReport, StoreSource,
+};
 pub use resolve::ResolvedBy;
 
 use std::time::Duration;
