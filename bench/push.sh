@@ -3,7 +3,8 @@
 # `cudaimg push` (from the store) beside `skopeo copy oci:STORE:NAME docker://…` (the store is
 # an OCI layout skopeo reads), between two loopback registries, alternating. Each run pushes
 # to a new repository with nothing to skip or mount: cudaimg's blob-location record and
-# skopeo's blob-info cache are cleared between runs.
+# skopeo's blob-info cache are cleared between runs. The image has OCI media types: skopeo's
+# oci: transport lists only OCI manifests in a layout.
 #
 #   bench/push.sh              # SCALE=1 (the 12.4.1 runtime's real layer sizes, ~1.5 GB), RUNS=5
 #   SCALE=0.3 RUNS=3 bench/push.sh
@@ -25,7 +26,7 @@ cleanup() {
 trap cleanup EXIT
 
 mkfifo "$work/in"
-target/release/examples/serve_fixture --scale "$SCALE" --destination <"$work/in" >"$work/serve.json" &
+target/release/examples/serve_fixture --scale "$SCALE" --oci --destination <"$work/in" >"$work/serve.json" &
 serve_pid=$!
 exec 3>"$work/in"
 for _ in $(seq 1200); do [ -s "$work/serve.json" ] && break; sleep 0.5; done
@@ -34,17 +35,17 @@ ref=$(field reference); bytes=$(field bytes); dest=$(field destination)
 echo "image: $ref, linux/amd64: $bytes bytes of layers and config; destination $dest"
 : >"$work/mirrors.toml"
 C=("$CUDAIMG" -q --config "$work/mirrors.toml" --store "$work/store")
-"${C[@]}" pull --platform linux/amd64 "$ref" >/dev/null
+"${C[@]}" pull --platform linux/amd64 "$ref" >/dev/null || { echo "pull failed" >&2; exit 1; }
 name=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"])' "$work/store/index.json")
 
 forget() { # nothing known about the destination: no mounts, nothing skipped
-    rm -f "$work/store/blob-locations.json" /var/lib/containers/cache/blob-info-cache-v1.sqlite \
-        "$HOME/.local/share/containers/cache/blob-info-cache-v1.sqlite"
+    rm -f "$work/store/blob-locations.json" /var/lib/containers/cache/blob-info-cache-v1.* \
+        "$HOME"/.local/share/containers/cache/blob-info-cache-v1.*
     sync
 }
 measure() { # label, command...: appends "wall rss cpu" to $work/$label
     local label=$1; shift
-    /usr/bin/time -f "%e %M %U %S" -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err"; exit 1; }
+    /usr/bin/time -f "%e %M %U %S" -o "$work/t" "$@" >/dev/null 2>"$work/err" || { echo "failed: $*" >&2; cat "$work/err" >&2; exit 1; }
     awk '{printf "%s %s %.2f\n", $1, $2, $3 + $4}' "$work/t" >>"$work/$label"
     tail -1 "$work/$label"
 }
