@@ -7,6 +7,7 @@
 //! layer with a static busybox whose default command prints `ready`, so `docker run` works.
 //! With `--proxies N --throttle BYTES_PER_SEC`, N fault-injecting proxies throttled to that
 //! rate stand in front of the registry, as mirrors of a known speed.
+//! With `--destination`, an empty registry is started too (its `host:port` as `destination`).
 //! Generated layers are cached under `target/bench-fixtures`.
 
 #![allow(clippy::unwrap_used)]
@@ -30,6 +31,7 @@ fn main() {
     let mut runnable = false;
     let mut proxies = 0usize;
     let mut throttle = 0u64;
+    let mut destination = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -49,6 +51,7 @@ fn main() {
                 };
             }
             "--oci" => media = MediaTypes::Oci,
+            "--destination" => destination = true,
             "--runnable" => runnable = true,
             "--proxies" => {
                 i += 1;
@@ -96,9 +99,12 @@ fn main() {
             p
         })
         .collect();
+    // An empty registry to push into (`bench/push.sh`).
+    let dest = destination.then(TestRegistry::start);
     println!(
         "{}",
         serde_json::json!({
+            "destination": dest.as_ref().map(TestRegistry::host),
             "registry": registry.url(),
             "reference": reference,
             "repository_tag": fx.reference(),

@@ -38,6 +38,8 @@ pub enum Error {
     #[error(transparent)]
     Pull(PullError),
     #[error(transparent)]
+    Push(#[from] cudaimg_transfer::PushError),
+    #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
     Docker(#[from] cudaimg_transfer::handover::LoadError),
@@ -129,7 +131,9 @@ impl Error {
             Error::Output(OutputError::StdoutClosed) => exit::OK,
             Error::Output(e) if e.is_usage() => exit::USAGE,
             Error::Output(_) => exit::FAILURE,
-            Error::Store(_) | Error::Pull(_) => exit::FAILURE,
+            Error::Push(e) if e.is_not_found() => exit::NOT_FOUND,
+            Error::Push(e) if e.is_corrupt() => exit::CORRUPT,
+            Error::Store(_) | Error::Pull(_) | Error::Push(_) => exit::FAILURE,
         }
     }
 
@@ -155,6 +159,7 @@ impl Error {
             Error::Store(e) => e.hint(),
             Error::Serve(e) => e.hint(),
             Error::Pull(e) => e.hint(),
+            Error::Push(e) => e.hint(),
             Error::NotInStore(r) => Some(format!(
                 "`cudaimg images` lists what is stored; `cudaimg pull {r}` fetches it"
             )),

@@ -15,6 +15,7 @@ macro_rules! note {
 }
 
 mod build;
+mod copy;
 mod doctor;
 mod explain;
 mod export;
@@ -27,6 +28,7 @@ mod mirrors;
 pub mod output;
 mod progress;
 mod pull;
+mod push;
 mod rm;
 mod run_config;
 mod serve;
@@ -73,6 +75,10 @@ pub struct Cli {
 enum Command {
     /// Pull images into the store, through the configured mirrors
     Pull(pull::Args),
+    /// Push a stored image to a registry, byte-exact and resumable
+    Push(push::Args),
+    /// Copy an image from a registry (through the mirrors) to another, with no copy on disk
+    Copy(copy::Args),
     /// Pin references to the digests they name now, in a lockfile (default ./cudaimg.lock)
     Lock(lock::Args),
     /// List the images in the store
@@ -199,6 +205,8 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Pull(args) => pull::run(&ctx, args).await,
+            Command::Push(args) => push::run(&ctx, args).await,
+            Command::Copy(args) => copy::run(&ctx, args).await,
             Command::Lock(args) => lock::run(&ctx, args).await,
             Command::Images => images::run(&ctx),
             Command::Inspect(args) => inspect::run(&ctx, &args),

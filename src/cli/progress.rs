@@ -102,6 +102,22 @@ impl Reporter for Lines {
             note!("verified {}", digest.short());
         }
     }
+    fn push_planned(&self, name: &str, destination: &str, blobs: usize, total: u64) {
+        note!(
+            "pushing {name} to {destination}: {blobs} blobs, {}",
+            human_bytes(total)
+        );
+    }
+    fn upload_finished(&self, digest: &Digest, size: u64, how: &str) {
+        if self.verbose || how == "uploaded" {
+            note!("{how} {} ({})", digest.short(), human_bytes(size));
+        }
+    }
+    fn manifest_pushed(&self, reference: &str, digest: &Digest) {
+        if self.verbose {
+            note!("put manifest {} as {reference}", digest.short());
+        }
+    }
     fn source_failed(&self, source: &str, what: &str, error: &(dyn std::error::Error + 'static)) {
         // Without -v, the pull's closing warnings name each failed source once.
         if self.verbose {
@@ -193,6 +209,60 @@ impl Reporter for Bars {
         if let Ok(blobs) = self.blobs.lock() {
             if let Some(b) = blobs.get(digest) {
                 b.finish_with_message("verified");
+            }
+        }
+    }
+    fn push_planned(&self, name: &str, destination: &str, _blobs: usize, total: u64) {
+        let bar = self
+            .multi
+            .add(ProgressBar::new(total).with_style(Self::style(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )));
+        bar.set_message(format!("{name} -> {destination}"));
+        if let Ok(mut t) = self.total.lock() {
+            *t = Some(bar);
+        }
+    }
+    fn upload_started(&self, digest: &Digest, size: u64) {
+        if let Ok(mut blobs) = self.blobs.lock() {
+            blobs.entry(digest.clone()).or_insert_with(|| {
+                let bar = self
+                    .multi
+                    .add(ProgressBar::new(size).with_style(Self::style(
+                    "  {prefix} {msg:10!} [{bar:20}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
+                )));
+                bar.set_prefix(digest.short()[7..].to_owned());
+                bar.set_message("uploading");
+                bar
+            });
+        }
+    }
+    fn upload_progress(&self, digest: &Digest, bytes: u64) {
+        // Re-sent bytes after a cut count again on the blob's bar, never past its size.
+        if let Ok(blobs) = self.blobs.lock() {
+            if let Some(b) = blobs.get(digest) {
+                b.set_position((b.position() + bytes).min(b.length().unwrap_or(u64::MAX)));
+            }
+        }
+        if let Ok(t) = self.total.lock() {
+            if let Some(t) = t.as_ref() {
+                t.inc(bytes);
+            }
+        }
+    }
+    fn upload_finished(&self, digest: &Digest, size: u64, how: &str) {
+        let sent = match self.blobs.lock() {
+            Ok(blobs) => blobs.get(digest).map(|b| {
+                let sent = b.position();
+                b.set_position(size);
+                b.finish_with_message(how.to_owned());
+                sent
+            }),
+            Err(_) => None,
+        };
+        if let Ok(t) = self.total.lock() {
+            if let Some(t) = t.as_ref() {
+                t.inc(size.saturating_sub(sent.unwrap_or(0)));
             }
         }
     }

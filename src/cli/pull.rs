@@ -126,6 +126,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         match report {
             Ok(report) => {
                 let secs = started.elapsed().as_secs_f64();
+                record_locations(ctx.store()?, &report);
                 if !args.load {
                     print(ctx, &report, secs, None);
                     continue;
@@ -202,6 +203,16 @@ fn targets<'r>(
         targets.push((r, name, pin));
     }
     Ok(targets)
+}
+
+/// Notes in the store where the image's layers are, so `push` and `copy` can mount them
+/// from there; a hint only, so failing to write it is a warning.
+fn record_locations(store: &cudaimg_store::Store, r: &PullReport) {
+    let name = &r.canonical;
+    let digests: Vec<_> = r.layers.iter().map(|l| l.digest.clone()).collect();
+    if let Err(e) = store.record_locations(&name.registry, &name.repository, &digests) {
+        note!("warning: could not record where the layers came from: {e}");
+    }
 }
 
 fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {

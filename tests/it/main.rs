@@ -31,6 +31,7 @@ mod parallel;
 mod proptests;
 mod proxy_harness;
 mod pull;
+mod push;
 mod resilience;
 mod serve;
 mod trust;

@@ -226,44 +226,19 @@ impl<'s, E: Classify> Fallback<'s, E> {
         error: E,
         progressed: bool,
     ) -> Result<(), FallbackError<E>> {
-        self.reporter
-            .source_failed(source.label(), &self.what, &error);
-        let next = error.next();
-        if next == Next::GiveUp {
-            return Err(FallbackError::GiveUp(error));
-        }
-        let delay = self.sources.record(source, &error);
-        if delay.is_some_and(|d| d > MAX_WAIT) {
-            self.item.exclude(source);
-        }
-        match next {
-            Next::NextSource | Next::GiveUp => self.item.exclude(source),
-            Next::Retry if !progressed => {
-                let n = self.item.failures.entry(source.index).or_default();
-                *n += 1;
-                if *n >= MAX_FAILURES_PER_ITEM {
-                    self.item.exclude(source);
-                }
-            }
-            Next::Retry => {}
-        }
-        self.item.attempts.push(Attempt {
-            source: source.label().to_owned(),
-            role: source.role,
+        self.sources.failed(
+            source,
+            &mut self.item,
             error,
-        });
-        Ok(())
+            progressed,
+            &self.what,
+            self.reporter,
+        )
     }
 
     /// Waits for a source to offer itself for the item, or says none is left.
     async fn next_source(&self) -> Option<Arc<Source>> {
-        loop {
-            match self.sources.pick(&self.item) {
-                Pick::Now(s) => return Some(s),
-                Pick::Wait(d) if d <= MAX_WAIT => tokio::time::sleep(d).await,
-                Pick::Wait(_) | Pick::None => return None,
-            }
-        }
+        self.sources.next_source(&self.item).await
     }
 
     /// The loop: runs `op` against the sources until it is done, returning its result and
@@ -319,6 +294,60 @@ where
 }
 
 impl SourceSet {
+    /// Records a failure of `source` for `item`: in the report, in the source's backoff when
+    /// it is a passing one, and as an exclusion from the item when the source cannot serve
+    /// it or has failed it too often. The one place that does, for [`Fallback`] and for a
+    /// caller that drives attempts itself because they outlive one call (`copy` streams a
+    /// blob from whichever source into one upload); a [`Next::GiveUp`] error comes back as
+    /// the end.
+    pub fn failed<E: Classify>(
+        &self,
+        source: &Source,
+        item: &mut ItemState<E>,
+        error: E,
+        progressed: bool,
+        what: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<(), FallbackError<E>> {
+        reporter.source_failed(source.label(), what, &error);
+        let next = error.next();
+        if next == Next::GiveUp {
+            return Err(FallbackError::GiveUp(error));
+        }
+        let delay = self.record(source, &error);
+        if delay.is_some_and(|d| d > MAX_WAIT) {
+            item.exclude(source);
+        }
+        match next {
+            Next::NextSource | Next::GiveUp => item.exclude(source),
+            Next::Retry if !progressed => {
+                let n = item.failures.entry(source.index).or_default();
+                *n += 1;
+                if *n >= MAX_FAILURES_PER_ITEM {
+                    item.exclude(source);
+                }
+            }
+            Next::Retry => {}
+        }
+        item.attempts.push(Attempt {
+            source: source.label().to_owned(),
+            role: source.role,
+            error,
+        });
+        Ok(())
+    }
+
+    /// Waits for a source to offer itself for `item`, or says none is left.
+    pub async fn next_source<E>(&self, item: &ItemState<E>) -> Option<Arc<Source>> {
+        loop {
+            match self.pick(item) {
+                Pick::Now(s) => return Some(s),
+                Pick::Wait(d) if d <= MAX_WAIT => tokio::time::sleep(d).await,
+                Pick::Wait(_) | Pick::None => return None,
+            }
+        }
+    }
+
     /// Runs `op` for the item `what` through the fallback loop.
     pub async fn with_fallback<O: Operation>(
         &self,

@@ -26,6 +26,16 @@ pub trait Reporter: Send + Sync {
     /// The blob is verified and committed.
     fn blob_finished(&self, _digest: &Digest) {}
     /// A source failed for `what`; the engine moves on to the next one.
+    /// A push or copy begins: `blobs` blobs of `total` bytes go to `destination`.
+    fn push_planned(&self, _name: &str, _destination: &str, _blobs: usize, _total: u64) {}
+    /// A blob's upload to the destination begins (it may still be skipped or mounted).
+    fn upload_started(&self, _digest: &Digest, _size: u64) {}
+    /// `bytes` more of the blob went into a request body (re-sent bytes too).
+    fn upload_progress(&self, _digest: &Digest, _bytes: u64) {}
+    /// The blob is at the destination: `how` is `skipped`, `mounted` or `uploaded`.
+    fn upload_finished(&self, _digest: &Digest, _size: u64, _how: &str) {}
+    /// A manifest was put at the destination under `reference`.
+    fn manifest_pushed(&self, _reference: &str, _digest: &Digest) {}
     fn source_failed(
         &self,
         _source: &str,

@@ -6,19 +6,26 @@
 
 pub mod archive;
 mod blob;
+mod copy;
 mod error;
 pub mod handover;
 mod lock;
 mod parallel;
 mod pull;
 mod pull_all;
+mod push;
 mod resolve;
 mod steps;
 
+pub use copy::{copy, CopySource, PlatformChoice};
 pub use error::FetchError;
 pub use lock::Locked;
 pub use pull::{LayerReport, PullError, PullReport, PullTarget};
 pub use pull_all::{PlatformReport, PullAllReport};
+pub use push::{
+    push, BlobReport, ChannelReader, Destination, DestinationFigures, PushError, PushOptions,
+    PushReport, StoreSource,
+};
 pub use resolve::ResolvedBy;
 pub use steps::{Committed, Downloaded, Plan, Resolved, Selected};
 
