@@ -49,8 +49,13 @@ impl CudaVersion {
         }
     }
 
-    /// `X.Y` or `X.Y.Z`.
+    /// `X.Y` or `X.Y.Z`. No part has a leading zero (`12.01` is not a CUDA version, and
+    /// would print back as `12.1`); driver versions, which have them (`535.104.05`), are
+    /// read by [`DriverVersion::parse`].
     pub fn parse(s: &str) -> Option<Self> {
+        if s.split('.').any(|p| p.len() > 1 && p.starts_with('0')) {
+            return None;
+        }
         let n = numbers(s, 2, 3)?;
         Some(CudaVersion {
             major: n[0],

@@ -289,3 +289,11 @@ fn os_availability_is_a_note_not_an_error() {
         .iter()
         .all(|n| !n.contains("probably never existed")));
 }
+
+/// Found by the property tests: `10.00` was read as CUDA 10.0 and printed back as `10.0`.
+#[test]
+fn a_version_with_a_leading_zero_is_not_a_tag_version() {
+    assert!(CudaTag::parse("10.00-devel-ubuntu22.04").is_err());
+    assert!(CudaTag::parse("12.04.1-runtime-ubuntu22.04").is_err());
+    assert!(CudaTag::parse("10.0-devel-ubuntu18.04").is_ok());
+}
