@@ -1,6 +1,7 @@
 //! The Docker Engine API, just enough to hand images over and back: ping, load a streamed
-//! archive, save one (streamed), and look an image up; and, for `doctor`, the container runtimes it knows. `DOCKER_HOST` is
-//! honoured (`unix://` or plain `tcp://`); the default is `unix:///var/run/docker.sock`.
+//! archive, save one (streamed, for `build --push`), and look an image up; and, for
+//! `doctor`, the container runtimes it knows. `DOCKER_HOST` is honoured (`unix://` or plain
+//! `tcp://`); the default is `unix:///var/run/docker.sock`.
 //! Works with Engine 20.10 and newer (unversioned API paths).
 
 use std::path::PathBuf;
