@@ -11,6 +11,8 @@
 //! 4. runs `docker build` with the template (`dockerfiles/pytorch.Dockerfile`, compiled
 //!    in): `BuildKit` (`DOCKER_BUILDKIT=1`) when the CLI can do it, the classic builder
 //!    otherwise or with `--builder classic`; its output streams as progress lines.
+//! 5. with `--push`, brings the result into the store (base layers kept as pulled, see
+//!    [`cudaimg_transfer::from_engine`]) and pushes it to its name's registry.
 //!
 //! In a matrix, invalid cells are skipped with their reason and a failing cell does not stop
 //! the rest; the summary lists every cell; the exit is 1 if any build failed.
@@ -92,6 +94,13 @@ pub struct Args {
     /// The docker CLI to run
     #[arg(long, value_name = "PATH", default_value = "docker")]
     docker: PathBuf,
+    /// After the build, store the image and push it to the tag's registry (`--tag
+    /// HOST[:PORT]/REPO`) through cudaimg's push path: the base's layers keep their upstream
+    /// blobs and are mounted or skipped, only new layers are compressed and uploaded
+    #[arg(long, conflicts_with = "dry_run")]
+    push: bool,
+    #[command(flatten)]
+    send: super::push::SendArgs,
 }
 
 /// What happened to one cell.
@@ -562,14 +571,74 @@ async fn build(
         .image_id(&plan.image)
         .await
         .map_err(cudaimg_transfer::handover::LoadError::from)?;
-    if ctx.json {
-        return Ok(());
+    if !ctx.json {
+        emit(&format!(
+            "built {} (image ID {})",
+            plan.image,
+            id.unwrap_or_else(|| "unknown".into())
+        ));
     }
-    emit(&format!(
-        "built {} (image ID {})",
-        plan.image,
-        id.unwrap_or_else(|| "unknown".into())
-    ));
+    if args.push {
+        push(ctx, args, &docker, store, &image, &plan.image).await?;
+    }
+    Ok(())
+}
+
+/// `--push`: the built image from the engine into the store (base layers as upstream
+/// compressed them, see [`cudaimg_transfer::from_engine`]), then pushed to its own name's
+/// registry, base layers mounted from the base's repository there when it holds them.
+async fn push(
+    ctx: &Ctx,
+    args: &Args,
+    docker: &DockerEngine,
+    store: &Store,
+    base: &cudaimg_store::StoredImage,
+    image: &str,
+) -> Result<(), Error> {
+    let config = ctx.config()?;
+    let canonical = config.canonicalize(image)?.image;
+    let name = canonical.to_string();
+    let from_engine = |e: cudaimg_transfer::from_engine::FromEngineError| {
+        use cudaimg_transfer::from_engine::FromEngineError as E;
+        match e {
+            E::Store(e) => Error::Store(e),
+            E::Docker(e) => cudaimg_transfer::handover::LoadError::from(e).into(),
+            e => {
+                let hint = e
+                    .hint()
+                    .map_or_else(String::new, |h| format!("\nhint: {h}"));
+                Error::Failed {
+                    what: format!("{e}{hint}"),
+                    code: exit::FAILURE,
+                }
+            }
+        }
+    };
+    let built = cudaimg_transfer::from_engine::import_built(docker, store, image, base, &name)
+        .await
+        .map_err(from_engine)?;
+    note!(
+        "stored {name} as {}: {} base layer(s) kept as pulled, {} new layer(s) compressed",
+        built.digest,
+        built.reused.len(),
+        built.compressed.len()
+    );
+    let dest = super::push::destination(config, &name, ctx.session.http()?)?;
+    let mut options = args.send.options();
+    // The base's repository at the destination (`nvidia/cuda`), where a team keeps its
+    // bases: its layers mount from there instead of uploading.
+    if let Ok(base_ref) = cudaimg_oci::reference::ImageRef::parse(&base.name) {
+        if !options.mount_from.contains(&base_ref.repository) {
+            options.mount_from.push(base_ref.repository);
+        }
+    }
+    let started = std::time::Instant::now();
+    let reporter: std::sync::Arc<dyn cudaimg_oci::progress::Reporter> =
+        std::sync::Arc::from(ctx.progress.reporter());
+    let report =
+        cudaimg_transfer::push(store, &name, None, &dest, &options, reporter.clone()).await;
+    drop(reporter);
+    super::push::print(ctx, &report?, started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -4,7 +4,8 @@
 //! minbase shaped as `nvidia/cuda:12.4.1-runtime-ubuntu22.04`, see
 //! `cudaimg_test_support::python_base`), the stand-in torch wheel installed from a wheelhouse
 //! with `BuildKit` and through a real package index (pypiserver on loopback) with the classic
-//! builder; `docker run` imports it and prints its version.
+//! builder; `docker run` imports it and prints its version. `--push` to a registry that
+//! holds the base already uploads no base byte.
 
 use cudaimg_test_support as common;
 
@@ -544,6 +545,102 @@ fn a_failing_matrix_cell_does_not_stop_the_rest() {
             "team/torch:2.5.1-cu124-py3.11-runtime-ubuntu22.04",
             "import torch; print(torch.__version__)"
         ),
+        "2.5.1+cu124"
+    );
+}
+
+#[test]
+fn push_stores_the_build_keeps_the_base_blobs_and_uploads_no_base_byte() {
+    let Some(e) = env() else { return };
+    let wheels = wheelhouse(&e.sandbox.root().join("wheels"));
+    // The team's registry already holds the base, pushed there by cudaimg (so the store's
+    // blob-location record knows it is in `nvidia/cuda` there).
+    let dest = TestRegistry::start();
+    let reg = format!("127.0.0.1:{}", dest.port());
+    let base = format!("nvidia/cuda:{BASE_TAG}");
+    run_ok(&mut e.sandbox.cli(&e.config, &["pull", &base]));
+    run_ok(&mut e.sandbox.cli(
+        &e.config,
+        &["push", &base, &format!("{reg}/nvidia/cuda:{BASE_TAG}")],
+    ));
+
+    let out = run_ok(
+        e.build(&[
+            "--base",
+            &base,
+            "--torch",
+            "2.5.1",
+            "--python",
+            "3.11",
+            "--tag",
+            &format!("{reg}/team/torch"),
+            "--wheelhouse",
+            wheels.to_str().unwrap(),
+            "--builder",
+            "buildkit",
+            "--docker",
+            DEBIAN_DOCKER,
+            "--network",
+            "none",
+            "--push",
+        ])
+        .arg("--json"),
+    );
+    let err = stderr(&out);
+    assert!(err.contains("1 base layer(s) kept as pulled"), "{err}");
+    let reports: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let report = reports
+        .iter()
+        .find(|r| r.get("blobs").is_some())
+        .unwrap_or_else(|| panic!("no push report: {reports:?}\n{err}"));
+    let blobs = report["blobs"].as_array().unwrap();
+    let base_blob = blobs
+        .iter()
+        .find(|b| b["digest"] == e.base.layer_digest.as_str())
+        .unwrap_or_else(|| panic!("the base layer is not in the push: {report}"));
+    // Zero base bytes uploaded: it was mounted from the registry's nvidia/cuda.
+    assert_eq!(base_blob["status"], "mounted", "{report}");
+    assert_eq!(base_blob["mounted_from"], "nvidia/cuda", "{report}");
+    assert_eq!(base_blob["bytes"], 0, "{report}");
+    let uploaded: Vec<&serde_json::Value> =
+        blobs.iter().filter(|b| b["status"] == "uploaded").collect();
+    assert!(!uploaded.is_empty(), "{report}");
+    let sent: u64 = uploaded.iter().map(|b| b["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(report["bytes_uploaded"].as_u64().unwrap(), sent, "{report}");
+    assert!(
+        sent < e.base.layer_size,
+        "only the new layers and the config were sent ({sent} bytes)"
+    );
+
+    // What was stored (the new layers gzipped here) passes the store's own re-hash.
+    run_ok(&mut e.sandbox.cli(&e.config, &["verify"]));
+
+    // skopeo (not the code under test) reads it back: the base's layer digest first.
+    let image = format!("{reg}/team/torch:2.5.1-cu124-py3.11-runtime-ubuntu22.04");
+    let inspect = run_ok(e.sandbox.skopeo().args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{image}"),
+    ]));
+    let inspect: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let layers = inspect["Layers"].as_array().unwrap();
+    assert_eq!(layers[0], e.base.layer_digest.as_str(), "{inspect}");
+    assert!(layers.len() > 1, "{inspect}");
+    for l in &layers[1..] {
+        assert!(
+            uploaded.iter().any(|b| &b["digest"] == l),
+            "{l} neither the base's nor uploaded: {report}"
+        );
+    }
+
+    // A fresh pull from the registry runs: the image is whole there.
+    run_ok(&mut e.docker.docker(&["rmi", &image]));
+    run_ok(&mut e.docker.docker(&["pull", &image]));
+    assert_eq!(
+        e.run(&image, "import torch; print(torch.__version__)"),
         "2.5.1+cu124"
     );
 }

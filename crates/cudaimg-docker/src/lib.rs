@@ -1,6 +1,7 @@
-//! The Docker Engine API, just enough to hand it images: ping, load a streamed archive, and
-//! look an image up; and, for `doctor`, the container runtimes it knows. `DOCKER_HOST` is
-//! honoured (`unix://` or plain `tcp://`); the default is `unix:///var/run/docker.sock`.
+//! The Docker Engine API, just enough to hand images over and back: ping, load a streamed
+//! archive, save one (streamed, for `build --push`), and look an image up; and, for
+//! `doctor`, the container runtimes it knows. `DOCKER_HOST` is honoured (`unix://` or plain
+//! `tcp://`); the default is `unix:///var/run/docker.sock`.
 //! Works with Engine 20.10 and newer (unversioned API paths).
 
 use std::path::PathBuf;
@@ -168,6 +169,28 @@ impl DockerEngine {
             }
         }
         Ok(loaded)
+    }
+
+    /// Streams `GET /images/{name}/get` (`docker save`): a tar, OCI layout plus
+    /// `manifest.json` from Engine 25, the legacy layout (`<id>/layer.tar`, `<config>.json`,
+    /// `manifest.json`) before. The body is handed over as it arrives, never gathered.
+    pub async fn save(
+        &self,
+        name: &str,
+    ) -> Result<impl Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static, DockerError>
+    {
+        let resp = self
+            .client
+            .get(format!("{}/images/{name}/get", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if !resp.status().is_success() {
+            return Err(self.api_error(resp).await);
+        }
+        Ok(resp
+            .bytes_stream()
+            .map(|c| c.map_err(std::io::Error::other)))
     }
 
     /// The engine's image ID for `name` (`sha256:` of its config), if it has that image.

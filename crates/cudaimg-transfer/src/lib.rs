@@ -8,6 +8,7 @@ pub mod archive;
 mod blob;
 mod copy;
 mod error;
+pub mod from_engine;
 pub mod handover;
 mod lock;
 mod parallel;
