@@ -461,3 +461,43 @@ fn a_plain_pull_beside_an_all_platforms_pull_is_unchanged() {
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["digest"], single.platforms[0].manifest.digest);
 }
+
+/// A whole multi-platform image pushed from the store arrives as the same index: children
+/// and attestations first, then the index byte-exact, so the registry names it by the
+/// upstream index digest; skopeo reads the index and copies every platform back out.
+#[test]
+fn push_of_a_whole_image_sends_every_child_then_the_index_byte_exact() {
+    let (official, _fx, att) = attested_registry();
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    cli_json(&sandbox, &config, &["pull", "--all-platforms", RUNTIME]);
+
+    let dest = TestRegistry::start();
+    let target = format!("{}/team/cuda:12.4.1-runtime", dest.host());
+    let r = cli_json(&sandbox, &config, &["push", RUNTIME, &target]);
+    assert_eq!(r["digest"], att.index.digest, "{r}");
+    assert_eq!(
+        registry_digest(&dest, "team/cuda", "12.4.1-runtime"),
+        att.index.digest
+    );
+    // The index bytes at the destination are the upstream ones.
+    let raw = run_ok(sandbox.skopeo().args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{target}"),
+    ]));
+    assert_eq!(
+        common::fixtures::sha256_digest(&raw.stdout),
+        att.index.digest
+    );
+    // Every platform, attestations included, is there: skopeo copies the whole image out.
+    let out = sandbox.root().join("copied");
+    run_ok(sandbox.skopeo().args([
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{target}"),
+        &format!("oci:{}:x", out.display()),
+    ]));
+}
