@@ -146,6 +146,16 @@ impl Session {
         Ok(self.store.get_or_init(|| opened))
     }
 
+    /// Holds off `gc` until the guard is dropped: a pull takes it before its first blob, so
+    /// nothing it stores is collected before the index names it. Taking the lock blocks, so
+    /// it is taken off the async threads.
+    pub async fn hold_against_gc(&self) -> Result<cudaimg_store::GcGuard, StoreError> {
+        let store = self.store()?.clone();
+        tokio::task::spawn_blocking(move || store.hold_against_gc())
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    }
+
     /// The store as it is (for commands that only read): never created or changed.
     pub fn existing_store(&self) -> Result<Store, StoreError> {
         if let Some(s) = self.store.get() {

@@ -253,10 +253,7 @@ impl Session {
     ) -> Result<PullReport, PullError> {
         let image = &target.name.image;
         // Until the index names what this pull stores, `gc` must not run.
-        let store = self.store()?.clone();
-        let _gc_guard = tokio::task::spawn_blocking(move || store.hold_against_gc())
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let _gc_guard = self.hold_against_gc().await?;
         let sources = self.sources(target.name)?;
         let resolved = self.resolve(&sources, image, target.pin, reporter).await?;
         let (resolved_by, manifest_source) = (resolved.by, resolved.source.clone());

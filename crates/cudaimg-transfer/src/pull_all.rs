@@ -23,7 +23,7 @@ use cudaimg_oci::platform::Platform;
 use cudaimg_oci::progress::Reporter;
 use cudaimg_oci::reference::ImageRef;
 use cudaimg_registry::FetchedManifest;
-use cudaimg_store::{NamedImage, StoreError};
+use cudaimg_store::NamedImage;
 
 /// What `pull --all-platforms` did, as `--json` prints it.
 #[derive(Debug, Serialize)]
@@ -84,11 +84,8 @@ impl Session {
         reporter: &dyn Reporter,
     ) -> Result<PullAllReport, PullError> {
         let image = &target.name.image;
-        let store = self.store()?.clone();
         // Until the index names what this pull stores, `gc` must not run.
-        let _gc_guard = tokio::task::spawn_blocking(move || store.hold_against_gc())
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        let _gc_guard = self.hold_against_gc().await?;
         let sources = self.sources(target.name)?;
         let resolved = self.resolve(&sources, image, target.pin, reporter).await?;
         let (resolved_by, manifest_source) = (resolved.by, resolved.source.clone());
