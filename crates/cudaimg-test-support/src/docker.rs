@@ -113,18 +113,7 @@ impl TestDocker {
 impl Drop for TestDocker {
     fn drop(&mut self) {
         // SIGTERM lets dockerd unmount its overlay layers before the tempdir goes.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_gracefully(&mut self.child);
     }
 }
 
@@ -222,4 +211,19 @@ impl Runnable {
 /// Debian's busybox-static binary.
 pub fn busybox() -> PathBuf {
     PathBuf::from("/bin/busybox")
+}
+
+/// Stops a daemon the way an init system would: SIGTERM, up to 20 s to exit (dockerd and
+/// containerd unmount their layers then, before their tempdir is removed), then SIGKILL.
+pub fn stop_gracefully(child: &mut std::process::Child) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
