@@ -103,20 +103,15 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     }
     let tag = repo_tag(&name);
     // Refused here, before anything is written: a directory, a socket, a missing parent.
-    let mut out = Output::create(&args.output, &file_name(tag.as_deref(), args.format.into()))?;
+    let out = Output::create(&args.output, &file_name(tag.as_deref(), args.format.into()))?;
     let (format, info) = (
         Format::from(args.format),
         (image.digest.to_string(), image.platform()),
     );
-    let bytes = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
-        let written = archive::write(&store, &image, tag.as_deref(), format, &mut out);
-        out.finish(written).map_err(|e| match e {
-            FinishError::Output(e) => Error::from(e),
-            FinishError::Producer(e) => Error::from(e),
-        })
+    let bytes = write_archive(out, move |out| {
+        archive::write(&store, &image, tag.as_deref(), format, out)
     })
-    .await
-    .map_err(|e| Error::Setup(format!("export was interrupted: {e}")))??;
+    .await?;
     if args.output.as_os_str() == "-" {
         return Ok(());
     }
@@ -138,6 +133,23 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     Ok(())
 }
 
+/// Writes an archive into `out` on a blocking thread (the writer reads blob files), then
+/// commits `out` only if the whole archive was written; the bytes written.
+async fn write_archive(
+    mut out: Output,
+    write: impl FnOnce(&mut Output) -> Result<(), cudaimg_store::StoreError> + Send + 'static,
+) -> Result<u64, Error> {
+    tokio::task::spawn_blocking(move || -> Result<u64, Error> {
+        let written = write(&mut out);
+        out.finish(written).map_err(|e| match e {
+            FinishError::Output(e) => Error::from(e),
+            FinishError::Producer(e) => Error::from(e),
+        })
+    })
+    .await
+    .map_err(|e| Error::Setup(format!("export was interrupted: {e}")))?
+}
+
 /// `export --format oci-archive` of a whole multi-platform image: the index and every child.
 async fn export_set(
     ctx: &Ctx,
@@ -149,7 +161,7 @@ async fn export_set(
         .image_set(&name)?
         .ok_or_else(|| Error::NotInStore(name.clone()))?;
     let tag = repo_tag(&name);
-    let mut out = Output::create(&args.output, &file_name(tag.as_deref(), Format::OciArchive))?;
+    let out = Output::create(&args.output, &file_name(tag.as_deref(), Format::OciArchive))?;
     let digest = set
         .top_digest()
         .map(ToString::to_string)
@@ -159,15 +171,10 @@ async fn export_set(
         .iter()
         .filter_map(|c| c.platform.as_ref().map(ToString::to_string))
         .collect();
-    let bytes = tokio::task::spawn_blocking(move || -> Result<u64, Error> {
-        let written = archive::write_set(&store, &set, tag.as_deref(), &mut out);
-        out.finish(written).map_err(|e| match e {
-            FinishError::Output(e) => Error::from(e),
-            FinishError::Producer(e) => Error::from(e),
-        })
+    let bytes = write_archive(out, move |out| {
+        archive::write_set(&store, &set, tag.as_deref(), out)
     })
-    .await
-    .map_err(|e| Error::Setup(format!("export was interrupted: {e}")))??;
+    .await?;
     if args.output.as_os_str() == "-" {
         return Ok(());
     }
