@@ -12,3 +12,4 @@
 //! them through the push path.
 
 pub mod plan;
+pub mod spec;
