@@ -53,6 +53,16 @@ pub enum Error {
     Refused(#[from] cudaimg_build::compat::Refusal),
     #[error(transparent)]
     Serve(#[from] cudaimg_serve::ServeError),
+    /// `sync`: the spec, its selection, or what it leaves out.
+    #[error(transparent)]
+    Sync(#[from] cudaimg_sync::SyncError),
+    /// `inventory --registry`: the registry could not be listed.
+    #[error("cannot list the registry `{target}`")]
+    Inventory {
+        target: String,
+        #[source]
+        source: cudaimg_registry::RegistryError,
+    },
     #[error("{0}")]
     Setup(String),
     #[error("{0}")]
@@ -121,6 +131,11 @@ impl Error {
             )) => exit::CORRUPT,
             Error::Serve(_) => exit::FAILURE,
             Error::Setup(_) => exit::FAILURE,
+            Error::Sync(e) if e.is_usage() => exit::USAGE,
+            Error::Sync(e) if e.is_not_found() => exit::NOT_FOUND,
+            Error::Sync(_) => exit::FAILURE,
+            Error::Inventory { source, .. } if source.is_not_found() => exit::NOT_FOUND,
+            Error::Inventory { .. } => exit::FAILURE,
             Error::Usage(_) => exit::USAGE,
             Error::Failed { code, .. } => *code,
             Error::NotInStore(_) => exit::NOT_FOUND,
@@ -155,6 +170,12 @@ impl Error {
             ),
             Error::Refused(r) => Some(r.hint()),
             Error::Setup(_) | Error::Usage(_) | Error::Failed { .. } => None,
+            Error::Sync(e) => e.hint(),
+            Error::Inventory { target, .. } => Some(format!(
+                "the registry must serve the catalog (`/v2/_catalog`, as CNCF distribution \
+                 does); for one behind a login, `docker login {}` first",
+                target.split('/').next().unwrap_or(target)
+            )),
             Error::Platform(_) => Some("for example `--platform linux/arm64`".into()),
             Error::Store(e) => e.hint(),
             Error::Serve(e) => e.hint(),

@@ -32,6 +32,7 @@ mod push;
 mod rm;
 mod run_config;
 mod serve;
+mod sync;
 mod tag;
 mod tags;
 mod verify;
@@ -112,6 +113,10 @@ enum Command {
     Build(Box<build::Args>),
     /// Serve the store as a read-only registry (a mirror for Docker, containerd, skopeo)
     Serve(serve::Args),
+    /// Select images for an air-gapped site from a sync spec (CUDA-aware), and plan the bundle
+    Sync(sync::Args),
+    /// List the blobs and manifests a registry or the store holds (for `sync --have`)
+    Inventory(sync::InventoryArgs),
 }
 
 /// A stored image, for the commands that read one (`inspect`, `load`, `export`).
@@ -223,6 +228,8 @@ pub fn main() -> ExitCode {
             Command::RunConfig(args) => run_config::run(&ctx, &args),
             Command::Build(args) => build::run(&ctx, *args).await,
             Command::Serve(args) => serve::run(&ctx, &args).await,
+            Command::Sync(args) => sync::run(&ctx, &args).await,
+            Command::Inventory(args) => sync::inventory(&ctx, &args).await,
         }
     });
     match result {

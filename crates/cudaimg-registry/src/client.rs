@@ -124,6 +124,28 @@ const MAX_TAG_PAGE_BYTES: u64 = 16 * 1024 * 1024;
 const MAX_TAG_PAGES: usize = 10_000;
 const MAX_TAGS: usize = 1_000_000;
 
+/// What a paginated listing holds.
+#[derive(Debug, Clone, Copy)]
+enum Listed {
+    Tags,
+    Repositories,
+}
+
+impl Listed {
+    fn noun(self) -> &'static str {
+        match self {
+            Listed::Tags => "tags",
+            Listed::Repositories => "repositories",
+        }
+    }
+    fn what(self) -> &'static str {
+        match self {
+            Listed::Tags => "tag list",
+            Listed::Repositories => "catalog",
+        }
+    }
+}
+
 /// A blob response whose body starts at `offset` of the blob.
 pub struct BlobResponse {
     pub response: Response,
@@ -249,11 +271,39 @@ impl RegistryClient {
     /// the `Link: <…>; rel="next"` header names, until there is none. A registry that does
     /// not paginate (CNCF distribution 2.8 ignores `n`) answers everything at once.
     pub async fn tags(&self, repo: &str, page_size: u32) -> Result<TagList, RegistryError> {
+        let first = self.url(&format!("{}/v2/{repo}/tags/list?n={page_size}", self.base))?;
+        self.paged(
+            &format!("repository:{repo}:pull"),
+            first,
+            Listed::Tags,
+            "repository",
+        )
+        .await
+    }
+
+    /// Lists every repository of the registry: `GET /v2/_catalog?n=<page_size>`, paginated
+    /// as [`Self::tags`] is, with the `registry:catalog:*` scope a token server asks for.
+    /// The names are in [`TagList::tags`]. Many public registries (Docker Hub) refuse it;
+    /// CNCF distribution serves it.
+    pub async fn catalog(&self, page_size: u32) -> Result<TagList, RegistryError> {
+        let first = self.url(&format!("{}/v2/_catalog?n={page_size}", self.base))?;
+        self.paged("registry:catalog:*", first, Listed::Repositories, "catalog")
+            .await
+    }
+
+    /// The pages of a tag list or the catalog, from `first` on, bounded (see the limits).
+    async fn paged(
+        &self,
+        scope: &str,
+        first: Url,
+        listed: Listed,
+        what: &'static str,
+    ) -> Result<TagList, RegistryError> {
         #[derive(serde::Deserialize)]
         struct Page {
             tags: Option<Vec<String>>,
+            repositories: Option<Vec<String>>,
         }
-        let first = self.url(&format!("{}/v2/{repo}/tags/list?n={page_size}", self.base))?;
         let mut next = Some(first);
         let mut seen = std::collections::HashSet::new();
         let mut list = TagList {
@@ -273,17 +323,18 @@ impl RegistryClient {
             }
             if list.pages >= MAX_TAG_PAGES {
                 return Err(bad(format!(
-                    "it has more than {MAX_TAG_PAGES} pages of tags"
+                    "it has more than {MAX_TAG_PAGES} pages of {}",
+                    listed.noun()
                 )));
             }
             let resp = self
-                .send(repo, &url, |c| {
+                .send_scoped(scope, &url, |c| {
                     c.get(url.clone())
                         .header(ACCEPT, "application/json")
                         .timeout(self.manifest_timeout)
                 })
                 .await?;
-            let resp = check_status(resp, "repository").await?;
+            let resp = check_status(resp, what).await?;
             let link = header_str(&resp, "link");
             if resp
                 .content_length()
@@ -306,20 +357,33 @@ impl RegistryClient {
             }
             let page: Page = serde_json::from_slice(&body).map_err(|e| {
                 bad(format!(
-                    "the tag list is not the distribution API's JSON ({e})"
+                    "the {} is not the distribution API's JSON ({e})",
+                    listed.what()
                 ))
             })?;
             list.pages += 1;
-            // The distribution spec caps tags at 128 characters; longer ones are not tags,
-            // and dropping them bounds what a hostile registry can make us hold.
+            let names = match listed {
+                Listed::Tags => page.tags,
+                Listed::Repositories => page.repositories,
+            };
+            // The distribution spec caps tags at 128 characters (and repository names at
+            // 255); longer ones are not names, and dropping them bounds what a hostile
+            // registry can make us hold.
+            let max_len = match listed {
+                Listed::Tags => 128,
+                Listed::Repositories => 255,
+            };
             list.tags.extend(
-                page.tags
+                names
                     .unwrap_or_default()
                     .into_iter()
-                    .filter(|t| t.len() <= 128),
+                    .filter(|t| t.len() <= max_len),
             );
             if list.tags.len() > MAX_TAGS {
-                return Err(bad(format!("it lists more than {MAX_TAGS} tags")));
+                return Err(bad(format!(
+                    "it lists more than {MAX_TAGS} {}",
+                    listed.noun()
+                )));
             }
             if let Some(href) = link.as_deref().and_then(next_link) {
                 let target = url

@@ -17,6 +17,15 @@
 //! lists them for `push`; `images` does not show them.
 //!
 //! The index entry stands only while the name is that whole index (see [`crate::names`]).
+//!
+//! A subset of a whole image ([`Store::index_subset`], for `sync` with `platforms`) is the
+//! index, byte-exact, with only the chosen children: it is never named as a whole image (the
+//! platforms are named one by one, as single-platform pulls name them), since the store
+//! holds the index without the other children. A registry decides what it makes of such an
+//! index on push: CNCF distribution 2.x refuses it (`MANIFEST_BLOB_UNKNOWN`, measured by
+//! `sync_select::a_registry_refuses_an_index_without_its_children`) until every child it
+//! names is there; distribution 3 accepts such "sparse indexes" only when its configuration
+//! says so (`validation.manifests.indexes`, distribution#3536).
 
 use std::collections::BTreeSet;
 
@@ -306,6 +315,57 @@ impl Store {
                 }
                 e => e,
             })
+    }
+}
+
+impl Store {
+    /// The stored index `index` with only the children `chosen` (digests of its children,
+    /// each stored with its blobs): the [`StoredSet`] of a subset of a multi-platform image
+    /// (see the module docs). The index is read verified and carried whole; `chosen` that it
+    /// does not list are refused (`Corrupt`), as is a chosen child not stored. Children keep
+    /// the index's order; each is `named` when it has a nameable platform.
+    pub fn index_subset(
+        &self,
+        name: &str,
+        index: &Digest,
+        chosen: &[Digest],
+    ) -> Result<StoredSet, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("{name}: {what}"));
+        let bytes = self.read_verified(index, None, MAX_MANIFEST_BYTES)?;
+        let Manifest::Index(idx) =
+            manifest::parse(&bytes, None).map_err(|e| corrupt(format!("manifest {index}: {e}")))?
+        else {
+            return Err(corrupt(format!("{index} is not a manifest list or index")));
+        };
+        for want in chosen {
+            if !idx.manifests.iter().any(|c| &c.descriptor.digest == want) {
+                return Err(corrupt(format!("the index {index} does not list {want}")));
+            }
+        }
+        let mut set = StoredSet {
+            name: name.to_owned(),
+            index: Some(StoredManifest {
+                descriptor: Descriptor {
+                    media_type: idx.media_type.clone(),
+                    digest: index.clone(),
+                    size: bytes.len() as u64,
+                },
+                bytes,
+            }),
+            children: Vec::new(),
+        };
+        let mut seen = BTreeSet::new();
+        for c in &idx.manifests {
+            let d = &c.descriptor;
+            if !chosen.contains(&d.digest) || !seen.insert(d.digest.clone()) {
+                continue;
+            }
+            let bytes = self.manifest_bytes(name, d, c.platform.as_ref())?;
+            let named = nameable(c.platform.as_ref());
+            set.children
+                .push(self.child(name, d.clone(), bytes, c.platform.clone(), named)?);
+        }
+        Ok(set)
     }
 }
 

@@ -197,6 +197,9 @@ struct RawSpec {
 
 type Strings = Spanned<Vec<Spanned<String>>>;
 
+/// Makes the error for a span of the file: message, then hint.
+type Invalid<'a> = dyn Fn(Option<Range<usize>>, String, &str) -> SpecError + 'a;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEntry {
@@ -443,10 +446,7 @@ fn check_repository(repo: &Spanned<String>) -> Result<String, String> {
     Ok(r.clone())
 }
 
-fn cuda_filter(
-    e: &RawEntry,
-    invalid: &dyn Fn(Option<Range<usize>>, String, &str) -> SpecError,
-) -> Result<CudaFilter, SpecError> {
+fn cuda_filter(e: &RawEntry, invalid: &Invalid<'_>) -> Result<CudaFilter, SpecError> {
     let empty = |list: &Strings, key: &str| {
         invalid(
             Some(list.span()),
