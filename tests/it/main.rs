@@ -34,5 +34,6 @@ mod pull;
 mod push;
 mod resilience;
 mod serve;
+mod sync_select;
 mod trust;
 mod upload;

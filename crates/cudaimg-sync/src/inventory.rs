@@ -4,9 +4,10 @@
 //! An inventory lists the configs and layers (digest and size) that the far side's images
 //! reach, and its tagged manifests (name and digest). It is computed from the manifests, not
 //! from the registry's storage: a blob counts as held when a manifest the registry serves
-//! names it (a registry accepts a manifest only with its blobs present). Manifests are never
+//! names it (a registry accepts a manifest only with its blobs present). Manifests are not
 //! left out of a bundle on an inventory's word (they are small, and an import needs them to
-//! name its images), so only configs and layers become [`crate::plan::Exclusions`].
+//! name its images under its own prefix), so only configs and layers become
+//! [`crate::plan::Exclusions`]; an earlier bundle (`--since`) excludes its manifests too.
 //!
 //! The file is small and stable: JSON, entries sorted, no time stamp; `format` names its
 //! version, and a reader refuses other versions.
@@ -210,10 +211,11 @@ pub fn add_have(exclude: &mut Exclusions, path: &Path) -> Result<(), SyncError> 
     Ok(())
 }
 
-/// Adds to `exclude` the configs and layers an earlier bundle carried or assumed (`--since
-/// DIR`), read from its `bundle.json`: `{"format": .., "plan": <Plan>, ..}`, of which only
-/// `plan.blobs[].digest` and `plan.assumed[].digest` (and `kind`, where present, to skip
-/// manifests) are read, so the rest of the format can grow.
+/// Adds to `exclude` every blob an earlier bundle carried or assumed (`--since DIR`),
+/// manifests included: once that bundle is imported the far side holds its images, names
+/// and all, so an unchanged image costs nothing again. Read from its `bundle.json`:
+/// `{"format": .., "plan": <Plan>, ..}`, of which only `plan.blobs[].digest` and
+/// `plan.assumed[].digest` are read, so the rest of the format can grow.
 pub fn add_since(exclude: &mut Exclusions, dir: &Path) -> Result<(), SyncError> {
     #[derive(Deserialize)]
     struct Bundle {
@@ -229,7 +231,6 @@ pub fn add_since(exclude: &mut Exclusions, dir: &Path) -> Result<(), SyncError> 
     #[derive(Deserialize)]
     struct OldBlob {
         digest: Digest,
-        kind: Option<String>,
     }
     let file = dir.join("bundle.json");
     let bad = |reason: String| SyncError::Since {
@@ -248,7 +249,6 @@ pub fn add_since(exclude: &mut Exclusions, dir: &Path) -> Result<(), SyncError> 
         .blobs
         .into_iter()
         .chain(bundle.plan.assumed)
-        .filter(|b| !matches!(b.kind.as_deref(), Some("index" | "manifest")))
         .map(|b| b.digest);
     exclude.add(
         AssumedFrom::Bundle {

@@ -11,7 +11,7 @@
 //! cuda = ">=12.4, <12.6"          # or "12.4" (every 12.4.x), "12.4.1"
 //! flavors = ["runtime", "devel"]  # base, runtime, devel, tensorrt-runtime, tensorrt-devel
 //! cudnn = false                   # absent: with and without cuDNN
-//! os = ["ubuntu22.04"]
+//! os = ["ubuntu22.04"]            # release candidates (`-rc`) are never selected
 //! platforms = ["linux/amd64"]     # any entry; absent: every platform, the index whole
 //!
 //! [[images]]                      # any repository, by tag pattern and/or version range
@@ -90,7 +90,11 @@ pub enum CudaVersions {
 }
 
 impl CudaFilter {
+    /// Release candidates (`…-rc`) are left out, as version ranges leave out pre-releases.
     pub fn matches(&self, t: &CudaTag) -> bool {
+        if t.rc {
+            return false;
+        }
         let version_ok = match &self.cuda {
             None => true,
             Some(CudaVersions::Prefix(f)) => f.matches(t.version),
@@ -577,6 +581,7 @@ mod tests {
         assert!(!cuda.matches("12.4.1-base-ubuntu22.04"));
         assert!(!cuda.matches("12.4.1-runtime-ubuntu24.04"));
         assert!(!cuda.matches("latest"));
+        assert!(!cuda.matches("12.4.1-runtime-ubuntu22.04-rc"));
         let t = &s.entries[2].selector;
         assert!(t.matches("v1.2.0"));
         assert!(t.matches("v1.10"));

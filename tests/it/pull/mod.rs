@@ -623,7 +623,7 @@ fn verify_names_a_corrupt_blob_and_a_missing_one() {
 }
 
 /// Just enough base64 for docker's `auth` field, to avoid a dependency for one line.
-mod base64_like {
+pub(crate) mod base64_like {
     pub fn encode(s: &str) -> String {
         const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let b = s.as_bytes();
