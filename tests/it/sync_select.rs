@@ -555,3 +555,43 @@ fn inventory_of_a_store_lists_what_it_holds() {
     assert_eq!(digests(&inv["blobs"]), content(&runtime));
     assert_eq!(inv["manifests"][0]["digest"], runtime.top().digest.as_str());
 }
+
+#[test]
+fn tag_lists_come_from_the_official_registry_and_from_a_mirror_only_when_it_is_out_of_reach() {
+    let official = TestRegistry::start();
+    let mirror = TestRegistry::start();
+    let runtime = fx("12.4.1", Flavor::Runtime);
+    let older = fx("12.4.0", Flavor::Runtime);
+    Pusher::new(&official).push(&runtime);
+    // The mirror still lists a tag the official registry deleted.
+    Pusher::new(&mirror).push(&runtime);
+    Pusher::new(&mirror).push(&older);
+    let sandbox = Sandbox::new();
+    let spec = sandbox.write(
+        "sync.toml",
+        "[[images]]\nrepository = \"nvidia/cuda\"\ncuda = \"12.4\"\n",
+    );
+    let config = sandbox.write_hub_config(&official.url(), &[&mirror.url()]);
+    let plan = sync_plan(&sandbox, &config, &spec, &[]);
+    assert_eq!(names(&plan), hub(&[&runtime.tag]));
+    assert_eq!(
+        plan["entries"][0]["source"],
+        official.url().trim_end_matches('/')
+    );
+    assert_eq!(plan["warnings"], serde_json::json!([]));
+
+    // The official registry out of reach: the mirror's list, with a warning.
+    let other = Sandbox::new();
+    let spec = other.write(
+        "sync.toml",
+        "[[images]]\nrepository = \"nvidia/cuda\"\ncuda = \"12.4\"\n",
+    );
+    let config = other.write_hub_config(&common::dead_endpoint(), &[&mirror.url()]);
+    let plan = sync_plan(&other, &config, &spec, &[]);
+    assert_eq!(names(&plan), hub(&[&older.tag, &runtime.tag]));
+    let warnings = plan["warnings"].to_string();
+    assert!(
+        warnings.contains("came from the mirror") && warnings.contains("can lag"),
+        "{warnings}"
+    );
+}
