@@ -247,6 +247,22 @@ fn regex_and_semver_select_from_any_repository() {
     );
     // One image under four names: its blobs once.
     assert_eq!(digests(&plan["plan"]["blobs"]), whole(&app));
+
+    // A repository the official registry does not have: not found (exit 4), with a hint.
+    let spec = sandbox.write(
+        "missing.toml",
+        "[[images]]\nrepository = \"org/nothing\"\ntags = \".*\"\n",
+    );
+    let out = run_fails(&mut sandbox.cli(&config, &["sync", spec.to_str().unwrap(), "--plan"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("org/nothing") && err.contains("hint:"),
+        "{err}"
+    );
+    // And a spec file that is not there: a usage error.
+    let out = run_fails(&mut sandbox.cli(&config, &["sync", "absent.toml", "--plan"]));
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]

@@ -77,11 +77,12 @@ pub enum SyncError {
 }
 
 impl SyncError {
-    /// The spec, an inventory or a bundle directory given is wrong, not the world.
+    /// The spec, an inventory or a bundle directory given is wrong (or missing), not the
+    /// world.
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            SyncError::Spec(SpecError::Invalid { .. })
+            SyncError::Spec(_)
                 | SyncError::Config(_)
                 | SyncError::Reference(_)
                 | SyncError::Have { .. }
