@@ -462,6 +462,29 @@ fn have_from_an_inventory_of_a_registry_with_htpasswd_auth_leaves_those_blobs_ou
         text.contains(&format!("the inventory of registry {}/site", far.host())),
         "{text}"
     );
+
+    // An inventory of another format is refused before any network work, with a hint.
+    let bad = sandbox.write(
+        "old-have.json",
+        r#"{"format":"cudaimg-inventory/0","of":"x","blobs":[],"manifests":[]}"#,
+    );
+    let out = run_fails(&mut sandbox.cli(
+        &config,
+        &[
+            "sync",
+            spec.to_str().unwrap(),
+            "--plan",
+            "--have",
+            bad.to_str().unwrap(),
+        ],
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cudaimg-inventory/0")
+            && err.contains("hint: give the file `cudaimg inventory"),
+        "{err}"
+    );
 }
 
 #[test]
