@@ -21,6 +21,7 @@ mod explain;
 mod export;
 mod gc;
 mod images;
+mod import;
 mod inspect;
 mod load;
 mod lock;
@@ -112,6 +113,8 @@ enum Command {
     Build(Box<build::Args>),
     /// Serve the store as a read-only registry (a mirror for Docker, containerd, skopeo)
     Serve(serve::Args),
+    /// Import a sync bundle into a registry (`--to`) or the store, verified and resumable
+    Import(import::Args),
 }
 
 /// A stored image, for the commands that read one (`inspect`, `load`, `export`).
@@ -223,6 +226,7 @@ pub fn main() -> ExitCode {
             Command::RunConfig(args) => run_config::run(&ctx, &args),
             Command::Build(args) => build::run(&ctx, *args).await,
             Command::Serve(args) => serve::run(&ctx, &args).await,
+            Command::Import(args) => import::run(&ctx, args).await,
         }
     });
     match result {
