@@ -29,8 +29,13 @@ fn runtime_multiarch() -> Fixture {
     FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Runtime))
 }
 
+/// A single-platform image: the tag names the platform manifest itself (no index).
 fn devel_amd64() -> Fixture {
-    FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Devel).arches(&[Arch::Amd64]))
+    FixtureStore::shared().cuda(
+        &CudaSpec::new("12.4.1", Flavor::Devel)
+            .arches(&[Arch::Amd64])
+            .without_index(),
+    )
 }
 
 /// The near side: a store holding `fixtures` (whole images, every platform), pulled from
@@ -342,6 +347,8 @@ fn bundles_are_reproducible_parts_stay_under_the_size_and_large_blobs_travel_in_
     )
     .unwrap();
     near.seal();
+    let leftovers = files_of(&near.sandbox.root().join("tmp"));
+    assert!(leftovers.is_empty(), "temporary files left behind");
     let (fa, fb) = (files_of(&a), files_of(&b));
     assert!(
         fa.len() > 2,
@@ -391,6 +398,11 @@ fn bundles_are_reproducible_parts_stay_under_the_size_and_large_blobs_travel_in_
         }
         assert_eq!(n, listed.len());
     }
+    // Written again into the same directory as one part: the old parts are gone.
+    near.write(&plan, &b, None);
+    let names: Vec<String> = files_of(&b).into_iter().map(|f| f.0).collect();
+    assert_eq!(names, ["bundle.json", "part-0001.tar"]);
+
     let cut = meta["blobs"]
         .as_array()
         .unwrap()

@@ -273,6 +273,12 @@ pub fn write(
         return Err(BundleError::PartSizeTooSmall { size });
     }
     fs_err::create_dir_all(dir)?;
+    // A bundle written here before: its bundle.json goes first, so that a write cut short
+    // is a directory without one (unfinished), never an old index over new parts.
+    match fs_err::remove_file(dir.join(BUNDLE_JSON)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     let tmpdir = options.tmpdir.clone().unwrap_or_else(|| dir.to_path_buf());
     fs_err::create_dir_all(&tmpdir)?;
     let id = hex_sha256(&serde_json::to_vec(plan).map_err(io::Error::other)?);
@@ -429,12 +435,29 @@ pub fn write(
         w.write_all(&json)?;
         Ok(())
     })?;
+    remove_stale_parts(dir, &records)?;
     Ok(WriteReport {
         dir: dir.to_path_buf(),
         parts: records,
         bytes_written: bytes_written + size,
         blob_bytes: plan.carried_bytes(),
     })
+}
+
+/// Removes `part-NNNN.tar` files an earlier, larger bundle left in `dir`: a directory holds
+/// one bundle, and a stray part would be carried across for nothing.
+fn remove_stale_parts(dir: &Path, records: &[PartRecord]) -> Result<(), BundleError> {
+    for entry in fs_err::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let ours = name
+            .strip_prefix("part-")
+            .and_then(|n| n.strip_suffix(".tar"))
+            .is_some_and(|n| n.len() >= 4 && n.bytes().all(|b| b.is_ascii_digit()));
+        if ours && !records.iter().any(|r| r.file == name) {
+            fs_err::remove_file(dir.join(&name))?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
