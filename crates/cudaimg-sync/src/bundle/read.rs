@@ -75,6 +75,29 @@ impl Bundle {
                 )));
             }
         }
+        // Pieces name listed parts only (never a path of their own), and cover their blob
+        // from its first byte to its last, in order.
+        for b in &file.blobs {
+            let mut at = 0u64;
+            for p in &b.pieces {
+                if !file.parts.iter().any(|r| r.file == p.part) {
+                    return Err(not(format!(
+                        "blob {} lies in `{}`, which is not one of its parts",
+                        b.digest, p.part
+                    )));
+                }
+                if p.start != at {
+                    return Err(not(format!("the pieces of blob {} leave a gap", b.digest)));
+                }
+                at += p.size;
+            }
+            if at != b.size {
+                return Err(not(format!(
+                    "the pieces of blob {} hold {at} bytes, not {}",
+                    b.digest, b.size
+                )));
+            }
+        }
         let located = file
             .blobs
             .iter()
@@ -265,5 +288,83 @@ impl BlobSource for PartSource {
     type Reader = Reader;
     async fn open(&self, offset: u64) -> io::Result<Reader> {
         self.reader(offset).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::PieceLocation;
+    use crate::plan::Plan;
+
+    fn bundle_with(blobs: Vec<BlobLocation>) -> BundleFile {
+        BundleFile {
+            format: FORMAT.into(),
+            id: "0".repeat(64),
+            part_size: None,
+            plan: Plan::default(),
+            parts: vec![PartRecord {
+                file: "part-0001.tar".into(),
+                size: 2048,
+                sha256: "0".repeat(64),
+            }],
+            blobs,
+        }
+    }
+
+    fn open_with(file: &BundleFile) -> Result<Bundle, BundleError> {
+        let dir = tempfile::tempdir().unwrap();
+        fs_err::write(
+            dir.path().join(BUNDLE_JSON),
+            serde_json::to_vec(file).unwrap(),
+        )
+        .unwrap();
+        Bundle::open(dir.path())
+    }
+
+    fn blob(part: &str, pieces: &[(u64, u64)], size: u64) -> BlobLocation {
+        BlobLocation {
+            digest: Digest::of(b"x"),
+            size,
+            pieces: pieces
+                .iter()
+                .map(|&(start, size)| PieceLocation {
+                    part: part.into(),
+                    offset: 1536,
+                    size,
+                    start,
+                    sha256: "0".repeat(64),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_directory_without_bundle_json_is_not_a_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Bundle::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("there is no bundle.json"), "{err}");
+        assert!(err.hint().unwrap().contains("bundle.json"));
+    }
+
+    #[test]
+    fn pieces_must_lie_in_listed_parts_and_cover_their_blob() {
+        let ok = bundle_with(vec![blob("part-0001.tar", &[(0, 10), (10, 5)], 15)]);
+        open_with(&ok).unwrap();
+        for (bad, why) in [
+            (
+                blob("../../etc/passwd", &[(0, 15)], 15),
+                "not one of its parts",
+            ),
+            (blob("part-0001.tar", &[(0, 10), (11, 4)], 15), "gap"),
+            (blob("part-0001.tar", &[(0, 10)], 15), "hold 10 bytes"),
+        ] {
+            let err = open_with(&bundle_with(vec![bad])).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        let mut wrong = ok.clone();
+        wrong.format = "cudaimg-bundle/v9".into();
+        let err = open_with(&wrong).unwrap_err();
+        assert!(err.to_string().contains("this cudaimg reads"), "{err}");
     }
 }
