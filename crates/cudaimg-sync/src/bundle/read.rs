@@ -292,6 +292,8 @@ impl BlobSource for PartSource {
 }
 
 #[cfg(test)]
+// Tests stop at the first failed step, with its message.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::bundle::PieceLocation;
