@@ -66,5 +66,5 @@ for i in $(seq "$RUNS"); do
     measure "cudaimg import to store" "$CUDAIMG" -q --config "$work/mirrors.toml" --store "$r/far-store2" import "$r/bundle"
     echo "    far store: $(bytes "$r/far-store2") bytes"
     digest() { skopeo inspect --raw --tls-verify=false "docker://$1" | sha256sum | cut -c1-16; }
-    echo "    top digest (sha256, first 16): source $(digest "$ref"), skopeo $(digest "$dest/skopeo$i/${ref#*/}"), cudaimg $(digest "$dest/cudaimg$i/${ref#*/}")"
+    echo "    top digest (sha256, first 16): source $(digest "$ref"), skopeo $(digest "$dest/skopeo$i/${ref##*/}"), cudaimg $(digest "$dest/cudaimg$i/${ref#*/}")"
 done
