@@ -63,6 +63,9 @@ pub enum Error {
         #[source]
         source: cudaimg_registry::RegistryError,
     },
+    /// `import`: a bundle that cannot be read, or whose assumptions do not hold.
+    #[error(transparent)]
+    Import(#[from] cudaimg_sync::bundle::import::ImportError),
     #[error("{0}")]
     Setup(String),
     #[error("{0}")]
@@ -130,6 +133,11 @@ impl Error {
                 StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. },
             )) => exit::CORRUPT,
             Error::Serve(_) => exit::FAILURE,
+            Error::Import(cudaimg_sync::bundle::import::ImportError::Bundle(
+                cudaimg_sync::bundle::BundleError::NotABundle { .. },
+            )) => exit::USAGE,
+            Error::Import(cudaimg_sync::bundle::import::ImportError::Name { .. }) => exit::USAGE,
+            Error::Import(_) => exit::FAILURE,
             Error::Setup(_) => exit::FAILURE,
             Error::Sync(e) if e.is_usage() => exit::USAGE,
             Error::Sync(e) if e.is_not_found() => exit::NOT_FOUND,
@@ -179,6 +187,7 @@ impl Error {
             Error::Platform(_) => Some("for example `--platform linux/arm64`".into()),
             Error::Store(e) => e.hint(),
             Error::Serve(e) => e.hint(),
+            Error::Import(e) => e.hint(),
             Error::Pull(e) => e.hint(),
             Error::Push(e) => e.hint(),
             Error::NotInStore(r) => Some(format!(

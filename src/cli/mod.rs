@@ -21,6 +21,7 @@ mod explain;
 mod export;
 mod gc;
 mod images;
+mod import;
 mod inspect;
 mod load;
 mod lock;
@@ -117,6 +118,8 @@ enum Command {
     Sync(sync::Args),
     /// List the blobs and manifests a registry or the store holds (for `sync --have`)
     Inventory(sync::InventoryArgs),
+    /// Import a sync bundle into a registry (`--to`) or the store, verified and resumable
+    Import(import::Args),
 }
 
 /// A stored image, for the commands that read one (`inspect`, `load`, `export`).
@@ -230,6 +233,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(&ctx, &args).await,
             Command::Sync(args) => sync::run(&ctx, &args).await,
             Command::Inventory(args) => sync::inventory(&ctx, &args).await,
+            Command::Import(args) => import::run(&ctx, args).await,
         }
     });
     match result {

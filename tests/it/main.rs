@@ -20,6 +20,7 @@
 )]
 
 mod build;
+mod bundle;
 mod cuda;
 mod docker;
 mod faults;

@@ -12,7 +12,9 @@
 //! - [`plan`]: what a bundle carries, whatever chose it: images (name, top digest,
 //!   platforms), the blobs to carry (each once, shared layers counted once), and the blobs
 //!   the far side is assumed to hold, with where that assumption comes from. `sync --plan`
-//!   prints it; `bundle.json` records it.
+//!   prints it; `bundle.json` records it;
+//! - [`bundle`]: writing a plan's blobs into tar parts with `bundle.json`, and importing a
+//!   bundle into a registry (through the push path) or the store.
 //!
 //! [`prepare`] runs the first three: spec file to selected [`StoredSet`]s and
 //! [`Exclusions`], from which [`Plan::from_sets`] computes the plan.
@@ -22,6 +24,7 @@
 //! them through the push path.
 
 pub mod inventory;
+pub mod bundle;
 pub mod plan;
 pub mod select;
 pub mod spec;

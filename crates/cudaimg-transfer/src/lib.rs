@@ -24,8 +24,8 @@ pub use lock::Locked;
 pub use pull::{LayerReport, PullError, PullReport, PullTarget};
 pub use pull_all::{PlatformReport, PullAllReport};
 pub use push::{
-    push, BlobReport, ChannelReader, Destination, DestinationFigures, PushError, PushOptions,
-    PushReport, StoreSource,
+    push, send as send_plan, BlobReport, ChannelReader, Destination, DestinationFigures,
+    Doc as PushDoc, Plan as PushPlan, PushError, PushOptions, PushReport, StoreSource,
 };
 pub use resolve::ResolvedBy;
 pub use steps::{Committed, Downloaded, Plan, Resolved, Selected};

@@ -94,14 +94,16 @@ impl Destination {
 
 /// One manifest to put, byte-exact.
 #[derive(Debug, Clone)]
-pub(crate) struct Doc {
+pub struct Doc {
     pub bytes: Vec<u8>,
     pub media_type: String,
     pub digest: Digest,
 }
 
 /// What one image is at the destination: blobs, child manifests (of an index), the top.
-pub(crate) struct Plan {
+/// Built from the store here, from a source registry by `copy`, and from a bundle by
+/// `import` (cudaimg-sync), which all send it with [`send`].
+pub struct Plan {
     pub top: Doc,
     pub children: Vec<Doc>,
     /// Config and layers of every image, each digest once, largest first (the long
@@ -595,7 +597,7 @@ fn mount_candidates(
 // Blobs through a bounded pool, then manifests in order, then the location record: the
 // three phases share the report being built.
 #[allow(clippy::too_many_arguments, clippy::too_many_lines)]
-pub(crate) async fn send<F, Fut>(
+pub async fn send<F, Fut>(
     store: &Store,
     source_name: &str,
     plan: &Plan,

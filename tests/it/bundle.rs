@@ -1,0 +1,732 @@
+//! Air-gapped sync, the carrying half: bundles written from a store (`Plan::from_sets` and
+//! `bundle::write`, in-process, as `cudaimg sync --to DIR` will call them) and `cudaimg
+//! import` on a far side that sees only the bundle and its own registry (htpasswd auth) or
+//! store. The upstream registry is stopped before every import. Results are read back with
+//! skopeo and the registry's own answers, never with the code under test.
+
+use cudaimg_test_support as common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{
+    run_fails, run_ok, Arch, CudaSpec, Fault, FaultProxy, Fixture, FixtureStore, Flavor, Pusher,
+    Sandbox, TestRegistry,
+};
+use cudaimg_store::Store;
+use cudaimg_sync::bundle::{self, WriteOptions, WriteReport};
+use cudaimg_sync::plan::{AssumedFrom, Exclusions, Plan};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+const USER: &str = "far";
+const PASS: &str = "pw-7c1";
+
+struct Quiet;
+impl cudaimg_oci::progress::Reporter for Quiet {}
+
+fn runtime_multiarch() -> Fixture {
+    FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Runtime))
+}
+
+/// A single-platform image: the tag names the platform manifest itself (no index).
+fn devel_amd64() -> Fixture {
+    FixtureStore::shared().cuda(
+        &CudaSpec::new("12.4.1", Flavor::Devel)
+            .arches(&[Arch::Amd64])
+            .without_index(),
+    )
+}
+
+/// The near side: a store holding `fixtures` (whole images, every platform), pulled from
+/// an upstream registry standing in for docker.io; the registry is stopped on `seal`.
+struct Near {
+    sandbox: Sandbox,
+    names: Vec<String>,
+    upstream: Option<TestRegistry>,
+}
+
+fn near(fixtures: &[&Fixture]) -> Near {
+    let upstream = TestRegistry::start();
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&upstream.url(), &[]);
+    let mut names = Vec::new();
+    for fx in fixtures {
+        Pusher::new(&upstream).push(fx);
+        let out = run_ok(&mut sandbox.cli(
+            &config,
+            &["--json", "pull", "--all-platforms", &fx.reference()],
+        ));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        names.push(
+            v["canonical"]
+                .as_str()
+                .map_or_else(|| format!("docker.io/{}", fx.reference()), str::to_owned),
+        );
+    }
+    Near {
+        sandbox,
+        names,
+        upstream: Some(upstream),
+    }
+}
+
+impl Near {
+    fn plan(&self, exclude: &Exclusions) -> Plan {
+        let store = Store::open(&self.sandbox.store_dir()).unwrap();
+        let sets: Vec<_> = self
+            .names
+            .iter()
+            .map(|n| {
+                store
+                    .image_set(n)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{n} not stored"))
+            })
+            .collect();
+        Plan::from_sets(&sets, exclude)
+    }
+    fn write(&self, plan: &Plan, dir: &Path, part_size: Option<u64>) -> WriteReport {
+        let store = Store::open(&self.sandbox.store_dir()).unwrap();
+        bundle::write(
+            &store,
+            plan,
+            dir,
+            &WriteOptions {
+                part_size,
+                tmpdir: None,
+            },
+            &Quiet,
+        )
+        .unwrap()
+    }
+    /// Stops the upstream registry: from here on only the bundle holds the images.
+    fn seal(&mut self) {
+        self.upstream = None;
+    }
+}
+
+/// The far side: its own sandbox (store, docker config) and an htpasswd registry.
+struct Far {
+    sandbox: Sandbox,
+    config: PathBuf,
+    registry: TestRegistry,
+}
+
+fn far() -> Far {
+    let registry = TestRegistry::start_with_basic_auth(USER, PASS);
+    far_with(registry, None)
+}
+
+/// `via`: the host cudaimg talks to (a fault proxy), when not the registry itself.
+fn far_with(registry: TestRegistry, via: Option<&str>) -> Far {
+    let sandbox = Sandbox::new();
+    // No upstream at all: a hub config pointing at a dead endpoint.
+    let config = sandbox.write_hub_config(&common::dead_endpoint(), &[]);
+    let host = via.map_or_else(|| registry.host(), str::to_owned);
+    sandbox.write_docker_config(&serde_json::json!({
+        "auths": { host: { "auth": b64(&format!("{USER}:{PASS}")) } }
+    }));
+    Far {
+        sandbox,
+        config,
+        registry,
+    }
+}
+
+impl Far {
+    fn cli(&self, args: &[&str]) -> std::process::Command {
+        self.sandbox.cli(&self.config, args)
+    }
+    /// `skopeo inspect --raw` of `reference` in the far registry.
+    fn raw(&self, reference: &str) -> Vec<u8> {
+        run_ok(self.sandbox.skopeo().args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("--creds={USER}:{PASS}"),
+            &format!("docker://{}/{reference}", self.registry.host()),
+        ]))
+        .stdout
+    }
+}
+
+fn b64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in s.as_bytes().chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                T[(n >> (18 - 6 * i)) as usize & 63] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `docker.io/nvidia/cuda:T` → `mirror/nvidia/cuda:T`.
+fn under_prefix(name: &str) -> String {
+    format!("mirror/{}", name.strip_prefix("docker.io/").unwrap())
+}
+
+fn statuses(report: &Value) -> Vec<String> {
+    report["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn sum(report: &Value, field: &str) -> u64 {
+    report["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i[field].as_u64().unwrap())
+        .sum()
+}
+
+fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_bundle_imports_byte_exact_into_an_htpasswd_registry_and_into_a_store() {
+    let (runtime, devel) = (runtime_multiarch(), devel_amd64());
+    let mut near = near(&[&runtime, &devel]);
+    let plan = near.plan(&Exclusions::default());
+    let dir = near.sandbox.root().join("bundle");
+    let written = near.write(&plan, &dir, None);
+    near.seal();
+    assert_eq!(written.parts.len(), 1, "default: one part");
+    // Shared layers are carried once.
+    let per_image: usize = plan.images.iter().map(|i| i.blobs.len()).sum();
+    assert!(plan.blobs.len() < per_image, "{plan:#?}");
+
+    let far = far();
+    let to = format!("{}/mirror", far.registry.host());
+    let out = run_ok(&mut far.cli(&["--json", "import", dir.to_str().unwrap(), "--to", &to]));
+    let report = json(&out);
+    assert_eq!(statuses(&report), ["imported", "imported"], "{report:#}");
+    assert!(sum(&report, "bytes") > 0);
+
+    for image in &plan.images {
+        let reference = under_prefix(&image.name);
+        let raw = far.raw(&reference);
+        assert_eq!(sha256(&raw), image.digest.to_string(), "{reference}");
+    }
+    // The multi-arch image: the index and every child, byte-exact.
+    let top = runtime.top();
+    assert_eq!(
+        far.raw(&under_prefix(&format!("docker.io/{}", runtime.reference()))),
+        top.bytes
+    );
+    for p in &runtime.platforms {
+        let child = far.raw(&format!("mirror/nvidia/cuda@{}", p.manifest.digest));
+        assert_eq!(child, p.manifest.bytes);
+    }
+    // skopeo copies it all back out of the far registry.
+    let copied = far.sandbox.root().join("copied");
+    run_ok(far.sandbox.skopeo().args([
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("--src-creds={USER}:{PASS}"),
+        &format!(
+            "docker://{}/mirror/{}",
+            far.registry.host(),
+            runtime.reference()
+        ),
+        &format!("oci:{}:x", copied.display()),
+    ]));
+
+    // Again: everything is there, nothing is sent.
+    let again = json(&run_ok(&mut far.cli(&[
+        "--json",
+        "import",
+        dir.to_str().unwrap(),
+        "--to",
+        &to,
+    ])));
+    assert_eq!(sum(&again, "bytes"), 0, "{again:#}");
+    assert_eq!(sum(&again, "blobs_sent"), 0, "{again:#}");
+
+    // Into a store: the names, verified.
+    let store_side = far_with(TestRegistry::start(), None);
+    let report = json(&run_ok(&mut store_side.cli(&[
+        "--json",
+        "import",
+        dir.to_str().unwrap(),
+    ])));
+    assert_eq!(statuses(&report), ["imported", "imported"], "{report:#}");
+    run_ok(&mut store_side.cli(&["verify"]));
+    // The store's index.json names each image by its top digest (skopeo's oci: transport
+    // reads only OCI media types, and these are Docker's), and the blob is those bytes.
+    let store = store_side.sandbox.store_dir();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(store.join("index.json")).unwrap()).unwrap();
+    for image in &plan.images {
+        let entry = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["annotations"]["org.opencontainers.image.ref.name"] == image.name.as_str())
+            .unwrap_or_else(|| panic!("{} not named: {index:#}", image.name));
+        assert_eq!(entry["digest"], image.digest.as_str());
+        let blob = std::fs::read(store.join("blobs/sha256").join(image.digest.hex())).unwrap();
+        assert_eq!(sha256(&blob), image.digest.to_string());
+    }
+    let images = json(&run_ok(&mut store_side.cli(&["--json", "images"])));
+    let listed = images.to_string();
+    for image in &plan.images {
+        assert!(listed.contains(&image.name), "{listed}");
+    }
+}
+
+#[test]
+fn bundles_are_reproducible_parts_stay_under_the_size_and_large_blobs_travel_in_pieces() {
+    let runtime = runtime_multiarch();
+    let mut near = near(&[&runtime]);
+    let plan = near.plan(&Exclusions::default());
+    let part_size = 256 << 10;
+    let largest = plan.blobs.iter().map(|b| b.size).max().unwrap();
+    assert!(
+        largest > part_size,
+        "the fixture needs a blob over {part_size}: {largest}"
+    );
+
+    let a = near.sandbox.root().join("a");
+    let b = near.sandbox.root().join("b");
+    near.write(&plan, &a, Some(part_size));
+    // The second from a fresh plan, with its temporary files elsewhere.
+    let store = Store::open(&near.sandbox.store_dir()).unwrap();
+    bundle::write(
+        &store,
+        &near.plan(&Exclusions::default()),
+        &b,
+        &WriteOptions {
+            part_size: Some(part_size),
+            tmpdir: Some(near.sandbox.root().join("tmp")),
+        },
+        &Quiet,
+    )
+    .unwrap();
+    near.seal();
+    let leftovers = files_of(&near.sandbox.root().join("tmp"));
+    assert!(leftovers.is_empty(), "temporary files left behind");
+    let (fa, fb) = (files_of(&a), files_of(&b));
+    assert!(
+        fa.len() > 2,
+        "{:?}",
+        fa.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    assert_eq!(fa, fb, "two writes of the same plan differ");
+
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(a.join("bundle.json")).unwrap()).unwrap();
+    assert_eq!(meta["format"], "cudaimg-bundle/v1");
+    for part in meta["parts"].as_array().unwrap() {
+        let file = part["file"].as_str().unwrap();
+        let bytes = std::fs::read(a.join(file)).unwrap();
+        assert!(bytes.len() as u64 <= part_size, "{file}: {}", bytes.len());
+        assert_eq!(bytes.len() as u64, part["size"].as_u64().unwrap());
+        assert_eq!(
+            sha256(&bytes),
+            format!("sha256:{}", part["sha256"].as_str().unwrap())
+        );
+        // A plain tar whose first entry is the part's own index, which lists the rest.
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let mut entries = archive.entries().unwrap();
+        let mut first = entries.next().unwrap().unwrap();
+        assert_eq!(first.path().unwrap().to_str().unwrap(), "cudaimg-part.json");
+        assert_eq!(first.header().mtime().unwrap(), 0);
+        let mut index = String::new();
+        std::io::Read::read_to_string(&mut first, &mut index).unwrap();
+        let index: Value = serde_json::from_str(&index).unwrap();
+        assert_eq!(index["file"], file);
+        let listed = index["entries"].as_array().unwrap();
+        let mut n = 0;
+        for (entry, want) in entries.zip(listed) {
+            let mut entry = entry.unwrap();
+            assert_eq!(
+                entry.path().unwrap().to_str().unwrap(),
+                want["path"].as_str().unwrap()
+            );
+            assert_eq!(entry.raw_file_position(), want["offset"].as_u64().unwrap());
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            assert_eq!(
+                sha256(&data),
+                format!("sha256:{}", want["sha256"].as_str().unwrap())
+            );
+            n += 1;
+        }
+        assert_eq!(n, listed.len());
+    }
+    // Written again into the same directory as one part: the old parts are gone.
+    near.write(&plan, &b, None);
+    let names: Vec<String> = files_of(&b).into_iter().map(|f| f.0).collect();
+    assert_eq!(names, ["bundle.json", "part-0001.tar"]);
+
+    let cut = meta["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["pieces"].as_array().unwrap().len() > 1)
+        .count();
+    assert!(cut >= 1, "no blob was cut into pieces");
+
+    // The pieces are joined and verified on import.
+    let far = far();
+    let to = far.registry.host();
+    let report = json(&run_ok(&mut far.cli(&[
+        "--json",
+        "import",
+        a.to_str().unwrap(),
+        "--to",
+        &to,
+    ])));
+    assert_eq!(statuses(&report), ["imported"], "{report:#}");
+    assert_eq!(
+        far.raw(&runtime.reference()),
+        runtime.top().bytes,
+        "the index at the destination"
+    );
+    let store_side = far_with(TestRegistry::start(), None);
+    run_ok(&mut store_side.cli(&["import", a.to_str().unwrap()]));
+    run_ok(&mut store_side.cli(&["verify"]));
+}
+
+#[test]
+fn a_damaged_and_a_missing_part_are_named_and_sending_them_again_finishes_the_import() {
+    let runtime = runtime_multiarch();
+    let mut near = near(&[&runtime]);
+    let plan = near.plan(&Exclusions::default());
+    let dir = near.sandbox.root().join("bundle");
+    near.write(&plan, &dir, Some(256 << 10));
+    near.seal();
+    let (p2, p3) = (dir.join("part-0002.tar"), dir.join("part-0003.tar"));
+    let (good2, good3) = (std::fs::read(&p2).unwrap(), std::fs::read(&p3).unwrap());
+    let mut bad = good2.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0xff;
+    std::fs::write(&p2, &bad).unwrap();
+    std::fs::remove_file(&p3).unwrap();
+
+    let far = far();
+    let to = far.registry.host();
+    let out = run_fails(&mut far.cli(&["import", dir.to_str().unwrap(), "--to", &to]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("part part-0002.tar cannot be used: its sha256 is"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("send it again: {}", p2.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("part part-0003.tar cannot be used: it is missing"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("send it again: {}", p3.display())),
+        "{err}"
+    );
+    // Nothing of a damaged part reached the registry as a manifest.
+    let tagged = common::push::http_client()
+        .head(format!(
+            "{}/v2/nvidia/cuda/manifests/{}",
+            far.registry.url(),
+            runtime.tag
+        ))
+        .basic_auth(USER, Some(PASS))
+        .send()
+        .unwrap();
+    assert_eq!(tagged.status().as_u16(), 404);
+
+    // The same into a store.
+    let store_side = far_with(TestRegistry::start(), None);
+    let out = run_fails(&mut store_side.cli(&["import", dir.to_str().unwrap()]));
+    assert!(stderr(&out).contains("part-0002.tar"), "{}", stderr(&out));
+
+    // The two parts sent again: the import finishes.
+    std::fs::write(&p2, &good2).unwrap();
+    std::fs::write(&p3, &good3).unwrap();
+    let report = json(&run_ok(&mut far.cli(&[
+        "--json",
+        "import",
+        dir.to_str().unwrap(),
+        "--to",
+        &to,
+    ])));
+    assert_eq!(statuses(&report), ["imported"], "{report:#}");
+    assert_eq!(far.raw(&runtime.reference()), runtime.top().bytes);
+}
+
+#[test]
+fn one_failing_image_does_not_stop_the_others_and_a_second_run_finishes_it() {
+    let (runtime, devel) = (runtime_multiarch(), devel_amd64());
+    let mut near = near(&[&runtime, &devel]);
+    let plan = near.plan(&Exclusions::default());
+    let dir = near.sandbox.root().join("bundle");
+    near.write(&plan, &dir, None);
+    near.seal();
+
+    let registry = TestRegistry::start_with_basic_auth(USER, PASS);
+    let proxy = FaultProxy::start(&registry.url());
+    let far = far_with(registry, Some(&proxy.host()));
+    // The runtime image's tag cannot be put (a 400: not retried).
+    proxy.add(Fault::StatusOn {
+        method: "PUT".into(),
+        path_contains: format!("/manifests/{}", runtime.tag),
+        skip: 0,
+        status: 400,
+        retry_after: None,
+        www_authenticate: None,
+        times: 1,
+    });
+    let to = proxy.host();
+    let out = run_fails(&mut far.cli(&["--json", "import", dir.to_str().unwrap(), "--to", &to]));
+    assert_eq!(out.status.code(), Some(1));
+    let report = json(&out);
+    let by_name = |r: &Value, name: &str| -> Value {
+        r["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"].as_str().unwrap().ends_with(name))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        by_name(&report, &runtime.tag)["status"],
+        "failed",
+        "{report:#}"
+    );
+    assert_eq!(
+        by_name(&report, &devel.tag)["status"],
+        "imported",
+        "{report:#}"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("docker.io/nvidia/cuda:{}", runtime.tag)),
+        "{err}"
+    );
+    assert!(err.contains("1 of 2 images failed"), "{err}");
+    let devel_image = plan
+        .images
+        .iter()
+        .find(|i| i.name.ends_with(&devel.tag))
+        .unwrap();
+    assert_eq!(
+        sha256(&far.raw(&devel.reference())),
+        devel_image.digest.to_string()
+    );
+
+    // Run again: the runtime image's blobs, uploaded the first time, are not sent again.
+    let report = json(&run_ok(&mut far.cli(&[
+        "--json",
+        "import",
+        dir.to_str().unwrap(),
+        "--to",
+        &to,
+    ])));
+    assert_eq!(statuses(&report), ["imported", "imported"], "{report:#}");
+    assert_eq!(sum(&report, "blobs_sent"), 0, "{report:#}");
+    assert_eq!(far.raw(&runtime.reference()), runtime.top().bytes);
+
+    // The plain summary names the image to retry.
+    proxy.add(Fault::StatusOn {
+        method: "PUT".into(),
+        path_contains: format!("/manifests/{}", devel.tag),
+        skip: 0,
+        status: 400,
+        retry_after: None,
+        www_authenticate: None,
+        times: 1,
+    });
+    let out = run_fails(&mut far.cli(&["import", dir.to_str().unwrap(), "--to", &to]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("imported 1 of 2 images"), "{text}");
+    assert!(text.contains("to retry"), "{text}");
+    assert!(
+        text.contains(&format!("  docker.io/nvidia/cuda:{}", devel.tag)),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_import_killed_midway_continues_where_it_stopped() {
+    let runtime = runtime_multiarch();
+    let mut near = near(&[&runtime]);
+    let plan = near.plan(&Exclusions::default());
+    let dir = near.sandbox.root().join("bundle");
+    near.write(&plan, &dir, None);
+    near.seal();
+
+    let registry = TestRegistry::start_with_basic_auth(USER, PASS);
+    let proxy = FaultProxy::start(&registry.url());
+    let far = far_with(registry, Some(&proxy.host()));
+    proxy.add(Fault::Throttle {
+        bytes_per_sec: 256 << 10,
+    });
+    let to = proxy.host();
+    let mut child = far
+        .cli(&["import", dir.to_str().unwrap(), "--to", &to, "--jobs", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until some blob, not all, is at the destination; then kill the import.
+    let layers: Vec<_> = plan
+        .blobs
+        .iter()
+        .filter(|b| b.kind == cudaimg_sync::plan::BlobKind::Layer)
+        .collect();
+    let at_dest = |d: &str| {
+        common::push::http_client()
+            .head(format!("{}/v2/nvidia/cuda/blobs/{d}", far.registry.url()))
+            .basic_auth(USER, Some(PASS))
+            .send()
+            .unwrap()
+            .status()
+            .is_success()
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let there = layers.iter().filter(|b| at_dest(b.digest.as_str())).count();
+        if there >= 1 {
+            assert!(
+                there < layers.len(),
+                "the import finished before it was killed"
+            );
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 60, "no blob arrived");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the import ended early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    proxy.clear();
+
+    let report = json(&run_ok(&mut far.cli(&[
+        "--json",
+        "import",
+        dir.to_str().unwrap(),
+        "--to",
+        &to,
+    ])));
+    assert_eq!(statuses(&report), ["imported"], "{report:#}");
+    assert!(sum(&report, "blobs_present") >= 1, "{report:#}");
+    assert!(sum(&report, "bytes") < plan.carried_bytes(), "{report:#}");
+    assert_eq!(far.raw(&runtime.reference()), runtime.top().bytes);
+}
+
+#[test]
+fn a_bundle_assuming_blobs_the_far_side_lacks_is_refused_before_anything_is_pushed() {
+    let (runtime, devel) = (runtime_multiarch(), devel_amd64());
+    let mut near = near(&[&runtime, &devel]);
+    let full = near.plan(&Exclusions::default());
+    let first_dir = near.sandbox.root().join("bundle-2026-01");
+    near.write(&full, &first_dir, None);
+    // A second bundle, as `--since bundle-2026-01` makes it: the runtime image's blobs are
+    // assumed on the far side.
+    let mut exclude = Exclusions::default();
+    let runtime_image = full
+        .images
+        .iter()
+        .find(|i| i.name.ends_with(&runtime.tag))
+        .unwrap();
+    exclude.add(
+        AssumedFrom::Bundle {
+            sha256: "0".repeat(64),
+            name: "bundle-2026-01".into(),
+        },
+        runtime_image.blobs.iter().cloned(),
+    );
+    let second = near.plan(&exclude);
+    assert!(!second.assumed.is_empty());
+    let second_dir = near.sandbox.root().join("bundle-2026-02");
+    near.write(&second, &second_dir, None);
+    near.seal();
+
+    let far = far();
+    let to = far.registry.host();
+    let out = run_fails(&mut far.cli(&["import", second_dir.to_str().unwrap(), "--to", &to]));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the bundle assumes the destination holds"),
+        "{err}"
+    );
+    assert!(err.contains("bundle-2026-01"), "{err}");
+    assert!(err.contains(second.assumed[0].digest.as_str()), "{err}");
+    assert!(err.contains("hint: import"), "{err}");
+    let writes: Vec<_> = far
+        .registry
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET" && r.method != "HEAD")
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+    // Into a store likewise.
+    let store_side = far_with(TestRegistry::start(), None);
+    let out = run_fails(&mut store_side.cli(&["import", second_dir.to_str().unwrap()]));
+    assert!(stderr(&out).contains("bundle-2026-01"), "{}", stderr(&out));
+
+    // Once the first bundle is imported, the second goes in, carrying only what is new.
+    run_ok(&mut far.cli(&["import", first_dir.to_str().unwrap(), "--to", &to]));
+    let report = json(&run_ok(&mut far.cli(&[
+        "--json",
+        "import",
+        second_dir.to_str().unwrap(),
+        "--to",
+        &to,
+    ])));
+    assert_eq!(statuses(&report), ["imported", "imported"], "{report:#}");
+    assert_eq!(far.raw(&runtime.reference()), runtime.top().bytes);
+    run_ok(&mut store_side.cli(&["import", first_dir.to_str().unwrap()]));
+    run_ok(&mut store_side.cli(&["import", second_dir.to_str().unwrap()]));
+    run_ok(&mut store_side.cli(&["verify"]));
+}
