@@ -103,11 +103,19 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+    /// A `--mirror` flag that names no usable mirror.
+    #[error("--mirror `{flag}`: {message}")]
+    Flag { flag: String, message: String },
 }
 
 impl ConfigError {
     pub fn hint(&self) -> String {
         match self {
+            ConfigError::Flag { .. } => {
+                "`--mirror URL` adds a mirror of Docker Hub (`--mirror https://mirror.gcr.io`); \
+                 `--mirror HOST=URL` one of another registry (`--mirror nvcr.io=http://10.0.0.5:5000`)"
+                    .into()
+            }
             ConfigError::Read { .. } => {
                 "check the path given by `--config` or `CUDAIMG_CONFIG`, or unset them to use \
                  ./mirrors.toml or $XDG_CONFIG_HOME/cudaimg/mirrors.toml"
@@ -263,6 +271,49 @@ impl Config {
             path: Some(path.to_owned()),
             registries,
         })
+    }
+
+    /// Adds the command line's `--mirror [REGISTRY=]URL` flags (`REGISTRY` defaults to
+    /// `docker.io`): tried in the order given, before the file's mirrors, with the same
+    /// trust rules (the official endpoint stays the authority on tags). No file is needed.
+    pub fn add_mirror_flags(&mut self, flags: &[String]) -> Result<(), ConfigError> {
+        let mut added: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+        for flag in flags {
+            let err = |message: String| ConfigError::Flag {
+                flag: shown(flag).to_string(),
+                message,
+            };
+            let (registry, url) = match flag.split_once('=') {
+                Some((r, u)) if !r.contains("://") => (r, u),
+                _ => (DOCKER_HUB, flag.as_str()),
+            };
+            let host = registry_host(registry).map_err(|why| {
+                err(format!(
+                    "`{}` is not a registry host ({why})",
+                    shown(registry)
+                ))
+            })?;
+            // The file's URL rules, word for word (the span is unused here).
+            let url = parse_url(&Spanned::new(0..0, url.to_owned())).map_err(err)?;
+            added.entry(host).or_default().push(Endpoint {
+                url,
+                insecure: false,
+                capabilities: Capabilities::default(),
+            });
+        }
+        for (host, mut mirrors) in added {
+            let entry = self
+                .registries
+                .entry(host.clone())
+                .or_insert_with(|| RegistryConfig {
+                    endpoint: default_endpoint(&host),
+                    mirrors: Vec::new(),
+                });
+            mirrors.retain(|m| !entry.mirrors.contains(m));
+            mirrors.append(&mut entry.mirrors);
+            entry.mirrors = mirrors;
+        }
+        Ok(())
     }
 
     /// The endpoints for a canonical registry; its own host when the file has no entry.
