@@ -20,6 +20,7 @@
 )]
 
 mod build;
+mod conveniences;
 mod cuda;
 mod docker;
 mod faults;
