@@ -249,3 +249,31 @@ fn completions_are_generated_for_bash_zsh_and_fish_from_the_commands() {
     let out = run_fails(&mut bare(&sandbox, &["completions", "tcsh"]));
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn inspect_text_shows_each_layer_with_its_diff_id() {
+    let f = fixture();
+    let official = TestRegistry::start();
+    Pusher::new(&official).push(&f);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    run_ok(&mut sandbox.cli(
+        &config,
+        &["-q", "pull", "--platform", "linux/amd64", &f.reference()],
+    ));
+    let out = run_ok(&mut sandbox.cli(
+        &config,
+        &["inspect", "--platform", "linux/amd64", &f.reference()],
+    ));
+    let text = text(&out.stdout);
+    let layers = &f.platform(Arch::Amd64).layers;
+    for l in layers {
+        assert!(
+            text.lines().any(|line| line.contains(&l.digest)
+                && line.ends_with(&format!("diff ID {}", l.diff_id))),
+            "{} with {} not in:\n{text}",
+            l.digest,
+            l.diff_id
+        );
+    }
+}

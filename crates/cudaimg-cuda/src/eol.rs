@@ -156,13 +156,23 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let cited: Vec<&str> = SOURCE
             .split_whitespace()
-            .map(|w| w.trim_end_matches("'s").trim_matches(|c: char| "(),`".contains(c)))
-            .filter(|w| std::path::Path::new(w).extension().is_some_and(|e| e == "md"))
+            .map(|w| {
+                w.trim_end_matches("'s")
+                    .trim_matches(|c: char| "(),`".contains(c))
+            })
+            .filter(|w| {
+                std::path::Path::new(w)
+                    .extension()
+                    .is_some_and(|e| e == "md")
+            })
             .filter(|w| w.contains('/') && !w.contains("gitlab"))
             .collect();
         assert_eq!(cited, ["docs/CUDA.md"]);
         for f in cited {
-            assert!(root.join(f).is_file(), "{f} is cited but not in the repository");
+            assert!(
+                root.join(f).is_file(),
+                "{f} is cited but not in the repository"
+            );
         }
     }
     use super::*;
