@@ -277,3 +277,53 @@ fn inspect_text_shows_each_layer_with_its_diff_id() {
         );
     }
 }
+
+/// README's skopeo route for Docker-typed images (nvidia/cuda is schema2): an oci-archive.
+#[test]
+fn skopeo_reads_a_docker_typed_image_through_an_oci_archive_export() {
+    let f = fixture();
+    assert!(
+        f.top().media_type.contains("docker"),
+        "{}",
+        f.top().media_type
+    );
+    let official = TestRegistry::start();
+    Pusher::new(&official).push(&f);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    run_ok(&mut sandbox.cli(
+        &config,
+        &["-q", "pull", "--platform", "linux/amd64", &f.reference()],
+    ));
+    let archive = sandbox.root().join("cuda.tar");
+    run_ok(&mut sandbox.cli(
+        &config,
+        &[
+            "export",
+            &f.reference(),
+            "--format",
+            "oci-archive",
+            "-o",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    let out = run_ok(sandbox.skopeo().args([
+        "inspect",
+        "--raw",
+        &format!("oci-archive:{}", archive.display()),
+    ]));
+    assert_eq!(out.stdout, f.platform(Arch::Amd64).manifest.bytes);
+    // And on to a registry, as README says.
+    let dest = TestRegistry::start();
+    run_ok(sandbox.skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci-archive:{}", archive.display()),
+        &format!("docker://{}/nvidia/cuda:copied", dest.host()),
+    ]));
+    let out = run_ok(&mut bare(
+        &sandbox,
+        &["digest", &format!("{}/nvidia/cuda:copied", dest.host())],
+    ));
+    assert!(text(&out.stdout).starts_with("sha256:"));
+}
