@@ -24,6 +24,7 @@ mod conveniences;
 mod cuda;
 mod docker;
 mod faults;
+mod getting_started;
 mod harness;
 mod import;
 mod input_safety;
