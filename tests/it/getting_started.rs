@@ -14,7 +14,7 @@ use common::{run_ok, Arch, CudaSpec, FixtureStore, Flavor, Pusher, Sandbox, Test
 const MARKER: &str = "<!-- getting-started:";
 const IMAGE: &str = "nvidia/cuda:12.4.1-base-ubuntu22.04";
 
-/// The lines of the first ```sh block after the marker.
+/// The lines of the first `sh` fenced block after the marker.
 fn readme_block() -> Vec<String> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();

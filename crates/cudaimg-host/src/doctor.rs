@@ -80,6 +80,19 @@ pub enum ImageSource {
     Tag,
 }
 
+impl ImageSource {
+    /// Where the requirement was read, as a finding says it.
+    fn describe(self) -> &'static str {
+        match self {
+            ImageSource::Store => "the stored image",
+            ImageSource::Engine => "the image in the Docker Engine",
+            ImageSource::Tag => {
+                "its tag (not in the store; `cudaimg pull` it for the image's own requirements)"
+            }
+        }
+    }
+}
+
 impl ImageSubject {
     fn version(&self) -> Option<CudaVersion> {
         self.env
@@ -139,6 +152,10 @@ pub fn findings(p: &Probes, image: Option<&ImageSubject>) -> Vec<Finding> {
     let mut out = Vec::new();
     driver_findings(p, &mut out);
     if let Some(i) = image {
+        if let Some(built) = built_with(&i.labels) {
+            let text = format!("{}: {built}", i.name);
+            out.push(finding("image", Status::Ok, text, None));
+        }
         image_findings(p, i, &mut out);
     }
     docker_findings(p, &mut out);
@@ -272,13 +289,7 @@ fn image_findings(p: &Probes, image: &ImageSubject, out: &mut Vec<Finding>) {
         ));
         return;
     };
-    let source = match image.source {
-        ImageSource::Store => "the stored image",
-        ImageSource::Engine => "the image in the Docker Engine",
-        ImageSource::Tag => {
-            "its tag (not in the store; `cudaimg pull` it for the image's own requirements)"
-        }
-    };
+    let source = image.source.describe();
     match p.driver.driver() {
         None => out.push(finding(
             "image",
