@@ -280,7 +280,7 @@ impl Config {
         let mut added: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
         for flag in flags {
             let err = |message: String| ConfigError::Flag {
-                flag: shown(flag).to_string(),
+                flag: shown(&without_userinfo(flag)).to_string(),
                 message,
             };
             let (registry, url) = match flag.split_once('=') {
@@ -432,6 +432,19 @@ pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
     }
 }
 
+/// A `--mirror` value as errors may echo it: `user:pass@` in a URL becomes `***@`.
+fn without_userinfo(flag: &str) -> String {
+    let Some(scheme_end) = flag.find("://").map(|i| i + 3) else {
+        return flag.to_owned();
+    };
+    let rest = &flag[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &flag[..scheme_end], &rest[at..]),
+        None => flag.to_owned(),
+    }
+}
+
 fn parse_url(raw: &Spanned<String>) -> Result<Url, String> {
     let s = raw.get_ref();
     let url = Url::parse(s).map_err(|e| {
@@ -482,6 +495,35 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 // Tests: std::fs is fine where a failure stops the test with its own message.
 #[allow(clippy::disallowed_methods)]
 mod tests {
+
+    #[test]
+    fn mirror_flags_go_first_per_registry_with_the_files_rules() {
+        let text = "[registries.\"docker.io\"]\nmirrors = [{ url = \"https://file.example\" }]\n";
+        let mut c = Config::parse(text, Path::new("m.toml")).unwrap();
+        c.add_mirror_flags(&[
+            "http://10.0.0.5:5000".into(),
+            "nvcr.io=https://n.example".into(),
+            "https://file.example".into(),
+        ])
+        .unwrap();
+        let hub: Vec<String> = c
+            .registry("docker.io")
+            .mirrors
+            .iter()
+            .map(Endpoint::authority)
+            .collect();
+        assert_eq!(hub, ["10.0.0.5:5000", "file.example"]);
+        let nvcr = c.registry("nvcr.io");
+        assert_eq!(nvcr.mirrors[0].authority(), "n.example");
+        assert_eq!(nvcr.endpoint.authority(), "nvcr.io");
+        for bad in ["ftp://x", "https://u:p@h.example", "not a host=https://x"] {
+            let e = Config::default()
+                .add_mirror_flags(&[bad.into()])
+                .unwrap_err();
+            assert!(matches!(e, ConfigError::Flag { .. }), "{bad}: {e}");
+            assert!(!e.to_string().contains(":p@"), "{e}");
+        }
+    }
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
