@@ -499,13 +499,13 @@ mod tests {
     #[test]
     fn mirror_flags_go_first_per_registry_with_the_files_rules() {
         let text = "[registries.\"docker.io\"]\nmirrors = [{ url = \"https://file.example\" }]\n";
-        let mut c = Config::parse(text, Path::new("m.toml")).unwrap();
+        let mut c = Config::parse(text, Path::new("m.toml")).expect("valid");
         c.add_mirror_flags(&[
             "http://10.0.0.5:5000".into(),
             "nvcr.io=https://n.example".into(),
             "https://file.example".into(),
         ])
-        .unwrap();
+        .expect("valid flags");
         let hub: Vec<String> = c
             .registry("docker.io")
             .mirrors
@@ -519,7 +519,7 @@ mod tests {
         for bad in ["ftp://x", "https://u:p@h.example", "not a host=https://x"] {
             let e = Config::default()
                 .add_mirror_flags(&[bad.into()])
-                .unwrap_err();
+                .expect_err(bad);
             assert!(matches!(e, ConfigError::Flag { .. }), "{bad}: {e}");
             assert!(!e.to_string().contains(":p@"), "{e}");
         }
