@@ -327,3 +327,65 @@ fn skopeo_reads_a_docker_typed_image_through_an_oci_archive_export() {
     ));
     assert!(text(&out.stdout).starts_with("sha256:"));
 }
+
+/// `login` with a `credsStore` in docker's config.json goes through that helper, as docker
+/// does, and the next run reads the credential back through it. The helper is a small
+/// program speaking docker's credential-helper protocol (`store` / `get` on stdin/stdout).
+#[test]
+fn login_uses_the_credential_helper_docker_is_configured_with() {
+    const SECRET: &str = "h3lper-S3cret";
+    let f = fixture();
+    let private = TestRegistry::start_with_basic_auth("team", SECRET);
+    Pusher::new(&private).push(&f);
+    let image = format!("{}/{}", private.host(), f.reference());
+    let sandbox = Sandbox::new();
+    let bin = sandbox.root().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let vault = sandbox.root().join("vault.json");
+    let helper = sandbox.write(
+        "bin/docker-credential-cudaimgtest",
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n  store) cat > '{v}' ;;\n  get) read key; \
+             [ -f '{v}' ] && cat '{v}' || {{ echo 'credentials not found in native keychain'; exit 1; }} ;;\n  \
+             *) exit 1 ;;\nesac\n",
+            v = vault.display()
+        ),
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    sandbox.write_docker_config(&serde_json::json!({ "credsStore": "cudaimgtest" }));
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+
+    let mut child = bare(
+        &sandbox,
+        &["login", &private.host(), "-u", "team", "--password-stdin"],
+    )
+    .env("PATH", &path)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    write!(child.stdin.take().unwrap(), "{SECRET}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("docker-credential-cudaimgtest"),
+        "{}",
+        text(&out.stdout)
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&vault).unwrap()).unwrap();
+    assert_eq!(stored["ServerURL"], private.host());
+    assert_eq!(stored["Username"], "team");
+    assert_eq!(stored["Secret"], SECRET);
+    // Not written into config.json itself.
+    let config = std::fs::read_to_string(sandbox.docker_config_dir().join("config.json")).unwrap();
+    assert!(
+        !config.contains("auths") && !config.contains(SECRET),
+        "{config}"
+    );
+    // Read back through the helper.
+    let out = run_ok(bare(&sandbox, &["digest", &image]).env("PATH", &path));
+    assert_eq!(text(&out.stdout).trim(), f.top().digest);
+}
