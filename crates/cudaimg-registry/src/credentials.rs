@@ -1,5 +1,6 @@
 //! Credentials from docker's `config.json`: `auths`, `credsStore` and `credHelpers`,
-//! looked up per endpoint host, so a mirror only ever gets its own credentials.
+//! looked up per endpoint host, so a mirror only ever gets its own credentials; and stored
+//! there by `cudaimg login` ([`store`]) as `docker login` stores them.
 //!
 //! The secret material never reaches `Debug`, `Display`, logs or errors.
 
