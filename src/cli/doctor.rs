@@ -1,5 +1,7 @@
 //! `cudaimg doctor [REF]`: checks the machine for running CUDA containers (driver, GPUs,
 //! NVIDIA Container Toolkit, Docker, mirrors) and, with REF, the image against the driver.
+//! The image is read from the store, else from the Docker Engine (an image `cudaimg build`
+//! made and never pushed: its `NVIDIA_REQUIRE_CUDA` and labels), else its nvidia/cuda tag.
 //! Each finding is printed with its status and fix; exit 1 if any is `fail` (see
 //! [`cudaimg_host::doctor`]), 0 otherwise, also on a machine without a GPU.
 
@@ -13,7 +15,7 @@ use cudaimg_cuda::image::ImageEnv;
 use cudaimg_cuda::CudaTag;
 use cudaimg_docker::DockerEngine;
 use cudaimg_host::doctor::{
-    self, DockerState, EndpointPing, Finding, ImageSubject, Probes, Status,
+    self, DockerState, EndpointPing, Finding, ImageSource, ImageSubject, Probes, Status,
 };
 use cudaimg_host::probe::{self as host, DriverProbe};
 use cudaimg_mirrors::sources::chain;
@@ -27,7 +29,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// An image to check against this host: from the store, else from its nvidia/cuda tag
+    /// An image to check against this host: from the store, else the Docker Engine, else from
+    /// its nvidia/cuda tag
     #[arg(value_name = "REFERENCE")]
     reference: Option<String>,
 }
@@ -50,7 +53,7 @@ struct Summary {
 pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let config = ctx.config()?;
     let image = match &args.reference {
-        Some(r) => Some(image_subject(ctx, config, r)?),
+        Some(r) => Some(image_subject(ctx, config, r).await?),
         None => None,
     };
     let (driver, pings, docker) = tokio::join!(
@@ -111,9 +114,9 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
-/// The image to check: the stored one (its own environment), else what its nvidia/cuda tag
-/// says; a reference that is neither stored nor a CUDA tag is an error.
-fn image_subject(ctx: &Ctx, config: &Config, input: &str) -> Result<ImageSubject, Error> {
+/// The image to check: the stored one (its own environment), else the Docker Engine's,
+/// else what its nvidia/cuda tag says; a reference that is none of these is an error.
+async fn image_subject(ctx: &Ctx, config: &Config, input: &str) -> Result<ImageSubject, Error> {
     let bare = !input.contains(['/', ':', '@']);
     let name = if bare {
         format!("docker.io/nvidia/cuda:{input}")
@@ -136,6 +139,21 @@ fn image_subject(ctx: &Ctx, config: &Config, input: &str) -> Result<ImageSubject
             env: Some(ImageEnv::from_env(
                 &image.config.config.env.clone().unwrap_or_default(),
             )),
+            source: ImageSource::Store,
+            labels: image.config.config.labels.clone().unwrap_or_default(),
+        });
+    }
+    if let Some(engine) = engine_image(input, &name).await {
+        let tag = cudaimg_oci::reference::ImageRef::parse(&name)
+            .ok()
+            .and_then(|r| r.tag)
+            .and_then(|t| CudaTag::parse(&t).ok());
+        return Ok(ImageSubject {
+            name,
+            tag,
+            env: Some(ImageEnv::from_env(&engine.env)),
+            source: ImageSource::Engine,
+            labels: engine.labels,
         });
     }
     match super::explain::subject(config, input) {
@@ -143,6 +161,8 @@ fn image_subject(ctx: &Ctx, config: &Config, input: &str) -> Result<ImageSubject
             name: s.name,
             tag: Some(s.tag),
             env: None,
+            source: ImageSource::Tag,
+            labels: std::collections::BTreeMap::new(),
         }),
         // A bare tag that is not stored: what is wrong with it is the useful answer.
         Err(e @ Error::Tag(_)) if bare => Err(e),
@@ -150,6 +170,23 @@ fn image_subject(ctx: &Ctx, config: &Config, input: &str) -> Result<ImageSubject
         Err(Error::Tag(_) | Error::Usage(_)) => Err(Error::NotInStore(name)),
         Err(e) => Err(e),
     }
+}
+
+/// The image as the Docker Engine holds it, under the name typed or the canonical one
+/// (`docker build -t team/torch` is `docker.io/team/torch` to cudaimg). No engine, or no
+/// such image there, is `None`: the engine is one more place to look, not a requirement.
+async fn engine_image(input: &str, canonical: &str) -> Option<cudaimg_docker::EngineImage> {
+    let engine = DockerEngine::from_env().ok()?;
+    for name in [input, canonical] {
+        // A bare tag (`12.4.1-base-ubuntu22.04`) is no engine name.
+        if !name.contains([':', '@', '/']) {
+            continue;
+        }
+        if let Ok(Some(image)) = engine.image(name).await {
+            return Some(image);
+        }
+    }
+    None
 }
 
 async fn probe_docker() -> DockerState {

@@ -122,11 +122,16 @@ fn print(i: &Inspection) {
         }
     }
     emit(&format!(
-        "  layers ({}, {}):",
+        "  layers ({}, {}; blob digest, compressed size, diff ID = digest of the uncompressed tar):",
         i.layers.len(),
         human_bytes(i.size)
     ));
     for l in &i.layers {
-        emit(&format!("    {}  {:>10}", l.digest, human_bytes(l.size)));
+        emit(&format!(
+            "    {}  {:>10}  diff ID {}",
+            l.digest,
+            human_bytes(l.size),
+            l.diff_id.as_deref().unwrap_or("(none in the config)")
+        ));
     }
 }

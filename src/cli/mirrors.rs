@@ -21,6 +21,8 @@ pub const DEFAULT_TAG: &str = "docker.io/nvidia/cuda:12.4.1-base-ubuntu22.04";
 pub enum Command {
     /// Measure every configured endpoint (reachable, latency, throughput, staleness) and rank them
     Check(CheckArgs),
+    /// Write a starter mirrors.toml (at `--config`, else ./mirrors.toml) with the `--mirror` URLs given
+    Init(super::mirrors_init::InitArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -59,9 +61,12 @@ struct Report<'a> {
 }
 
 pub async fn run(ctx: &Ctx, cmd: &Command) -> Result<(), Error> {
-    let Command::Check(args) = cmd;
+    let args = match cmd {
+        Command::Check(args) => args,
+        Command::Init(args) => return super::mirrors_init::run(ctx, args),
+    };
     let config = ctx.config()?;
-    if config.path.is_none() {
+    if config.path.is_none() && ctx.session.settings.mirrors.is_empty() {
         return Err(Error::Usage(
             "no mirrors.toml found (`--config`, CUDAIMG_CONFIG, ./mirrors.toml, \
              $XDG_CONFIG_HOME/cudaimg/mirrors.toml): there are no mirrors to check"

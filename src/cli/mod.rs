@@ -25,7 +25,10 @@ mod import;
 mod inspect;
 mod load;
 mod lock;
+mod login;
+mod manifest;
 mod mirrors;
+mod mirrors_init;
 pub mod output;
 mod progress;
 mod pull;
@@ -59,6 +62,14 @@ pub struct Cli {
     /// Mirror configuration file [default: ./mirrors.toml, then $`XDG_CONFIG_HOME/cudaimg/mirrors.toml`]
     #[arg(long, global = true, env = cudaimg_static::EnvVars::CUDAIMG_CONFIG, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// A mirror to try first, no file needed: `URL` mirrors Docker Hub, `HOST=URL` another
+    /// registry (repeatable; before mirrors.toml's, with the same trust rules)
+    #[arg(long = "mirror", global = true, value_name = "[HOST=]URL")]
+    mirrors: Vec<String>,
+    /// A registry credential for this run, sent to every endpoint but the configured mirrors
+    /// (visible in `ps`: prefer `cudaimg login`, which stores it as docker does)
+    #[arg(long, global = true, value_name = "USER:PASS")]
+    creds: Option<String>,
     /// The local OCI image layout [default: $`XDG_DATA_HOME/cudaimg`]
     #[arg(long, global = true, env = cudaimg_static::EnvVars::CUDAIMG_STORE, value_name = "DIR")]
     store: Option<PathBuf>,
@@ -120,6 +131,17 @@ enum Command {
     Inventory(sync::InventoryArgs),
     /// Import a sync bundle into a registry (`--to`) or the store, verified and resumable
     Import(import::Args),
+    /// Print the manifest a reference names now, byte-exact, resolved through the mirrors as `pull` does
+    Manifest(manifest::Args),
+    /// Print the digest a reference names now, resolved through the mirrors as `pull` does
+    Digest(manifest::Args),
+    /// Store a registry credential where `docker login` does (docker's config.json or its helper)
+    Login(login::Args),
+    /// Print a shell completion script: `cudaimg completions bash > /etc/bash_completion.d/cudaimg`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// A stored image, for the commands that read one (`inspect`, `load`, `export`).
@@ -179,6 +201,9 @@ impl Cli {
             Command::Pull(a) => a.transfer(),
             // The lockfile is what CI trusts: only the official registry vouches, unless told.
             Command::Lock(a) => (1, defaults.stall_timeout, !a.trust_mirrors),
+            Command::Manifest(a) | Command::Digest(a) => {
+                (defaults.jobs, defaults.stall_timeout, a.require_upstream)
+            }
             _ => (defaults.jobs, defaults.stall_timeout, false),
         };
         Settings {
@@ -188,12 +213,45 @@ impl Cli {
             stall_timeout,
             require_upstream,
             verify_existing: matches!(&self.command, Command::Pull(a) if a.verify_existing()),
+            mirrors: self.mirrors.clone(),
+            creds: self.creds.as_deref().and_then(|c| {
+                let (username, password) = c.split_once(':')?;
+                Some(cudaimg_registry::Credential::Basic {
+                    username: username.to_owned(),
+                    password: password.to_owned(),
+                })
+            }),
         }
     }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(c) = &cli.creds {
+        // The value is a secret: the message never echoes it.
+        if !c
+            .split_once(':')
+            .is_some_and(|(u, p)| !u.is_empty() && !p.is_empty())
+        {
+            report_error(&Error::Usage(
+                "--creds must be `USER:PASS` (both non-empty)\nhint: or store the credential \
+                 once: `printf '%s' \"$TOKEN\" | cudaimg login HOST -u USER --password-stdin`"
+                    .into(),
+            ));
+            return ExitCode::from(exit::USAGE);
+        }
+    }
+    if let Command::Completions { shell } = &cli.command {
+        let mut out = Vec::new();
+        clap_complete::generate(
+            *shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "cudaimg",
+            &mut out,
+        );
+        emit(String::from_utf8_lossy(&out).trim_end());
+        return ExitCode::from(exit::OK);
+    }
     let ctx = Ctx {
         session: Session::new(cli.settings()),
         json: cli.json,
@@ -234,6 +292,11 @@ pub fn main() -> ExitCode {
             Command::Sync(args) => sync::run(&ctx, &args).await,
             Command::Inventory(args) => sync::inventory(&ctx, &args).await,
             Command::Import(args) => import::run(&ctx, args).await,
+            Command::Manifest(args) => manifest::run(&ctx, &args, manifest::Print::Manifest).await,
+            Command::Digest(args) => manifest::run(&ctx, &args, manifest::Print::Digest).await,
+            Command::Login(args) => login::run(&ctx, &args),
+            // Answered before the runtime starts.
+            Command::Completions { .. } => Ok(()),
         }
     });
     match result {

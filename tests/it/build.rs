@@ -417,6 +417,36 @@ fn buildkit_installs_from_a_wheelhouse_and_the_image_carries_labels_and_the_driv
         e.run(image, "import os; print(os.path.exists('/tmp/wheelhouse'))"),
         "False"
     );
+
+    // `doctor` checks the built image, which only the engine holds (no --push): its
+    // NVIDIA_REQUIRE_CUDA against a driver too old for the wheels' CUDA 12.4.
+    let smi = e
+        .sandbox
+        .write("bin/nvidia-smi", "#!/bin/sh\necho '470.82.01, Tesla T4'\n");
+    std::fs::set_permissions(&smi, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run_fails(
+        e.sandbox
+            .cli(&e.config, &["--json", "doctor", image])
+            .env("DOCKER_HOST", e.docker.host())
+            .env("CUDAIMG_NVIDIA_SMI", &smi),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let image_findings: Vec<&serde_json::Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == "image")
+        .collect();
+    let has = |status: &str, text: &str| {
+        image_findings
+            .iter()
+            .any(|f| f["status"] == status && f["message"].as_str().unwrap().contains(text))
+    };
+    assert!(has("fail", "too old"), "{report:#}");
+    assert!(
+        has("ok", "torch 2.5.1 (cu124 wheels, CUDA 12.4), Python 3.11"),
+        "{report:#}"
+    );
 }
 
 struct PypiServer(Child);

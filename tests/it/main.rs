@@ -21,9 +21,11 @@
 
 mod build;
 mod bundle;
+mod conveniences;
 mod cuda;
 mod docker;
 mod faults;
+mod getting_started;
 mod harness;
 mod import;
 mod input_safety;

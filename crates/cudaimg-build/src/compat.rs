@@ -4,7 +4,7 @@
 //! - [`TORCH`]: torch minor → the `cuXYZ` wheel indexes it is published on
 //!   (`download.pytorch.org/whl/cuXYZ`) → the Python range. Source: pytorch's RELEASE.md
 //!   "Release Compatibility Matrix" (stable and experimental CUDA; a `cuXYZ` index holds
-//!   both), as gathered in `shared/docs/CUDA.md` and cross-read with third-party copies of
+//!   both), as gathered in `docs/CUDA.md` and cross-read with third-party copies of
 //!   the matrix. Rows stop at 2.11: the 2.12+ rows CUDA.md has come from one unverified copy.
 //! - [`OS_PYTHON`]: which Python minors an OS of an `nvidia/cuda` tag ships as packages.
 //! - [`check`]: an impossible combination is refused with the reason and the nearest valid
@@ -65,7 +65,7 @@ pub struct TorchRelease {
 }
 
 const RELEASE_MD: &str = "pytorch/pytorch RELEASE.md, Release Compatibility Matrix \
-    (shared/docs/CUDA.md)";
+    (docs/CUDA.md)";
 
 /// torch → `cuXYZ` → Python. See the module doc for the source.
 pub const TORCH: &[TorchRelease] = &[
@@ -165,7 +165,7 @@ pub const OS_PYTHON: &[(&str, &[Py])] = &[
 ];
 
 /// What `runtime` adds over `base` (CUDA's libraries), and `cudnn-runtime` over `base`,
-/// in compressed bytes: the 12.4.1 ubuntu22.04 amd64 layers of `shared/docs/CUDA.md`
+/// in compressed bytes: the 12.4.1 ubuntu22.04 amd64 layers of `docs/CUDA.md`
 /// (layer 6 + layers 7-9; plus layer 10 for cuDNN). Other versions differ somewhat.
 pub const RUNTIME_OVER_BASE: u64 = 1_374_295_401 + 64_047 + 1_684 + 1_523;
 pub const CUDNN_RUNTIME_OVER_BASE: u64 = RUNTIME_OVER_BASE + 670_103_963;
@@ -646,7 +646,8 @@ fn runtime_warning(base: &CudaTag, variant: &str) -> String {
     format!(
         "the `runtime` base carries CUDA {}'s {what} (about {:.2} GB compressed, measured on \
          12.4.1 ubuntu22.04 amd64) and the {variant} wheels bring their own (pip's nvidia-* \
-         packages, about 3 GB unpacked): CUDA ships twice; the `base` tag `{}` avoids it",
+         packages: 2.87 GB unpacked for torch 2.5.1 cu124, measured by bench/torch-sizes.sh): \
+         CUDA ships twice; the `base` tag `{}` avoids it",
         base.version,
         size as f64 / 1e9,
         plain.with_flavor(Flavor::Base)

@@ -1,6 +1,6 @@
 //! Which Python a base image already has: its layers are read (as tar streams, gzip or not)
 //! for `usr/bin/python3.X` or `usr/local/bin/python3.X`. NVIDIA's images have none
-//! (`shared/docs/CUDA.md`); a team's own base may. A later layer's whiteout of the binary
+//! (`docs/CUDA.md`); a team's own base may. A later layer's whiteout of the binary
 //! (`.wh.python3.X`) takes it away again.
 
 use std::collections::BTreeSet;

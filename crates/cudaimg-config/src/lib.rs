@@ -103,11 +103,19 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+    /// A `--mirror` flag that names no usable mirror.
+    #[error("--mirror `{flag}`: {message}")]
+    Flag { flag: String, message: String },
 }
 
 impl ConfigError {
     pub fn hint(&self) -> String {
         match self {
+            ConfigError::Flag { .. } => {
+                "`--mirror URL` adds a mirror of Docker Hub (`--mirror https://mirror.gcr.io`); \
+                 `--mirror HOST=URL` one of another registry (`--mirror nvcr.io=http://10.0.0.5:5000`)"
+                    .into()
+            }
             ConfigError::Read { .. } => {
                 "check the path given by `--config` or `CUDAIMG_CONFIG`, or unset them to use \
                  ./mirrors.toml or $XDG_CONFIG_HOME/cudaimg/mirrors.toml"
@@ -265,6 +273,49 @@ impl Config {
         })
     }
 
+    /// Adds the command line's `--mirror [REGISTRY=]URL` flags (`REGISTRY` defaults to
+    /// `docker.io`): tried in the order given, before the file's mirrors, with the same
+    /// trust rules (the official endpoint stays the authority on tags). No file is needed.
+    pub fn add_mirror_flags(&mut self, flags: &[String]) -> Result<(), ConfigError> {
+        let mut added: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+        for flag in flags {
+            let err = |message: String| ConfigError::Flag {
+                flag: shown(&without_userinfo(flag)).to_string(),
+                message,
+            };
+            let (registry, url) = match flag.split_once('=') {
+                Some((r, u)) if !r.contains("://") => (r, u),
+                _ => (DOCKER_HUB, flag.as_str()),
+            };
+            let host = registry_host(registry).map_err(|why| {
+                err(format!(
+                    "`{}` is not a registry host ({why})",
+                    shown(registry)
+                ))
+            })?;
+            // The file's URL rules, word for word (the span is unused here).
+            let url = parse_url(&Spanned::new(0..0, url.to_owned())).map_err(err)?;
+            added.entry(host).or_default().push(Endpoint {
+                url,
+                insecure: false,
+                capabilities: Capabilities::default(),
+            });
+        }
+        for (host, mut mirrors) in added {
+            let entry = self
+                .registries
+                .entry(host.clone())
+                .or_insert_with(|| RegistryConfig {
+                    endpoint: default_endpoint(&host),
+                    mirrors: Vec::new(),
+                });
+            mirrors.retain(|m| !entry.mirrors.contains(m));
+            mirrors.append(&mut entry.mirrors);
+            entry.mirrors = mirrors;
+        }
+        Ok(())
+    }
+
     /// The endpoints for a canonical registry; its own host when the file has no entry.
     pub fn registry(&self, host: &str) -> RegistryConfig {
         self.registries
@@ -381,6 +432,19 @@ pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
     }
 }
 
+/// A `--mirror` value as errors may echo it: `user:pass@` in a URL becomes `***@`.
+fn without_userinfo(flag: &str) -> String {
+    let Some(scheme_end) = flag.find("://").map(|i| i + 3) else {
+        return flag.to_owned();
+    };
+    let rest = &flag[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &flag[..scheme_end], &rest[at..]),
+        None => flag.to_owned(),
+    }
+}
+
 fn parse_url(raw: &Spanned<String>) -> Result<Url, String> {
     let s = raw.get_ref();
     let url = Url::parse(s).map_err(|e| {
@@ -431,6 +495,35 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 // Tests: std::fs is fine where a failure stops the test with its own message.
 #[allow(clippy::disallowed_methods)]
 mod tests {
+
+    #[test]
+    fn mirror_flags_go_first_per_registry_with_the_files_rules() {
+        let text = "[registries.\"docker.io\"]\nmirrors = [{ url = \"https://file.example\" }]\n";
+        let mut c = Config::parse(text, Path::new("m.toml")).expect("valid");
+        c.add_mirror_flags(&[
+            "http://10.0.0.5:5000".into(),
+            "nvcr.io=https://n.example".into(),
+            "https://file.example".into(),
+        ])
+        .expect("valid flags");
+        let hub: Vec<String> = c
+            .registry("docker.io")
+            .mirrors
+            .iter()
+            .map(Endpoint::authority)
+            .collect();
+        assert_eq!(hub, ["10.0.0.5:5000", "file.example"]);
+        let nvcr = c.registry("nvcr.io");
+        assert_eq!(nvcr.mirrors[0].authority(), "n.example");
+        assert_eq!(nvcr.endpoint.authority(), "nvcr.io");
+        for bad in ["ftp://x", "https://u:p@h.example", "not a host=https://x"] {
+            let e = Config::default()
+                .add_mirror_flags(&[bad.into()])
+                .expect_err(bad);
+            assert!(matches!(e, ConfigError::Flag { .. }), "{bad}: {e}");
+            assert!(!e.to_string().contains(":p@"), "{e}");
+        }
+    }
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

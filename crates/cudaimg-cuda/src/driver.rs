@@ -1,7 +1,7 @@
 //! Which host driver runs which CUDA image.
 //!
 //! Three facts decide it (NVIDIA's CUDA Toolkit release notes and the CUDA Compatibility
-//! guide; rows from CUDA 11.8 on as in `shared/docs/CUDA.md`):
+//! guide; rows from CUDA 11.8 on as in `docs/CUDA.md`):
 //! - Each toolkit minor has a minimum driver for **full compatibility** ([`min_driver`]).
 //! - From CUDA 11 on, **minor-version compatibility** runs an image of a newer minor of the
 //!   same major on an older driver of that family (11.x from 450.80.02, 12.x from 525.60.13,

@@ -20,7 +20,7 @@ pub const AS_OF: &str = "2026-11-25";
 
 /// Where the tables come from.
 pub const SOURCE: &str = "NVIDIA's support-policy.md and supported-tags.md (gitlab \
-    nvidia/container-images/cuda) and shared/docs/CUDA.md's data-centre driver branches";
+    nvidia/container-images/cuda) and docs/CUDA.md's data-centre driver branches";
 
 /// The newest patch release of each minor NVIDIA built images of, as of [`AS_OF`].
 const LATEST_PATCH: &[((u32, u32), u32)] = &[
@@ -149,6 +149,32 @@ fn branches() -> String {
 // Tests: std::fs is fine where a failure stops the test with its own message.
 #[allow(clippy::disallowed_methods)]
 mod tests {
+
+    /// `explain --json` prints [`SOURCE`]: every file it cites is in the repository.
+    #[test]
+    fn the_cited_files_are_in_the_repository() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let cited: Vec<&str> = SOURCE
+            .split_whitespace()
+            .map(|w| {
+                w.trim_end_matches("'s")
+                    .trim_matches(|c: char| "(),`".contains(c))
+            })
+            .filter(|w| {
+                std::path::Path::new(w)
+                    .extension()
+                    .is_some_and(|e| e == "md")
+            })
+            .filter(|w| w.contains('/') && !w.contains("gitlab"))
+            .collect();
+        assert_eq!(cited, ["docs/CUDA.md"]);
+        for f in cited {
+            assert!(
+                root.join(f).is_file(),
+                "{f} is cited but not in the repository"
+            );
+        }
+    }
     use super::*;
 
     fn v(s: &str) -> CudaVersion {

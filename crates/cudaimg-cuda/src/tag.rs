@@ -15,7 +15,7 @@
 //! - OS is a family and its version (`ubuntu22.04`, `ubi9`, `rockylinux9`, …); old tags
 //!   may have none.
 //!
-//! The sources are `shared/docs/CUDA.md` and NVIDIA's tag lists (gitlab
+//! The sources are `docs/CUDA.md` and NVIDIA's tag lists (gitlab
 //! nvidia/container-images/cuda, `doc/*-tags.md`); `crates/cudaimg-cuda/data/nvidia-cuda-tags.txt` holds
 //! every tag those lists ever named, and each one parses with nothing unknown.
 //!
@@ -518,7 +518,7 @@ impl CudaTag {
             ));
         }
         if let Some(os) = &self.os {
-            // (OS, first CUDA with it, last CUDA with it), from shared/docs/CUDA.md.
+            // (OS, first CUDA with it, last CUDA with it), from docs/CUDA.md.
             let ranges: &[(&str, Option<CudaVersion>, Option<CudaVersion>)] = &[
                 ("ubuntu24.04", Some(CudaVersion::new(12, 5, Some(1))), None),
                 ("ubuntu20.04", None, Some(CudaVersion::new(12, 9, Some(1)))),

@@ -56,6 +56,17 @@ impl DockerError {
     }
 }
 
+/// An image as the engine holds it.
+#[derive(Debug, Clone)]
+pub struct EngineImage {
+    /// `sha256:` of its config.
+    pub id: String,
+    /// Its configured environment (`NVIDIA_REQUIRE_CUDA`, `CUDA_VERSION`, …).
+    pub env: Vec<String>,
+    /// Its labels (the `build` templates' torch, CUDA and Python versions).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
 impl DockerEngine {
     /// The engine named by `DOCKER_HOST`, or the default socket.
     pub fn from_env() -> Result<Self, DockerError> {
@@ -195,6 +206,27 @@ impl DockerEngine {
 
     /// The engine's image ID for `name` (`sha256:` of its config), if it has that image.
     pub async fn image_id(&self, name: &str) -> Result<Option<String>, DockerError> {
+        Ok(self.image(name).await?.map(|i| i.id))
+    }
+
+    /// The image the engine holds as `name` (`GET /images/{name}/json`): its ID, environment
+    /// and labels; `None` if it has no such image. This is how `doctor` checks an image that
+    /// was built or loaded but never stored.
+    pub async fn image(&self, name: &str) -> Result<Option<EngineImage>, DockerError> {
+        #[derive(serde::Deserialize)]
+        struct Config {
+            #[serde(rename = "Env", default)]
+            env: Option<Vec<String>>,
+            #[serde(rename = "Labels", default)]
+            labels: Option<std::collections::BTreeMap<String, String>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Inspect {
+            #[serde(rename = "Id")]
+            id: String,
+            #[serde(rename = "Config", default)]
+            config: Option<Config>,
+        }
         let resp = self
             .client
             .get(format!("{}/images/{name}/json", self.base))
@@ -207,8 +239,20 @@ impl DockerEngine {
         if !resp.status().is_success() {
             return Err(self.api_error(resp).await);
         }
-        let v: serde_json::Value = resp.json().await.map_err(|e| self.unreachable(&e))?;
-        Ok(v.get("Id").and_then(|i| i.as_str()).map(str::to_owned))
+        let v: Inspect = resp.json().await.map_err(|e| DockerError::Api {
+            host: self.host.clone(),
+            status: 200,
+            message: format!("`/images/{name}/json` is not the JSON expected: {e}"),
+        })?;
+        let config = v.config.unwrap_or(Config {
+            env: None,
+            labels: None,
+        });
+        Ok(Some(EngineImage {
+            id: v.id,
+            env: config.env.unwrap_or_default(),
+            labels: config.labels.unwrap_or_default(),
+        }))
     }
 
     /// The container runtimes the engine knows (`runc`, `nvidia`, …) and its default, from

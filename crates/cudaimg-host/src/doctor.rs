@@ -61,8 +61,36 @@ fn finding(check: &'static str, status: Status, message: String, fix: Option<Str
 pub struct ImageSubject {
     pub name: String,
     pub tag: Option<CudaTag>,
-    /// The stored image's environment; `None` when only the tag is known.
+    /// The image's own environment; `None` when only the tag is known.
     pub env: Option<ImageEnv>,
+    /// Where the environment was read.
+    pub source: ImageSource,
+    /// Its labels (`build`'s torch, CUDA and Python versions), where it was read.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Where `doctor REF` found the image it checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageSource {
+    /// The store.
+    Store,
+    /// The Docker Engine only (built by `cudaimg build`, or loaded, and never stored).
+    Engine,
+    /// Neither: what its nvidia/cuda tag says.
+    Tag,
+}
+
+impl ImageSource {
+    /// Where the requirement was read, as a finding says it.
+    fn describe(self) -> &'static str {
+        match self {
+            ImageSource::Store => "the stored image",
+            ImageSource::Engine => "the image in the Docker Engine",
+            ImageSource::Tag => {
+                "its tag (not in the store; `cudaimg pull` it for the image's own requirements)"
+            }
+        }
+    }
 }
 
 impl ImageSubject {
@@ -124,6 +152,10 @@ pub fn findings(p: &Probes, image: Option<&ImageSubject>) -> Vec<Finding> {
     let mut out = Vec::new();
     driver_findings(p, &mut out);
     if let Some(i) = image {
+        if let Some(built) = built_with(&i.labels) {
+            let text = format!("{}: {built}", i.name);
+            out.push(finding("image", Status::Ok, text, None));
+        }
         image_findings(p, i, &mut out);
     }
     docker_findings(p, &mut out);
@@ -206,8 +238,37 @@ fn driver_findings(p: &Probes, out: &mut Vec<Finding>) {
     }
 }
 
+/// What `cudaimg build`'s labels say the image holds: torch, its wheels' CUDA, the base.
+fn built_with(labels: &std::collections::BTreeMap<String, String>) -> Option<String> {
+    let get = |k: &str| labels.get(k).filter(|v| !v.is_empty());
+    let torch = get("io.cudaimg.torch.version")?;
+    let mut text = format!("torch {torch}");
+    if let Some(v) = get("io.cudaimg.torch.variant") {
+        text.push_str(&format!(" ({v} wheels"));
+        if let Some(c) = get("io.cudaimg.cuda.wheels") {
+            text.push_str(&format!(", CUDA {c}"));
+        }
+        text.push(')');
+    }
+    if let Some(py) = get("io.cudaimg.python.version") {
+        text.push_str(&format!(", Python {py}"));
+    }
+    if let Some(b) = get("org.opencontainers.image.base.name") {
+        text.push_str(&format!(", on {b}"));
+    }
+    Some(text)
+}
+
 fn image_findings(p: &Probes, image: &ImageSubject, out: &mut Vec<Finding>) {
     let name = &image.name;
+    if let Some(built) = built_with(&image.labels) {
+        out.push(finding(
+            "image",
+            Status::Ok,
+            format!("{name}: {built}"),
+            None,
+        ));
+    }
     if let Some(env) = &image.env {
         if !env.is_cuda() {
             out.push(finding(
@@ -228,11 +289,7 @@ fn image_findings(p: &Probes, image: &ImageSubject, out: &mut Vec<Finding>) {
         ));
         return;
     };
-    let source = if image.env.is_some() {
-        "the stored image"
-    } else {
-        "its tag (not in the store; `cudaimg pull` it for the image's own requirements)"
-    };
+    let source = image.source.describe();
     match p.driver.driver() {
         None => out.push(finding(
             "image",

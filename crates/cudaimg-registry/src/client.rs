@@ -37,9 +37,26 @@ pub struct HttpClients {
     /// Manifests are small: a manifest request that takes longer than the stall timeout is
     /// stuck. Blob bodies have no total limit; the engine ends them when they stall.
     manifest_timeout: Duration,
+    /// `--creds`: a credential given on the command line, and the hosts it must never go
+    /// to (the configured mirrors: a secret for one's own registry is not a third party's).
+    explicit: Option<std::sync::Arc<(crate::Credential, std::collections::HashSet<String>)>>,
 }
 
 impl HttpClients {
+    /// The same clients, with `credential` used for every endpoint whose `host[:port]` is
+    /// not in `never` (instead of docker's config.json).
+    #[must_use]
+    pub fn with_explicit_credential(
+        &self,
+        credential: crate::Credential,
+        never: std::collections::HashSet<String>,
+    ) -> Self {
+        HttpClients {
+            explicit: Some(std::sync::Arc::new((credential, never))),
+            ..self.clone()
+        }
+    }
+
     /// The same clients (and connection pools) with another limit on manifest-sized
     /// requests: a health check wants its answer sooner than a pull.
     #[must_use]
@@ -87,6 +104,7 @@ impl HttpClients {
                 }))
                 .build()?,
             manifest_timeout: stall_timeout,
+            explicit: None,
         })
     }
 }
@@ -162,12 +180,16 @@ impl RegistryClient {
         } else {
             clients.verified.clone()
         };
-        RegistryClient {
+        let client = RegistryClient {
             base: url.as_str().trim_end_matches('/').to_owned(),
             http,
             verified: clients.verified.clone(),
             manifest_timeout: clients.manifest_timeout,
             auth: Auth::new(authority(url), url.scheme() == "https"),
+        };
+        match &clients.explicit {
+            Some(e) if !e.1.contains(&authority(url)) => client.with_credential(e.0.clone()),
+            _ => client,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Credentials from docker's `config.json`: `auths`, `credsStore` and `credHelpers`,
-//! looked up per endpoint host, so a mirror only ever gets its own credentials.
+//! looked up per endpoint host, so a mirror only ever gets its own credentials; and stored
+//! there by `cudaimg login` ([`store`]) as `docker login` stores them.
 //!
 //! The secret material never reaches `Debug`, `Display`, logs or errors.
 
@@ -75,6 +76,128 @@ pub fn lookup(host: &str) -> Result<Option<Credential>, String> {
         ),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Where docker keeps its configuration: `$DOCKER_CONFIG/config.json`, else
+/// `$HOME/.docker/config.json`.
+pub fn docker_config_path() -> Option<std::path::PathBuf> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        return Some(std::path::PathBuf::from(dir).join("config.json"));
+    }
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| {
+        std::path::PathBuf::from(h)
+            .join(".docker")
+            .join("config.json")
+    })
+}
+
+/// Where [`store`] put a credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// In `config.json`'s `auths`, at this path.
+    File(std::path::PathBuf),
+    /// Through the credential helper `docker-credential-NAME` that `config.json` names
+    /// for the host (`credHelpers`) or for all hosts (`credsStore`).
+    Helper(String),
+}
+
+/// Stores `username`/`password` for `host` as `docker login` does: through the credential
+/// helper docker's `config.json` names for it, if any, else base64 in its `auths` (the file
+/// rewritten whole by rename, mode 0600, its other keys kept). Errors never hold the secret.
+pub fn store(host: &str, username: &str, password: &str) -> Result<Stored, String> {
+    use base64::Engine as _;
+    let path = docker_config_path()
+        .ok_or("neither DOCKER_CONFIG nor HOME is set: there is no docker config.json to write")?;
+    let key = docker_key(host);
+    let mut config: serde_json::Map<String, serde_json::Value> = match fs_err::read(&path) {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => serde_json::Map::new(),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "{} is not a JSON object ({e}); fix or move it",
+                path.display()
+            )
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Map::new(),
+        Err(e) => return Err(e.to_string()),
+    };
+    let helper = config
+        .get("credHelpers")
+        .and_then(|h| h.get(&key).or_else(|| h.get(host)))
+        .or_else(|| config.get("credsStore"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned);
+    if let Some(helper) = helper {
+        store_with_helper(&helper, &key, username, password)?;
+        return Ok(Stored::Helper(helper));
+    }
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    let auths = config
+        .entry("auths")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    let Some(auths) = auths.as_object_mut() else {
+        return Err(format!(
+            "`auths` in {} is not an object; fix or move the file",
+            path.display()
+        ));
+    };
+    auths.insert(key, serde_json::json!({ "auth": auth }));
+    let text = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
+    write_private(&path, &text).map_err(|e| e.to_string())?;
+    Ok(Stored::File(path))
+}
+
+/// `docker-credential-NAME store`, the credential on its stdin as the helper protocol says.
+fn store_with_helper(
+    helper: &str,
+    key: &str,
+    username: &str,
+    password: &str,
+) -> Result<(), String> {
+    use std::io::Write as _;
+    let program = format!("docker-credential-{helper}");
+    let mut child = std::process::Command::new(&program)
+        .arg("store")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run `{program}` (docker's config.json names it): {e}"))?;
+    let body = serde_json::json!({ "ServerURL": key, "Username": username, "Secret": password });
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(body.to_string().as_bytes())
+            .map_err(|e| format!("cannot talk to `{program}`: {e}"))?;
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("`{program}` failed: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        // Only its exit status: its output could hold the secret.
+        Err(format!("`{program} store` failed ({status})"))
+    }
+}
+
+/// Writes `bytes` to `path` by rename from a sibling temporary file created mode 0600.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use fs_err::os::unix::fs::OpenOptionsExt as _;
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or_else(|| std::path::Path::new("."));
+    fs_err::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".config.json.cudaimg-{}", std::process::id()));
+    let mut f = fs_err::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let written = f.write_all(bytes).and_then(|()| f.sync_all());
+    if let Err(e) = written.and_then(|()| fs_err::rename(&tmp, path)) {
+        let _ = fs_err::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 pub mod auth;
 mod client;
-mod credentials;
+pub mod credentials;
 mod error;
 mod upload;
 

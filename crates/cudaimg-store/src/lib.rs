@@ -367,6 +367,16 @@ impl Store {
         })
     }
 
+    /// A scratch file in `ingest/` whose name is removed at once: it holds bytes whose digest
+    /// is not known yet (a layer streaming out of `docker save`) and vanishes when dropped,
+    /// or with the process, so a crash leaves nothing behind and nothing in `blobs/`.
+    pub fn scratch(&self) -> Result<std::fs::File> {
+        let ingest = self.ingest()?;
+        let (file, name) = ingest.create_temp("scratch-")?;
+        ingest.remove(&name)?;
+        Ok(file)
+    }
+
     /// Opens the verified, resumable write of blob `digest` of `size` bytes, waiting while
     /// another process writes it. `None`: the blob is stored already.
     pub async fn blob_writer(&self, digest: &Digest, size: u64) -> Result<Option<BlobWriter>> {

@@ -136,7 +136,7 @@ pub struct PythonBase {
     pub diff_id: String,
 }
 
-/// The environment of NVIDIA's 12.4.1 image (shared/docs/CUDA.md), `runtime` and `devel`
+/// The environment of NVIDIA's 12.4.1 image (docs/CUDA.md), `runtime` and `devel`
 /// additions included by flavor.
 fn nvidia_env(flavor: &str) -> Vec<String> {
     let mut env = vec![

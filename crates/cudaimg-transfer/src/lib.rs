@@ -62,6 +62,10 @@ pub struct Settings {
     /// Re-hash the blobs of an image that are stored already, and fetch again those that
     /// fail (otherwise a stored blob of the right size counts as present).
     pub verify_existing: bool,
+    /// `--mirror [REGISTRY=]URL` flags, added before the file's mirrors.
+    pub mirrors: Vec<String>,
+    /// `--creds`: used for every endpoint but the configured mirrors.
+    pub creds: Option<cudaimg_registry::Credential>,
 }
 
 impl Default for Settings {
@@ -73,6 +77,8 @@ impl Default for Settings {
             stall_timeout: Duration::from_secs(DEFAULT_STALL_SECS),
             require_upstream: false,
             verify_existing: false,
+            mirrors: Vec::new(),
+            creds: None,
         }
     }
 }
@@ -117,7 +123,8 @@ impl Session {
         if let Some(c) = self.config.get() {
             return Ok(c);
         }
-        let loaded = Config::load(self.settings.config_path.as_deref())?;
+        let mut loaded = Config::load(self.settings.config_path.as_deref())?;
+        loaded.add_mirror_flags(&self.settings.mirrors)?;
         Ok(self.config.get_or_init(|| loaded))
     }
 
@@ -126,7 +133,16 @@ impl Session {
         if let Some(h) = self.http.get() {
             return Ok(h);
         }
-        let built = HttpClients::new(self.settings.stall_timeout).map_err(SessionError::Http)?;
+        let mut built =
+            HttpClients::new(self.settings.stall_timeout).map_err(SessionError::Http)?;
+        if let Some(creds) = &self.settings.creds {
+            let mirrors = self
+                .config()?
+                .registries()
+                .flat_map(|(_, r)| r.mirrors.iter().map(cudaimg_config::Endpoint::authority))
+                .collect();
+            built = built.with_explicit_credential(creds.clone(), mirrors);
+        }
         Ok(self.http.get_or_init(|| built))
     }
 

@@ -675,3 +675,4 @@ fn compose_validates(dir: &Path, yaml: &str) -> String {
 }
 
 mod checks;
+mod engine;

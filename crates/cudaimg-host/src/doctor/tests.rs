@@ -48,6 +48,12 @@ fn image(tag: &str, env: Option<&[&str]>) -> ImageSubject {
         tag: CudaTag::parse(tag).ok(),
         env: env
             .map(|e| ImageEnv::from_env(&e.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())),
+        source: if env.is_some() {
+            ImageSource::Store
+        } else {
+            ImageSource::Tag
+        },
+        labels: std::collections::BTreeMap::new(),
     }
 }
 

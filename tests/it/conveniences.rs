@@ -1,0 +1,391 @@
+//! Issue 15 item 9, the conveniences skopeo, crane and regctl users reach for: `--mirror`
+//! with no file, `mirrors init`, `manifest` (byte-exact) and `digest` resolved with pull's
+//! trust rules, `--creds` (never sent to a mirror) and `login` writing docker's
+//! config.json, and shell completions. Real registries on loopback; no mocks.
+
+use cudaimg_test_support as common;
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+
+use common::{dead_endpoint, run_fails, run_ok, Arch, CudaSpec, Fixture, FixtureStore, Flavor};
+use common::{Pusher, Sandbox, TestRegistry};
+use sha2::Digest as _;
+
+fn fixture() -> Fixture {
+    FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Base))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `cudaimg --store STORE ARGS` with no `--config`: no mirrors.toml anywhere in the sandbox.
+fn bare(sandbox: &Sandbox, args: &[&str]) -> Command {
+    let mut cmd = sandbox.cudaimg();
+    cmd.arg("--store").arg(sandbox.store_dir()).args(args);
+    cmd
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+#[test]
+fn manifest_and_digest_are_byte_exact_and_resolved_as_pull_does() {
+    let f = fixture();
+    let official = TestRegistry::start();
+    let mirror = TestRegistry::start();
+    Pusher::new(&official).push(&f);
+    Pusher::new(&mirror).push(&f);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[&mirror.url()]);
+    let top = f.top();
+
+    // Byte-exact: the registry's bytes, no newline added; they hash to `digest`'s answer.
+    let out = run_ok(&mut sandbox.cli(&config, &["manifest", &f.reference()]));
+    assert_eq!(out.stdout, top.bytes);
+    let digest = run_ok(&mut sandbox.cli(&config, &["digest", &f.reference()]));
+    assert_eq!(text(&digest.stdout).trim(), top.digest);
+    assert_eq!(sha256(&out.stdout), top.digest);
+
+    // One platform's manifest, chosen from the index.
+    let amd64 = &f.platform(Arch::Amd64).manifest;
+    let out = run_ok(&mut sandbox.cli(
+        &config,
+        &["manifest", "--platform", "linux/amd64", &f.reference()],
+    ));
+    assert_eq!(out.stdout, amd64.bytes);
+    let out = run_ok(&mut sandbox.cli(
+        &config,
+        &[
+            "--json",
+            "digest",
+            "--platform",
+            "linux/amd64",
+            &f.reference(),
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["digest"], amd64.digest.as_str());
+    assert_eq!(v["resolved_by"], "official");
+
+    // `--mirror` with no file at all; the official registry (Docker Hub here) out of reach:
+    // the mirror's answer, with pull's warning, and refused under --require-upstream. (A
+    // fresh sandbox: the first one's mirrors.toml is in its working directory.)
+    let sandbox = Sandbox::new();
+    let out = run_ok(&mut bare(
+        &sandbox,
+        &[
+            "--json",
+            "--mirror",
+            &mirror.url(),
+            "digest",
+            &f.reference(),
+        ],
+    ));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["digest"], top.digest.as_str(), "{v}");
+    assert_eq!(v["resolved_by"], "mirrors", "{v}");
+    assert!(v["warnings"].to_string().contains("mirror-asserted"), "{v}");
+    assert!(
+        text(&out.stderr).contains("mirror-asserted"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run_fails(&mut bare(
+        &sandbox,
+        &[
+            "--mirror",
+            &mirror.url(),
+            "digest",
+            "--require-upstream",
+            &f.reference(),
+        ],
+    ));
+    assert!(
+        text(&out.stderr).contains("official"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Nothing was stored by either command.
+    assert!(!sandbox.store_dir().join("index.json").exists());
+
+    // A bad --mirror is refused by name, with the fix.
+    let out = run_fails(&mut bare(
+        &sandbox,
+        &["--mirror", "ftp://x", "digest", "a:b"],
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("--mirror `ftp://x`") && err.contains("hint:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mirrors_init_writes_a_starter_that_works_and_never_overwrites_without_force() {
+    let f = fixture();
+    let mirror = TestRegistry::start();
+    Pusher::new(&mirror).push(&f);
+    let sandbox = Sandbox::new();
+    let out = run_ok(&mut bare(
+        &sandbox,
+        &["--mirror", &mirror.url(), "mirrors", "init"],
+    ));
+    assert!(
+        text(&out.stdout).contains("wrote mirrors.toml"),
+        "{}",
+        text(&out.stdout)
+    );
+    let path = sandbox.root().join("mirrors.toml");
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        written.contains(&format!("{{ url = \"{}\" }}", mirror.url())),
+        "{written}"
+    );
+
+    // It is found (./mirrors.toml) and used: the mirror answers with Docker Hub out of reach.
+    let out = run_ok(&mut bare(&sandbox, &["digest", &f.reference()]));
+    assert_eq!(text(&out.stdout).trim(), f.top().digest);
+
+    // A second init changes nothing without --force.
+    std::fs::write(&path, "# mine\n").unwrap();
+    let out = run_fails(&mut bare(&sandbox, &["mirrors", "init"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--force"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "# mine\n");
+    run_ok(&mut bare(&sandbox, &["mirrors", "init", "--force"]));
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("[registries.\"docker.io\"]"));
+}
+
+fn login(sandbox: &Sandbox, host: &str, user: &str, password: &str) -> Output {
+    let mut child = bare(sandbox, &["login", host, "-u", user, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn creds_and_login_reach_the_registry_but_never_a_mirror() {
+    const SECRET: &str = "s3cr3t-Tok3n";
+    let f = fixture();
+    let private = TestRegistry::start_with_basic_auth("team", SECRET);
+    Pusher::new(&private).push(&f);
+    let image = format!("{}/{}", private.host(), f.reference());
+    let sandbox = Sandbox::new();
+
+    // Anonymous: refused by the registry.
+    run_fails(&mut bare(&sandbox, &["digest", &image]));
+    // --creds for this run.
+    let creds = format!("team:{SECRET}");
+    let out = run_ok(&mut bare(&sandbox, &["--creds", &creds, "digest", &image]));
+    assert_eq!(text(&out.stdout).trim(), f.top().digest);
+
+    // --creds never goes to a mirror: the same registry as a mirror of Docker Hub (official
+    // out of reach) gets no credential, so it refuses.
+    let config = sandbox.write_hub_config(&dead_endpoint(), &[&private.url()]);
+    let out = run_fails(&mut sandbox.cli(&config, &["--creds", &creds, "digest", &f.reference()]));
+    assert!(!text(&out.stderr).contains(SECRET));
+
+    // login: the password on stdin only; docker's config.json gets it, the output does not.
+    let out = run_fails(&mut bare(
+        &sandbox,
+        &["login", &private.host(), "-u", "team"],
+    ));
+    assert!(
+        text(&out.stderr).contains("--password-stdin"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = login(&sandbox, &private.host(), "team", SECRET);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains(SECRET) && !text(&out.stderr).contains(SECRET));
+    let path = sandbox.docker_config_dir().join("config.json");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    use base64::Engine as _;
+    let auth = config["auths"][private.host()]["auth"].as_str().unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .unwrap();
+    assert_eq!(text(&decoded), format!("team:{SECRET}"));
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // And cudaimg (and docker, skopeo) now find it.
+    let out = run_ok(&mut bare(&sandbox, &["digest", &image]));
+    assert_eq!(text(&out.stdout).trim(), f.top().digest);
+}
+
+#[test]
+fn completions_are_generated_for_bash_zsh_and_fish_from_the_commands() {
+    let sandbox = Sandbox::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run_ok(&mut bare(&sandbox, &["completions", shell]));
+        let script = text(&out.stdout);
+        for command in ["pull", "manifest", "login", "completions"] {
+            assert!(script.contains(command), "{shell}: no `{command}`");
+        }
+    }
+    // The bash script is valid bash.
+    let script = sandbox.write(
+        "cudaimg.bash",
+        run_ok(&mut bare(&sandbox, &["completions", "bash"])).stdout,
+    );
+    run_ok(Command::new("bash").arg("-n").arg(&script));
+    let out = run_fails(&mut bare(&sandbox, &["completions", "tcsh"]));
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn inspect_text_shows_each_layer_with_its_diff_id() {
+    let f = fixture();
+    let official = TestRegistry::start();
+    Pusher::new(&official).push(&f);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    run_ok(&mut sandbox.cli(
+        &config,
+        &["-q", "pull", "--platform", "linux/amd64", &f.reference()],
+    ));
+    let out = run_ok(&mut sandbox.cli(
+        &config,
+        &["inspect", "--platform", "linux/amd64", &f.reference()],
+    ));
+    let text = text(&out.stdout);
+    let layers = &f.platform(Arch::Amd64).layers;
+    for l in layers {
+        assert!(
+            text.lines().any(|line| line.contains(&l.digest)
+                && line.ends_with(&format!("diff ID {}", l.diff_id))),
+            "{} with {} not in:\n{text}",
+            l.digest,
+            l.diff_id
+        );
+    }
+}
+
+/// README's skopeo route for Docker-typed images (nvidia/cuda is schema2): an oci-archive.
+#[test]
+fn skopeo_reads_a_docker_typed_image_through_an_oci_archive_export() {
+    let f = fixture();
+    assert!(
+        f.top().media_type.contains("docker"),
+        "{}",
+        f.top().media_type
+    );
+    let official = TestRegistry::start();
+    Pusher::new(&official).push(&f);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    run_ok(&mut sandbox.cli(
+        &config,
+        &["-q", "pull", "--platform", "linux/amd64", &f.reference()],
+    ));
+    let archive = sandbox.root().join("cuda.tar");
+    run_ok(&mut sandbox.cli(
+        &config,
+        &[
+            "export",
+            &f.reference(),
+            "--format",
+            "oci-archive",
+            "-o",
+            archive.to_str().unwrap(),
+        ],
+    ));
+    let out = run_ok(sandbox.skopeo().args([
+        "inspect",
+        "--raw",
+        &format!("oci-archive:{}", archive.display()),
+    ]));
+    assert_eq!(out.stdout, f.platform(Arch::Amd64).manifest.bytes);
+    // And on to a registry, as README says.
+    let dest = TestRegistry::start();
+    run_ok(sandbox.skopeo().args([
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci-archive:{}", archive.display()),
+        &format!("docker://{}/nvidia/cuda:copied", dest.host()),
+    ]));
+    let out = run_ok(&mut bare(
+        &sandbox,
+        &["digest", &format!("{}/nvidia/cuda:copied", dest.host())],
+    ));
+    assert!(text(&out.stdout).starts_with("sha256:"));
+}
+
+/// `login` with a `credsStore` in docker's config.json goes through that helper, as docker
+/// does, and the next run reads the credential back through it. The helper is a small
+/// program speaking docker's credential-helper protocol (`store` / `get` on stdin/stdout).
+#[test]
+fn login_uses_the_credential_helper_docker_is_configured_with() {
+    const SECRET: &str = "h3lper-S3cret";
+    let f = fixture();
+    let private = TestRegistry::start_with_basic_auth("team", SECRET);
+    Pusher::new(&private).push(&f);
+    let image = format!("{}/{}", private.host(), f.reference());
+    let sandbox = Sandbox::new();
+    let bin = sandbox.root().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let vault = sandbox.root().join("vault.json");
+    let helper = sandbox.write(
+        "bin/docker-credential-cudaimgtest",
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n  store) cat > '{v}' ;;\n  get) read key; \
+             [ -f '{v}' ] && cat '{v}' || {{ echo 'credentials not found in native keychain'; exit 1; }} ;;\n  \
+             *) exit 1 ;;\nesac\n",
+            v = vault.display()
+        ),
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    sandbox.write_docker_config(&serde_json::json!({ "credsStore": "cudaimgtest" }));
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+
+    let mut child = bare(
+        &sandbox,
+        &["login", &private.host(), "-u", "team", "--password-stdin"],
+    )
+    .env("PATH", &path)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    write!(child.stdin.take().unwrap(), "{SECRET}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("docker-credential-cudaimgtest"),
+        "{}",
+        text(&out.stdout)
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&vault).unwrap()).unwrap();
+    assert_eq!(stored["ServerURL"], private.host());
+    assert_eq!(stored["Username"], "team");
+    assert_eq!(stored["Secret"], SECRET);
+    // Not written into config.json itself.
+    let config = std::fs::read_to_string(sandbox.docker_config_dir().join("config.json")).unwrap();
+    assert!(
+        !config.contains("auths") && !config.contains(SECRET),
+        "{config}"
+    );
+    // Read back through the helper.
+    let out = run_ok(bare(&sandbox, &["digest", &image]).env("PATH", &path));
+    assert_eq!(text(&out.stdout).trim(), f.top().digest);
+}
