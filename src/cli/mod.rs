@@ -220,7 +220,7 @@ pub fn main() -> ExitCode {
             Command::Tags(args) => tags::run(&ctx, &args).await,
             Command::Doctor(args) => doctor::run(&ctx, &args).await,
             Command::Mirrors(cmd) => mirrors::run(&ctx, &cmd).await,
-            Command::RunConfig(args) => run_config::run(&ctx, &args),
+            Command::RunConfig(args) => run_config::run(&ctx, &args).await,
             Command::Build(args) => build::run(&ctx, *args).await,
             Command::Serve(args) => serve::run(&ctx, &args).await,
         }

@@ -23,6 +23,7 @@ mod build;
 mod cuda;
 mod docker;
 mod faults;
+mod first_hour;
 mod harness;
 mod import;
 mod input_safety;

@@ -1,0 +1,242 @@
+//! The first hour of a new user (issue 15): each test feeds a command the mistake a new
+//! user makes, or the situation they are in, and checks that what is printed works as
+//! printed: `run-config` after `pull --load`, Docker contexts, `pull` of a tag the grammar
+//! knows is wrong, `tags` from the official list, config and platform spellings, hints that
+//! must be valid commands, and output (JSON, plurals, widths).
+
+use cudaimg_test_support as common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::docker::{busybox, unavailable_reason, Runnable, TestDocker};
+use common::{
+    run_fails, run_ok, Arch, Fixture, Flavor, MediaTypes, Pusher, Sandbox, Scale, TestRegistry,
+};
+use serde_json::Value;
+
+const TAG: &str = "12.4.1-hello-ubuntu22.04";
+
+fn docker_or_skip() -> Option<TestDocker> {
+    match unavailable_reason() {
+        Some(why) => {
+            eprintln!("SKIPPED: {why}");
+            None
+        }
+        None => Some(TestDocker::start()),
+    }
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A registry (as docker.io) holding a runnable `nvidia/cuda:TAG` that prints `message`.
+struct Hub {
+    sandbox: Sandbox,
+    config: PathBuf,
+    registry: Option<TestRegistry>,
+}
+
+fn hub(message: &str) -> Hub {
+    let registry = TestRegistry::start();
+    let base = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Docker, Scale::TINY);
+    let amd64 = base.platform(Arch::Amd64);
+    let image = Runnable::build(amd64, message, &busybox());
+    image.push(&Pusher::new(&registry), amd64, "nvidia/cuda", TAG);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&registry.url(), &[]);
+    Hub {
+        sandbox,
+        config,
+        registry: Some(registry),
+    }
+}
+
+impl Hub {
+    fn cmd(&self, docker: Option<&TestDocker>, args: &[&str]) -> Command {
+        let mut cmd = self.sandbox.cli(&self.config, args);
+        if let Some(d) = docker {
+            cmd.env("DOCKER_HOST", d.host());
+        }
+        cmd
+    }
+}
+
+/// The quick line, made runnable without a GPU: no `--gpus`, no `-it`, the image's own
+/// command instead of `nvidia-smi`, no network. Everything else (the image as printed)
+/// stays as printed.
+fn without_gpu(line: &str) -> String {
+    line.replace(" -it", "")
+        .replace("--gpus all", "--network none")
+        .replace(" nvidia-smi", "")
+}
+
+#[test]
+fn run_config_after_pull_load_runs_in_docker_and_compose_with_no_registry() {
+    let Some(d) = docker_or_skip() else { return };
+    let mut hub = hub("hello from run-config");
+    let reference = format!("nvidia/cuda:{TAG}");
+    run_ok(&mut hub.cmd(Some(&d), &["pull", "--load", &reference]));
+    // What Docker records after a load: the tag, and no repository digest.
+    let inspect = d.inspect(&reference);
+    assert_eq!(inspect["RepoDigests"], serde_json::json!([]), "{inspect}");
+
+    // No registry from here on: whatever the line names must resolve in the Engine.
+    drop(hub.registry.take());
+    let out = run_ok(&mut hub.cmd(
+        Some(&d),
+        &["--json", "run-config", &reference, "--scenario", "quick"],
+    ));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["pinned_by"], "tag", "{r}");
+    assert_eq!(r["image"], reference.as_str());
+    assert_eq!(r["docker_image_id"], inspect["Id"]);
+    let content = r["content"].as_str().unwrap();
+    assert!(
+        content.contains(inspect["Id"].as_str().unwrap()) && content.contains("@sha256:"),
+        "the comment names the image ID and the upstream digest:\n{content}"
+    );
+    let line = content
+        .lines()
+        .find(|l| l.starts_with("docker run"))
+        .unwrap();
+    let script = without_gpu(line);
+    let ran = Command::new("sh")
+        .args(["-c", &script])
+        .env("DOCKER_HOST", d.host())
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "`{script}` failed: {}\n{}",
+        stderr(&ran),
+        d.log()
+    );
+    assert_eq!(stdout(&ran).trim(), "hello from run-config");
+
+    // The text form prints the same line on stdout, the comment with it.
+    let out = run_ok(&mut hub.cmd(Some(&d), &["run-config", &reference, "--scenario", "quick"]));
+    assert!(stdout(&out).contains(line), "{}", stdout(&out));
+
+    // compose: the service's image resolves in the Engine with no pull.
+    let out = run_ok(&mut hub.cmd(
+        Some(&d),
+        &["run-config", &reference, "--scenario", "compose"],
+    ));
+    let dir = hub.sandbox.root().join("compose");
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    std::fs::write(dir.join("docker-compose.yml"), stdout(&out)).unwrap();
+    let compose = Command::new("docker-compose")
+        .args(["--no-ansi", "up", "--no-start"])
+        .current_dir(&dir)
+        .env("DOCKER_HOST", d.host())
+        .output();
+    match compose {
+        Err(e) => eprintln!("docker-compose not runnable here ({e}); compose part skipped"),
+        Ok(o) => {
+            assert!(
+                o.status.success(),
+                "docker-compose up --no-start failed:\n{}\n{}",
+                stdout(&o),
+                stderr(&o)
+            );
+            let ps = d
+                .docker(&["ps", "-a", "--format", "{{.Image}}"])
+                .output()
+                .unwrap();
+            assert_eq!(
+                stdout(&ps).trim(),
+                reference,
+                "the service's container uses the loaded image"
+            );
+        }
+    }
+
+    // An image Docker pulled by digest keeps the digest pin; one Docker lacks is named by
+    // digest with a note saying how to load it.
+    d.docker(&["rm", "-f", "compose_cuda_1"]).output().unwrap();
+    let ps = d.docker(&["ps", "-aq"]).output().unwrap();
+    for id in stdout(&ps).split_whitespace() {
+        d.docker(&["rm", "-f", id]).output().unwrap();
+    }
+    run_ok(&mut d.docker(&["rmi", &reference]));
+    let out = run_ok(&mut hub.cmd(
+        Some(&d),
+        &["--json", "run-config", &reference, "--scenario", "quick"],
+    ));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["pinned_by"], "digest", "{r}");
+    assert!(stderr(&out).contains("cudaimg load"), "{}", stderr(&out));
+}
+
+#[test]
+fn load_finds_the_engine_through_the_current_docker_context() {
+    let Some(d) = docker_or_skip() else { return };
+    let hub = hub("hello through a context");
+    let reference = format!("nvidia/cuda:{TAG}");
+    run_ok(&mut hub.cmd(None, &["pull", &reference]));
+
+    // `docker context create ci --docker host=…` then `docker context use ci`, by hand:
+    // meta.json under the sha256 of the name, `currentContext` in config.json.
+    use sha2::{Digest as _, Sha256};
+    let name = "ci";
+    let meta_dir = hub
+        .sandbox
+        .docker_config_dir()
+        .join("contexts/meta")
+        .join(hex::encode(Sha256::digest(name.as_bytes())));
+    std::fs::create_dir_all(&meta_dir).unwrap();
+    std::fs::write(
+        meta_dir.join("meta.json"),
+        serde_json::json!({
+            "Name": name,
+            "Metadata": {},
+            "Endpoints": {"docker": {"Host": d.host(), "SkipTLSVerify": false}}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    // The docker CLI itself agrees this is the context's endpoint.
+    let mut cli = Command::new("docker");
+    cli.env_remove("DOCKER_HOST")
+        .env("DOCKER_CONFIG", hub.sandbox.docker_config_dir())
+        .args([
+            "--context",
+            name,
+            "version",
+            "--format",
+            "{{.Server.Version}}",
+        ]);
+    run_ok(&mut cli);
+
+    // With no DOCKER_HOST and no current context: the default socket, which is not there.
+    let out = run_fails(&mut hub.cmd(None, &["load", &reference]));
+    assert!(
+        stderr(&out).contains("/var/run/docker.sock"),
+        "{}",
+        stderr(&out)
+    );
+
+    hub.sandbox
+        .write_docker_config(&serde_json::json!({"currentContext": name}));
+    let out = run_ok(&mut hub.cmd(None, &["--json", "load", &reference]));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["engine"], d.host(), "{r}");
+    d.inspect(&reference);
+
+    // DOCKER_CONTEXT overrides config.json; a context that does not exist is named.
+    let out = run_fails(
+        hub.cmd(None, &["load", &reference])
+            .env("DOCKER_CONTEXT", "nope"),
+    );
+    assert!(
+        stderr(&out).contains("context `nope`") && stderr(&out).contains("docker context ls"),
+        "{}",
+        stderr(&out)
+    );
+}
