@@ -67,6 +67,9 @@ pub enum Error {
     /// A file or stream a command writes (`export -o`).
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// Another error with a better hint than its own (a "did you mean" from the tag list).
+    #[error("{inner}")]
+    WithHint { inner: Box<Error>, hint: String },
     /// `index.json`, the store's list of names, cannot be read as an OCI index.
     #[error("the store's `{}` cannot be read: {reason}", .path.display())]
     BrokenIndex {
@@ -97,6 +100,15 @@ impl From<PullError> for Error {
 }
 
 impl Error {
+    /// The error whose message and causes are shown: the wrapped one of a
+    /// [`Error::WithHint`], which only brings its own hint.
+    pub fn shown(&self) -> &Error {
+        match self {
+            Error::WithHint { inner, .. } => inner.shown(),
+            e => e,
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Reference(_) | Error::Platform(_) | Error::Config(_) | Error::Tag(_) => {
@@ -123,6 +135,7 @@ impl Error {
             Error::Setup(_) => exit::FAILURE,
             Error::Usage(_) => exit::USAGE,
             Error::Failed { code, .. } => *code,
+            Error::WithHint { inner, .. } => inner.exit_code(),
             Error::NotInStore(_) => exit::NOT_FOUND,
             Error::Pull(e) if e.is_not_found() => exit::NOT_FOUND,
             Error::Corrupt(_) | Error::BrokenIndex { .. } => exit::CORRUPT,
@@ -154,6 +167,7 @@ impl Error {
                     .into(),
             ),
             Error::Refused(r) => Some(r.hint()),
+            Error::WithHint { hint, .. } => Some(hint.clone()),
             Error::Setup(_) | Error::Usage(_) | Error::Failed { .. } => None,
             Error::Platform(_) => Some("for example `--platform linux/arm64`".into()),
             Error::Store(e) => e.hint(),

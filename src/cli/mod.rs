@@ -16,6 +16,7 @@ macro_rules! note {
 
 mod build;
 mod copy;
+mod did_you_mean;
 mod doctor;
 mod explain;
 mod export;
@@ -237,8 +238,9 @@ pub fn main() -> ExitCode {
 }
 
 pub(crate) fn report_error(e: &Error) {
-    let mut text = format!("error: {e}");
-    if let Some(cause) = std::error::Error::source(e) {
+    let shown = e.shown();
+    let mut text = format!("error: {shown}");
+    if let Some(cause) = std::error::Error::source(shown) {
         // `chain` walks the rest of the causes; multi-line causes (one line per source
         // tried) stay indented under it.
         text.push_str(&format!(

@@ -94,6 +94,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         _ => args.references.clone(),
     };
     let targets = targets(config, lock.as_ref(), &references)?;
+    if args.load {
+        engine_first().await?;
+    }
     let session = &ctx.session;
     let config_note = match &config.path {
         Some(p) => format!("mirror configuration: {}", p.display()),
@@ -114,6 +117,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             match pulled {
                 Err(e) if targets.len() == 1 => return Err(e),
                 Err(e) => {
+                    failed_json(ctx, input, &e);
                     super::report_error(&e);
                     first_error.get_or_insert(e);
                 }
@@ -144,25 +148,24 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                         if targets.len() == 1 {
                             return Err(e);
                         }
+                        failed_json(ctx, input, &e);
                         super::report_error(&e);
                         first_error.get_or_insert(e);
                     }
                 }
             }
             // The other references are still pulled; the first failure decides the exit.
-            Err(e) if targets.len() > 1 => {
-                if !e.is_not_found() {
-                    note!("{config_note}");
-                }
-                let e = Error::from(e);
-                super::report_error(&e);
-                first_error.get_or_insert(e);
-            }
             Err(e) => {
                 if !e.is_not_found() {
                     note!("{config_note}");
                 }
-                return Err(e.into());
+                let e = with_suggestions(ctx, name, e).await;
+                if targets.len() == 1 {
+                    return Err(e);
+                }
+                failed_json(ctx, input, &e);
+                super::report_error(&e);
+                first_error.get_or_insert(e);
             }
         }
     }
@@ -172,6 +175,47 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             code: e.exit_code(),
         }),
         None => Ok(()),
+    }
+}
+
+/// `pull --load` asks the Engine before any download: one that is not there would
+/// otherwise be found only after it.
+async fn engine_first() -> Result<(), Error> {
+    let engine = cudaimg_docker::DockerEngine::from_env()
+        .map_err(cudaimg_transfer::handover::LoadError::from)?;
+    engine
+        .ping()
+        .await
+        .map_err(cudaimg_transfer::handover::LoadError::from)?;
+    Ok(())
+}
+
+/// A "no such tag" with the nearest tags of the registry's list as its hint.
+async fn with_suggestions(ctx: &Ctx, name: &Canonical, e: cudaimg_transfer::PullError) -> Error {
+    if !e.is_not_found() {
+        return e.into();
+    }
+    let hint = super::did_you_mean::not_found_hint(ctx, name).await;
+    let e = Error::from(e);
+    match hint {
+        Some(hint) => Error::WithHint {
+            inner: Box::new(e),
+            hint,
+        },
+        None => e,
+    }
+}
+
+/// Under `--json` with several references, a failed one gets a record too, so a reader of
+/// stdout sees one document per reference: `{"reference", "error", "hint", "exit_code"}`.
+fn failed_json(ctx: &Ctx, input: &str, e: &Error) {
+    if ctx.json {
+        emit_json(&serde_json::json!({
+            "reference": input,
+            "error": e.to_string(),
+            "hint": e.hint(),
+            "exit_code": e.exit_code(),
+        }));
     }
 }
 
@@ -187,6 +231,9 @@ fn targets<'r>(
     let mut targets = Vec::with_capacity(references.len());
     for r in references {
         let name = config.canonicalize(r)?;
+        if lock.is_none() {
+            super::did_you_mean::precheck(r, &name)?;
+        }
         let pin = match lock {
             Some(l) => {
                 let pin = l.get(&name.image.lock_key())?.clone();

@@ -240,3 +240,123 @@ fn load_finds_the_engine_through_the_current_docker_context() {
         stderr(&out)
     );
 }
+
+/// A registry holding one image under each of `tags` in `nvidia/cuda`.
+fn registry_with_tags(tags: &[&str]) -> TestRegistry {
+    let fx = Fixture::cuda("12.4.1", Flavor::Runtime, MediaTypes::Docker, Scale::TINY);
+    let reg = TestRegistry::start();
+    let pusher = Pusher::new(&reg);
+    pusher.push_untagged(&fx, "nvidia/cuda");
+    for t in tags {
+        pusher.push_manifest("nvidia/cuda", t, fx.top());
+    }
+    reg
+}
+
+const OLD_TAGS: &[&str] = &[
+    "12.4.1-runtime-ubuntu22.04",
+    "12.4.1-devel-ubuntu22.04",
+    "12.4.1-runtime-ubuntu20.04",
+];
+const NEWEST: &str = "13.0.1-runtime-ubuntu24.04";
+
+#[test]
+fn tags_come_from_the_official_list_when_it_answers_and_say_so_when_not() {
+    let mut all = OLD_TAGS.to_vec();
+    all.push(NEWEST);
+    let official = registry_with_tags(&all);
+    // A mirror that lags: the newest tag is not there yet.
+    let mirror = registry_with_tags(OLD_TAGS);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[&mirror.url()]);
+    for repository in [
+        "nvidia/cuda".to_owned(),
+        "docker.io/nvidia/cuda".to_owned(),
+        "registry-1.docker.io/nvidia/cuda".to_owned(),
+        format!("{}/nvidia/cuda", official.host()),
+    ] {
+        let out = run_ok(&mut sandbox.cli(&config, &["--json", "tags", &repository]));
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["source_role"], "official", "{repository}: {r}");
+        assert_eq!(r["total"], 4, "{repository}: {r}");
+        assert_eq!(r["recommended"]["tag"], NEWEST, "{repository}: {r}");
+    }
+    assert!(
+        !mirror
+            .requests()
+            .iter()
+            .any(|q| q.path.contains("/tags/list")),
+        "the lagging mirror was not asked: {:?}",
+        mirror.requests()
+    );
+
+    // The official registry down: the mirror's list, and the reason it is used.
+    let config = sandbox.write_hub_config(&common::dead_endpoint(), &[&mirror.url()]);
+    let out = run_ok(&mut sandbox.cli(&config, &["tags", "nvidia/cuda"]));
+    let err = stderr(&out);
+    assert!(
+        err.contains("official registry did not answer") && err.contains(&mirror.url()),
+        "{err}"
+    );
+}
+
+#[test]
+fn pull_refuses_tags_that_cannot_exist_before_any_request_and_suggests_real_ones() {
+    let official = registry_with_tags(OLD_TAGS);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let before = official.requests().len();
+    for (reference, cause, suggestion) in [
+        (
+            "nvidia/cuda:12.4-runtime-ubuntu22.04",
+            "patch release",
+            "did you mean `nvidia/cuda:12.4.1-runtime-ubuntu22.04`",
+        ),
+        (
+            "nvidia/cuda:12.4.1-runtime-ubuntu22.4",
+            "not an Ubuntu release",
+            "did you mean `nvidia/cuda:12.4.1-runtime-ubuntu22.04`",
+        ),
+        ("nvidia/cuda", "names no tag", "did you mean `nvidia/cuda:"),
+        (
+            "nvidia/cuda:latest",
+            "no `latest` tag",
+            "`cudaimg tags nvidia/cuda`",
+        ),
+        (
+            "docker.io/nvidia/cuda:12.4-devel-ubuntu22.04",
+            "patch release",
+            "`nvidia/cuda:12.4.1-devel-ubuntu22.04`",
+        ),
+    ] {
+        let out = run_fails(&mut sandbox.cli(&config, &["pull", reference]));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{reference}: {err}");
+        assert!(err.contains(cause), "{reference}: {err}");
+        assert!(err.contains(suggestion), "{reference}: {err}");
+    }
+    assert_eq!(
+        official.requests().len(),
+        before,
+        "no request for a tag that cannot exist: {:?}",
+        official.requests()
+    );
+
+    // A well-formed tag the registry does not have: its own list says what is near.
+    let out = run_fails(&mut sandbox.cli(
+        &config,
+        &[
+            "pull",
+            "--platform",
+            "linux/amd64",
+            "nvidia/cuda:12.4.1-runtime-ubuntu24.04",
+        ],
+    ));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("did you mean `nvidia/cuda:12.4.1-runtime-ubuntu20.04`")
+            && err.contains(&format!("tag list of {}", official.url())),
+        "{err}"
+    );
+}

@@ -107,29 +107,27 @@ fn context_host() -> Result<Option<String>, DockerError> {
     let Some(dir) = docker_config_dir() else {
         return Ok(None);
     };
-    let name = match std::env::var(cudaimg_static::EnvVars::DOCKER_CONTEXT)
+    let name = if let Some(name) = std::env::var(cudaimg_static::EnvVars::DOCKER_CONTEXT)
         .ok()
         .filter(|c| !c.is_empty())
     {
-        Some(name) => name,
-        None => {
-            let Ok(text) = fs_err::read_to_string(dir.join("config.json")) else {
-                return Ok(None);
-            };
-            let config: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            match config.get("currentContext").and_then(|c| c.as_str()) {
-                Some(name) if !name.is_empty() => name.to_owned(),
-                _ => return Ok(None),
-            }
+        name
+    } else {
+        let Ok(text) = fs_err::read_to_string(dir.join("config.json")) else {
+            return Ok(None);
+        };
+        let config: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        match config.get("currentContext").and_then(|c| c.as_str()) {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => return Ok(None),
         }
     };
     if name == "default" {
         return Ok(None);
     }
-    use sha2::Digest as _;
     let meta = dir
         .join("contexts/meta")
-        .join(hex::encode(sha2::Sha256::digest(name.as_bytes())))
+        .join(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(name.as_bytes())))
         .join("meta.json");
     let missing = |why: String| DockerError::Context {
         name: name.clone(),
