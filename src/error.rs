@@ -67,6 +67,13 @@ pub enum Error {
     /// A file or stream a command writes (`export -o`).
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// `lock` without `--trust-mirrors`, with the official registry out of reach.
+    #[error("the official registry could not confirm the digest of `{reference}`, and `lock` pins only a digest it confirms")]
+    LockUnconfirmed {
+        reference: String,
+        #[source]
+        source: cudaimg_registry::RegistryError,
+    },
     /// Another error with a better hint than its own (a "did you mean" from the tag list).
     #[error("{inner}")]
     WithHint { inner: Box<Error>, hint: String },
@@ -136,6 +143,7 @@ impl Error {
             Error::Usage(_) => exit::USAGE,
             Error::Failed { code, .. } => *code,
             Error::WithHint { inner, .. } => inner.exit_code(),
+            Error::LockUnconfirmed { .. } => exit::FAILURE,
             Error::NotInStore(_) => exit::NOT_FOUND,
             Error::Pull(e) if e.is_not_found() => exit::NOT_FOUND,
             Error::Corrupt(_) | Error::BrokenIndex { .. } => exit::CORRUPT,
@@ -168,6 +176,10 @@ impl Error {
             ),
             Error::Refused(r) => Some(r.hint()),
             Error::WithHint { hint, .. } => Some(hint.clone()),
+            Error::LockUnconfirmed { reference, .. } => Some(format!(
+                "reach the official registry and lock again, or `cudaimg lock --trust-mirrors {reference}` \
+                 to pin the digest the mirrors agree on (the lockfile is what CI trusts: check it)"
+            )),
             Error::Setup(_) | Error::Usage(_) | Error::Failed { .. } => None,
             Error::Platform(_) => Some("for example `--platform linux/arm64`".into()),
             Error::Store(e) => e.hint(),

@@ -44,10 +44,34 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     for p in &report.problems {
         note!("problem: {p}");
     }
-    Err(Error::Corrupt(format!(
-        "{} problems found",
-        report.problems.len()
-    )))
+    let corrupt = Error::Corrupt(format!(
+        "{} problem{} found",
+        report.problems.len(),
+        if report.problems.len() == 1 { "" } else { "s" }
+    ));
+    if report.affected.is_empty() {
+        return Err(corrupt);
+    }
+    // The pull that fetches each image again names its platform: a plain pull would fetch
+    // the host's, and leave another platform's entry broken.
+    let pulls: Vec<String> = report
+        .affected
+        .iter()
+        .map(|a| match (&a.platform, a.all_platforms) {
+            (_, true) => format!("`cudaimg pull --all-platforms {}`", a.name),
+            (Some(p), false) => format!("`cudaimg pull --platform {p} {}`", a.name),
+            (None, false) => format!("`cudaimg pull {}`", a.name),
+        })
+        .collect();
+    let repair = if args.repair {
+        ""
+    } else {
+        "`cudaimg verify --repair` deletes corrupt blobs; then "
+    };
+    Err(Error::WithHint {
+        inner: Box::new(corrupt),
+        hint: format!("{repair}{} fetches what is missing", pulls.join(", ")),
+    })
 }
 
 /// An `index.json` that is not an OCI index is damage `verify` found (exit 3), with its own

@@ -360,3 +360,223 @@ fn pull_refuses_tags_that_cannot_exist_before_any_request_and_suggests_real_ones
         "{err}"
     );
 }
+
+/// `mount --bind` then `remount,ro` of `dir` onto itself; unmounted on drop. Root only (as
+/// root, file permissions do not make a directory read-only).
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn mount(dir: &std::path::Path) -> Option<ReadOnly> {
+        let ok = |args: &[&str]| {
+            Command::new("mount")
+                .args(args)
+                .arg(dir)
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ok(&["--bind"]) {
+            return None;
+        }
+        let ro = ReadOnly(dir.to_owned());
+        ok(&["-o", "remount,bind,ro"]).then_some(ro)
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_stored_image_pulls_again_from_a_read_only_store_and_a_file_is_no_store() {
+    let official = registry_with_tags(OLD_TAGS);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let reference = "nvidia/cuda:12.4.1-runtime-ubuntu22.04";
+    let pull = ["pull", "--platform", "linux/amd64", reference];
+    run_ok(&mut sandbox.cli(&config, &pull));
+
+    let store = sandbox.store_dir();
+    let Some(ro) = ReadOnly::mount(&store) else {
+        eprintln!("SKIPPED (read-only part): cannot bind-mount here");
+        return;
+    };
+    let out = run_ok(&mut sandbox.cli(&config, &pull));
+    assert!(
+        stdout(&out).contains("docker.io/nvidia/cuda"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    // One that needs writing says the store is read-only.
+    let out = run_fails(&mut sandbox.cli(
+        &config,
+        &[
+            "pull",
+            "--platform",
+            "linux/amd64",
+            "nvidia/cuda:12.4.1-devel-ubuntu22.04",
+        ],
+    ));
+    assert!(stderr(&out).contains("read-only"), "{}", stderr(&out));
+    drop(ro);
+
+    // `--store FILE`: said to be a file, by every command, and `images` fails.
+    let file = sandbox.write("a-file", "not a store");
+    for args in [&["images"][..], &pull[..]] {
+        let mut cmd = sandbox.cudaimg();
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--store")
+            .arg(&file)
+            .args(args);
+        let out = run_fails(&mut cmd);
+        assert!(
+            stderr(&out).contains("is a file, not a directory"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// The commands a hint holds (`cudaimg …` between backticks), as argument lists.
+fn hinted_commands(stderr: &str, starting: &str) -> Vec<Vec<String>> {
+    let hint = stderr
+        .lines()
+        .find(|l| l.starts_with("hint:"))
+        .unwrap_or_else(|| panic!("no hint in:\n{stderr}"));
+    hint.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|c| c.starts_with(starting))
+        .map(|c| c.split_whitespace().skip(1).map(str::to_owned).collect())
+        .collect()
+}
+
+#[test]
+fn verify_and_inspect_hints_name_the_platform_and_run_as_printed() {
+    let official = registry_with_tags(OLD_TAGS);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let reference = "nvidia/cuda:12.4.1-runtime-ubuntu22.04";
+    let cli = |args: &[&str]| sandbox.cli(&config, args);
+    run_ok(&mut cli(&["pull", "--platform", "linux/amd64", reference]));
+
+    // inspect of a platform not stored: the hint's commands are valid as printed.
+    let out = run_fails(&mut cli(&[
+        "inspect",
+        "--platform",
+        "linux/arm64",
+        reference,
+    ]));
+    let err = stderr(&out);
+    let pulls = hinted_commands(&err, "cudaimg pull");
+    assert_eq!(pulls.len(), 1, "{err}");
+    let inspects = hinted_commands(&err, "cudaimg inspect");
+    assert_eq!(inspects.len(), 1, "{err}");
+    let args: Vec<&str> = inspects[0].iter().map(String::as_str).collect();
+    run_ok(&mut cli(&args));
+    let args: Vec<&str> = pulls[0].iter().map(String::as_str).collect();
+    run_ok(&mut cli(&args));
+    run_ok(&mut cli(&[
+        "inspect",
+        "--platform",
+        "linux/arm64",
+        reference,
+    ]));
+
+    // A layer only arm64 has goes missing: verify names the platform, and its hint's pull
+    // fetches that platform, after which the store is whole.
+    let fx = Fixture::cuda("12.4.1", Flavor::Runtime, MediaTypes::Docker, Scale::TINY);
+    let arm = fx.platform(Arch::Arm64);
+    let layer = &arm.layers[0].digest;
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    std::fs::remove_file(sandbox.store_dir().join("blobs/sha256").join(hex)).unwrap();
+    let out = run_fails(&mut cli(&["verify"]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("(linux/arm64"),
+        "the problem names the platform: {err}"
+    );
+    assert!(
+        !err.contains("problems found") || err.contains("1 problem found"),
+        "{err}"
+    );
+    let pulls = hinted_commands(&err, "cudaimg pull");
+    assert_eq!(pulls.len(), 1, "{err}");
+    assert!(
+        pulls[0].iter().any(|a| a.starts_with("linux/arm64")),
+        "{pulls:?}"
+    );
+    let args: Vec<&str> = pulls[0].iter().map(String::as_str).collect();
+    run_ok(&mut cli(&args));
+    run_ok(&mut cli(&["verify"]));
+}
+
+#[test]
+fn lock_with_the_official_registry_down_names_trust_mirrors_not_require_upstream() {
+    let mirror = registry_with_tags(OLD_TAGS);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&common::dead_endpoint(), &[&mirror.url()]);
+    let reference = "nvidia/cuda:12.4.1-runtime-ubuntu22.04";
+    let lockfile = sandbox.root().join("cudaimg.lock");
+    let lockfile = lockfile.to_str().unwrap();
+    let out = run_fails(&mut sandbox.cli(&config, &["lock", "--lockfile", lockfile, reference]));
+    let err = stderr(&out);
+    assert!(!err.contains("require-upstream"), "{err}");
+    assert!(err.contains("cudaimg lock --trust-mirrors"), "{err}");
+    run_ok(&mut sandbox.cli(
+        &config,
+        &["lock", "--trust-mirrors", "--lockfile", lockfile, reference],
+    ));
+}
+
+#[test]
+fn config_and_platform_spellings_people_use_work_or_say_the_fix() {
+    let registry = registry_with_tags(OLD_TAGS);
+    let sandbox = Sandbox::new();
+    let reference = "nvidia/cuda:12.4.1-runtime-ubuntu22.04";
+
+    // The host unquoted in the header.
+    let config = sandbox.write(
+        "unquoted.toml",
+        format!(
+            "[registries.docker.io]\nendpoint = \"{}\"\n",
+            registry.url()
+        ),
+    );
+    let out = run_fails(&mut sandbox.cli(&config, &["pull", reference]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unquoted.toml:1:1") && err.contains("[registries.\"docker.io\"]"),
+        "{err}"
+    );
+    assert!(!err.contains("unknown field"), "{err}");
+
+    // daemon.json's form of mirrors: a list of URL strings, used as mirrors.
+    let config = sandbox.write(
+        "strings.toml",
+        format!(
+            "[registries.\"docker.io\"]\nendpoint = \"{}\"\nmirrors = [\"{}\"]\n",
+            common::dead_endpoint(),
+            registry.url()
+        ),
+    );
+    // `uname -m` names: mapped as Docker maps them.
+    for (given, is) in [
+        ("linux/x86_64", "linux/amd64"),
+        ("linux/x86-64", "linux/amd64"),
+        ("linux/aarch64", "linux/arm64/v8"),
+        ("linux/arm64/8", "linux/arm64/v8"),
+    ] {
+        let out =
+            run_ok(&mut sandbox.cli(&config, &["--json", "pull", "--platform", given, reference]));
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["platform"], is, "{given}: {r}");
+        assert_eq!(r["manifest_source"], registry.url(), "{r}");
+    }
+}

@@ -158,7 +158,10 @@ impl<'de> Deserialize<'de> for MirrorEntry {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MirrorEntry, E> {
                 Ok(MirrorEntry::Url(v.to_owned()))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<MirrorEntry, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<MirrorEntry, A::Error> {
                 RawMirror::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(MirrorEntry::Table)
             }

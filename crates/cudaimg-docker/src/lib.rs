@@ -127,7 +127,9 @@ fn context_host() -> Result<Option<String>, DockerError> {
     }
     let meta = dir
         .join("contexts/meta")
-        .join(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(name.as_bytes())))
+        .join(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            name.as_bytes(),
+        )))
         .join("meta.json");
     let missing = |why: String| DockerError::Context {
         name: name.clone(),
