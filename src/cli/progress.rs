@@ -129,6 +129,15 @@ impl Reporter for Lines {
     }
 }
 
+/// The whole image's bar. Fixed parts at their widest (`1023.99 MiB` counts, `/s`, an eta)
+/// leave the bar at least 6 columns on an 80-column terminal; `wide_bar` takes whatever
+/// the terminal has beyond that, so no line wraps at 80 or 120 columns.
+const TOTAL_TEMPLATE: &str =
+    "{msg:24!} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}";
+/// One blob's bar: its short digest, the host it comes from (truncated), the same counts.
+const BLOB_TEMPLATE: &str =
+    "  {prefix} {msg:16!} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec}";
+
 /// Bars: one for the whole image, one per blob in flight.
 struct Bars {
     multi: MultiProgress,
@@ -163,10 +172,11 @@ impl Reporter for Bars {
     ) {
         let bar = self
             .multi
-            .add(ProgressBar::new(to_fetch).with_style(Self::style(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )));
-        bar.set_message(format!("{name} ({platform})"));
+            .add(ProgressBar::new(to_fetch).with_style(Self::style(TOTAL_TEMPLATE)));
+        // The repository's last segment and the tag: the registry and `nvidia/` are the
+        // same on every line, and the column is narrow.
+        let short = name.rsplit('/').next().unwrap_or(name);
+        bar.set_message(format!("{short} ({platform})"));
         if let Ok(mut t) = self.total.lock() {
             *t = Some(bar);
         }
@@ -176,9 +186,7 @@ impl Reporter for Bars {
         if let Ok(mut blobs) = self.blobs.lock() {
             let bar = blobs.entry(digest.clone()).or_insert_with(|| {
                 self.multi
-                    .add(ProgressBar::new(size).with_style(Self::style(
-                    "  {prefix} {msg:24!} [{bar:20}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
-                )))
+                    .add(ProgressBar::new(size).with_style(Self::style(BLOB_TEMPLATE)))
             });
             bar.set_prefix(digest.short()[7..].to_owned());
             bar.set_message(host);
@@ -215,9 +223,7 @@ impl Reporter for Bars {
     fn push_planned(&self, name: &str, destination: &str, _blobs: usize, total: u64) {
         let bar = self
             .multi
-            .add(ProgressBar::new(total).with_style(Self::style(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )));
+            .add(ProgressBar::new(total).with_style(Self::style(TOTAL_TEMPLATE)));
         bar.set_message(format!("{name} -> {destination}"));
         if let Ok(mut t) = self.total.lock() {
             *t = Some(bar);
@@ -228,9 +234,7 @@ impl Reporter for Bars {
             blobs.entry(digest.clone()).or_insert_with(|| {
                 let bar = self
                     .multi
-                    .add(ProgressBar::new(size).with_style(Self::style(
-                    "  {prefix} {msg:10!} [{bar:20}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
-                )));
+                    .add(ProgressBar::new(size).with_style(Self::style(BLOB_TEMPLATE)));
                 bar.set_prefix(digest.short()[7..].to_owned());
                 bar.set_message("uploading");
                 bar

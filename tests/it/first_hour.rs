@@ -580,3 +580,101 @@ fn config_and_platform_spellings_people_use_work_or_say_the_fix() {
         assert_eq!(r["manifest_source"], registry.url(), "{r}");
     }
 }
+
+/// Text as a terminal shows it: CSI escape sequences removed, split at `\r` and `\n`.
+fn screen_lines(raw: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(raw);
+    let mut plain = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                while let Some(&n) = chars.peek() {
+                    chars.next();
+                    if n.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        plain.push(c);
+    }
+    plain
+        .split(['\r', '\n'])
+        .map(str::to_owned)
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
+#[test]
+fn progress_bars_fit_80_and_120_column_terminals() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no `script` (util-linux) to run under a terminal");
+        return;
+    }
+    let registry = registry_with_tags(OLD_TAGS);
+    // Slow enough that the bars are drawn many times.
+    let proxy = common::FaultProxy::start(&registry.url());
+    proxy.add(common::Fault::Throttle {
+        bytes_per_sec: 600_000,
+    });
+    for cols in [80, 120] {
+        let sandbox = Sandbox::new();
+        let config = sandbox.write_hub_config(&proxy.url(), &[]);
+        let line = format!(
+            "stty cols {cols} rows 50; exec {} --config {} --store {} pull --platform linux/amd64 \
+             nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+            common::cudaimg_binary().display(),
+            config.display(),
+            sandbox.store_dir().display()
+        );
+        let out = run_ok(
+            sandbox
+                .command("script")
+                .args(["-q", "-e", "-c", &line, "/dev/null"])
+                .env("TERM", "xterm-256color"),
+        );
+        // indicatif writes a line as wide as the terminal without a newline, relying on the
+        // terminal's wrap to start the next row: so rows are cut at `cols` here, as the
+        // terminal cuts them, and each row holding counts must hold one whole bar line.
+        let rows: Vec<String> = screen_lines(&out.stdout)
+            .iter()
+            .flat_map(|l| {
+                let chars: Vec<char> = l.chars().collect();
+                chars
+                    .chunks(cols)
+                    .map(|c| c.iter().collect::<String>())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let bars: Vec<&String> = rows.iter().filter(|l| l.contains("B/s")).collect();
+        assert!(
+            !bars.is_empty(),
+            "no bar was drawn at {cols} columns:\n{rows:#?}"
+        );
+        for row in &bars {
+            let starts_whole = row.starts_with("cuda:12.4.1-runtime")
+                || (row.starts_with("  ")
+                    && row[2..].len() > 12
+                    && row[2..14].bytes().all(|b| b.is_ascii_hexdigit()));
+            let tail = row.trim_end();
+            let ends_whole = tail.ends_with("/s")
+                || tail
+                    .rsplit_once(" eta ")
+                    .is_some_and(|(_, d)| !d.contains(' '));
+            assert!(
+                starts_whole && ends_whole,
+                "a bar line wraps at {cols} columns:\n{row}\n{bars:#?}"
+            );
+        }
+        // The bar takes the width there is: wider at 120 columns.
+        if cols == 120 {
+            assert!(
+                bars.iter().any(|l| l.trim_end().chars().count() > 100),
+                "{bars:#?}"
+            );
+        }
+    }
+}
