@@ -56,10 +56,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     } else {
         for r in &results {
             emit(&format!(
-                "locked {} to {} ({} platforms) in {}",
+                "locked {} to {} ({}) in {}",
                 r.reference,
                 r.pin.digest,
-                r.pin.platforms.len(),
+                super::words::counted(r.pin.platforms.len(), "platform"),
                 lockfile.path.display()
             ));
         }

@@ -36,6 +36,7 @@ mod serve;
 mod tag;
 mod tags;
 mod verify;
+mod words;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

@@ -104,7 +104,8 @@ impl Reporter for Lines {
     }
     fn push_planned(&self, name: &str, destination: &str, blobs: usize, total: u64) {
         note!(
-            "pushing {name} to {destination}: {blobs} blobs, {}",
+            "pushing {name} to {destination}: {}, {}",
+            super::words::counted(blobs, "blob"),
             human_bytes(total)
         );
     }
@@ -143,6 +144,9 @@ struct Bars {
     multi: MultiProgress,
     total: Mutex<Option<ProgressBar>>,
     blobs: Mutex<HashMap<Digest, ProgressBar>>,
+    /// Per blob, the offset it first started at: bytes an earlier run left, which the
+    /// total (what remains to fetch) does not count.
+    resumed: Mutex<HashMap<Digest, u64>>,
 }
 
 impl Bars {
@@ -151,6 +155,7 @@ impl Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             total: Mutex::new(None),
             blobs: Mutex::new(HashMap::new()),
+            resumed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -191,12 +196,22 @@ impl Reporter for Bars {
             bar.set_prefix(digest.short()[7..].to_owned());
             bar.set_message(host);
             // A restart or resume moves the blob's position; the total moves with it, so
-            // discarded bytes do not count twice.
-            let (was, now) = (bar.position(), offset);
-            bar.set_position(now);
+            // discarded bytes do not count twice. The total counts from where the blob
+            // first started (an earlier run's bytes are not "to fetch"); falling below
+            // that (the partial bytes were discarded) adds them to it.
+            let Ok(mut resumed) = self.resumed.lock() else {
+                return;
+            };
+            let base = *resumed.entry(digest.clone()).or_insert(offset);
+            let was = bar.position().max(base);
+            bar.set_position(offset);
+            // The blob's share of the total is its position past its base.
+            let new_base = base.min(offset);
+            resumed.insert(digest.clone(), new_base);
             if let Ok(t) = self.total.lock() {
                 if let Some(t) = t.as_ref() {
-                    t.set_position((t.position() + now).saturating_sub(was));
+                    t.inc_length(base - new_base);
+                    t.set_position((t.position() + (offset - new_base)).saturating_sub(was - base));
                 }
             }
         }

@@ -274,11 +274,11 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
                 .map(|f| format!("{} x{}", f.kind, f.count))
                 .collect();
             note!(
-                "source {}: {} in {} blobs, {} requests answered{}",
+                "source {}: {} in {}, {} answered{}",
                 s.url,
                 human_bytes(s.bytes),
-                s.blobs,
-                s.requests,
+                super::words::count(s.blobs, "blob"),
+                super::words::count(s.requests, "request"),
                 if failures.is_empty() {
                     String::new()
                 } else {
@@ -306,9 +306,9 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
     emit(&format!("  platform: {}", r.platform));
     emit(&format!("  digest from: {}", resolved_by(r)));
     emit(&format!(
-        "  size:     {} in {} layers ({} already stored)",
+        "  size:     {} in {} ({} already stored)",
         human_bytes(r.total_bytes),
-        r.layers.len(),
+        super::words::counted(r.layers.len(), "layer"),
         cached
     ));
     emit(&format!(
@@ -362,11 +362,11 @@ fn print_all(ctx: &Ctx, r: &PullAllReport, secs: f64) {
     emit(&format!("  digest from: {}", describe(r.resolved_by)));
     for p in &r.platforms {
         emit(&format!(
-            "  {:<16}  {}  {:>10}  {} layers{}",
+            "  {:<16}  {}  {:>10}  {}{}",
             p.platform.as_deref().unwrap_or("-"),
             p.digest,
             human_bytes(p.size),
-            p.layers,
+            super::words::counted(p.layers, "layer"),
             if p.named {
                 ""
             } else {
@@ -375,9 +375,9 @@ fn print_all(ctx: &Ctx, r: &PullAllReport, secs: f64) {
         ));
     }
     emit(&format!(
-        "  size:     {} ({} blobs already stored)",
+        "  size:     {} ({} already stored)",
         human_bytes(r.total_bytes),
-        r.blobs_cached
+        super::words::counted(r.blobs_cached, "blob")
     ));
     emit(&format!(
         "  fetched:  {} in {secs:.1}s, manifest from {}",

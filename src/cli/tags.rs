@@ -253,12 +253,11 @@ pub(crate) async fn list(
 
 fn print(l: &Listing) {
     note!(
-        "{}: {} tags from {} ({} page{}); {} match",
+        "{}: {} from {} ({}); {} match",
         l.repository,
-        l.total,
+        super::words::counted(l.total, "tag"),
         l.source,
-        l.pages,
-        if l.pages == 1 { "" } else { "s" },
+        super::words::counted(l.pages, "page"),
         l.tags.len()
     );
     if !l.tags.is_empty() {

@@ -25,16 +25,16 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         emit_json(&report);
     } else {
         emit(&format!(
-            "checked {} blobs ({}) and {} images in {}",
-            report.blobs,
+            "checked {} ({}) and {} in {}",
+            super::words::counted(report.blobs, "blob"),
             human_bytes(report.bytes),
-            report.images,
+            super::words::counted(report.images, "image"),
             store.root().display()
         ));
         if report.partials > 0 {
             emit(&format!(
-                "{} partial downloads in ingest/ (not part of any image)",
-                report.partials
+                "{} in ingest/ (not part of any image)",
+                super::words::counted(report.partials, "partial download")
             ));
         }
     }

@@ -678,3 +678,228 @@ fn progress_bars_fit_80_and_120_column_terminals() {
         }
     }
 }
+
+#[test]
+fn a_partial_mirror_is_summarised_once_and_every_source_counts_its_requests() {
+    let official = registry_with_tags(OLD_TAGS);
+    let mirror = registry_with_tags(OLD_TAGS);
+    let fx = Fixture::cuda("12.4.1", Flavor::Runtime, MediaTypes::Docker, Scale::TINY);
+    let amd = fx.platform(Arch::Amd64);
+    let pusher = Pusher::new(&mirror);
+    let missing: Vec<&String> = amd.layers.iter().take(3).map(|l| &l.digest).collect();
+    for d in &missing {
+        pusher.delete_blob("nvidia/cuda", d);
+    }
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[&mirror.url()]);
+    let out = run_ok(&mut sandbox.cli(
+        &config,
+        &[
+            "-q",
+            "--json",
+            "pull",
+            "--platform",
+            "linux/amd64",
+            "nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+        ],
+    ));
+    let err = stderr(&out);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // One line for the mirror, counting the blobs it lacked; none per blob.
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("(3 times)"), "{err}");
+    for s in r["sources"].as_array().unwrap() {
+        assert!(
+            s["requests"].as_u64().unwrap() > 0,
+            "every source answered something: {s}"
+        );
+    }
+
+    // A whole mirror: the official registry only says which digest the tag names, and
+    // that answer is a request it served.
+    let whole = registry_with_tags(OLD_TAGS);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[&whole.url()]);
+    let out = run_ok(&mut sandbox.cli(
+        &config,
+        &[
+            "--json",
+            "pull",
+            "--platform",
+            "linux/amd64",
+            "nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+        ],
+    ));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let official_report = r["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["role"] == "official")
+        .unwrap()
+        .clone();
+    assert_eq!(official_report["bytes"], 0, "{r:#}");
+    assert_eq!(official_report["requests"], 1, "the tag's HEAD: {r:#}");
+}
+
+/// `1.46 MiB`, `29.64 KiB`, `512 B` as bytes (approximately: as printed).
+fn parse_human(s: &str) -> f64 {
+    let (n, unit) = s.trim().split_once(' ').unwrap();
+    let n: f64 = n.parse().unwrap();
+    n * match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unit {other}"),
+    }
+}
+
+#[test]
+fn to_fetch_after_a_killed_pull_counts_only_what_remains() {
+    let registry = registry_with_tags(OLD_TAGS);
+    let proxy = common::FaultProxy::start(&registry.url());
+    proxy.add(common::Fault::Throttle {
+        bytes_per_sec: 250_000,
+    });
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&proxy.url(), &[]);
+    let pull = [
+        "--json",
+        "-v",
+        "pull",
+        "--platform",
+        "linux/amd64",
+        "nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+    ];
+    let mut child = sandbox
+        .cli(&config, &pull)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once a good part is down, as Ctrl-C or a lost SSH session would.
+    let ingest = sandbox.store_dir().join("ingest");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let partial = || -> u64 {
+        std::fs::read_dir(&ingest).map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+    };
+    while partial() < 400_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no partial download appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    proxy.clear();
+
+    let out = run_ok(&mut sandbox.cli(&config, &pull));
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("resolved "))
+        .unwrap_or_else(|| panic!("{err}"));
+    let (to_fetch, total) = line
+        .rsplit_once(": ")
+        .unwrap()
+        .1
+        .split_once(" to fetch of ")
+        .unwrap();
+    let (to_fetch, total) = (parse_human(to_fetch), parse_human(total));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fetched = r["bytes_downloaded"].as_f64().unwrap();
+    assert!(to_fetch < total * 0.8, "{line}");
+    assert!(
+        (to_fetch - fetched).abs() <= fetched * 0.01 + 1024.0,
+        "said {to_fetch} to fetch, fetched {fetched}: {line}"
+    );
+}
+
+#[test]
+fn json_outputs_plurals_and_pull_load_without_an_engine() {
+    let registry = registry_with_tags(OLD_TAGS);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&registry.url(), &[]);
+    let cli = |args: &[&str]| sandbox.cli(&config, args);
+    let good = "nvidia/cuda:12.4.1-runtime-ubuntu22.04";
+
+    // `pull --load` with no Engine: refused before any blob is downloaded, with a start
+    // command this host has.
+    let no_engine = format!("unix://{}", sandbox.root().join("no-docker.sock").display());
+    let out = run_fails(
+        cli(&["pull", "--load", "--platform", "linux/amd64", good]).env("DOCKER_HOST", &no_engine),
+    );
+    let err = stderr(&out);
+    assert!(err.contains("no Docker Engine answers"), "{err}");
+    assert!(
+        registry.blob_downloads().is_empty(),
+        "nothing downloaded: {:?}",
+        registry.blob_downloads()
+    );
+    if !std::path::Path::new("/run/systemd/system").exists() {
+        assert!(!err.contains("systemctl"), "no systemd here: {err}");
+    }
+
+    // Several references under --json, one of them wrong: one JSON document each.
+    let out = run_fails(&mut cli(&[
+        "--json",
+        "pull",
+        "--platform",
+        "linux/amd64",
+        good,
+        "nvidia/cuda:12.4.1-runtime-ubuntu24.04",
+    ]));
+    let docs: Vec<Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<Value>()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(docs.len(), 2, "{}", stdout(&out));
+    assert_eq!(docs[0]["reference"], good);
+    assert_eq!(
+        docs[1]["reference"],
+        "nvidia/cuda:12.4.1-runtime-ubuntu24.04"
+    );
+    assert_eq!(docs[1]["exit_code"], 4, "{}", docs[1]);
+    assert!(
+        docs[1]["error"].as_str().unwrap().contains("no tag"),
+        "{}",
+        docs[1]
+    );
+    assert!(
+        docs[1]["hint"].as_str().unwrap().contains("did you mean"),
+        "{}",
+        docs[1]
+    );
+
+    // export --json: JSON.
+    let file = sandbox.root().join("cuda.tar");
+    let out = run_ok(cli(&["--json", "export", good, "-o"]).arg(&file));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["format"], "docker-archive", "{r}");
+    assert!(r["bytes"].as_u64().unwrap() > 0);
+
+    // Counts read as English: a registry with one tag.
+    let one = TestRegistry::start();
+    let fx = Fixture::cuda("12.4.1", Flavor::Runtime, MediaTypes::Docker, Scale::TINY);
+    Pusher::new(&one).push_platform("nvidia/cuda", fx.platform(Arch::Amd64));
+    Pusher::new(&one).push_manifest(
+        "nvidia/cuda",
+        "12.4.1-runtime-ubuntu22.04",
+        &fx.platform(Arch::Amd64).manifest,
+    );
+    let config_one = sandbox.write_hub_config(&one.url(), &[]);
+    let out = run_ok(&mut sandbox.cli(&config_one, &["tags", "nvidia/cuda"]));
+    let err = stderr(&out);
+    assert!(
+        err.contains(": 1 tag from") && err.contains("(1 page)"),
+        "{err}"
+    );
+}

@@ -353,6 +353,36 @@ impl Store {
             })
     }
 
+    /// Bytes of `digest` an earlier, interrupted download left that a resume keeps: the
+    /// partial file's length, or the contiguous prefix its sidecar records after a
+    /// parallel fill; 0 when there is none or it cannot be right (longer than the blob).
+    /// For "N MiB to fetch", which counts what remains.
+    pub fn resumable_bytes(&self, digest: &Digest, size: u64) -> u64 {
+        let Ok(ingest) = self.ingest() else {
+            return 0;
+        };
+        let len = ingest
+            .stat(&format!("{}.partial", digest.hex()))
+            .ok()
+            .filter(|st| confine::file_type(st) == rustix::fs::FileType::RegularFile)
+            .and_then(|st| u64::try_from(st.st_size).ok())
+            .unwrap_or(0);
+        let prefix = ingest
+            .open_read(&format!("{}.prefix", digest.hex()))
+            .ok()
+            .and_then(|f| {
+                let mut text = String::new();
+                f.take(64).read_to_string(&mut text).ok()?;
+                text.trim().parse::<u64>().ok()
+            });
+        let kept = prefix.map_or(len, |p| p.min(len));
+        if kept > size {
+            0
+        } else {
+            kept
+        }
+    }
+
     /// Whether a regular file is stored for `digest`, whatever its size (for the manifest
     /// list an entry records by digest only).
     pub(crate) fn has_blob_file(&self, digest: &Digest) -> bool {
