@@ -128,7 +128,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         let report = session.pull(&target, &platform, reporter.as_ref()).await;
         drop(reporter);
         match report {
-            Ok(report) => {
+            Ok(mut report) => {
+                unconfigured_mirror(config, &mut report);
                 let secs = started.elapsed().as_secs_f64();
                 record_locations(ctx.store()?, &report);
                 if !args.load {
@@ -304,7 +305,7 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
         emit(&format!("  index:    {i}"));
     }
     emit(&format!("  platform: {}", r.platform));
-    emit(&format!("  digest from: {}", resolved_by(r)));
+    emit(&format!("  digest from: {}", resolved_by(ctx, r)));
     emit(&format!(
         "  size:     {} in {} ({} already stored)",
         human_bytes(r.total_bytes),
@@ -386,8 +387,61 @@ fn print_all(ctx: &Ctx, r: &PullAllReport, secs: f64) {
     ));
 }
 
-fn resolved_by(r: &PullReport) -> &'static str {
-    describe(r.resolved_by)
+/// Where the digest came from. A registry with no mirrors.toml entry is the official one
+/// only for its own names: said as "the registry the reference names", never as "the
+/// official registry" (which a reader takes for Docker Hub or NGC).
+fn resolved_by(ctx: &Ctx, r: &PullReport) -> String {
+    let registry = r.canonical.registry.as_str();
+    let configured = ctx
+        .config()
+        .is_ok_and(|c| c.registries().any(|(host, _)| host == registry));
+    if r.resolved_by == ResolvedBy::Official && !configured && !is_public(registry) {
+        return format!(
+            "{registry} itself, the registry the reference names (no mirrors.toml entry makes it \
+             a mirror of another)"
+        );
+    }
+    describe(r.resolved_by).to_owned()
+}
+
+/// Registries that are the origin of what they serve.
+fn is_public(registry: &str) -> bool {
+    matches!(
+        registry,
+        cudaimg_oci::reference::DOCKER_HUB
+            | "nvcr.io"
+            | "ghcr.io"
+            | "quay.io"
+            | "registry.k8s.io"
+            | "public.ecr.aws"
+    )
+}
+
+/// A name like `127.0.0.1:5302/nvidia/cuda` whose host no mirrors.toml entry maps is
+/// stored (and loaded) under that host: cudaimg cannot know the host mirrors Docker Hub.
+/// When the path is one of Docker Hub's (`nvidia/…`, `library/…`), the warning says so and
+/// how to have it stored as `docker.io/…`.
+fn unconfigured_mirror(config: &cudaimg_config::Config, r: &mut PullReport) {
+    let registry = r.canonical.registry.clone();
+    if is_public(&registry) || config.registries().any(|(host, _)| host == registry) {
+        return;
+    }
+    let repo = &r.canonical.repository;
+    if !(repo.starts_with("nvidia/") || repo.starts_with("library/")) {
+        return;
+    }
+    let tag = r
+        .canonical
+        .tag
+        .as_deref()
+        .map(|t| format!(":{t}"))
+        .unwrap_or_default();
+    r.warnings.push(format!(
+        "`{registry}` is not a mirror in mirrors.toml, so this is stored (and loaded) as \
+         `{registry}/{repo}`, not `docker.io/{repo}`; if it mirrors Docker Hub, add it \
+         (`[registries.\"docker.io\"]` with `mirrors = [\"http://{registry}\"]`, or https) and pull \
+         `{repo}{tag}`: the digest is then checked against Docker Hub when it answers"
+    ));
 }
 
 fn describe(by: ResolvedBy) -> &'static str {

@@ -903,3 +903,46 @@ fn json_outputs_plurals_and_pull_load_without_an_engine() {
         "{err}"
     );
 }
+
+#[test]
+fn a_mirror_prefixed_name_without_an_entry_is_said_honestly_and_the_fix_works() {
+    let mirror = registry_with_tags(OLD_TAGS);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&common::dead_endpoint(), &[]);
+    let prefixed = format!("{}/nvidia/cuda:12.4.1-runtime-ubuntu22.04", mirror.host());
+    let out = run_ok(&mut sandbox.cli(&config, &["pull", "--platform", "linux/amd64", &prefixed]));
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert!(
+        text.starts_with(&prefixed),
+        "stored under the name given: {text}"
+    );
+    assert!(!text.contains("the official registry"), "{text}");
+    assert!(text.contains("the registry the reference names"), "{text}");
+    assert!(
+        err.contains("not a mirror in mirrors.toml") && err.contains("docker.io/nvidia/cuda"),
+        "{err}"
+    );
+
+    // The fix the warning gives: the host as a docker.io mirror. Then the same reference is
+    // stored as Docker Hub's name, and the digest is said to come from a mirror.
+    let config = sandbox.write(
+        "fixed.toml",
+        format!(
+            "[registries.\"docker.io\"]\nendpoint = \"{}\"\nmirrors = [\"http://{}\"]\n",
+            common::dead_endpoint(),
+            mirror.host()
+        ),
+    );
+    let out = run_ok(&mut sandbox.cli(&config, &["pull", "--platform", "linux/amd64", &prefixed]));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("docker.io/nvidia/cuda:12.4.1-runtime-ubuntu22.04"),
+        "{text}"
+    );
+    assert!(text.contains("digest from: mirrors only"), "{text}");
+    assert!(
+        !stderr(&out).contains("not a mirror in mirrors.toml"),
+        "{}",
+        stderr(&out)
+    );
+}
