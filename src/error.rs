@@ -80,6 +80,16 @@ pub enum Error {
     /// A file or stream a command writes (`export -o`).
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// `lock` without `--trust-mirrors`, with the official registry out of reach.
+    #[error("the official registry could not confirm the digest of `{reference}`, and `lock` pins only a digest it confirms")]
+    LockUnconfirmed {
+        reference: String,
+        #[source]
+        source: cudaimg_registry::RegistryError,
+    },
+    /// Another error with a better hint than its own (a "did you mean" from the tag list).
+    #[error("{inner}")]
+    WithHint { inner: Box<Error>, hint: String },
     /// `index.json`, the store's list of names, cannot be read as an OCI index.
     #[error("the store's `{}` cannot be read: {reason}", .path.display())]
     BrokenIndex {
@@ -110,6 +120,15 @@ impl From<PullError> for Error {
 }
 
 impl Error {
+    /// The error whose message and causes are shown: the wrapped one of a
+    /// [`Error::WithHint`], which only brings its own hint.
+    pub fn shown(&self) -> &Error {
+        match self {
+            Error::WithHint { inner, .. } => inner.shown(),
+            e => e,
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Reference(_) | Error::Platform(_) | Error::Config(_) | Error::Tag(_) => {
@@ -146,6 +165,8 @@ impl Error {
             Error::Inventory { .. } => exit::FAILURE,
             Error::Usage(_) => exit::USAGE,
             Error::Failed { code, .. } => *code,
+            Error::WithHint { inner, .. } => inner.exit_code(),
+            Error::LockUnconfirmed { .. } => exit::FAILURE,
             Error::NotInStore(_) => exit::NOT_FOUND,
             Error::Pull(e) if e.is_not_found() => exit::NOT_FOUND,
             Error::Corrupt(_) | Error::BrokenIndex { .. } => exit::CORRUPT,
@@ -177,6 +198,11 @@ impl Error {
                     .into(),
             ),
             Error::Refused(r) => Some(r.hint()),
+            Error::WithHint { hint, .. } => Some(hint.clone()),
+            Error::LockUnconfirmed { reference, .. } => Some(format!(
+                "reach the official registry and lock again, or `cudaimg lock --trust-mirrors {reference}` \
+                 to pin the digest the mirrors agree on (the lockfile is what CI trusts: check it)"
+            )),
             Error::Setup(_) | Error::Usage(_) | Error::Failed { .. } => None,
             Error::Sync(e) => e.hint(),
             Error::Inventory { target, .. } => Some(format!(

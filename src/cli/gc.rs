@@ -22,12 +22,12 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         emit_json(&report);
     } else {
         emit(&format!(
-            "{} {} unused blobs and {} partial downloads ({}); kept {} blobs",
+            "{} {} and {} ({}); kept {}",
             if dry_run { "would remove" } else { "removed" },
-            report.blobs_removed,
-            report.partials_removed,
+            super::words::counted(report.blobs_removed, "unused blob"),
+            super::words::counted(report.partials_removed, "partial download"),
             human_bytes(report.bytes_freed),
-            report.blobs_kept
+            super::words::counted(report.blobs_kept, "blob")
         ));
     }
     Ok(())

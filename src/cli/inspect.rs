@@ -51,10 +51,18 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
             .filter_map(|e| e.platform.map(|p| p.to_string()))
             .collect();
         if let (Some(w), false) = (&want, stored.is_empty()) {
-            return Err(Error::NotInStore(format!(
-                "{name} for {w} (stored platforms: {})",
-                stored.join(", ")
-            )));
+            // The hint's commands must run as printed: the name and the platform apart.
+            return Err(Error::WithHint {
+                inner: Box::new(Error::NotInStore(format!(
+                    "{name} for {w} (stored platforms: {})",
+                    stored.join(", ")
+                ))),
+                hint: format!(
+                    "`cudaimg pull --platform {w} {name}` fetches it; `cudaimg inspect --platform {} {name}` \
+                     shows a stored one",
+                    stored[0]
+                ),
+            });
         }
         return Err(Error::NotInStore(name));
     };

@@ -30,7 +30,17 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let mut results = Vec::with_capacity(names.len());
     for name in &names {
         let reporter = ctx.progress.reporter();
-        let locked = ctx.session.lock(name, reporter.as_ref()).await?;
+        let locked = match ctx.session.lock(name, reporter.as_ref()).await {
+            Ok(locked) => locked,
+            // `lock` requires the official registry unless `--trust-mirrors`: the error
+            // names that, not the `pull --require-upstream` the user never gave.
+            Err(cudaimg_transfer::PullError::UpstreamRequired { reference, source })
+                if !args.trust_mirrors =>
+            {
+                return Err(Error::LockUnconfirmed { reference, source });
+            }
+            Err(e) => return Err(e.into()),
+        };
         for w in &locked.warnings {
             note!("warning: {w}");
         }
@@ -46,10 +56,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     } else {
         for r in &results {
             emit(&format!(
-                "locked {} to {} ({} platforms) in {}",
+                "locked {} to {} ({}) in {}",
                 r.reference,
                 r.pin.digest,
-                r.pin.platforms.len(),
+                super::words::counted(r.pin.platforms.len(), "platform"),
                 lockfile.path.display()
             ));
         }

@@ -132,7 +132,8 @@ pub async fn run(ctx: &Ctx, cmd: &Command) -> Result<(), Error> {
             }
             if args.emit == Some(EmitFormat::DaemonJson) {
                 note!(
-                    "merge these keys into /etc/docker/daemon.json, then `sudo systemctl restart docker`"
+                    "merge these keys into /etc/docker/daemon.json, then {}",
+                    cudaimg_host::probe::restart_docker()
                 );
             }
         }

@@ -16,6 +16,7 @@ macro_rules! note {
 
 mod build;
 mod copy;
+mod did_you_mean;
 mod doctor;
 mod explain;
 mod export;
@@ -40,6 +41,7 @@ mod sync;
 mod tag;
 mod tags;
 mod verify;
+mod words;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -286,7 +288,7 @@ pub fn main() -> ExitCode {
             Command::Tags(args) => tags::run(&ctx, &args).await,
             Command::Doctor(args) => doctor::run(&ctx, &args).await,
             Command::Mirrors(cmd) => mirrors::run(&ctx, &cmd).await,
-            Command::RunConfig(args) => run_config::run(&ctx, &args),
+            Command::RunConfig(args) => run_config::run(&ctx, &args).await,
             Command::Build(args) => build::run(&ctx, *args).await,
             Command::Serve(args) => serve::run(&ctx, &args).await,
             Command::Sync(args) => sync::run(&ctx, &args).await,
@@ -311,8 +313,9 @@ pub fn main() -> ExitCode {
 }
 
 pub(crate) fn report_error(e: &Error) {
-    let mut text = format!("error: {e}");
-    if let Some(cause) = std::error::Error::source(e) {
+    let shown = e.shown();
+    let mut text = format!("error: {shown}");
+    if let Some(cause) = std::error::Error::source(shown) {
         // `chain` walks the rest of the causes; multi-line causes (one line per source
         // tried) stay indented under it.
         text.push_str(&format!(

@@ -104,7 +104,8 @@ impl Reporter for Lines {
     }
     fn push_planned(&self, name: &str, destination: &str, blobs: usize, total: u64) {
         note!(
-            "pushing {name} to {destination}: {blobs} blobs, {}",
+            "pushing {name} to {destination}: {}, {}",
+            super::words::counted(blobs, "blob"),
             human_bytes(total)
         );
     }
@@ -129,11 +130,23 @@ impl Reporter for Lines {
     }
 }
 
+/// The whole image's bar. Fixed parts at their widest (`1023.99 MiB` counts, `/s`, an eta)
+/// leave the bar at least 6 columns on an 80-column terminal; `wide_bar` takes whatever
+/// the terminal has beyond that, so no line wraps at 80 or 120 columns.
+const TOTAL_TEMPLATE: &str =
+    "{msg:24!} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}";
+/// One blob's bar: its short digest, the host it comes from (truncated), the same counts.
+const BLOB_TEMPLATE: &str =
+    "  {prefix} {msg:16!} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec}";
+
 /// Bars: one for the whole image, one per blob in flight.
 struct Bars {
     multi: MultiProgress,
     total: Mutex<Option<ProgressBar>>,
     blobs: Mutex<HashMap<Digest, ProgressBar>>,
+    /// Per blob, the offset it first started at: bytes an earlier run left, which the
+    /// total (what remains to fetch) does not count.
+    resumed: Mutex<HashMap<Digest, u64>>,
 }
 
 impl Bars {
@@ -142,6 +155,7 @@ impl Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             total: Mutex::new(None),
             blobs: Mutex::new(HashMap::new()),
+            resumed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -163,10 +177,11 @@ impl Reporter for Bars {
     ) {
         let bar = self
             .multi
-            .add(ProgressBar::new(to_fetch).with_style(Self::style(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )));
-        bar.set_message(format!("{name} ({platform})"));
+            .add(ProgressBar::new(to_fetch).with_style(Self::style(TOTAL_TEMPLATE)));
+        // The repository's last segment and the tag: the registry and `nvidia/` are the
+        // same on every line, and the column is narrow.
+        let short = name.rsplit('/').next().unwrap_or(name);
+        bar.set_message(format!("{short} ({platform})"));
         if let Ok(mut t) = self.total.lock() {
             *t = Some(bar);
         }
@@ -176,19 +191,27 @@ impl Reporter for Bars {
         if let Ok(mut blobs) = self.blobs.lock() {
             let bar = blobs.entry(digest.clone()).or_insert_with(|| {
                 self.multi
-                    .add(ProgressBar::new(size).with_style(Self::style(
-                    "  {prefix} {msg:24!} [{bar:20}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
-                )))
+                    .add(ProgressBar::new(size).with_style(Self::style(BLOB_TEMPLATE)))
             });
             bar.set_prefix(digest.short()[7..].to_owned());
             bar.set_message(host);
             // A restart or resume moves the blob's position; the total moves with it, so
-            // discarded bytes do not count twice.
-            let (was, now) = (bar.position(), offset);
-            bar.set_position(now);
+            // discarded bytes do not count twice. The total counts from where the blob
+            // first started (an earlier run's bytes are not "to fetch"); falling below
+            // that (the partial bytes were discarded) adds them to it.
+            let Ok(mut resumed) = self.resumed.lock() else {
+                return;
+            };
+            let base = *resumed.entry(digest.clone()).or_insert(offset);
+            let was = bar.position().max(base);
+            bar.set_position(offset);
+            // The blob's share of the total is its position past its base.
+            let new_base = base.min(offset);
+            resumed.insert(digest.clone(), new_base);
             if let Ok(t) = self.total.lock() {
                 if let Some(t) = t.as_ref() {
-                    t.set_position((t.position() + now).saturating_sub(was));
+                    t.inc_length(base - new_base);
+                    t.set_position((t.position() + (offset - new_base)).saturating_sub(was - base));
                 }
             }
         }
@@ -215,9 +238,7 @@ impl Reporter for Bars {
     fn push_planned(&self, name: &str, destination: &str, _blobs: usize, total: u64) {
         let bar = self
             .multi
-            .add(ProgressBar::new(total).with_style(Self::style(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )));
+            .add(ProgressBar::new(total).with_style(Self::style(TOTAL_TEMPLATE)));
         bar.set_message(format!("{name} -> {destination}"));
         if let Ok(mut t) = self.total.lock() {
             *t = Some(bar);
@@ -228,9 +249,7 @@ impl Reporter for Bars {
             blobs.entry(digest.clone()).or_insert_with(|| {
                 let bar = self
                     .multi
-                    .add(ProgressBar::new(size).with_style(Self::style(
-                    "  {prefix} {msg:10!} [{bar:20}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
-                )));
+                    .add(ProgressBar::new(size).with_style(Self::style(BLOB_TEMPLATE)));
                 bar.set_prefix(digest.short()[7..].to_owned());
                 bar.set_message("uploading");
                 bar

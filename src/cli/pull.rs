@@ -94,6 +94,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         _ => args.references.clone(),
     };
     let targets = targets(config, lock.as_ref(), &references)?;
+    if args.load {
+        engine_first().await?;
+    }
     let session = &ctx.session;
     let config_note = match &config.path {
         Some(p) => format!("mirror configuration: {}", p.display()),
@@ -114,6 +117,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             match pulled {
                 Err(e) if targets.len() == 1 => return Err(e),
                 Err(e) => {
+                    failed_json(ctx, input, &e);
                     super::report_error(&e);
                     first_error.get_or_insert(e);
                 }
@@ -124,7 +128,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         let report = session.pull(&target, &platform, reporter.as_ref()).await;
         drop(reporter);
         match report {
-            Ok(report) => {
+            Ok(mut report) => {
+                unconfigured_mirror(config, &mut report);
                 let secs = started.elapsed().as_secs_f64();
                 record_locations(ctx.store()?, &report);
                 if !args.load {
@@ -144,25 +149,24 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                         if targets.len() == 1 {
                             return Err(e);
                         }
+                        failed_json(ctx, input, &e);
                         super::report_error(&e);
                         first_error.get_or_insert(e);
                     }
                 }
             }
             // The other references are still pulled; the first failure decides the exit.
-            Err(e) if targets.len() > 1 => {
-                if !e.is_not_found() {
-                    note!("{config_note}");
-                }
-                let e = Error::from(e);
-                super::report_error(&e);
-                first_error.get_or_insert(e);
-            }
             Err(e) => {
                 if !e.is_not_found() {
                     note!("{config_note}");
                 }
-                return Err(e.into());
+                let e = with_suggestions(ctx, name, e).await;
+                if targets.len() == 1 {
+                    return Err(e);
+                }
+                failed_json(ctx, input, &e);
+                super::report_error(&e);
+                first_error.get_or_insert(e);
             }
         }
     }
@@ -172,6 +176,47 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             code: e.exit_code(),
         }),
         None => Ok(()),
+    }
+}
+
+/// `pull --load` asks the Engine before any download: one that is not there would
+/// otherwise be found only after it.
+async fn engine_first() -> Result<(), Error> {
+    let engine = cudaimg_docker::DockerEngine::from_env()
+        .map_err(cudaimg_transfer::handover::LoadError::from)?;
+    engine
+        .ping()
+        .await
+        .map_err(cudaimg_transfer::handover::LoadError::from)?;
+    Ok(())
+}
+
+/// A "no such tag" with the nearest tags of the registry's list as its hint.
+async fn with_suggestions(ctx: &Ctx, name: &Canonical, e: cudaimg_transfer::PullError) -> Error {
+    if !e.is_not_found() {
+        return e.into();
+    }
+    let hint = super::did_you_mean::not_found_hint(ctx, name).await;
+    let e = Error::from(e);
+    match hint {
+        Some(hint) => Error::WithHint {
+            inner: Box::new(e),
+            hint,
+        },
+        None => e,
+    }
+}
+
+/// Under `--json` with several references, a failed one gets a record too, so a reader of
+/// stdout sees one document per reference: `{"reference", "error", "hint", "exit_code"}`.
+fn failed_json(ctx: &Ctx, input: &str, e: &Error) {
+    if ctx.json {
+        emit_json(&serde_json::json!({
+            "reference": input,
+            "error": e.to_string(),
+            "hint": e.hint(),
+            "exit_code": e.exit_code(),
+        }));
     }
 }
 
@@ -187,6 +232,9 @@ fn targets<'r>(
     let mut targets = Vec::with_capacity(references.len());
     for r in references {
         let name = config.canonicalize(r)?;
+        if lock.is_none() {
+            super::did_you_mean::precheck(r, &name)?;
+        }
         let pin = match lock {
             Some(l) => {
                 let pin = l.get(&name.image.lock_key())?.clone();
@@ -227,11 +275,11 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
                 .map(|f| format!("{} x{}", f.kind, f.count))
                 .collect();
             note!(
-                "source {}: {} in {} blobs, {} requests answered{}",
+                "source {}: {} in {}, {} answered{}",
                 s.url,
                 human_bytes(s.bytes),
-                s.blobs,
-                s.requests,
+                super::words::count(s.blobs, "blob"),
+                super::words::count(s.requests, "request"),
                 if failures.is_empty() {
                     String::new()
                 } else {
@@ -257,11 +305,11 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
         emit(&format!("  index:    {i}"));
     }
     emit(&format!("  platform: {}", r.platform));
-    emit(&format!("  digest from: {}", resolved_by(r)));
+    emit(&format!("  digest from: {}", resolved_by(ctx, r)));
     emit(&format!(
-        "  size:     {} in {} layers ({} already stored)",
+        "  size:     {} in {} ({} already stored)",
         human_bytes(r.total_bytes),
-        r.layers.len(),
+        super::words::counted(r.layers.len(), "layer"),
         cached
     ));
     emit(&format!(
@@ -315,11 +363,11 @@ fn print_all(ctx: &Ctx, r: &PullAllReport, secs: f64) {
     emit(&format!("  digest from: {}", describe(r.resolved_by)));
     for p in &r.platforms {
         emit(&format!(
-            "  {:<16}  {}  {:>10}  {} layers{}",
+            "  {:<16}  {}  {:>10}  {}{}",
             p.platform.as_deref().unwrap_or("-"),
             p.digest,
             human_bytes(p.size),
-            p.layers,
+            super::words::counted(p.layers, "layer"),
             if p.named {
                 ""
             } else {
@@ -328,9 +376,9 @@ fn print_all(ctx: &Ctx, r: &PullAllReport, secs: f64) {
         ));
     }
     emit(&format!(
-        "  size:     {} ({} blobs already stored)",
+        "  size:     {} ({} already stored)",
         human_bytes(r.total_bytes),
-        r.blobs_cached
+        super::words::counted(r.blobs_cached, "blob")
     ));
     emit(&format!(
         "  fetched:  {} in {secs:.1}s, manifest from {}",
@@ -339,8 +387,61 @@ fn print_all(ctx: &Ctx, r: &PullAllReport, secs: f64) {
     ));
 }
 
-fn resolved_by(r: &PullReport) -> &'static str {
-    describe(r.resolved_by)
+/// Where the digest came from. A registry with no mirrors.toml entry is the official one
+/// only for its own names: said as "the registry the reference names", never as "the
+/// official registry" (which a reader takes for Docker Hub or NGC).
+fn resolved_by(ctx: &Ctx, r: &PullReport) -> String {
+    let registry = r.canonical.registry.as_str();
+    let configured = ctx
+        .config()
+        .is_ok_and(|c| c.registries().any(|(host, _)| host == registry));
+    if r.resolved_by == ResolvedBy::Official && !configured && !is_public(registry) {
+        return format!(
+            "{registry} itself, the registry the reference names (no mirrors.toml entry makes it \
+             a mirror of another)"
+        );
+    }
+    describe(r.resolved_by).to_owned()
+}
+
+/// Registries that are the origin of what they serve.
+fn is_public(registry: &str) -> bool {
+    matches!(
+        registry,
+        cudaimg_oci::reference::DOCKER_HUB
+            | "nvcr.io"
+            | "ghcr.io"
+            | "quay.io"
+            | "registry.k8s.io"
+            | "public.ecr.aws"
+    )
+}
+
+/// A name like `127.0.0.1:5302/nvidia/cuda` whose host no mirrors.toml entry maps is
+/// stored (and loaded) under that host: cudaimg cannot know the host mirrors Docker Hub.
+/// When the path is one of Docker Hub's (`nvidia/…`, `library/…`), the warning says so and
+/// how to have it stored as `docker.io/…`.
+fn unconfigured_mirror(config: &cudaimg_config::Config, r: &mut PullReport) {
+    let registry = r.canonical.registry.clone();
+    if is_public(&registry) || config.registries().any(|(host, _)| host == registry) {
+        return;
+    }
+    let repo = &r.canonical.repository;
+    if !(repo.starts_with("nvidia/") || repo.starts_with("library/")) {
+        return;
+    }
+    let tag = r
+        .canonical
+        .tag
+        .as_deref()
+        .map(|t| format!(":{t}"))
+        .unwrap_or_default();
+    r.warnings.push(format!(
+        "`{registry}` is not a mirror in mirrors.toml, so this is stored (and loaded) as \
+         `{registry}/{repo}`, not `docker.io/{repo}`; if it mirrors Docker Hub, add it \
+         (`[registries.\"docker.io\"]` with `mirrors = [\"http://{registry}\"]`, or https) and pull \
+         `{repo}{tag}`: the digest is then checked against Docker Hub when it answers"
+    ));
 }
 
 fn describe(by: ResolvedBy) -> &'static str {

@@ -69,14 +69,22 @@ fn parse_restart(s: &str) -> Result<String, String> {
 
 #[derive(Serialize)]
 struct Output<'a> {
+    /// What the printed line names: `name@digest`, or `name:tag` when Docker has the
+    /// image by tag only (loaded, no digest recorded).
     image: &'a str,
+    /// `digest` or `tag`.
+    pinned_by: &'static str,
+    /// The upstream digest (the list's, when there is one).
+    digest: &'a str,
+    /// The Engine's image ID, when the Engine has this image.
+    docker_image_id: Option<&'a str>,
     scenario: &'static str,
     /// `docker-compose.yml` or `sh`.
     format: &'static str,
     content: &'a str,
 }
 
-pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
+pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let config = ctx.config()?;
     let name = config.canonicalize(&args.reference)?.image.without_digest();
     let want: Option<Platform> = args.platform.as_deref().map(str::parse).transpose()?;
@@ -94,11 +102,13 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         .index_digest
         .clone()
         .unwrap_or_else(|| image.digest.clone());
-    let pinned = ImageRef {
-        digest: Some(digest),
+    let by_digest = ImageRef {
+        digest: Some(digest.clone()),
         ..name.clone()
     }
     .docker_form();
+    let pin = pin(&name, &image, &by_digest).await;
+    let pinned = pin.image.clone();
     let tag = name.tag.as_deref().and_then(|t| CudaTag::parse(t).ok());
     let env = ImageEnv::from_env(&image.config.config.env.clone().unwrap_or_default());
     let nvcc = if env.cuda_version.is_some() {
@@ -113,6 +123,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         restart: args.restart.clone(),
         host_dir: args.host_dir.as_deref().map(host_dir).transpose()?,
         nvcc,
+        pin_note: pin.comment.clone(),
         devel_tag: tag
             .as_ref()
             .filter(|t| t.flavor != Flavor::Devel)
@@ -131,18 +142,15 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         ),
         ScenarioArg::Compose => ("compose", run_config::compose(&spec), "docker-compose.yml"),
     };
-    // Docker resolves `name@digest` against the repository digests it recorded when it
-    // pulled; `docker load` (which `cudaimg load` uses) records none with Docker's classic
-    // image store, and then Docker pulls that digest itself.
-    note!(
-        "note: pinned by digest. Docker uses its own copy if it recorded this digest on a \
-         pull, else pulls it (through its daemon mirrors); after `cudaimg load`, which Docker \
-         may know by tag only, `{}` names the loaded image",
-        name.docker_form()
-    );
+    if let Some(note) = &pin.note {
+        note!("{note}");
+    }
     if ctx.json {
         emit_json(&Output {
             image: &pinned,
+            pinned_by: pin.by,
+            digest: digest.as_str(),
+            docker_image_id: pin.image_id.as_deref(),
             scenario,
             format,
             content: &content,
@@ -151,6 +159,101 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         emit(content.trim_end());
     }
     Ok(())
+}
+
+/// What the printed line names the image by, and why.
+struct Pin {
+    image: String,
+    by: &'static str,
+    image_id: Option<String>,
+    /// A comment line in the output (it travels with what users paste).
+    comment: Option<String>,
+    /// A note on stderr.
+    note: Option<String>,
+}
+
+/// Asks the Engine (when one answers) what it records for the image, so that the printed
+/// line resolves there without a registry. `docker pull` records `name@digest`
+/// (`RepoDigests`), and then the digest pin resolves locally; `docker load` (which
+/// `cudaimg load` and `pull --load` use) records only `name:tag` with the classic image
+/// store, and a digest pin would send Docker to the registry. Then the line names
+/// `name:tag`, and a comment holds the image ID and the upstream digest it was checked
+/// against.
+async fn pin(name: &ImageRef, image: &cudaimg_store::StoredImage, by_digest: &str) -> Pin {
+    let digest_pin = |note: Option<String>| Pin {
+        image: by_digest.to_owned(),
+        by: "digest",
+        image_id: None,
+        comment: None,
+        note,
+    };
+    let tagged = name.docker_form();
+    let engine = match cudaimg_docker::DockerEngine::from_env() {
+        Ok(engine) => engine,
+        Err(e) => {
+            return digest_pin(Some(format!(
+                "note: pinned by digest; the Docker Engine was not asked ({e})"
+            )))
+        }
+    };
+    let found = match engine.image(&tagged).await {
+        Ok(found) => found,
+        Err(e) => {
+            return digest_pin(Some(format!(
+                "note: pinned by digest; no Docker Engine answered ({e}), so Docker will resolve \
+                 `{by_digest}` itself: after `cudaimg load`, which records no digest, it would pull it; \
+                 `{tagged}` names the loaded image"
+            )))
+        }
+    };
+    let config_id = image.manifest.config.digest.as_str();
+    let manifest_id = image.digest.as_str();
+    let Some(found) = found.filter(|f| f.id == config_id || f.id == manifest_id) else {
+        return digest_pin(Some(format!(
+            "note: the Docker Engine at {} does not have this image as `{tagged}`; `cudaimg load {tagged}` \
+             hands it over, else Docker pulls `{by_digest}` (through its own mirrors)",
+            engine.host()
+        )));
+    };
+    let repo = ImageRef {
+        tag: None,
+        digest: None,
+        ..name.clone()
+    }
+    .docker_form();
+    let recorded = [image.index_digest.as_ref(), Some(&image.digest)]
+        .into_iter()
+        .flatten()
+        .map(|d| format!("{repo}@{d}"))
+        .find(|pinned| found.repo_digests.iter().any(|r| r == pinned));
+    if let Some(recorded) = recorded {
+        return Pin {
+            image_id: Some(found.id),
+            ..digest_pin(None)
+        }
+        .with_image(recorded);
+    }
+    Pin {
+        image: tagged.clone(),
+        by: "tag",
+        comment: Some(format!(
+            "{tagged} is Docker image {} here, verified as {by_digest}; loaded, so Docker records \
+             no digest and a digest pin would go to the registry",
+            found.id
+        )),
+        note: Some(format!(
+            "note: pinned by tag: Docker has `{tagged}` as image {} (loaded; no repository digest \
+             recorded), which is the stored {by_digest}",
+            found.id
+        )),
+        image_id: Some(found.id),
+    }
+}
+
+impl Pin {
+    fn with_image(self, image: String) -> Pin {
+        Pin { image, ..self }
+    }
 }
 
 /// A `-v` source must be an absolute path (a bare word is a named volume to Docker) and

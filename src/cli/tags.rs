@@ -1,6 +1,7 @@
 //! `cudaimg tags REPOSITORY [--cuda V] [--flavor F] [--cudnn] [--os OS]`: the registry's
-//! tags through the mirror configuration (mirrors first, the official registry last, as for
-//! manifests), filtered, newest first, and one recommended with the reasons.
+//! tags, filtered, newest first, and one recommended with the reasons. The official
+//! registry's list is asked first (a mirror's list lags it, and the recommendation and
+//! `doctor`'s end-of-life fix are computed from it); the mirrors answer only when it does not.
 
 use serde::Serialize;
 
@@ -138,22 +139,21 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let repository = name.image.name();
     let set = ctx.session.sources(&name)?;
     let repo = name.image.repository.clone();
-    let what = format!("the tag list of {repository}");
-    let result = set
-        .first_success(&what, &Silent, |s| {
-            let repo = repo.clone();
-            let page_size = args.page_size;
-            async move { s.client.tags(&repo, page_size).await }
-        })
-        .await;
+    let (result, official_down) = list(&set, &repo, &repository, args.page_size).await;
     let mut warnings = set.warnings();
     warnings.extend(os_warning);
     // A failure names every source tried and why: no warnings on top.
     let (list, source) = result?;
     if source.role == Role::Mirror {
         warnings.push(format!(
-            "the tag list came from the mirror {}: a mirror's list can lag the official registry's",
-            source.label()
+            "the tag list came from the mirror {}{}: a mirror's list can lag the official \
+             registry's, so the newest tags and the recommendation may be missing",
+            source.label(),
+            if official_down {
+                " because the official registry did not answer"
+            } else {
+                ""
+            }
         ));
     }
     let mut parsed = Vec::new();
@@ -205,14 +205,59 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
+/// The tag list of `repo`: the official registry's when it answers (it is the authority; a
+/// mirror's list can lag it), else the first mirror's that does; and whether the official
+/// registry was asked and did not answer.
+pub(crate) async fn list(
+    set: &cudaimg_mirrors::sources::SourceSet,
+    repo: &str,
+    repository: &str,
+    page_size: u32,
+) -> (
+    Result<
+        (
+            cudaimg_registry::TagList,
+            std::sync::Arc<cudaimg_mirrors::sources::Source>,
+        ),
+        cudaimg_mirrors::fallback::FallbackError,
+    >,
+    bool,
+) {
+    let what = format!("the tag list of {repository}");
+    let official = match set.official() {
+        Some(o) => match o.client.tags(repo, page_size).await {
+            Ok(list) => {
+                set.succeeded(o);
+                Some((list, o.clone()))
+            }
+            Err(e) => {
+                set.note_failure(o.as_ref(), &e, &Silent, &what);
+                None
+            }
+        },
+        None => None,
+    };
+    let official_down = set.official().is_some() && official.is_none();
+    let result = match official {
+        Some(found) => Ok(found),
+        None => {
+            set.first_success(&what, &Silent, |s| {
+                let repo = repo.to_owned();
+                async move { s.client.tags(&repo, page_size).await }
+            })
+            .await
+        }
+    };
+    (result, official_down)
+}
+
 fn print(l: &Listing) {
     note!(
-        "{}: {} tags from {} ({} page{}); {} match",
+        "{}: {} from {} ({}); {} match",
         l.repository,
-        l.total,
+        super::words::counted(l.total, "tag"),
         l.source,
-        l.pages,
-        if l.pages == 1 { "" } else { "s" },
+        super::words::counted(l.pages, "page"),
         l.tags.len()
     );
     if !l.tags.is_empty() {

@@ -25,16 +25,16 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         emit_json(&report);
     } else {
         emit(&format!(
-            "checked {} blobs ({}) and {} images in {}",
-            report.blobs,
+            "checked {} ({}) and {} in {}",
+            super::words::counted(report.blobs, "blob"),
             human_bytes(report.bytes),
-            report.images,
+            super::words::counted(report.images, "image"),
             store.root().display()
         ));
         if report.partials > 0 {
             emit(&format!(
-                "{} partial downloads in ingest/ (not part of any image)",
-                report.partials
+                "{} in ingest/ (not part of any image)",
+                super::words::counted(report.partials, "partial download")
             ));
         }
     }
@@ -44,10 +44,34 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     for p in &report.problems {
         note!("problem: {p}");
     }
-    Err(Error::Corrupt(format!(
-        "{} problems found",
-        report.problems.len()
-    )))
+    let corrupt = Error::Corrupt(format!(
+        "{} problem{} found",
+        report.problems.len(),
+        if report.problems.len() == 1 { "" } else { "s" }
+    ));
+    if report.affected.is_empty() {
+        return Err(corrupt);
+    }
+    // The pull that fetches each image again names its platform: a plain pull would fetch
+    // the host's, and leave another platform's entry broken.
+    let pulls: Vec<String> = report
+        .affected
+        .iter()
+        .map(|a| match (&a.platform, a.all_platforms) {
+            (_, true) => format!("`cudaimg pull --all-platforms {}`", a.name),
+            (Some(p), false) => format!("`cudaimg pull --platform {p} {}`", a.name),
+            (None, false) => format!("`cudaimg pull {}`", a.name),
+        })
+        .collect();
+    let repair = if args.repair {
+        ""
+    } else {
+        "`cudaimg verify --repair` deletes corrupt blobs; then "
+    };
+    Err(Error::WithHint {
+        inner: Box::new(corrupt),
+        hint: format!("{repair}{} fetches what is missing", pulls.join(", ")),
+    })
 }
 
 /// An `index.json` that is not an OCI index is damage `verify` found (exit 3), with its own

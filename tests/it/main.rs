@@ -26,6 +26,7 @@ mod cuda;
 mod docker;
 mod faults;
 mod getting_started;
+mod first_hour;
 mod harness;
 mod import;
 mod input_safety;

@@ -124,7 +124,7 @@ impl ConfigError {
             ConfigError::Invalid { .. } => {
                 "see the documented example `mirrors.toml` in the cudaimg repository; each \
                  registry is `[registries.\"HOST\"]` with `endpoint = \"https://…\"` and \
-                 `mirrors = [{ url = \"https://…\" }]`"
+                 `mirrors = [\"https://…\"]` (or `[{ url = \"https://…\", capabilities = [...] }]`)"
                     .into()
             }
         }
@@ -145,7 +145,37 @@ struct RawRegistry {
     #[serde(default)]
     insecure: bool,
     #[serde(default)]
-    mirrors: Vec<RawMirror>,
+    mirrors: Vec<Spanned<MirrorEntry>>,
+}
+
+/// A mirror as a table (`{ url = "https://…" }`), or as a bare URL string: daemon.json's
+/// `"registry-mirrors": ["https://…"]` form, which people copy, means the same.
+enum MirrorEntry {
+    Url(String),
+    Table(RawMirror),
+}
+
+impl<'de> Deserialize<'de> for MirrorEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = MirrorEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mirror: `{ url = \"https://…\" }` or a URL string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MirrorEntry, E> {
+                Ok(MirrorEntry::Url(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<MirrorEntry, A::Error> {
+                RawMirror::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(MirrorEntry::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -219,6 +249,9 @@ impl Config {
         };
         // The parser's messages may quote keys and values from the file.
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            if let Some((span, message)) = unquoted_host(text) {
+                return invalid(Some(span), message);
+            }
             invalid(
                 e.span(),
                 cudaimg_oci::text::shown_lines(e.message().trim()).replace('\n', "; "),
@@ -255,7 +288,16 @@ impl Config {
                 },
             };
             let mut mirrors = Vec::with_capacity(reg.mirrors.len());
-            for m in reg.mirrors {
+            for entry in reg.mirrors {
+                let span = entry.span();
+                let m = match entry.into_inner() {
+                    MirrorEntry::Table(m) => m,
+                    MirrorEntry::Url(url) => RawMirror {
+                        url: Spanned::new(span, url),
+                        insecure: false,
+                        capabilities: None,
+                    },
+                };
                 let url = parse_url(&m.url).map_err(|msg| invalid(Some(m.url.span()), msg))?;
                 let capabilities = capabilities(m.capabilities.as_ref())
                     .map_err(|msg| invalid(m.capabilities.as_ref().map(Spanned::span), msg))?;
@@ -443,6 +485,38 @@ fn without_userinfo(flag: &str) -> String {
         Some(at) => format!("{}***{}", &flag[..scheme_end], &rest[at..]),
         None => flag.to_owned(),
     }
+/// `[registries.docker.io]`: TOML reads a bare dotted key as nested tables (`docker`, then
+/// `io`), and a `:` (a port) is not allowed in a bare key at all; the host must be quoted.
+/// Returns where the first such header is, and the message that says so.
+fn unquoted_host(text: &str) -> Option<(Range<usize>, String)> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let trimmed = line.trim_start();
+        let Some(rest) = trimmed.strip_prefix("[registries.") else {
+            continue;
+        };
+        let Some(key) = rest.split(']').next() else {
+            continue;
+        };
+        let key = key.trim();
+        if key.starts_with(['"', '\'']) || !key.contains(['.', ':']) {
+            continue;
+        }
+        let at = start + (line.len() - trimmed.len());
+        return Some((
+            at..at + trimmed.trim_end().len(),
+            format!(
+                "`[registries.{k}]` names the host unquoted, so TOML reads it as nested tables \
+                 (`{first}`, then the rest), not the host `{k}`: quote it, \
+                 `[registries.\"{k}\"]`",
+                k = shown(key),
+                first = shown(key.split(['.', ':']).next().unwrap_or_default()),
+            ),
+        ));
+    }
+    None
 }
 
 fn parse_url(raw: &Spanned<String>) -> Result<Url, String> {

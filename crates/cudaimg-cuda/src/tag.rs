@@ -134,6 +134,10 @@ pub struct TagError {
     pub tag: String,
     pub reason: String,
     hint: Option<String>,
+    /// The tag cannot exist on NVIDIA's registry whatever its list holds today: a retired
+    /// alias (`latest`), a version form NVIDIA's tags never had (`12.4` from CUDA 12 on),
+    /// an Ubuntu release that is not YY.MM. `pull` refuses these before any request.
+    certain: bool,
 }
 
 impl TagError {
@@ -142,7 +146,18 @@ impl TagError {
             tag: tag.to_owned(),
             reason: reason.into(),
             hint: None,
+            certain: false,
         }
+    }
+
+    fn certainly(mut self) -> Self {
+        self.certain = true;
+        self
+    }
+
+    /// Whether no registry could have this tag (see the field): no need to ask one.
+    pub fn is_certain(&self) -> bool {
+        self.certain
     }
 
     fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -295,12 +310,12 @@ impl CudaTag {
             ));
         }
         if tag == "latest" {
-            return Err(
-                err("nvidia/cuda has no `latest` tag any more".into()).with_hint(
+            return Err(err("nvidia/cuda has no `latest` tag any more".into())
+                .certainly()
+                .with_hint(
                     "name a CUDA version and flavor, for example `12.4.1-runtime-ubuntu22.04`; \
                  `cudaimg tags nvidia/cuda` recommends one",
-                ),
-            );
+                ));
         }
         let mut tokens: Vec<&str> = tag.split('-').collect();
         let version_text = tokens.remove(0);
@@ -358,6 +373,13 @@ impl CudaTag {
                     known_families()
                 )));
             }
+            if os.starts_with("ubuntu") && os_name(os).is_none() {
+                return Err(err(format!(
+                    "`{os}` is not an Ubuntu release: Ubuntu versions are YY.MM with two digits \
+                     each, as in `ubuntu22.04`"
+                ))
+                .certainly());
+            }
             if !os_known(os) {
                 unknown.push(not_in_table(&format!("OS `{os}`")));
             }
@@ -386,12 +408,14 @@ impl CudaTag {
                 return Err(err(format!(
                     "tags before CUDA 11 name `X.Y` only: `{}`",
                     v.minor_only()
-                )))
+                ))
+                .certainly())
             }
             (12.., None) => {
                 return Err(err(format!(
                     "from CUDA 12 on, tags name the patch release (`{v}.0`, `{v}.1`, …), not `{v}`"
                 ))
+                .certainly()
                 .with_hint(format!(
                     "`cudaimg tags nvidia/cuda --cuda {v}` lists the {v}.x tags and recommends one"
                 )))

@@ -1,7 +1,9 @@
 //! The Docker Engine API, just enough to hand images over and back: ping, load a streamed
 //! archive, save one (streamed, for `build --push`), and look an image up; and, for
-//! `doctor`, the container runtimes it knows. `DOCKER_HOST` is honoured (`unix://` or plain
-//! `tcp://`); the default is `unix:///var/run/docker.sock`.
+//! `doctor`, the container runtimes it knows. The Engine is found as the `docker` CLI finds
+//! it: `DOCKER_HOST` (`unix://` or plain `tcp://`), else the current Docker context
+//! (`DOCKER_CONTEXT`, else `currentContext` in `config.json`), else
+//! `unix:///var/run/docker.sock`, else a rootless Engine's `$XDG_RUNTIME_DIR/docker.sock`.
 //! Works with Engine 20.10 and newer (unversioned API paths).
 
 use std::path::PathBuf;
@@ -18,6 +20,22 @@ enum Endpoint {
     Tcp(String),
 }
 
+/// What an engine records for one image.
+#[derive(Debug, Clone)]
+pub struct EngineImage {
+    /// `sha256:` of the config (classic store) or of the manifest (containerd store).
+    pub id: String,
+    /// `name:tag` the image is known by.
+    pub repo_tags: Vec<String>,
+    /// `name@sha256:…` the engine resolves locally: recorded on `docker pull`; after
+    /// `docker load`, none with the classic store.
+    pub repo_digests: Vec<String>,
+    /// Its configured environment (`NVIDIA_REQUIRE_CUDA`, `CUDA_VERSION`, …).
+    pub env: Vec<String>,
+    /// Its labels (the `build` templates' torch, CUDA and Python versions).
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
 /// A Docker Engine to load images into.
 pub struct DockerEngine {
     client: Client,
@@ -29,6 +47,8 @@ pub struct DockerEngine {
 pub enum DockerError {
     #[error("no Docker Engine answers at `{host}`: {reason}")]
     Unreachable { host: String, reason: String },
+    #[error("the Docker context `{name}` cannot be read: {reason}")]
+    Context { name: String, reason: String },
     #[error("`DOCKER_HOST={0}` is not supported: cudaimg talks to `unix://PATH` or plain `tcp://HOST:PORT`")]
     Unsupported(String),
     #[error("the Docker Engine at `{host}` refused the image: {message}")]
@@ -44,9 +64,14 @@ pub enum DockerError {
 impl DockerError {
     pub fn hint(&self) -> String {
         match self {
-            DockerError::Unreachable { .. } => "start the Docker daemon (`sudo systemctl start docker`), \
-                 or point `DOCKER_HOST` at a running one; the image stays in the cudaimg store, \
-                 so `cudaimg load REF` can hand it over later, or `cudaimg export` can write a file for `docker load`"
+            DockerError::Unreachable { .. } => format!(
+                "start the Docker daemon ({}), or point `DOCKER_HOST` (or `docker context use`) at a \
+                 running one; the image stays in the cudaimg store, so `cudaimg load REF` can hand \
+                 it over later, or `cudaimg export` can write a file for `docker load`",
+                start_command()
+            ),
+            DockerError::Context { .. } => "`docker context ls` lists the contexts; `docker context use default` \
+                 (or `DOCKER_HOST`) picks another"
                 .into(),
             DockerError::Unsupported(_) => "use the engine's unix socket, e.g. `DOCKER_HOST=unix:///var/run/docker.sock`".into(),
             DockerError::Refused { .. } | DockerError::Api { .. } => {
@@ -56,25 +81,110 @@ impl DockerError {
     }
 }
 
-/// An image as the engine holds it.
-#[derive(Debug, Clone)]
-pub struct EngineImage {
-    /// `sha256:` of its config.
-    pub id: String,
-    /// Its configured environment (`NVIDIA_REQUIRE_CUDA`, `CUDA_VERSION`, …).
-    pub env: Vec<String>,
-    /// Its labels (the `build` templates' torch, CUDA and Python versions).
-    pub labels: std::collections::BTreeMap<String, String>,
+/// How to start the daemon on this host: `systemctl` only where systemd runs (it does when
+/// `/run/systemd/system` exists, as `sd_booted` checks); a container or WSL without it
+/// has `service` or a bare `dockerd`.
+fn start_command() -> &'static str {
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        "`sudo systemctl start docker`"
+    } else if std::path::Path::new("/etc/init.d/docker").exists() {
+        "`sudo service docker start`"
+    } else {
+        "`sudo dockerd &`, or `dockerd-rootless.sh &` for a rootless one"
+    }
+}
+
+/// The directory of Docker's `config.json`: `$DOCKER_CONFIG`, else `~/.docker`.
+fn docker_config_dir() -> Option<PathBuf> {
+    if let Some(dir) =
+        std::env::var_os(cudaimg_static::EnvVars::DOCKER_CONFIG).filter(|d| !d.is_empty())
+    {
+        return Some(PathBuf::from(dir));
+    }
+    std::env::var_os(cudaimg_static::EnvVars::HOME).map(|h| PathBuf::from(h).join(".docker"))
+}
+
+/// The Engine address of the current Docker context, as the `docker` CLI picks it:
+/// `DOCKER_CONTEXT`, else `currentContext` in `config.json`; `default` (or none) means no
+/// context. A context's metadata is `contexts/meta/<sha256 of its name>/meta.json`.
+fn context_host() -> Result<Option<String>, DockerError> {
+    let Some(dir) = docker_config_dir() else {
+        return Ok(None);
+    };
+    let name = if let Some(name) = std::env::var(cudaimg_static::EnvVars::DOCKER_CONTEXT)
+        .ok()
+        .filter(|c| !c.is_empty())
+    {
+        name
+    } else {
+        let Ok(text) = fs_err::read_to_string(dir.join("config.json")) else {
+            return Ok(None);
+        };
+        let config: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        match config.get("currentContext").and_then(|c| c.as_str()) {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => return Ok(None),
+        }
+    };
+    if name == "default" {
+        return Ok(None);
+    }
+    let meta = dir
+        .join("contexts/meta")
+        .join(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            name.as_bytes(),
+        )))
+        .join("meta.json");
+    let missing = |why: String| DockerError::Context {
+        name: name.clone(),
+        reason: why,
+    };
+    let text = fs_err::read_to_string(&meta).map_err(|e| missing(e.to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| missing(format!("{}: {e}", meta.display())))?;
+    value
+        .pointer("/Endpoints/docker/Host")
+        .and_then(|h| h.as_str())
+        .filter(|h| !h.is_empty())
+        .map(|h| Some(h.to_owned()))
+        .ok_or_else(|| {
+            missing(format!(
+                "{} names no `Endpoints.docker.Host`",
+                meta.display()
+            ))
+        })
+}
+
+/// With no `DOCKER_HOST` and no context: the system socket, else a rootless Engine's
+/// socket in `$XDG_RUNTIME_DIR` when only that exists.
+fn default_endpoint() -> Endpoint {
+    let system = PathBuf::from(DEFAULT_SOCKET);
+    if !system.exists() {
+        if let Some(run) =
+            std::env::var_os(cudaimg_static::EnvVars::XDG_RUNTIME_DIR).filter(|d| !d.is_empty())
+        {
+            let rootless = PathBuf::from(run).join("docker.sock");
+            if rootless.exists() {
+                return Endpoint::Unix(rootless);
+            }
+        }
+    }
+    Endpoint::Unix(system)
 }
 
 impl DockerEngine {
-    /// The engine named by `DOCKER_HOST`, or the default socket.
+    /// The engine `DOCKER_HOST` names, else the current context's, else the default socket
+    /// (or a rootless one).
     pub fn from_env() -> Result<Self, DockerError> {
-        let raw = std::env::var(cudaimg_static::EnvVars::DOCKER_HOST)
+        let raw = match std::env::var(cudaimg_static::EnvVars::DOCKER_HOST)
             .ok()
-            .filter(|h| !h.is_empty());
+            .filter(|h| !h.is_empty())
+        {
+            Some(host) => Some(host),
+            None => context_host()?,
+        };
         let endpoint = match raw.as_deref() {
-            None => Endpoint::Unix(PathBuf::from(DEFAULT_SOCKET)),
+            None => default_endpoint(),
             Some(h) => {
                 if let Some(path) = h.strip_prefix("unix://") {
                     Endpoint::Unix(PathBuf::from(path))
@@ -226,10 +336,15 @@ impl DockerEngine {
             id: String,
             #[serde(rename = "Config", default)]
             config: Option<Config>,
+            #[serde(rename = "RepoTags", default)]
+            repo_tags: Option<Vec<String>>,
+            #[serde(rename = "RepoDigests", default)]
+            repo_digests: Option<Vec<String>>,
         }
         let resp = self
             .client
             .get(format!("{}/images/{name}/json", self.base))
+            .timeout(std::time::Duration::from_secs(10))
             .send()
             .await
             .map_err(|e| self.unreachable(&e))?;
@@ -250,6 +365,8 @@ impl DockerEngine {
         });
         Ok(Some(EngineImage {
             id: v.id,
+            repo_tags: v.repo_tags.unwrap_or_default(),
+            repo_digests: v.repo_digests.unwrap_or_default(),
             env: config.env.unwrap_or_default(),
             labels: config.labels.unwrap_or_default(),
         }))

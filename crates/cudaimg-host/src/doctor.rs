@@ -550,8 +550,12 @@ fn runtime_findings(p: &Probes, out: &mut Vec<Finding>) {
             .collect();
         configured.push(format!("CDI specs {}", specs.join(", ")));
     }
-    let install = "install the NVIDIA Container Toolkit (package `nvidia-container-toolkit`), then \
-                   `sudo nvidia-ctk runtime configure --runtime=docker` and `sudo systemctl restart docker`";
+    let install = format!(
+        "install the NVIDIA Container Toolkit (package `nvidia-container-toolkit`), then \
+         `sudo nvidia-ctk runtime configure --runtime=docker` and {}",
+        crate::probe::restart_docker()
+    );
+    let install = install.as_str();
     match (&p.daemon_json, p.toolkit.is_empty()) {
         (DaemonJson::Invalid { path, error }, _) => out.push(finding(
             "nvidia-runtime",
@@ -602,11 +606,11 @@ fn runtime_findings(p: &Probes, out: &mut Vec<Finding>) {
             "nvidia-runtime",
             Status::Warn,
             message,
-            Some(
-                "`sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart \
-                 docker`; for CDI, `sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`"
-                    .into(),
-            ),
+            Some(format!(
+                "`sudo nvidia-ctk runtime configure --runtime=docker`, then {}; for CDI, \
+                 `sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`",
+                crate::probe::restart_docker()
+            )),
         ));
     } else {
         message.push_str(&format!("; {}", configured.join("; ")));

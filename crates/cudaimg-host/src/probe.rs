@@ -99,6 +99,20 @@ fn env_path(var: &str, default: &str) -> PathBuf {
 }
 
 /// An executable file named `name` in a `PATH` directory.
+/// How to restart the Docker daemon on this host: `systemctl` only where systemd runs (it
+/// does when `/run/systemd/system` exists, as `sd_booted` checks); a container or WSL
+/// without it has `service`, or a daemon started by hand. (`cudaimg-docker` says how to
+/// start one by the same test.)
+pub fn restart_docker() -> &'static str {
+    if Path::new("/run/systemd/system").is_dir() {
+        "`sudo systemctl restart docker`"
+    } else if Path::new("/etc/init.d/docker").exists() {
+        "`sudo service docker restart`"
+    } else {
+        "a restart of the daemon (stop `dockerd`, start it again)"
+    }
+}
+
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os(EnvVars::PATH)?;
     std::env::split_paths(&path)

@@ -111,6 +111,9 @@ pub struct Spec {
     pub nvcc: Option<bool>,
     /// The tag of the devel flavor, for that note.
     pub devel_tag: Option<String>,
+    /// A comment on how `image` is pinned (e.g. by tag, with the image ID it names), put
+    /// before the command or the service, where it travels with what is pasted.
+    pub pin_note: Option<String>,
 }
 
 /// Where the container's work directory is.
@@ -162,6 +165,9 @@ pub fn docker_run(spec: &Spec, scenario: Scenario) -> String {
     let mut out = Vec::new();
     let gpus = gpus_flag(&spec.gpus);
     let image = shell_word(&spec.image);
+    if let Some(pin) = &spec.pin_note {
+        out.push(format!("# {pin}"));
+    }
     match scenario {
         Scenario::Quick => {
             out.push(
@@ -214,6 +220,9 @@ pub fn compose(spec: &Spec) -> String {
     y.extend(nvcc_note(spec));
     y.push("services:".into());
     y.push("  cuda:".into());
+    if let Some(pin) = &spec.pin_note {
+        y.push(format!("    # {pin}"));
+    }
     y.push(format!("    image: {}", yaml_str(&spec.image)));
     if let Some(n) = &spec.name {
         y.push(format!("    container_name: {}", yaml_str(n)));
@@ -261,6 +270,7 @@ mod tests {
             host_dir: None,
             nvcc: Some(false),
             devel_tag: Some("12.4.1-devel-ubuntu22.04".into()),
+            pin_note: None,
         }
     }
 

@@ -59,13 +59,38 @@ impl FromStr for Platform {
                 && p.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
         };
-        if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| valid(p)) {
+        if parts.len() < 2 {
+            return Err(PlatformError(s.to_owned()));
+        }
+        // The names `uname -m` and distributions use, as Docker (containerd's
+        // `platforms.Normalize`) maps them; `x86-64` has a `-` no canonical name has.
+        let (architecture, implied_variant) = match parts[1] {
+            "x86_64" | "x86-64" => ("amd64", None),
+            "aarch64" => ("arm64", None),
+            "i386" => ("386", None),
+            "armhf" => ("arm", Some("v7")),
+            "armel" => ("arm", Some("v6")),
+            other => (other, None),
+        };
+        let variant = match (architecture, parts.get(2).copied().or(implied_variant)) {
+            // `arm64/8` and `arm/7` as Docker reads them: `v8`, `v7`.
+            ("arm64" | "arm", Some(v)) if v.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(format!("v{v}"))
+            }
+            (_, v) => v.map(str::to_owned),
+        };
+        let os = parts[0];
+        if parts.len() > 3
+            || !valid(os)
+            || !valid(architecture)
+            || variant.as_deref().is_some_and(|v| !valid(v))
+        {
             return Err(PlatformError(s.to_owned()));
         }
         Ok(Platform {
-            os: parts[0].to_owned(),
-            architecture: parts[1].to_owned(),
-            variant: parts.get(2).map(|v| (*v).to_owned()),
+            os: os.to_owned(),
+            architecture: architecture.to_owned(),
+            variant,
         })
     }
 }
@@ -97,6 +122,23 @@ mod tests {
         for bad in ["linux", "linux/", "/amd64", "Linux/AMD64", "a/b/c/d", ""] {
             assert!(bad.parse::<Platform>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_names_docker_maps_are_mapped() {
+        for (given, is) in [
+            ("linux/x86_64", "linux/amd64"),
+            ("linux/x86-64", "linux/amd64"),
+            ("linux/aarch64", "linux/arm64"),
+            ("linux/aarch64/v8", "linux/arm64/v8"),
+            ("linux/arm64/8", "linux/arm64/v8"),
+            ("linux/arm64/v8", "linux/arm64/v8"),
+            ("linux/armhf", "linux/arm/v7"),
+            ("linux/i386", "linux/386"),
+        ] {
+            assert_eq!(p(given).to_string(), is, "{given}");
+        }
+        assert!("linux/x86-64/v2/x".parse::<Platform>().is_err());
     }
 
     #[test]

@@ -21,6 +21,11 @@ impl EnvVars {
     pub const CUDAIMG_CDI_DIRS: &'static str = "CUDAIMG_CDI_DIRS";
     /// Docker's own: the Engine's socket or address (`unix:///…`, `tcp://…`).
     pub const DOCKER_HOST: &'static str = "DOCKER_HOST";
+    /// Docker's own: the context to use (`docker context use`), overriding `currentContext`
+    /// in `config.json`; its endpoint is the Engine's address when `DOCKER_HOST` is unset.
+    pub const DOCKER_CONTEXT: &'static str = "DOCKER_CONTEXT";
+    /// The per-user runtime directory: a rootless Docker's socket is `$XDG_RUNTIME_DIR/docker.sock`.
+    pub const XDG_RUNTIME_DIR: &'static str = "XDG_RUNTIME_DIR";
     /// Docker's own: the directory of `config.json` (credentials, credential helpers).
     pub const DOCKER_CONFIG: &'static str = "DOCKER_CONFIG";
     /// The XDG base directory for configuration (`mirrors.toml`).

@@ -17,7 +17,7 @@ use cudaimg_oci::digest::Digest;
 use cudaimg_oci::manifest::Descriptor;
 
 /// Held by a pull; keeps `gc` out until dropped.
-pub struct GcGuard(#[allow(dead_code)] std::fs::File);
+pub struct GcGuard(#[allow(dead_code)] Option<std::fs::File>);
 
 /// What `gc` removed (or would remove, with `dry_run`).
 #[derive(Debug, Default, serde::Serialize)]
@@ -36,9 +36,14 @@ impl Store {
 
     /// Takes the shared side of the gc lock (waits while a `gc` runs).
     pub fn hold_against_gc(&self) -> Result<GcGuard, StoreError> {
-        let f = self.gc_lock_file()?;
+        let f = match self.gc_lock_file() {
+            Ok(f) => f,
+            // No `gc` can delete from a store nobody can write: nothing to hold off.
+            Err(e) if e.is_read_only() => return Ok(GcGuard(None)),
+            Err(e) => return Err(e),
+        };
         f.lock_shared()?;
-        Ok(GcGuard(f))
+        Ok(GcGuard(Some(f)))
     }
 
     /// Blobs that some index entry reaches (the union of every name's closure).

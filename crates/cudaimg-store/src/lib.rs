@@ -53,7 +53,7 @@ pub use locations::BlobLocations;
 pub use names::{ListedImage, NamedImage};
 pub use read::{BlobMismatch, VerifiedReader};
 pub use sets::{NamedSet, StoredChild, StoredManifest, StoredSet};
-pub use verify::VerifyReport;
+pub use verify::{Affected, VerifyReport};
 
 use cudaimg_oci::digest::Digest;
 
@@ -74,6 +74,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("there is no store at `{}`", .0.display())]
     Missing(PathBuf),
+    /// Something had to be written to a store that cannot be (a read-only mount, no write
+    /// permission); reading it works.
+    #[error("the store `{}` is read-only, and this needs to write to it", .0.display())]
+    ReadOnly(PathBuf),
     /// Something in the store is not what cudaimg puts there (a link, a FIFO, a file where
     /// a directory belongs); nothing was read or written through it.
     #[error("`{}` is {found}, where the store keeps {expected}; cudaimg does not follow or write through it", path.display())]
@@ -127,6 +131,15 @@ impl From<std::io::Error> for StoreError {
 }
 
 impl StoreError {
+    /// The file system or the permissions refuse writing (as opposed to a damaged store).
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, StoreError::ReadOnly(_))
+            || matches!(self, StoreError::Io(e) if matches!(
+                e.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+            ))
+    }
+
     pub fn hint(&self) -> Option<String> {
         match self {
             StoreError::DiskFull(_) => Some(
@@ -144,6 +157,11 @@ impl StoreError {
             ),
             StoreError::Missing(_) => Some(
                 "check `--store` / `CUDAIMG_STORE`; a store is created by the first `cudaimg pull`"
+                    .into(),
+            ),
+            StoreError::ReadOnly(_) => Some(
+                "reading commands (`images`, `inspect`, `load`, `export`) work on it; to add \
+                 images, pull into a writable store (`--store DIR`) or remount it read-write"
                     .into(),
             ),
             StoreError::Unsafe { path, .. } => Some(format!(
@@ -178,6 +196,19 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A store is a directory: `--store` naming a file (or anything else that exists and is
+/// not one) is said as such, not as "File exists" from creating it or "no store yet".
+fn not_a_file(root: &Path) -> Result<()> {
+    match fs_err::metadata(root) {
+        Ok(m) if !m.is_dir() => Err(StoreError::NotALayout {
+            path: root.to_owned(),
+            reason: "it is a file, not a directory: a store is a directory (an OCI image layout)"
+                .into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// An opened OCI image layout.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -193,10 +224,16 @@ impl Store {
         let store = Store {
             root: root.to_owned(),
         };
+        not_a_file(root)?;
         fs_err::create_dir_all(root)?;
         // Two processes may open a new store at once: the first creates it under the lock,
         // the second then finds it whole.
-        let _lock = store.lock()?;
+        let _lock = match store.lock() {
+            Ok(lock) => lock,
+            // A whole store on a read-only mount: nothing to create, and reading works.
+            Err(e) if e.is_read_only() => return Store::open_existing(root).map_err(|_| e),
+            Err(e) => return Err(e),
+        };
         let layout_exists = store.root_dir()?.stat(LAYOUT_FILE).is_ok();
         if layout_exists {
             store.check_layout()?;
@@ -237,6 +274,7 @@ impl Store {
         let store = Store {
             root: root.to_owned(),
         };
+        not_a_file(root)?;
         if fs_err::symlink_metadata(root.join(LAYOUT_FILE)).is_err() {
             return Err(StoreError::Missing(root.to_owned()));
         }
@@ -313,6 +351,36 @@ impl Store {
                 confine::file_type(&st) == rustix::fs::FileType::RegularFile
                     && u64::try_from(st.st_size).ok() == Some(size)
             })
+    }
+
+    /// Bytes of `digest` an earlier, interrupted download left that a resume keeps: the
+    /// partial file's length, or the contiguous prefix its sidecar records after a
+    /// parallel fill; 0 when there is none or it cannot be right (longer than the blob).
+    /// For "N MiB to fetch", which counts what remains.
+    pub fn resumable_bytes(&self, digest: &Digest, size: u64) -> u64 {
+        let Ok(ingest) = self.ingest() else {
+            return 0;
+        };
+        let len = ingest
+            .stat(&format!("{}.partial", digest.hex()))
+            .ok()
+            .filter(|st| confine::file_type(st) == rustix::fs::FileType::RegularFile)
+            .and_then(|st| u64::try_from(st.st_size).ok())
+            .unwrap_or(0);
+        let prefix = ingest
+            .open_read(&format!("{}.prefix", digest.hex()))
+            .ok()
+            .and_then(|f| {
+                let mut text = String::new();
+                f.take(64).read_to_string(&mut text).ok()?;
+                text.trim().parse::<u64>().ok()
+            });
+        let kept = prefix.map_or(len, |p| p.min(len));
+        if kept > size {
+            0
+        } else {
+            kept
+        }
     }
 
     /// Whether a regular file is stored for `digest`, whatever its size (for the manifest
@@ -402,8 +470,22 @@ impl Store {
     }
 
     /// Read-modify-write of `index.json` under the store lock.
+    /// On a read-only store, a change that changes nothing (an image pulled again) is no
+    /// write at all; any other is [`StoreError::ReadOnly`].
     pub(crate) fn update_index<T>(&self, f: impl FnOnce(&mut IndexFile) -> T) -> Result<T> {
-        let _lock = self.lock()?;
+        let _lock = match self.lock() {
+            Ok(lock) => lock,
+            Err(e) if e.is_read_only() => {
+                let mut index = self.read_index()?;
+                let before = serde_json::to_vec(&index).ok();
+                let out = f(&mut index);
+                if before.is_some() && before == serde_json::to_vec(&index).ok() {
+                    return Ok(out);
+                }
+                return Err(StoreError::ReadOnly(self.root.clone()));
+            }
+            Err(e) => return Err(e),
+        };
         // Blobs the new entries name must be durable before the index names them.
         self.blobs()?.sync()?;
         let mut index = self.read_index()?;

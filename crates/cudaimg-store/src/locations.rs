@@ -50,7 +50,12 @@ impl Store {
             return Ok(());
         }
         let at = format!("{registry}/{repo}");
-        let _lock = self.lock()?;
+        let _lock = match self.lock() {
+            Ok(lock) => lock,
+            // A hint only, and a read-only store keeps the hints it has.
+            Err(e) if e.is_read_only() => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let mut all = self.read_locations().unwrap_or_default();
         if all.len() > MAX_BLOBS {
             all.clear();

@@ -29,6 +29,18 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
     /// Corrupt blobs deleted by `--repair`.
     pub repaired: Vec<String>,
+    /// The stored images (name and platform) that a problem touches: what to pull again.
+    pub affected: Vec<Affected>,
+}
+
+/// One stored image with a problem: the pull that fetches it again names this platform.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Affected {
+    pub name: String,
+    /// `os/arch[/variant]`, when the entry records one (a whole multi-platform image does not).
+    pub platform: Option<String>,
+    /// The entry names a whole multi-platform image (`pull --all-platforms`).
+    pub all_platforms: bool,
 }
 
 fn hash_file(dir: &StoreDir, name: &str, buf: &mut [u8]) -> Result<(Digest, u64), StoreError> {
@@ -112,7 +124,11 @@ pub(crate) fn verify(
 
     for entry in &index.manifests {
         report.images += 1;
+        let before = report.problems.len();
         check_entry(store, entry, &good, &mut report.problems)?;
+        if report.problems.len() > before {
+            note_affected(entry, &mut report.affected);
+        }
     }
     // A store other tools wrote may have no `ingest/`; one that is a link is a problem.
     let ingest = match store.ingest() {
@@ -150,6 +166,21 @@ pub(crate) fn verify(
     Ok(report)
 }
 
+/// Adds `entry`'s image (name and platform) to what a pull must fetch again.
+fn note_affected(entry: &IndexEntry, affected: &mut Vec<Affected>) {
+    let Some(name) = entry.ref_name() else {
+        return;
+    };
+    let one = Affected {
+        name: name.to_owned(),
+        platform: entry.platform.as_ref().map(|p| p.to_platform().to_string()),
+        all_platforms: entry.is_index(),
+    };
+    if !affected.contains(&one) {
+        affected.push(one);
+    }
+}
+
 /// Checks that everything `entry` reaches is among the `good` blobs (digest -> size).
 fn check_entry(
     store: &Store,
@@ -157,7 +188,15 @@ fn check_entry(
     good: &BTreeMap<Digest, u64>,
     problems: &mut Vec<String>,
 ) -> Result<(), StoreError> {
-    let image = entry.ref_name().unwrap_or("(unnamed entry)").to_owned();
+    // Several platforms share a name: the problem says which one it is.
+    let image = match &entry.platform {
+        Some(p) => format!(
+            "{} ({})",
+            entry.ref_name().unwrap_or("(unnamed entry)"),
+            p.to_platform()
+        ),
+        None => entry.ref_name().unwrap_or("(unnamed entry)").to_owned(),
+    };
     let digest = match entry.digest() {
         Ok(d) => d,
         Err(e) => {

@@ -263,7 +263,7 @@ impl Session {
                     continue;
                 }
                 if plan.missing.contains(&d) {
-                    all.to_fetch += d.size;
+                    all.to_fetch += d.size - self.store()?.resumable_bytes(&d.digest, d.size);
                     all.missing.push(d.clone());
                 }
                 all.blobs.push(d);

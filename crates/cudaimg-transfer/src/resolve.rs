@@ -65,7 +65,11 @@ pub(super) async fn resolve_tag(
         match r {
             // Still thinking after the grace: neither stale nor failed.
             None => {}
-            Some(Ok(d)) => answers.push((m.label().to_owned(), d)),
+            Some(Ok(d)) => {
+                // An answer is a request the source served: it counts in the report.
+                sources.succeeded(m);
+                answers.push((m.label().to_owned(), d));
+            }
             Some(Err(e)) => {
                 sources.note_failure(m, &e, reporter, &what);
                 attempts.push(Attempt {
@@ -79,6 +83,7 @@ pub(super) async fn resolve_tag(
     let official_failed = |e: &RegistryError| sources.note_failure(&official, e, reporter, &what);
     let e = match from_official {
         Ok(digest) => {
+            sources.succeeded(&official);
             for (mirror, d) in &answers {
                 if *d != digest {
                     sources.warn(format!(

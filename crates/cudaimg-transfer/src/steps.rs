@@ -228,7 +228,11 @@ impl Session {
             .filter(|d| !store.has_blob(&d.digest, d.size))
             .cloned()
             .collect();
-        let to_fetch = missing.iter().map(|d| d.size).sum();
+        // What remains: an interrupted download's bytes are resumed, not fetched again.
+        let to_fetch = missing
+            .iter()
+            .map(|d| d.size - store.resumable_bytes(&d.digest, d.size))
+            .sum();
         Ok(Plan {
             blobs,
             missing,
