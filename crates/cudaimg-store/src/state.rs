@@ -52,7 +52,9 @@ impl Store {
             Err(e) => return Err(e),
         };
         let mut buf = Vec::new();
-        Read::by_ref(&mut f).take(MAX_STATE + 1).read_to_end(&mut buf)?;
+        Read::by_ref(&mut f)
+            .take(MAX_STATE + 1)
+            .read_to_end(&mut buf)?;
         Ok((buf.len() as u64 <= MAX_STATE).then_some(buf))
     }
 
