@@ -26,6 +26,7 @@ mod faults;
 mod harness;
 mod import;
 mod input_safety;
+mod mirror_health;
 mod multiarch;
 mod parallel;
 mod proptests;

@@ -90,6 +90,8 @@ impl Session {
         pin: Option<&Pin>,
         reporter: &dyn Reporter,
     ) -> Result<Resolved, PullError> {
+        // Sources an earlier run found silent are asked last: say so before any wait.
+        sources.announce(reporter);
         let (digest, by) = match (pin, &image.digest, &image.tag) {
             (Some(pin), _, _) => (pin.digest.clone(), ResolvedBy::Lock),
             (None, Some(d), _) => (d.clone(), ResolvedBy::Digest),
