@@ -18,7 +18,8 @@ enum Endpoint {
     Tcp(String),
 }
 
-/// A Docker Engine to load images into.
+/// A Docker Engine to load images into. Cloning shares its connection pool.
+#[derive(Clone)]
 pub struct DockerEngine {
     client: Client,
     base: String,
