@@ -98,8 +98,10 @@ for scenario in $SCENARIOS; do
     for i in $(seq "$RUNS"); do
         clean_docker; rm -rf "$work/store"; sync
         [ "$scenario" = cuts ] && arm
+        # Its warnings (the official registry is out of reach, the cuts) are expected here.
         /usr/bin/time -f "%e" -o "$work/t" "$CUDAIMG" -q --config "$work/mirrors.toml" \
-            --store "$work/store" pull --load "$ref" >/dev/null
+            --store "$work/store" pull --load "$ref" >/dev/null 2>"$work/cudaimg.err" \
+            || { cat "$work/cudaimg.err"; exit 1; }
         c_times+=("$(cat "$work/t")")
         [ "$(docker run --rm --network none "$ref")" = ready ] || { echo "cudaimg: image does not run"; exit 1; }
         clean_docker; sync
