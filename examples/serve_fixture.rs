@@ -7,6 +7,9 @@
 //! layer with a static busybox whose default command prints `ready`, so `docker run` works.
 //! With `--proxies N --throttle BYTES_PER_SEC`, N fault-injecting proxies throttled to that
 //! rate stand in front of the registry, as mirrors of a known speed.
+//! With `--cutting`, one more proxy at that rate (`cutting`) cuts each blob once at half its
+//! size (FIN) each time it is armed: a line `arm` on standard input arms it (the reply is a
+//! line `armed` on standard output), so each benchmark run meets the same cuts.
 //! With `--destination`, an empty registry is started too (its `host:port` as `destination`).
 //! Generated layers are cached under `target/bench-fixtures`.
 
@@ -15,8 +18,6 @@
 #![allow(clippy::disallowed_methods)]
 
 use cudaimg_test_support as common;
-
-use std::io::Read;
 
 use common::docker::{busybox, Runnable};
 use common::{
@@ -32,6 +33,7 @@ fn main() {
     let mut proxies = 0usize;
     let mut throttle = 0u64;
     let mut destination = false;
+    let mut cutting = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -52,6 +54,7 @@ fn main() {
             }
             "--oci" => media = MediaTypes::Oci,
             "--destination" => destination = true,
+            "--cutting" => cutting = true,
             "--runnable" => runnable = true,
             "--proxies" => {
                 i += 1;
@@ -73,15 +76,23 @@ fn main() {
     );
     let registry = TestRegistry::start();
     let pusher = Pusher::new(&registry);
+    let amd64 = fx.platform(Arch::Amd64);
+    // Every blob of the amd64 image, as (digest, size), for the cuts.
+    let mut blobs: Vec<(String, u64)> = amd64
+        .layers
+        .iter()
+        .map(|l| (l.digest.clone(), l.size))
+        .collect();
     let (reference, bytes) = if runnable {
-        let amd64 = fx.platform(Arch::Amd64);
         let image = Runnable::build(amd64, "ready", &busybox());
         image.push(&pusher, amd64, &fx.repo, &fx.tag);
+        blobs.push((image.layer.0.clone(), image.layer.1.len() as u64));
+        blobs.push((image.config.digest.clone(), image.config.size()));
         let bytes = amd64.layers_size() + image.layer.1.len() as u64 + image.config.size();
         (format!("{}/{}", registry.host(), fx.reference()), bytes)
     } else {
         pusher.push(&fx);
-        let amd64 = fx.platform(Arch::Amd64);
+        blobs.push((amd64.config.digest.clone(), amd64.config.size()));
         (
             format!("{}/{}", registry.host(), fx.reference()),
             amd64.layers_size() + amd64.config.size(),
@@ -99,6 +110,27 @@ fn main() {
             p
         })
         .collect();
+    // A throttled proxy that cuts each blob once at half, each time it is armed.
+    let cutter = cutting.then(|| FaultProxy::start(&registry.url()));
+    let arm = |p: &FaultProxy| {
+        p.clear();
+        if throttle > 0 {
+            p.add(Fault::Throttle {
+                bytes_per_sec: throttle,
+            });
+        }
+        for (digest, size) in &blobs {
+            p.add(Fault::CutAfter {
+                path_contains: digest.clone(),
+                bytes: size / 2,
+                reset: false,
+                times: 1,
+            });
+        }
+    };
+    if let Some(p) = &cutter {
+        arm(p);
+    }
     // An empty registry to push into (`bench/push.sh`).
     let dest = destination.then(TestRegistry::start);
     println!(
@@ -110,9 +142,17 @@ fn main() {
             "repository_tag": fx.reference(),
             "bytes": bytes,
             "proxies": fronts.iter().map(FaultProxy::url).collect::<Vec<_>>(),
+            "cutting": cutter.as_ref().map(FaultProxy::url),
         })
     );
-    // Serve until the benchmark closes our stdin.
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut sink);
+    // Serve until the benchmark closes our stdin; `arm` lines re-arm the cuts.
+    for line in std::io::stdin().lines() {
+        let Ok(line) = line else { break };
+        if line.trim() == "arm" {
+            if let Some(p) = &cutter {
+                arm(p);
+            }
+            println!("armed");
+        }
+    }
 }

@@ -41,6 +41,13 @@ pub(crate) async fn load(
     Ok(docker::hand_over(&engine, store, &image, repo_tag(name)).await?)
 }
 
+/// A hand-over to the engine `DOCKER_HOST` names that runs while a pull downloads
+/// (`pull --load`); the Engine is reached before anything is downloaded.
+pub(crate) async fn streaming(store: &Store) -> Result<docker::Streaming, Error> {
+    let engine = DockerEngine::from_env().map_err(docker::LoadError::from)?;
+    Ok(docker::Streaming::new(engine, store.clone()).await?)
+}
+
 pub(crate) fn print(l: &Loaded) {
     emit(&format!(
         "loaded {} into the Docker Engine at {} (image ID {})",

@@ -119,6 +119,9 @@ impl Reporter for Lines {
             note!("put manifest {} as {reference}", digest.short());
         }
     }
+    fn notice(&self, line: &str) {
+        note!("{line}");
+    }
     fn source_failed(&self, source: &str, what: &str, error: &(dyn std::error::Error + 'static)) {
         // Without -v, the pull's closing warnings name each failed source once.
         if self.verbose {
@@ -215,6 +218,10 @@ impl Reporter for Bars {
                 }
             }
         }
+    }
+    fn notice(&self, line: &str) {
+        // Above the bars, which stay where they are.
+        let _ = self.multi.println(line);
     }
     fn blob_progress(&self, digest: &Digest, bytes: u64) {
         if let Ok(blobs) = self.blobs.lock() {

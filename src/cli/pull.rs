@@ -125,8 +125,22 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             }
             continue;
         }
-        let report = session.pull(&target, &platform, reporter.as_ref()).await;
+        // `--load`: the image streams into the Engine while it downloads.
+        let streaming = match args.load {
+            true => Some(super::load::streaming(ctx.store()?).await?),
+            false => None,
+        };
+        let report = session
+            .pull_streaming(&target, &platform, reporter.as_ref(), streaming.as_ref())
+            .await;
         drop(reporter);
+        let streamed = match streaming {
+            Some(s) => {
+                let pulled = report.as_ref().map(|_| ()).map_err(ToString::to_string);
+                s.finish(pulled).await
+            }
+            None => None,
+        };
         match report {
             Ok(mut report) => {
                 unconfigured_mirror(config, &mut report);
@@ -136,12 +150,19 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                     print(ctx, &report, secs, None);
                     continue;
                 }
-                let loaded = super::load::load(
-                    ctx.store()?,
-                    &report.canonical.to_string(),
-                    Some(&report.platform),
-                )
-                .await;
+                let loaded = match streamed {
+                    Some(loaded) => loaded.map_err(Error::from),
+                    // The pull chose no image to stream (it cannot end well without one);
+                    // load what the store holds.
+                    None => {
+                        super::load::load(
+                            ctx.store()?,
+                            &report.canonical.to_string(),
+                            Some(&report.platform),
+                        )
+                        .await
+                    }
+                };
                 match loaded {
                     Ok(l) => print(ctx, &report, secs, Some(&l)),
                     Err(e) => {

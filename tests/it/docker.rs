@@ -126,6 +126,69 @@ fn pull_load_puts_the_upstream_image_into_docker_under_its_official_name_and_it_
 }
 
 #[test]
+fn pull_load_streams_each_stored_layer_to_the_engine_while_later_ones_download() {
+    let Some(d) = docker_or_skip() else { return };
+    let e = env("streamed while downloading");
+    // The top layer (busybox) comes through a proxy that sends half of it and then nothing
+    // for 3 s before it closes: the layers below it are stored by then, and must already
+    // be in the Engine's hands while it waits.
+    let (top, top_bytes) = &e.image.layer;
+    let proxy = FaultProxy::start(&e.registry.url());
+    proxy.add(Fault::Stall {
+        path_contains: top.clone(),
+        after_bytes: top_bytes.len() as u64 / 2,
+        for_secs: 3,
+        times: 1,
+    });
+    e.sandbox.write_hub_config(&proxy.url(), &[]);
+    let reference = format!("nvidia/cuda:{TAG}");
+    let out = run_ok(&mut e.cmd(Some(&d), &["--json", "pull", "--load", &reference]));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        proxy.requests().iter().any(|q| q.fault_fired()),
+        "the top layer was not held back"
+    );
+    let below: u64 = r["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["digest"] != *top)
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum();
+    let early = r["loaded"]["sent_while_pulling"].as_u64().unwrap();
+    assert!(
+        early >= below,
+        "only {early} archive bytes reached the Engine during the pull; the layers below the \
+         held-back one are {below} bytes"
+    );
+    // What streamed early is the image, whole and verified: it runs, as upstream built it.
+    assert_eq!(r["loaded"]["image_id"], e.image.config.digest);
+    assert_eq!(run_output(&d, &reference), "streamed while downloading");
+
+    // A pull that fails half-way ends the archive short: the Engine loads nothing.
+    d.docker(&["rmi", &reference]).output().unwrap();
+    let other = Sandbox::new();
+    proxy.clear();
+    proxy.add(Fault::Status {
+        path_contains: top.clone(),
+        status: 404,
+        retry_after: None,
+        times: common::proxy::ALWAYS,
+    });
+    let config = other.write_hub_config(&proxy.url(), &[]);
+    let mut cmd = other.cli(&config, &["pull", "--load", &reference]);
+    cmd.env("DOCKER_HOST", d.host());
+    run_fails(&mut cmd);
+    let images = d.docker(&["images", "-q"]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&images.stdout).trim(),
+        "",
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
 fn export_docker_archive_loads_with_docker_load_and_skopeo_reads_it() {
     let Some(d) = docker_or_skip() else { return };
     let e = env("hello from an exported image");

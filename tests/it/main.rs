@@ -30,6 +30,7 @@ mod first_hour;
 mod harness;
 mod import;
 mod input_safety;
+mod mirror_health;
 mod multiarch;
 mod parallel;
 mod proptests;

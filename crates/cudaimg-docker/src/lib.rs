@@ -36,7 +36,8 @@ pub struct EngineImage {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
-/// A Docker Engine to load images into.
+/// A Docker Engine to load images into. Cloning shares its connection pool.
+#[derive(Clone)]
 pub struct DockerEngine {
     client: Client,
     base: String,

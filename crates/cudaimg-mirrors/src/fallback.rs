@@ -14,10 +14,18 @@
 //!   [`MAX_RESUMES`] per item;
 //! - [`Next::NextSource`] (not found, wrong bytes) excludes the source for this item only,
 //!   with no backoff: other items may still come from it;
-//! - [`Next::GiveUp`] (the local disk failed) ends the loop at once.
+//! - [`Next::GiveUp`] (the local disk failed) ends the loop at once;
+//! - a source that has not answered in this run gets [`FIRST_BYTE_WAIT`] to send a first
+//!   byte while another could serve: a one-shot request is then hedged ([`Fallback::hedged`]:
+//!   the next source is asked too, the first answer wins, the other request is dropped), and
+//!   a blob moves on (it resumes from where it is); either way the silent source is asked
+//!   last from then on, by this run and the next ([`crate::health`]), and the wait is said.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::{select, Either};
 
 use cudaimg_oci::progress::Reporter;
 use cudaimg_registry::{Next, RegistryError};
@@ -28,6 +36,11 @@ use crate::sources::{Classify, Pick, Source, SourceSet, MAX_FAILURES_PER_ITEM, M
 /// enough to ride out a flaky link, bounded so a source that cuts every connection cannot
 /// loop forever.
 pub const MAX_RESUMES: u32 = 50;
+
+/// How long a source that has not answered yet in this run gets to send its first byte
+/// before another is asked: long enough for a registry on another continent, short enough
+/// that a mirror that accepts connections and says nothing costs little.
+pub const FIRST_BYTE_WAIT: Duration = Duration::from_secs(2);
 
 /// Per-item bookkeeping: which sources are done for this item, and their failure counts.
 pub struct ItemState<E = RegistryError> {
@@ -134,6 +147,8 @@ fn describe<E: Classify>(what: &str, attempts: &[Attempt<E>]) -> String {
 pub enum Outcome<T, E: Classify> {
     /// It worked: the source is recorded as having answered.
     Done(T),
+    /// It worked, and another source than the one asked answered (a hedged request).
+    DoneBy(T, Arc<Source>),
     /// It failed. `progressed`: bytes arrived before it did (a cut or stall worth resuming
     /// from where it stopped), which does not count against the item.
     Failed { error: E, progressed: bool },
@@ -241,6 +256,79 @@ impl<'s, E: Classify> Fallback<'s, E> {
         self.sources.next_source(&self.item).await
     }
 
+    /// Asks `first` with `request`; when it has not answered within its first-byte wait
+    /// ([`SourceSet::first_byte_wait`]), says so and asks the next usable source too. The
+    /// first success wins and the other request is dropped (its connection closed). Every
+    /// failure is recorded here; `Err(None)`: all asked failed (pick again), `Err(Some)`:
+    /// the loop ends.
+    pub async fn hedged<T, F, Fut>(
+        &mut self,
+        first: Arc<Source>,
+        request: &mut F,
+    ) -> Result<(T, Arc<Source>), Option<FallbackError<E>>>
+    where
+        F: FnMut(Arc<Source>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>>,
+    {
+        let started = Instant::now();
+        let a = request(first.clone());
+        futures_util::pin_mut!(a);
+        let second = match self.sources.first_byte_wait(&first, &self.item) {
+            None => None,
+            Some(wait) => match tokio::time::timeout(wait, &mut a).await {
+                Ok(r) => return self.settle(&first, r, started),
+                Err(_) => self
+                    .usable_now()
+                    .into_iter()
+                    .find(|s| s.index != first.index),
+            },
+        };
+        let Some(second) = second else {
+            let r = a.await;
+            return self.settle(&first, r, started);
+        };
+        self.sources.waited_on(&first, Some(&second), self.reporter);
+        let b = request(second.clone());
+        futures_util::pin_mut!(b);
+        let (done, r, other, rest) = match select(a, b).await {
+            Either::Left((r, b)) => (&first, r, &second, Either::Left(b)),
+            Either::Right((r, a)) => (&second, r, &first, Either::Right(a)),
+        };
+        match r {
+            Ok(v) => {
+                self.sources.answered_in(done, started.elapsed());
+                Ok((v, done.clone()))
+            }
+            Err(e) => {
+                self.failed(done, e, false).map_err(Some)?;
+                let r = match rest {
+                    Either::Left(b) => b.await,
+                    Either::Right(a) => a.await,
+                };
+                self.settle(other, r, started)
+            }
+        }
+    }
+
+    /// The end of a request that ran alone: its result, or its failure recorded.
+    fn settle<T>(
+        &mut self,
+        source: &Arc<Source>,
+        r: Result<T, E>,
+        started: Instant,
+    ) -> Result<(T, Arc<Source>), Option<FallbackError<E>>> {
+        match r {
+            Ok(v) => {
+                self.sources.answered_in(source, started.elapsed());
+                Ok((v, source.clone()))
+            }
+            Err(e) => {
+                self.failed(source, e, false).map_err(Some)?;
+                Err(None)
+            }
+        }
+    }
+
     /// The loop: runs `op` against the sources until it is done, returning its result and
     /// the source that produced it.
     pub async fn run<O: Operation<Error = E>>(
@@ -252,6 +340,10 @@ impl<'s, E: Classify> Fallback<'s, E> {
                 Outcome::Done(v) => {
                     self.sources.succeeded(&source);
                     return Ok((v, source));
+                }
+                Outcome::DoneBy(v, by) => {
+                    self.sources.succeeded(&by);
+                    return Ok((v, by));
                 }
                 Outcome::Failed { error, progressed } => {
                     // Bytes arrived: the source answers, whatever cut it off.
@@ -270,7 +362,7 @@ impl<'s, E: Classify> Fallback<'s, E> {
     }
 }
 
-/// A one-shot request as an [`Operation`]: its result, or its error, each time.
+/// A one-shot request as an [`Operation`], hedged ([`Fallback::hedged`]).
 struct EachSource<F>(F);
 
 impl<T, E, F, Fut> Operation for EachSource<F>
@@ -282,13 +374,15 @@ where
     type Output = T;
     type Error = E;
 
-    async fn attempt(&mut self, source: Arc<Source>, _: &mut Fallback<'_, E>) -> Outcome<T, E> {
-        match (self.0)(source).await {
-            Ok(v) => Outcome::Done(v),
-            Err(error) => Outcome::Failed {
-                error,
-                progressed: false,
-            },
+    async fn attempt(
+        &mut self,
+        source: Arc<Source>,
+        fallback: &mut Fallback<'_, E>,
+    ) -> Outcome<T, E> {
+        match fallback.hedged(source, &mut self.0).await {
+            Ok((v, by)) => Outcome::DoneBy(v, by),
+            Err(None) => Outcome::Again,
+            Err(Some(e)) => Outcome::Stop(e),
         }
     }
 }
@@ -385,7 +479,7 @@ mod tests {
     use std::time::Duration;
 
     use cudaimg_config::Config;
-    use cudaimg_oci::progress::Silent;
+    use cudaimg_oci::progress::{Reporter, Silent};
     use cudaimg_registry::HttpClients;
 
     use super::*;
@@ -512,6 +606,82 @@ mod tests {
             .await;
         assert!(matches!(result, Err(FallbackError::GiveUp(Fake::DiskFull))));
         assert_eq!(calls, 1, "no other source is asked after a give-up");
+    }
+
+    /// Records the notices a run shows.
+    #[derive(Default)]
+    struct Notices(Mutex<Vec<String>>);
+
+    impl Reporter for Notices {
+        fn notice(&self, line: &str) {
+            self.0.lock().expect("lock").push(line.to_owned());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_source_is_hedged_once_then_asked_last_and_remembered() {
+        let memory = SourceMemory::default();
+        memory.load_health(None);
+        let set = sources(&memory);
+        let notices = Notices::default();
+        // The first mirror never answers; the others do at once.
+        let ask = |s: Arc<Source>| async move {
+            if s.index == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, Fake>(s.index)
+        };
+        let started = std::time::Instant::now();
+        let (v, by) = set
+            .first_success("item", &notices, ask)
+            .await
+            .expect("served");
+        let took = started.elapsed();
+        assert_eq!((v, by.index), (1, 1));
+        assert!(
+            took >= FIRST_BYTE_WAIT && took < FIRST_BYTE_WAIT * 2,
+            "{took:?}"
+        );
+        let lines = notices.0.lock().expect("lock").clone();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("has not answered in 2 s; asking mirror http://127.0.0.1:8"),
+            "{lines:?}"
+        );
+        // The next item does not wait on it: it is asked last.
+        let started = std::time::Instant::now();
+        let (v, _) = set
+            .first_success("item", &notices, ask)
+            .await
+            .expect("served");
+        assert_eq!(v, 1);
+        assert!(started.elapsed() < FIRST_BYTE_WAIT, "waited again");
+        assert!(matches!(set.pick(&ItemState::<Fake>::default()), Pick::Now(s) if s.index == 1));
+
+        // The next run, with the record this one leaves: the silent mirror comes last, and
+        // the run says so once.
+        let saved = memory.health_to_save(None).expect("observations to save");
+        let next = SourceMemory::default();
+        next.load_health(Some(&saved));
+        let set = sources(&next);
+        let order: Vec<_> = set.sources().iter().map(|s| s.label().to_owned()).collect();
+        assert_eq!(
+            order,
+            [
+                "http://127.0.0.1:8",
+                "http://127.0.0.1:9",
+                "http://127.0.0.1:7"
+            ]
+        );
+        let notices = Notices::default();
+        set.announce(&notices);
+        set.announce(&notices);
+        let lines = notices.0.lock().expect("lock").clone();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("mirror http://127.0.0.1:7 did not answer in time"));
+        assert!(set
+            .resolving_mirrors()
+            .all(|s| s.label() != "http://127.0.0.1:7"));
     }
 
     /// Resumable cuts: an operation that makes progress and is cut again and again is not

@@ -8,6 +8,12 @@
 //! A failure puts the source into exponential backoff with jitter (a refused connection
 //! longer, a 429 for its `Retry-After`), so a dead or throttling mirror is not asked first
 //! again for every blob while others can serve; a success clears its backoff.
+//!
+//! Health across runs ([`crate::health`]): a mirror that kept an earlier run waiting (marked
+//! unhealthy, not yet expired) is moved behind every other source, official included, and
+//! not asked to resolve tags; the run says so once. A source that keeps this run waiting past
+//! the first-byte wait is marked slow: asked after every source that is not, for the rest of
+//! the run, and recorded for the next runs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -20,6 +26,8 @@ use std::time::{Duration, Instant};
 use cudaimg_config::{Capabilities, Config};
 use cudaimg_oci::progress::Reporter;
 use cudaimg_registry::{HttpClients, Next, RegistryClient, RegistryError};
+
+use crate::health::{now_secs, Book, Entry, Observed};
 
 /// Backoff after a transient failure: `BASE * 2^(n-1)`, at most `CAP`, times a jitter in [0.5, 1].
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -52,6 +60,8 @@ pub struct Source {
     /// This pull's own record of the source, for its report.
     health: Mutex<Health>,
     bytes: AtomicU64,
+    /// An earlier run marked it unhealthy: asked after every other source.
+    pub demoted: bool,
 }
 
 /// An error that says what the fallback loop does next: retry this source later, ask the
@@ -95,23 +105,71 @@ impl Classify for RegistryError {
     }
 }
 
-/// When a source may be asked again.
+/// When a source may be asked again, and what the run saw of it (for the next runs).
 #[derive(Debug, Default)]
 pub struct Backoff {
     consecutive_failures: u32,
     not_before: Option<Instant>,
+    /// What this run saw, folded into the health record when it ends.
+    seen: Observed,
+    /// The run said why this source is asked last, or why it waited on it.
+    announced: bool,
 }
 
-/// Backoff state by endpoint URL, for the whole run (one per process).
+/// Backoff state by endpoint URL, for the whole run (one per process), and the health record
+/// the earlier runs left (see [`crate::health`]).
 #[derive(Debug, Default, Clone)]
-pub struct SourceMemory(Arc<Mutex<HashMap<String, Arc<Mutex<Backoff>>>>>);
+pub struct SourceMemory {
+    backoffs: Arc<Mutex<HashMap<String, Arc<Mutex<Backoff>>>>>,
+    /// `None` until a store's record is loaded: a run without a store remembers nothing.
+    book: Arc<Mutex<Option<Book>>>,
+}
 
 impl SourceMemory {
     fn backoff(&self, url: &str) -> Arc<Mutex<Backoff>> {
-        match self.0.lock() {
+        match self.backoffs.lock() {
             Ok(mut m) => m.entry(url.to_owned()).or_default().clone(),
             Err(_) => Arc::default(),
         }
+    }
+
+    /// Takes the health record earlier runs left (the state file's bytes; `None`: no file
+    /// yet). From now on the run orders sources by it and will have observations to save.
+    pub fn load_health(&self, bytes: Option<&[u8]>) {
+        if let Ok(mut b) = self.book.lock() {
+            *b = Some(bytes.map(Book::parse).unwrap_or_default());
+        }
+    }
+
+    /// Whether a health record was loaded (and so should be saved).
+    pub fn health_loaded(&self) -> bool {
+        self.book.lock().is_ok_and(|b| b.is_some())
+    }
+
+    /// The record to write back: `current` (the file as it is now, which another run may
+    /// have changed meanwhile) with this run's observations folded in. `None` when the run
+    /// loaded no record or observed nothing.
+    pub fn health_to_save(&self, current: Option<&[u8]>) -> Option<Vec<u8>> {
+        if !self.health_loaded() {
+            return None;
+        }
+        let mut book = current.map(Book::parse).unwrap_or_default();
+        let now = now_secs();
+        let mut any = false;
+        for (url, b) in self.backoffs.lock().ok()?.iter() {
+            let Ok(b) = b.lock() else { continue };
+            if b.seen.slow || b.seen.answered || b.seen.failures > 0 {
+                any = true;
+                book.observe(url, b.seen, now);
+            }
+        }
+        any.then(|| book.to_bytes())
+    }
+
+    /// The record's entry for `url` if it is marked unhealthy now.
+    fn unhealthy(&self, url: &str) -> Option<Entry> {
+        let book = self.book.lock().ok()?;
+        book.as_ref()?.unhealthy(url, now_secs()).cloned()
     }
 }
 
@@ -130,6 +188,24 @@ impl Source {
     /// Counts body bytes this source delivered.
     pub fn add_bytes(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Asked last: an earlier run marked it unhealthy, or it kept this run waiting.
+    pub fn asked_last(&self) -> bool {
+        self.demoted || self.backoff.lock().is_ok_and(|b| b.seen.slow)
+    }
+
+    /// It answered a request in this run.
+    pub fn answered(&self) -> bool {
+        self.backoff.lock().is_ok_and(|b| b.seen.answered)
+    }
+
+    /// The role and URL, as messages name it ("mirror http://…").
+    pub fn described(&self) -> String {
+        match self.role {
+            Role::Mirror => format!("mirror {}", self.label()),
+            Role::Official => format!("the official registry {}", self.label()),
+        }
     }
 }
 
@@ -159,6 +235,23 @@ pub struct FailureReport {
 pub struct SourceSet {
     sources: Vec<Arc<Source>>,
     warnings: Mutex<Vec<String>>,
+    /// Why each demoted source is asked last, in source order.
+    notices: Vec<String>,
+}
+
+/// Why a source is asked last, from the record an earlier run left.
+fn demotion_notice(source: &Source, entry: &Entry) -> String {
+    let left = entry.unhealthy_until.saturating_sub(now_secs());
+    let times = if entry.timeouts > 1 {
+        format!(" ({} runs in a row)", entry.timeouts)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} did not answer in time on a recent run{times}; asking it last for the next {} min",
+        source.described(),
+        left.div_ceil(60)
+    )
 }
 
 /// The next source to ask for an item.
@@ -211,12 +304,22 @@ impl SourceSet {
             .map(|m| (m, Role::Mirror))
             .chain(std::iter::once((&reg.endpoint, Role::Official)))
             .collect();
+        // Sources an earlier run found unhealthy go behind all others, in their order.
+        let mut endpoints: Vec<_> = endpoints
+            .into_iter()
+            .map(|(e, role)| {
+                let client = RegistryClient::new(&e.url, e.insecure, http);
+                let unhealthy = memory.unhealthy(client.label());
+                (e, role, client, unhealthy)
+            })
+            .collect();
+        endpoints.sort_by_key(|(.., unhealthy)| unhealthy.is_some());
+        let mut notices = Vec::new();
         let sources = endpoints
             .into_iter()
             .enumerate()
-            .map(|(index, (e, role))| {
-                let client = RegistryClient::new(&e.url, e.insecure, http);
-                Arc::new(Source {
+            .map(|(index, (e, role, client, unhealthy))| {
+                let source = Source {
                     backoff: memory.backoff(client.label()),
                     client,
                     role,
@@ -224,12 +327,34 @@ impl SourceSet {
                     capabilities: e.capabilities,
                     health: Mutex::new(Health::default()),
                     bytes: AtomicU64::new(0),
-                })
+                    demoted: unhealthy.is_some(),
+                };
+                if let Some(entry) = unhealthy {
+                    notices.push(demotion_notice(&source, &entry));
+                }
+                Arc::new(source)
             })
             .collect();
         SourceSet {
             sources,
             warnings: Mutex::new(Vec::new()),
+            notices,
+        }
+    }
+
+    /// Says, once per run and source, which sources are asked last because an earlier run
+    /// found them unhealthy (as a progress line, and among the warnings).
+    pub fn announce(&self, reporter: &dyn Reporter) {
+        for (s, line) in self.sources.iter().filter(|s| s.demoted).zip(&self.notices) {
+            let first = s.backoff.lock().is_ok_and(|mut b| {
+                let first = !b.announced;
+                b.announced = true;
+                first
+            });
+            if first {
+                reporter.notice(line);
+                self.warn(line.clone());
+            }
         }
     }
 
@@ -248,6 +373,7 @@ impl SourceSet {
         self.sources.iter().filter(move |s| {
             s.role == Role::Mirror
                 && s.capabilities.resolve
+                && !s.asked_last()
                 && s.backoff
                     .lock()
                     .ok()
@@ -279,6 +405,9 @@ impl SourceSet {
             let entry = h.failures.entry(error.kind()).or_insert((0, String::new()));
             entry.0 += 1;
             entry.1 = chain(error);
+        }
+        if let Ok(mut b) = source.backoff.lock() {
+            b.seen.failures = b.seen.failures.saturating_add(1);
         }
         if error.next() != Next::Retry {
             return None;
@@ -358,10 +487,12 @@ impl SourceSet {
     }
 
     /// The first source, in order, that is usable for this item now.
+    /// Sources asked last (see [`Source::asked_last`]) come after every other.
     pub fn pick<E>(&self, item: &ItemState<E>) -> Pick {
         let now = Instant::now();
         let mut earliest: Option<Instant> = None;
-        for s in &self.sources {
+        let ordered = self.in_order();
+        for s in ordered {
             if item.is_excluded(s) || !s.capabilities.pull {
                 continue;
             }
@@ -377,11 +508,21 @@ impl SourceSet {
         }
     }
 
-    /// Every source that could serve the item right now, in order.
+    /// The sources in the order they are asked: those asked last after the others.
+    fn in_order(&self) -> Vec<&Arc<Source>> {
+        let (mut first, last): (Vec<_>, Vec<_>) =
+            self.sources.iter().partition(|s| !s.asked_last());
+        first.extend(last);
+        first
+    }
+
+    /// Every source that could serve the item right now, in order. Sources asked last are
+    /// left out while another could serve: a slow mirror must not hold up a parallel fill.
     pub fn usable_now<E>(&self, item: &ItemState<E>) -> Vec<Arc<Source>> {
         let now = Instant::now();
-        self.sources
-            .iter()
+        let usable: Vec<Arc<Source>> = self
+            .in_order()
+            .into_iter()
             .filter(|s| s.capabilities.pull && !item.is_excluded(s))
             .filter(|s| {
                 s.backoff
@@ -391,7 +532,63 @@ impl SourceSet {
                     .is_none_or(|t| t <= now)
             })
             .cloned()
-            .collect()
+            .collect();
+        if usable.iter().any(|s| !s.asked_last()) {
+            usable.into_iter().filter(|s| !s.asked_last()).collect()
+        } else {
+            usable
+        }
+    }
+
+    /// How long `source` gets to send a first byte before the loop asks another source too
+    /// (or instead, for a blob): [`crate::fallback::FIRST_BYTE_WAIT`] while it has neither
+    /// answered in this run nor kept it waiting already, and another source could serve the
+    /// item; `None` (the request's own stall timeout only) otherwise. So each source costs
+    /// the run at most one short wait, and a slow source that is all there is still gets
+    /// the full stall timeout.
+    pub fn first_byte_wait<E>(&self, source: &Source, item: &ItemState<E>) -> Option<Duration> {
+        if source.answered() || source.asked_last() {
+            return None;
+        }
+        self.usable_now(item)
+            .iter()
+            .any(|s| s.index != source.index)
+            .then_some(crate::fallback::FIRST_BYTE_WAIT)
+    }
+
+    /// `source` kept a request waiting past the first-byte wait, and `next` is asked
+    /// (`None`: nobody else). It is asked last for the rest of the run and by the runs after
+    /// it, until the mark expires; the run says so once, as a progress line and a warning.
+    pub fn waited_on(&self, source: &Source, next: Option<&Source>, reporter: &dyn Reporter) {
+        let first = source.backoff.lock().is_ok_and(|mut b| {
+            b.seen.slow = true;
+            let first = !b.announced;
+            b.announced = true;
+            first
+        });
+        if first {
+            let secs = crate::fallback::FIRST_BYTE_WAIT.as_secs();
+            let line = match next {
+                Some(n) => format!(
+                    "{} has not answered in {secs} s; asking {}",
+                    source.described(),
+                    n.described()
+                ),
+                None => format!("{} has not answered in {secs} s", source.described()),
+            };
+            reporter.notice(&line);
+            self.warn(format!(
+                "{line}; it is asked last by the next runs for {} min",
+                crate::health::UNHEALTHY_FOR.as_secs() / 60
+            ));
+        }
+    }
+
+    /// Records how long a source took to answer a request it answered.
+    pub fn answered_in(&self, source: &Source, took: Duration) {
+        if let Ok(mut b) = source.backoff.lock() {
+            b.seen.latency_ms = Some(u64::try_from(took.as_millis()).unwrap_or(u64::MAX));
+        }
     }
 
     /// Records a successful request.
@@ -399,6 +596,7 @@ impl SourceSet {
         if let Ok(mut b) = source.backoff.lock() {
             b.consecutive_failures = 0;
             b.not_before = None;
+            b.seen.answered = true;
         }
         if let Ok(mut h) = source.health.lock() {
             h.requests_ok += 1;

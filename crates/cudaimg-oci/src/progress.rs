@@ -36,6 +36,9 @@ pub trait Reporter: Send + Sync {
     fn upload_finished(&self, _digest: &Digest, _size: u64, _how: &str) {}
     /// A manifest was put at the destination under `reference`.
     fn manifest_pushed(&self, _reference: &str, _digest: &Digest) {}
+    /// A line on why the run waits or changed the order of its sources ("mirror X has not
+    /// answered in 2 s; asking the official registry"), shown as it happens.
+    fn notice(&self, _line: &str) {}
     fn source_failed(
         &self,
         _source: &str,

@@ -22,7 +22,8 @@
 //! and out ([`Store::open_blob`]), the closure of a name ([`Store::closure`]), whole
 //! multi-platform images ([`Store::name_all_platforms`], [`Store::image_set`], see `sets.rs`),
 //! import of an OCI image layout ([`Store::import_layout`]), `gc` and [`Store::fsck`]. Nothing outside
-//! this crate builds a path inside the store or touches `index.json` entries.
+//! this crate builds a path inside the store or touches `index.json` entries. Small state files
+//! that are hints, not image data (mirror health), live under `state/` ([`Store::read_state`]).
 //!
 //! Other tools read the layout directly: `skopeo inspect oci:STORE:docker.io/nvidia/cuda:TAG`.
 
@@ -37,6 +38,7 @@ mod locations;
 mod names;
 mod read;
 mod sets;
+mod state;
 mod verify;
 
 use std::io::Read;

@@ -19,8 +19,33 @@ use std::rc::Rc;
 
 use serde_json::json;
 
-use cudaimg_oci::manifest::{OCI_INDEX, REF_NAME};
+use cudaimg_oci::digest::Digest;
+use cudaimg_oci::manifest::{Descriptor, ImageManifest, OCI_INDEX, REF_NAME};
 use cudaimg_store::{Store, StoreError, StoredImage, StoredManifest, StoredSet};
+
+/// What an archive of one image needs: its name, its manifest (bytes as stored, and
+/// parsed). The config and layers are read from the store, each through a verifying reader.
+#[derive(Debug, Clone)]
+pub struct ArchiveImage {
+    /// Its canonical name (`docker.io/nvidia/cuda:TAG`).
+    pub name: String,
+    pub media_type: String,
+    pub digest: Digest,
+    pub manifest_bytes: Vec<u8>,
+    pub manifest: ImageManifest,
+}
+
+impl From<&StoredImage> for ArchiveImage {
+    fn from(i: &StoredImage) -> Self {
+        ArchiveImage {
+            name: i.name.clone(),
+            media_type: i.media_type.clone(),
+            digest: i.digest.clone(),
+            manifest_bytes: i.manifest_bytes.clone(),
+            manifest: i.manifest.clone(),
+        }
+    }
+}
 
 /// Which archive to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,13 +65,28 @@ pub fn write(
     format: Format,
     out: impl Write,
 ) -> Result<(), StoreError> {
+    write_as_stored(store, &image.into(), repo_tag, format, out, &|_| Ok(()))
+}
+
+/// Writes `image` to `out` as `format`, calling `arrived` before each blob (config, then
+/// layers in order) and reading it from the store only once that returns: `pull --load`
+/// writes the archive while the pull is still storing later layers, and `arrived` waits
+/// for each one (an error ends the archive short, as a corrupt blob does).
+pub fn write_as_stored(
+    store: &Store,
+    image: &ArchiveImage,
+    repo_tag: Option<&str>,
+    format: Format,
+    out: impl Write,
+    arrived: &dyn Fn(&Descriptor) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let closed = Rc::new(Cell::new(false));
     let mut tar = tar::Builder::new(Gate {
         inner: out,
         closed: closed.clone(),
     });
     tar.mode(tar::HeaderMode::Deterministic);
-    let res = write_entries(store, image, repo_tag, format, &mut tar);
+    let res = write_entries(store, image, repo_tag, format, &mut tar, arrived);
     if res.is_err() {
         // `tar::Builder` writes the end-of-archive blocks when dropped; after a failure
         // they would make a short archive look whole.
@@ -78,10 +118,11 @@ impl<W: Write> Write for Gate<W> {
 
 fn write_entries<W: Write>(
     store: &Store,
-    image: &StoredImage,
+    image: &ArchiveImage,
     repo_tag: Option<&str>,
     format: Format,
     tar: &mut tar::Builder<W>,
+    arrived: &dyn Fn(&Descriptor) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let path = |d: &cudaimg_oci::digest::Digest| format!("blobs/sha256/{}", d.hex());
 
@@ -115,16 +156,14 @@ fn write_entries<W: Write>(
     }
     add_bytes(tar, "blobs/", &[])?;
     add_bytes(tar, &path(&image.digest), &image.manifest_bytes)?;
-    add_bytes(
-        tar,
-        &path(&image.manifest.config.digest),
-        &image.config_bytes,
-    )?;
     let mut seen = std::collections::BTreeSet::new();
-    for l in &image.manifest.layers {
+    for l in std::iter::once(&image.manifest.config).chain(&image.manifest.layers) {
         if !seen.insert(&l.digest) {
             continue;
         }
+        // What is written so far goes out before waiting: the reader need not wait with it.
+        tar.get_mut().flush()?;
+        arrived(l)?;
         let mut blob = store.open_blob(&l.digest, l.size)?;
         let mut header = header(l.size);
         if let Err(e) = tar.append_data(&mut header, path(&l.digest), &mut blob) {

@@ -78,7 +78,7 @@ impl BlobJob<'_> {
         // needs asking unless its bytes turn out wrong.
         if op.writer.written() == desc.size {
             match op.finish(&mut fallback).await {
-                Outcome::Done(fetched) => return Ok(fetched),
+                Outcome::Done(fetched) | Outcome::DoneBy(fetched, _) => return Ok(fetched),
                 Outcome::Stop(e) => return Err(e),
                 Outcome::Again | Outcome::Failed { .. } => {}
             }
@@ -115,16 +115,17 @@ impl Operation for BlobOp<'_, '_> {
         let request = source
             .client
             .blob(job.repo, &desc.digest, offset, desc.size);
+        // A source that has not answered in this run gets a short first-byte wait while
+        // another could serve; then the blob moves on and the source is asked last.
+        let first_wait = fallback.sources().first_byte_wait(&source, fallback.item());
+        let started = std::time::Instant::now();
         // Headers that never come are a stall too.
-        let resp = match tokio::time::timeout(job.stall, request).await {
+        let resp = match tokio::time::timeout(first_wait.unwrap_or(job.stall), request).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return failed(e, false),
-            Err(_) => {
-                let url = source.client.blob_url(job.repo, &desc.digest);
-                let secs = job.stall.as_secs();
-                return failed(RegistryError::Stalled { url, secs }, false);
-            }
+            Err(_) => return self.silent(&source, first_wait, fallback),
         };
+        let first_wait = first_wait.map(|w| w.saturating_sub(started.elapsed()));
         if resp.offset != offset {
             // The source ignored `Range`: its body starts at byte 0.
             if let Err(e) = self.writer.reset().await {
@@ -137,13 +138,16 @@ impl Operation for BlobOp<'_, '_> {
         }
         job.reporter
             .blob_started(&desc.digest, desc.size, resp.offset, source.label());
-        let outcome = match self.stream(&source, resp).await {
+        let outcome = match self.stream(&source, resp, first_wait).await {
             Ok(outcome) => outcome,
             Err(e) => return Outcome::Stop(give_up(e)),
         };
         let progressed = self.writer.written() > self.high_water;
         self.high_water = self.high_water.max(self.writer.written());
         match outcome {
+            Err(RegistryError::Stalled { .. }) if first_wait.is_some() && !progressed => {
+                self.silent(&source, first_wait, fallback)
+            }
             Err(e) => failed(e, progressed),
             Ok(()) => match self.finish(fallback).await {
                 Outcome::Done(fetched) => Outcome::Done(fetched),
@@ -156,6 +160,32 @@ impl Operation for BlobOp<'_, '_> {
                 }
             },
         }
+    }
+}
+
+impl BlobOp<'_, '_> {
+    /// `source` sent nothing within its wait: say so, mark it (asked last from now on), and
+    /// fail the attempt as a stall, so the loop asks the next source.
+    fn silent(
+        &self,
+        source: &Source,
+        first_wait: Option<Duration>,
+        fallback: &Fallback<'_, FetchError>,
+    ) -> Outcome<Fetched, FetchError> {
+        let url = source.client.blob_url(self.job.repo, &self.desc.digest);
+        if first_wait.is_none() {
+            let secs = self.job.stall.as_secs();
+            return failed(RegistryError::Stalled { url, secs }, false);
+        }
+        let next = fallback
+            .usable_now()
+            .into_iter()
+            .find(|s| s.index != source.index);
+        fallback
+            .sources()
+            .waited_on(source, next.as_deref(), self.job.reporter);
+        let secs = cudaimg_mirrors::fallback::FIRST_BYTE_WAIT.as_secs();
+        failed(RegistryError::Stalled { url, secs }, false)
     }
 }
 
@@ -173,12 +203,18 @@ impl BlobOp<'_, '_> {
         &mut self,
         source: &Source,
         resp: cudaimg_registry::BlobResponse,
+        first_wait: Option<Duration>,
     ) -> Result<Result<(), RegistryError>, StoreError> {
         let (job, desc) = (self.job, self.desc);
         let url = resp.url.clone();
         let mut body = resp.response.bytes_stream();
+        // The first chunk within what is left of the first-byte wait, the others within the
+        // stall timeout.
+        let mut wait = first_wait.unwrap_or(job.stall);
         loop {
-            let chunk = match tokio::time::timeout(job.stall, body.next()).await {
+            let next = tokio::time::timeout(wait, body.next()).await;
+            wait = job.stall;
+            let chunk = match next {
                 Err(_) => {
                     let secs = job.stall.as_secs();
                     return Ok(Err(RegistryError::Stalled { url, secs }));

@@ -1,9 +1,23 @@
 //! Handing a stored image to the Docker Engine: a docker-archive is written from the store
 //! while it streams into the Engine API (no temporary copy), then the Engine's image ID is
 //! checked against the upstream config digest.
+//!
+//! `pull --load` does not wait for the pull to end ([`Streaming`]): once the image manifest
+//! is chosen, the archive starts into the Engine, and each blob (config, then layers in
+//! order) goes in as soon as the pull has stored it, verified, while later ones download.
+//! Every byte sent is read back from the store through its verifying reader, exactly as
+//! `load` would; a pull that fails ends the archive short, so the Engine loads nothing.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use cudaimg_docker::{DockerEngine, DockerError};
-use cudaimg_store::StoreError;
+use cudaimg_oci::digest::Digest;
+use cudaimg_oci::manifest::Descriptor;
+use cudaimg_store::{Store, StoreError};
+
+use crate::archive::ArchiveImage;
 
 /// What `hand_over` did.
 #[derive(Debug, serde::Serialize)]
@@ -14,6 +28,10 @@ pub struct Loaded {
     pub image_id: String,
     pub engine: String,
     pub api_version: String,
+    /// `pull --load`: archive bytes the Engine had taken before the pull ended (the
+    /// overlap of download and import).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_while_pulling: Option<u64>,
 }
 
 /// Why an image could not be handed to Docker.
@@ -54,16 +72,53 @@ pub async fn hand_over(
     repo_tag: Option<String>,
 ) -> Result<Loaded, LoadError> {
     let api_version = engine.ping().await?;
+    let (writer, loading) = start(
+        engine,
+        store,
+        image.into(),
+        repo_tag.clone(),
+        Arc::new(|_: &Descriptor| Ok(())),
+        Arc::default(),
+    );
+    let loaded = loading.await;
+    finish(
+        engine,
+        writer,
+        loaded,
+        image.manifest.config.digest.to_string(),
+        repo_tag,
+        api_version,
+    )
+    .await
+}
+
+/// What a blob-by-blob archive waits on: `Fn(blob) -> Ok` once it is stored.
+type Arrived = Arc<dyn Fn(&Descriptor) -> Result<(), StoreError> + Send + Sync>;
+
+/// Starts writing the archive (on a blocking thread) into an `images/load` request; returns
+/// the writer and the request.
+fn start(
+    engine: &DockerEngine,
+    store: &Store,
+    image: ArchiveImage,
+    repo_tag: Option<String>,
+    arrived: Arrived,
+    sent: Arc<AtomicU64>,
+) -> (
+    tokio::task::JoinHandle<Result<(), StoreError>>,
+    futures_util::future::BoxFuture<'static, Result<Vec<String>, DockerError>>,
+) {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
-    let (s, img, tag) = (store.clone(), image.clone(), repo_tag.clone());
+    let s = store.clone();
     let writer = tokio::task::spawn_blocking(move || {
         let mut out = ChannelWriter::new(tx.clone());
-        let res = crate::archive::write(
+        let res = crate::archive::write_as_stored(
             &s,
-            &img,
-            tag.as_deref(),
+            &image,
+            repo_tag.as_deref(),
             crate::archive::Format::DockerArchive,
             &mut out,
+            &*arrived,
         )
         .and_then(|()| out.finish().map_err(StoreError::from));
         if let Err(e) = &res {
@@ -72,17 +127,36 @@ pub async fn hand_over(
         }
         res
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    let body = futures_util::stream::unfold(rx, move |mut rx| {
+        let sent = sent.clone();
+        async move {
+            let item = rx.recv().await?;
+            if let Ok(piece) = &item {
+                sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
+            }
+            Some((item, rx))
+        }
     });
-    let loaded = engine.load(body).await;
+    let engine = engine.clone();
+    (writer, Box::pin(async move { engine.load(body).await }))
+}
+
+/// The end of a hand-over: the writer's outcome first (a store failure explains a refused
+/// request), then the Engine's, then the image ID check.
+async fn finish(
+    engine: &DockerEngine,
+    writer: tokio::task::JoinHandle<Result<(), StoreError>>,
+    loaded: Result<Vec<String>, DockerError>,
+    expected: String,
+    repo_tag: Option<String>,
+    api_version: String,
+) -> Result<Loaded, LoadError> {
     match writer.await {
         Ok(Err(e)) => return Err(e.into()),
         Err(e) => return Err(StoreError::Io(std::io::Error::other(e)).into()),
         Ok(Ok(())) => {}
     }
     loaded?;
-    let expected = image.manifest.config.digest.to_string();
     let lookup = repo_tag.clone().unwrap_or_else(|| expected.clone());
     let got = engine.image_id(&lookup).await?.unwrap_or_default();
     if got != expected {
@@ -98,7 +172,162 @@ pub async fn hand_over(
         image_id: got,
         engine: engine.host().to_owned(),
         api_version,
+        sent_while_pulling: None,
     })
+}
+
+/// Which blobs the pull has stored so far, and whether it ended: the archive writer waits
+/// here for each blob in turn.
+#[derive(Default)]
+struct Arrivals {
+    state: Mutex<ArrivalState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ArrivalState {
+    stored: HashSet<Digest>,
+    /// The pull ended: `Some(None)` stored everything, `Some(Some(why))` failed.
+    ended: Option<Option<String>>,
+}
+
+impl Arrivals {
+    fn update(&self, f: impl FnOnce(&mut ArrivalState)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Blocks until `blob` is in the store, or the pull failed.
+    fn wait(&self, store: &Store, blob: &Descriptor) -> Result<(), StoreError> {
+        let gone = || StoreError::Io(std::io::Error::other("the pull was abandoned"));
+        let mut s = self.state.lock().map_err(|_| gone())?;
+        loop {
+            if s.stored.contains(&blob.digest) {
+                return Ok(());
+            }
+            match &s.ended {
+                Some(Some(why)) => {
+                    return Err(StoreError::Io(std::io::Error::other(format!(
+                        "the pull failed before {} was stored: {why}",
+                        blob.digest
+                    ))))
+                }
+                // Ended well: whatever was stored already is in the store.
+                Some(None) => return Ok(()),
+                None if store.has_blob(&blob.digest, blob.size) => return Ok(()),
+                None => s = self.changed.wait(s).map_err(|_| gone())?,
+            }
+        }
+    }
+}
+
+/// `pull --load` while the pull runs: the pull calls [`Streaming::begin`] once the image
+/// manifest is chosen and [`Streaming::stored`] as each blob is stored; the command then
+/// calls [`Streaming::finish`] with how the pull ended.
+pub struct Streaming {
+    engine: DockerEngine,
+    store: Store,
+    api_version: String,
+    arrivals: Arc<Arrivals>,
+    started: Mutex<Option<Started>>,
+    /// Archive bytes the Engine has taken so far.
+    sent: Arc<AtomicU64>,
+}
+
+struct Started {
+    expected: String,
+    repo_tag: Option<String>,
+    writer: tokio::task::JoinHandle<Result<(), StoreError>>,
+    loading: tokio::task::JoinHandle<Result<Vec<String>, DockerError>>,
+}
+
+impl Streaming {
+    /// Reaches the Engine first, so a pull with no Engine to load into fails before it
+    /// downloads anything.
+    pub async fn new(engine: DockerEngine, store: Store) -> Result<Self, LoadError> {
+        let api_version = engine.ping().await?;
+        Ok(Streaming {
+            engine,
+            store,
+            api_version,
+            arrivals: Arc::default(),
+            started: Mutex::new(None),
+            sent: Arc::default(),
+        })
+    }
+
+    /// The image is chosen: start the archive into the Engine. Blobs already stored go
+    /// in at once, the others as [`Streaming::stored`] announces them.
+    pub(crate) fn begin(&self, image: ArchiveImage, repo_tag: Option<String>) {
+        let arrivals = self.arrivals.clone();
+        let store = self.store.clone();
+        let arrived: Arrived = Arc::new(move |blob: &Descriptor| arrivals.wait(&store, blob));
+        let expected = image.manifest.config.digest.to_string();
+        let (writer, loading) = start(
+            &self.engine,
+            &self.store,
+            image,
+            repo_tag.clone(),
+            arrived,
+            self.sent.clone(),
+        );
+        if let Ok(mut s) = self.started.lock() {
+            *s = Some(Started {
+                expected,
+                repo_tag,
+                writer,
+                loading: tokio::spawn(loading),
+            });
+        }
+    }
+
+    /// The pull stored `digest` (verified).
+    pub(crate) fn stored(&self, digest: &Digest) {
+        self.arrivals.update(|s| {
+            s.stored.insert(digest.clone());
+        });
+    }
+
+    /// The pull ended (`Err`: why it failed, which ends the archive short); waits for the
+    /// Engine and checks what it loaded. `None`: the pull never chose an image.
+    pub async fn finish(self, pulled: Result<(), String>) -> Option<Result<Loaded, LoadError>> {
+        self.arrivals.update(|s| s.ended = Some(pulled.err()));
+        let sent_while_pulling = self.sent.load(Ordering::Relaxed);
+        let started = self.started.lock().ok()?.take()?;
+        let loaded = match started.loading.await {
+            Ok(r) => r,
+            Err(e) => return Some(Err(StoreError::Io(std::io::Error::other(e)).into())),
+        };
+        Some(
+            finish(
+                &self.engine,
+                started.writer,
+                loaded,
+                started.expected,
+                started.repo_tag,
+                self.api_version.clone(),
+            )
+            .await
+            .map(|l| Loaded {
+                sent_while_pulling: Some(sent_while_pulling),
+                ..l
+            }),
+        )
+    }
+}
+
+impl Drop for Streaming {
+    /// A command that gives up without [`Streaming::finish`] must not leave the writer
+    /// waiting for blobs that will never come.
+    fn drop(&mut self) {
+        self.arrivals.update(|s| {
+            if s.ended.is_none() {
+                s.ended = Some(Some("the command ended".into()));
+            }
+        });
+    }
 }
 
 /// A blocking writer feeding an async body in 256 KiB pieces, bounded by the channel.
@@ -145,7 +374,8 @@ impl std::io::Write for ChannelWriter {
         Ok(n)
     }
 
+    /// Sends what is buffered (the archive flushes before it waits for a blob).
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        self.send()
     }
 }

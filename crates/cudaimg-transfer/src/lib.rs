@@ -35,6 +35,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use cudaimg_config::{Canonical, Config, ConfigError};
+use cudaimg_mirrors::health::STATE_FILE;
 use cudaimg_mirrors::sources::{SourceMemory, SourceSet};
 use cudaimg_registry::HttpClients;
 use cudaimg_store::{Store, StoreError};
@@ -105,6 +106,9 @@ pub struct Session {
     store: OnceLock<Store>,
     /// What the run has learned about each source, across references and commands' steps.
     pub memory: SourceMemory,
+    /// The store the health record of the mirrors was read from (`None`: there was no
+    /// store), written back there when the session ends.
+    health_from: OnceLock<Option<Store>>,
 }
 
 impl Session {
@@ -115,7 +119,20 @@ impl Session {
             http: OnceLock::new(),
             store: OnceLock::new(),
             memory: SourceMemory::default(),
+            health_from: OnceLock::new(),
         }
+    }
+
+    /// Reads, once, what earlier runs recorded about the mirrors' health, from the store if
+    /// there is one (a command that reads never creates a store for it).
+    fn load_health(&self) {
+        self.health_from.get_or_init(|| {
+            let store = self.existing_store().ok()?;
+            // A damaged or planted file is only a lost hint: start from an empty record.
+            let bytes = store.read_state(STATE_FILE).ok().flatten();
+            self.memory.load_health(bytes.as_deref());
+            Some(store)
+        });
     }
 
     /// The mirror configuration, read on first use.
@@ -182,6 +199,7 @@ impl Session {
 
     /// The sources for a canonical name, with this run's memory of each.
     pub fn sources(&self, name: &Canonical) -> Result<SourceSet, SessionError> {
+        self.load_health();
         Ok(SourceSet::new(
             self.config()?,
             &name.image.registry,
@@ -189,5 +207,20 @@ impl Session {
             self.http()?,
             &self.memory,
         ))
+    }
+}
+
+impl Drop for Session {
+    /// Writes back what this run learned about the mirrors' health, merged into the record
+    /// as it is now (another run may have written it meanwhile). Best effort: a store that
+    /// cannot be written (a read-only mount) only means the next run learns it again.
+    fn drop(&mut self) {
+        let Some(Some(store)) = self.health_from.get() else {
+            return;
+        };
+        let current = store.read_state(STATE_FILE).ok().flatten();
+        if let Some(bytes) = self.memory.health_to_save(current.as_deref()) {
+            let _ = store.write_state(STATE_FILE, &bytes);
+        }
     }
 }

@@ -93,7 +93,15 @@ impl BlobJob<'_> {
                 }
                 Take::Done => return Ok(()),
             };
-            let (reached, outcome) = self.fetch_range(source, desc, start, end, ranged).await;
+            // A source that has not answered in this run gets a short first-byte wait.
+            let first_wait = fill
+                .fallback
+                .lock()
+                .ok()
+                .and_then(|f| f.sources().first_byte_wait(source, f.item()));
+            let (reached, outcome) = self
+                .fetch_range(source, desc, (start, end), ranged, first_wait)
+                .await;
             if reached > start {
                 if let Ok(mut d) = fill.done.lock() {
                     d.insert(start, reached);
@@ -114,6 +122,10 @@ impl BlobJob<'_> {
                 }
                 Err(e) => {
                     fill.finish((reached < end).then_some((reached, end)));
+                    let silent = matches!(e, FetchError::Registry(RegistryError::Stalled { .. }));
+                    if silent && first_wait.is_some() && reached == start {
+                        self.sources.waited_on(source, None, self.reporter);
+                    }
                     let mut fallback = fill.fallback.lock().map_err(|_| poisoned())?;
                     fallback.failed(source, e, reached > start)?;
                     // This source is done here; the others, or the sequential loop, go on.
@@ -128,14 +140,15 @@ impl BlobJob<'_> {
         &self,
         source: &Source,
         desc: &Descriptor,
-        start: u64,
-        end: u64,
+        (start, end): (u64, u64),
         ranged: &RangedWriter,
+        first_wait: Option<std::time::Duration>,
     ) -> (u64, Result<(), FetchError>) {
         let request = source
             .client
             .blob_range(self.repo, &desc.digest, start, end - 1, desc.size);
-        let resp = match tokio::time::timeout(self.stall, request).await {
+        let started = std::time::Instant::now();
+        let resp = match tokio::time::timeout(first_wait.unwrap_or(self.stall), request).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return (start, Err(e.into())),
             Err(_) => {
@@ -154,8 +167,12 @@ impl BlobJob<'_> {
         let mut body = resp.response.bytes_stream();
         let mut buf: Vec<u8> = Vec::with_capacity(PIECE);
         let mut pos = start;
+        // The first chunk within what is left of the first-byte wait.
+        let mut wait = first_wait.map_or(self.stall, |w| w.saturating_sub(started.elapsed()));
         let outcome: Result<(), FetchError> = loop {
-            match tokio::time::timeout(self.stall, body.next()).await {
+            let next = tokio::time::timeout(wait, body.next()).await;
+            wait = self.stall;
+            match next {
                 Err(_) => {
                     break Err(RegistryError::Stalled {
                         url: url.clone(),

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::resolve::ResolvedBy;
+use crate::archive::ArchiveImage;
+use crate::handover::Streaming;
 use crate::{FetchError, Session, SessionError};
 use cudaimg_config::lockfile::Pin;
 use cudaimg_config::Canonical;
@@ -251,6 +253,19 @@ impl Session {
         platform: &Platform,
         reporter: &dyn Reporter,
     ) -> Result<PullReport, PullError> {
+        self.pull_streaming(target, platform, reporter, None).await
+    }
+
+    /// [`Session::pull`], and with `streaming` (`pull --load`) the image goes into the
+    /// Docker Engine while it downloads: the archive starts once the image manifest is
+    /// chosen, and each blob follows as soon as it is stored.
+    pub async fn pull_streaming(
+        &self,
+        target: &PullTarget<'_>,
+        platform: &Platform,
+        reporter: &dyn Reporter,
+        streaming: Option<&Streaming>,
+    ) -> Result<PullReport, PullError> {
         let image = &target.name.image;
         // Until the index names what this pull stores, `gc` must not run.
         let _gc_guard = self.hold_against_gc().await?;
@@ -273,6 +288,32 @@ impl Session {
         for d in plan.blobs.iter().filter(|d| !plan.missing.contains(d)) {
             reporter.blob_cached(&d.digest, d.size);
         }
+        let tee;
+        let reporter: &dyn Reporter = match streaming {
+            Some(s) => {
+                let name = super::steps::stored_name(target);
+                let repo_tag = name
+                    .tag
+                    .is_some()
+                    .then(|| name.without_digest().docker_form());
+                s.begin(
+                    ArchiveImage {
+                        name: name.to_string(),
+                        media_type: img.media_type.clone(),
+                        digest: selected.manifest.digest.clone(),
+                        manifest_bytes: selected.manifest.bytes.clone(),
+                        manifest: img.clone(),
+                    },
+                    repo_tag,
+                );
+                tee = Tee {
+                    inner: reporter,
+                    streaming: s,
+                };
+                &tee
+            }
+            None => reporter,
+        };
         let downloaded = self.fetch(&sources, image, &plan, reporter).await?;
         let committed = self
             .commit(target, &selected, platform, {
@@ -295,6 +336,45 @@ impl Session {
             warnings: committed.warnings,
             sources: sources.report(),
         })
+    }
+}
+
+/// Passes every event on, and tells a streaming hand-over which blobs are stored.
+struct Tee<'a> {
+    inner: &'a dyn Reporter,
+    streaming: &'a Streaming,
+}
+
+impl Reporter for Tee<'_> {
+    fn resolved(
+        &self,
+        name: &str,
+        digest: &Digest,
+        platform: &Platform,
+        total: u64,
+        to_fetch: u64,
+    ) {
+        self.inner.resolved(name, digest, platform, total, to_fetch);
+    }
+    fn blob_cached(&self, digest: &Digest, size: u64) {
+        self.streaming.stored(digest);
+        self.inner.blob_cached(digest, size);
+    }
+    fn blob_started(&self, digest: &Digest, size: u64, offset: u64, source: &str) {
+        self.inner.blob_started(digest, size, offset, source);
+    }
+    fn blob_progress(&self, digest: &Digest, bytes: u64) {
+        self.inner.blob_progress(digest, bytes);
+    }
+    fn blob_finished(&self, digest: &Digest) {
+        self.streaming.stored(digest);
+        self.inner.blob_finished(digest);
+    }
+    fn notice(&self, line: &str) {
+        self.inner.notice(line);
+    }
+    fn source_failed(&self, source: &str, what: &str, error: &(dyn std::error::Error + 'static)) {
+        self.inner.source_failed(source, what, error);
     }
 }
 

@@ -90,6 +90,8 @@ impl Session {
         pin: Option<&Pin>,
         reporter: &dyn Reporter,
     ) -> Result<Resolved, PullError> {
+        // Sources an earlier run found silent are asked last: say so before any wait.
+        sources.announce(reporter);
         let (digest, by) = match (pin, &image.digest, &image.tag) {
             (Some(pin), _, _) => (pin.digest.clone(), ResolvedBy::Lock),
             (None, Some(d), _) => (d.clone(), ResolvedBy::Digest),
@@ -330,11 +332,7 @@ impl Session {
         if let Some(idx) = &selected.index {
             store.put_bytes(&idx.digest, &idx.bytes).await?;
         }
-        // A locked pull is named by its tag: the lock's digest is how it was fetched.
-        let name = match target.pin {
-            Some(_) if image.tag.is_some() => image.without_digest(),
-            _ => image.clone(),
-        };
+        let name = stored_name(target);
         let named = NamedImage {
             manifest: Descriptor {
                 media_type: img.media_type.clone(),
@@ -350,6 +348,16 @@ impl Session {
             platform: platform_of_image,
             warnings,
         })
+    }
+}
+
+/// The name a pull stores its image under: the reference, except that a locked pull is
+/// named by its tag (the lock's digest is how it was fetched).
+pub(crate) fn stored_name(target: &PullTarget<'_>) -> ImageRef {
+    let image = &target.name.image;
+    match target.pin {
+        Some(_) if image.tag.is_some() => image.without_digest(),
+        _ => image.clone(),
     }
 }
 
