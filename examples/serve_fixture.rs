@@ -8,6 +8,10 @@
 //! With `--proxies N --throttle BYTES_PER_SEC`, N fault-injecting proxies throttled to that
 //! rate stand in front of the registry, as mirrors of a known speed.
 //! With `--destination`, an empty registry is started too (its `host:port` as `destination`).
+//! With `--destination-throttle BYTES_PER_SEC` as well, a fault proxy throttled to that rate
+//! both ways stands in front of it (`destination_proxy`), and with `--cut-uploads` that proxy
+//! cuts every upload session once, at half of its first body ([`Fault::CutEachUpload`]; a
+//! chunked body, which has no length, at half the largest layer: skopeo sends each blob as one).
 //! Generated layers are cached under `target/bench-fixtures`.
 
 #![allow(clippy::unwrap_used)]
@@ -32,6 +36,8 @@ fn main() {
     let mut proxies = 0usize;
     let mut throttle = 0u64;
     let mut destination = false;
+    let mut destination_throttle = 0u64;
+    let mut cut_uploads = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -53,6 +59,13 @@ fn main() {
             "--oci" => media = MediaTypes::Oci,
             "--destination" => destination = true,
             "--runnable" => runnable = true,
+            "--destination-throttle" => {
+                i += 1;
+                destination_throttle = args[i]
+                    .parse()
+                    .expect("--destination-throttle takes bytes per second");
+            }
+            "--cut-uploads" => cut_uploads = true,
             "--proxies" => {
                 i += 1;
                 proxies = args[i].parse().expect("--proxies takes a count");
@@ -101,10 +114,30 @@ fn main() {
         .collect();
     // An empty registry to push into (`bench/push.sh`).
     let dest = destination.then(TestRegistry::start);
+    // The destination behind a slow link that cuts each upload once (`bench/push.sh`).
+    let dest_proxy = dest
+        .as_ref()
+        .filter(|_| destination_throttle > 0 || cut_uploads)
+        .map(|d| {
+            let p = FaultProxy::start(&d.url());
+            if destination_throttle > 0 {
+                p.add(Fault::Throttle {
+                    bytes_per_sec: destination_throttle,
+                });
+            }
+            if cut_uploads {
+                p.add(Fault::CutEachUpload {
+                    percent: 50,
+                    unsized_at: fx.largest_layer(Arch::Amd64).size / 2,
+                });
+            }
+            p
+        });
     println!(
         "{}",
         serde_json::json!({
             "destination": dest.as_ref().map(TestRegistry::host),
+            "destination_proxy": dest_proxy.as_ref().map(FaultProxy::host),
             "registry": registry.url(),
             "reference": reference,
             "repository_tag": fx.reference(),
