@@ -9,7 +9,7 @@
 //! blob was, other images of the run, `--mount-from`), then an upload. Its bytes come from a
 //! [`BlobSource`], which can open the blob at any offset: a store file ([`FileSource`]), bytes
 //! in memory ([`BytesSource`]), or, for `copy`, a source registry whose reader resumes its own
-//! cuts with `Range`. Memory is a few 64 KiB pieces per blob, whatever its size. Run blobs
+//! cuts with `Range`. Memory is a few 256 KiB pieces per blob, whatever its size. Run blobs
 //! concurrently (`-j N`) on one client; then `PUT` child manifests and the index last, with
 //! [`RegistryClient::put_manifest`].
 //!
@@ -51,8 +51,10 @@ use cudaimg_oci::manifest::MAX_MANIFEST_BYTES;
 
 /// Bodyless requests (HEAD, POST, GET status, DELETE) are small: longer means stuck.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bytes read from a source per piece of a request body.
-const PIECE: usize = 64 * 1024;
+/// Bytes read from a source per piece of a request body: each piece is a frame to send and
+/// a lock, a hash update and a progress call, so pieces are not small; a few per blob in
+/// flight are all the memory an upload holds.
+const PIECE: usize = 256 * 1024;
 const OCTET_STREAM: &str = "application/octet-stream";
 
 /// An upload the registry opened: where the next bytes go, and how many it holds.
