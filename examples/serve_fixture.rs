@@ -102,15 +102,7 @@ fn main() {
     };
     // Throttled proxies in front of the registry: mirrors of a given speed.
     let fronts: Vec<FaultProxy> = (0..proxies)
-        .map(|_| {
-            let p = FaultProxy::start(&registry.url());
-            if throttle > 0 {
-                p.add(Fault::Throttle {
-                    bytes_per_sec: throttle,
-                });
-            }
-            p
-        })
+        .map(|_| slow_link(&registry, throttle, None))
         .collect();
     // An empty registry to push into (`bench/push.sh`).
     let dest = destination.then(TestRegistry::start);
@@ -119,19 +111,8 @@ fn main() {
         .as_ref()
         .filter(|_| destination_throttle > 0 || cut_uploads)
         .map(|d| {
-            let p = FaultProxy::start(&d.url());
-            if destination_throttle > 0 {
-                p.add(Fault::Throttle {
-                    bytes_per_sec: destination_throttle,
-                });
-            }
-            if cut_uploads {
-                p.add(Fault::CutEachUpload {
-                    percent: 50,
-                    unsized_at: fx.largest_layer(Arch::Amd64).size / 2,
-                });
-            }
-            p
+            let unsized_at = fx.largest_layer(Arch::Amd64).size / 2;
+            slow_link(d, destination_throttle, cut_uploads.then_some(unsized_at))
         });
     println!(
         "{}",
@@ -148,4 +129,22 @@ fn main() {
     // Serve until the benchmark closes our stdin.
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+/// A fault proxy before `registry`, throttled both ways (0: not), cutting each upload once
+/// when `cut_unsized_at` is given ([`Fault::CutEachUpload`]).
+fn slow_link(registry: &TestRegistry, throttle: u64, cut_unsized_at: Option<u64>) -> FaultProxy {
+    let p = FaultProxy::start(&registry.url());
+    if throttle > 0 {
+        p.add(Fault::Throttle {
+            bytes_per_sec: throttle,
+        });
+    }
+    if let Some(unsized_at) = cut_unsized_at {
+        p.add(Fault::CutEachUpload {
+            percent: 50,
+            unsized_at,
+        });
+    }
+    p
 }
