@@ -100,7 +100,7 @@ forget; slow_run "copy cudaimg" "${CJ[@]}" copy --platform linux/amd64 "$ref" "$
 forget; slow_run "copy skopeo" "${SK[@]}" --override-arch amd64 "docker://$ref" "docker://$slow_dest/slow-copy-s:x"
 forget; slow_run "push cudaimg" "${CJ[@]}" push "$name" "$slow_dest/slow-push-c:x"
 forget; slow_run "push skopeo" "${SK[@]}" "oci:$work/store:$name" "docker://$slow_dest/slow-push-s:x"
-forget; slow_run "push skopeo --retry-times 3" "${SK[@]}" --retry-times 3 "oci:$work/store:$name" "docker://$slow_dest/slow-push-s3:x"
+forget; slow_run "push skopeo --retry-times 1" "${SK[@]}" --retry-times 1 "oci:$work/store:$name" "docker://$slow_dest/slow-push-s1:x"
 # Byte-exact at the destination: what skopeo reads there is the image cudaimg was given.
 for repo in slow-copy-c slow-push-c; do
     got=$(skopeo inspect --raw --tls-verify=false "docker://$dest/$repo:x" | sha256sum | cut -d' ' -f1)

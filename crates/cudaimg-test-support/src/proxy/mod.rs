@@ -56,6 +56,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_POLL: Duration = Duration::from_millis(2);
 /// Granularity of interruptible sleeps (stall, throttle): drop is noticed within this.
 const SLEEP_STEP: Duration = Duration::from_millis(20);
+/// How far behind a throttle's schedule the pipe may fall before idle time is lost.
+const PACE_CREDIT: Duration = Duration::from_millis(100);
 /// Body bytes copied per read/write.
 const PIECE: usize = 64 * 1024;
 /// Before a reset (RST), how long the kernel gets to deliver what was already written: an RST
@@ -506,7 +508,12 @@ impl Shared {
         // Reserve the next slot of the shared pipe, and go when it ends.
         let due = {
             let mut pacer = pacer.lock().unwrap();
-            let start = pacer.map_or(Instant::now(), |free| free.max(Instant::now()));
+            // A link idle for a moment may catch up that moment (up to PACE_CREDIT): a sleep
+            // that overslept on a busy machine must not lower the rate.
+            let now = Instant::now();
+            let start = pacer.map_or(now, |free| {
+                free.max(now.checked_sub(PACE_CREDIT).unwrap_or(now))
+            });
             let due = start + Duration::from_secs_f64(n as f64 / rate as f64);
             *pacer = Some(due);
             due
