@@ -10,11 +10,19 @@
 #   SCALE=0.3 RUNS=3 bench/push.sh
 #
 # Prints per-run wall time, peak RSS and CPU seconds, then medians and the ratio
-# skopeo/cudaimg. Needs the packages of scripts/setup.sh.
+# skopeo/cudaimg.
+#
+# Then once more, each tool through a slow link to the destination: a fault proxy throttled to
+# THROTTLE bytes/s (25 MB/s) both ways that cuts each upload session once, at half its first
+# request body, and drops what it cut (as a buffering proxy does; skopeo's one-PATCH bodies
+# have no length, so they are cut at half the largest layer). Prints each tool's wall time
+# against the link time (image bytes / THROTTLE), and what it did. THROTTLE=0 skips this.
+# Needs the packages of scripts/setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${SCALE:-1}
 RUNS=${RUNS:-5}
+THROTTLE=${THROTTLE:-25000000}
 scripts/setup.sh
 cargo build --release --quiet --bin cudaimg --example serve_fixture
 CUDAIMG=$PWD/target/release/cudaimg
@@ -26,7 +34,9 @@ cleanup() {
 trap cleanup EXIT
 
 mkfifo "$work/in"
-target/release/examples/serve_fixture --scale "$SCALE" --oci --destination <"$work/in" >"$work/serve.json" &
+slow=()
+[ "$THROTTLE" -gt 0 ] && slow=(--destination-throttle "$THROTTLE" --cut-uploads)
+target/release/examples/serve_fixture --scale "$SCALE" --oci --destination "${slow[@]}" <"$work/in" >"$work/serve.json" &
 serve_pid=$!
 exec 3>"$work/in"
 for _ in $(seq 1200); do [ -s "$work/serve.json" ] && break; sleep 0.5; done
@@ -62,4 +72,37 @@ col() { awk -v c="$2" '{print $c}' "$work/$1" | median; }
 for op in copy push; do
     cw=$(col $op-cudaimg 1); sw=$(col $op-skopeo 1); cr=$(col $op-cudaimg 2); sr=$(col $op-skopeo 2)
     echo "$op: median wall cudaimg $cw s, skopeo $sw s, ratio skopeo/cudaimg $(awk -v a="$sw" -v b="$cw" 'BEGIN {printf "%.2f", a/b}'); peak RSS cudaimg $((cr / 1024)) MB, skopeo $((sr / 1024)) MB"
+done
+
+[ "$THROTTLE" -gt 0 ] || exit 0
+slow_dest=$(field destination_proxy)
+link=$(awk -v b="$bytes" -v r="$THROTTLE" 'BEGIN {printf "%.1f", b / r}')
+echo "through $slow_dest: $THROTTLE bytes/s, each upload cut once; link time for the image ${link} s"
+slow_run() { # label, command...: wall time, exit status, the tail of stderr
+    local label=$1; shift
+    local start end rc=0
+    start=$(date +%s.%N)
+    "$@" >"$work/out" 2>"$work/err" || rc=$?
+    end=$(date +%s.%N)
+    local wall
+    wall=$(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.1f", b - a}')
+    echo "$label: ${wall} s ($(awk -v w="$wall" -v l="$link" 'BEGIN {printf "%.2f", w / l}')x link time), exit $rc"
+    if [ "$rc" -eq 0 ] && [ -s "$work/out" ] && head -c1 "$work/out" | grep -q '{'; then
+        python3 -c 'import json,sys
+r = json.load(open(sys.argv[1]))
+blobs = r["blobs"]
+print("  sent %d bytes for %d (%.3fx), resumes %d, restarts %d, digest %s" % (r["bytes_uploaded"], r["total_bytes"], r["bytes_uploaded"] / r["total_bytes"], sum(b["resumes"] for b in blobs), sum(b["restarts"] for b in blobs), r["digest"]))' "$work/out"
+    fi
+    [ "$rc" -eq 0 ] || tail -2 "$work/err" | sed 's/^/  /'
+}
+CJ=("$CUDAIMG" --json --config "$work/mirrors.toml" --store "$work/store")
+forget; slow_run "copy cudaimg" "${CJ[@]}" copy --platform linux/amd64 "$ref" "$slow_dest/slow-copy-c:x"
+forget; slow_run "copy skopeo" "${SK[@]}" --override-arch amd64 "docker://$ref" "docker://$slow_dest/slow-copy-s:x"
+forget; slow_run "push cudaimg" "${CJ[@]}" push "$name" "$slow_dest/slow-push-c:x"
+forget; slow_run "push skopeo" "${SK[@]}" "oci:$work/store:$name" "docker://$slow_dest/slow-push-s:x"
+forget; slow_run "push skopeo --retry-times 1" "${SK[@]}" --retry-times 1 "oci:$work/store:$name" "docker://$slow_dest/slow-push-s1:x"
+# Byte-exact at the destination: what skopeo reads there is the image cudaimg was given.
+for repo in slow-copy-c slow-push-c; do
+    got=$(skopeo inspect --raw --tls-verify=false "docker://$dest/$repo:x" | sha256sum | cut -d' ' -f1)
+    echo "$repo: manifest sha256:$got as read back by skopeo"
 done

@@ -11,6 +11,10 @@
 //! size (FIN) each time it is armed: a line `arm` on standard input arms it (the reply is a
 //! line `armed` on standard output), so each benchmark run meets the same cuts.
 //! With `--destination`, an empty registry is started too (its `host:port` as `destination`).
+//! With `--destination-throttle BYTES_PER_SEC` as well, a fault proxy throttled to that rate
+//! both ways stands in front of it (`destination_proxy`), and with `--cut-uploads` that proxy
+//! cuts every upload session once, at half of its first body ([`Fault::CutEachUpload`]; a
+//! chunked body, which has no length, at half the largest layer: skopeo sends each blob as one).
 //! Generated layers are cached under `target/bench-fixtures`.
 
 #![allow(clippy::unwrap_used)]
@@ -34,6 +38,8 @@ fn main() {
     let mut throttle = 0u64;
     let mut destination = false;
     let mut cutting = false;
+    let mut destination_throttle = 0u64;
+    let mut cut_uploads = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -56,6 +62,13 @@ fn main() {
             "--destination" => destination = true,
             "--cutting" => cutting = true,
             "--runnable" => runnable = true,
+            "--destination-throttle" => {
+                i += 1;
+                destination_throttle = args[i]
+                    .parse()
+                    .expect("--destination-throttle takes bytes per second");
+            }
+            "--cut-uploads" => cut_uploads = true,
             "--proxies" => {
                 i += 1;
                 proxies = args[i].parse().expect("--proxies takes a count");
@@ -100,15 +113,7 @@ fn main() {
     };
     // Throttled proxies in front of the registry: mirrors of a given speed.
     let fronts: Vec<FaultProxy> = (0..proxies)
-        .map(|_| {
-            let p = FaultProxy::start(&registry.url());
-            if throttle > 0 {
-                p.add(Fault::Throttle {
-                    bytes_per_sec: throttle,
-                });
-            }
-            p
-        })
+        .map(|_| slow_link(&registry, throttle, None))
         .collect();
     // A throttled proxy that cuts each blob once at half, each time it is armed.
     let cutter = cutting.then(|| FaultProxy::start(&registry.url()));
@@ -133,10 +138,19 @@ fn main() {
     }
     // An empty registry to push into (`bench/push.sh`).
     let dest = destination.then(TestRegistry::start);
+    // The destination behind a slow link that cuts each upload once (`bench/push.sh`).
+    let dest_proxy = dest
+        .as_ref()
+        .filter(|_| destination_throttle > 0 || cut_uploads)
+        .map(|d| {
+            let unsized_at = fx.largest_layer(Arch::Amd64).size / 2;
+            slow_link(d, destination_throttle, cut_uploads.then_some(unsized_at))
+        });
     println!(
         "{}",
         serde_json::json!({
             "destination": dest.as_ref().map(TestRegistry::host),
+            "destination_proxy": dest_proxy.as_ref().map(FaultProxy::host),
             "registry": registry.url(),
             "reference": reference,
             "repository_tag": fx.reference(),
@@ -155,4 +169,22 @@ fn main() {
             println!("armed");
         }
     }
+}
+
+/// A fault proxy before `registry`, throttled both ways (0: not), cutting each upload once
+/// when `cut_unsized_at` is given ([`Fault::CutEachUpload`]).
+fn slow_link(registry: &TestRegistry, throttle: u64, cut_unsized_at: Option<u64>) -> FaultProxy {
+    let p = FaultProxy::start(&registry.url());
+    if throttle > 0 {
+        p.add(Fault::Throttle {
+            bytes_per_sec: throttle,
+        });
+    }
+    if let Some(unsized_at) = cut_unsized_at {
+        p.add(Fault::CutEachUpload {
+            percent: 50,
+            unsized_at,
+        });
+    }
+    p
 }

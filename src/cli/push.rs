@@ -36,7 +36,7 @@ pub struct SendArgs {
     pub jobs: u16,
     /// Largest request body: larger blobs go in chunks of this size (e.g. `50M` behind a
     /// proxy with a 100 MB body limit); a cut costs at most one chunk
-    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "128M", value_parser = parse_size)]
     pub chunk_size: u64,
     /// A repository of the destination registry that may hold the image's blobs already;
     /// they are mounted from it instead of uploaded (repeatable)

@@ -632,3 +632,155 @@ fn copy_cancels_a_blob_with_a_flipped_byte_and_fetches_it_from_the_official_regi
         .unwrap();
     assert_eq!(sha256(&layer), big);
 }
+
+/// A throttled link that cuts each upload once, at half its first body, and drops what it
+/// cut (as a buffering proxy does): the bench's fault, at test size.
+fn cut_each_upload(proxy: &FaultProxy, bytes_per_sec: u64) {
+    proxy.add(Fault::Throttle { bytes_per_sec });
+    proxy.add(Fault::CutEachUpload {
+        percent: 50,
+        unsized_at: 256 << 10,
+    });
+}
+
+/// Upload sessions that were cut, and those that committed a blob (a closing `PUT` 201).
+fn cut_and_committed(proxy: &FaultProxy) -> (usize, usize) {
+    let requests = proxy.requests();
+    let cut = requests
+        .iter()
+        .filter(|r| r.faults.contains(&"CutEachUpload"))
+        .count();
+    let committed = requests
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/blobs/uploads/"))
+        .filter(|r| r.status == Some(201))
+        .count();
+    (cut, committed)
+}
+
+/// Every uploaded blob was cut once and resumed in the same session (no restart).
+fn assert_each_upload_resumed_once(report: &Value) {
+    let uploaded: Vec<&Value> = report["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["status"] == "uploaded")
+        .collect();
+    assert!(!uploaded.is_empty(), "{report:#}");
+    for b in uploaded {
+        assert_eq!(
+            (b["resumes"].as_u64(), b["restarts"].as_u64()),
+            (Some(1), Some(0)),
+            "{b:#}"
+        );
+    }
+}
+
+#[test]
+fn a_throttled_push_cut_once_per_upload_resumes_each_and_is_byte_exact() {
+    let fx = fixture(Scale(0.004));
+    let s = stored(&fx);
+    let dest = TestRegistry::start();
+    let proxy = FaultProxy::start(&dest.url());
+    cut_each_upload(&proxy, 8 << 20);
+    let target = format!("{}/base/cuda:throttled", proxy.host());
+    let report = s.push_json(&[&s.name, &target, "--chunk-size", "512K"]);
+    assert_eq!(report["digest"], s.digest.as_str(), "{report:#}");
+
+    let (cut, committed) = cut_and_committed(&proxy);
+    let uploaded = statuses(&report)
+        .iter()
+        .filter(|s| *s == "uploaded")
+        .count();
+    assert_eq!(
+        (cut, committed),
+        (uploaded, uploaded),
+        "{:#?}",
+        proxy.requests()
+    );
+    assert_each_upload_resumed_once(&report);
+    let total = report["total_bytes"].as_u64().unwrap();
+    let sent = upload_bytes(&proxy);
+    assert!(
+        sent as f64 <= 1.15 * total as f64,
+        "{sent} bytes sent for a {total}-byte image"
+    );
+
+    // Byte-exact, as skopeo reads it from the registry itself.
+    let raw = run_ok(s.sandbox.skopeo().args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/base/cuda:throttled", dest.host()),
+    ]));
+    assert_eq!(raw.stdout, s.stored_blob(&s.digest));
+    let m: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    for l in m["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap();
+        let got = http_client()
+            .get(format!("{}/v2/base/cuda/blobs/{d}", dest.url()))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap();
+        assert_eq!(sha256(&got), d, "layer {d}");
+    }
+}
+
+#[test]
+fn a_throttled_copy_cut_once_per_upload_resumes_each_and_is_byte_exact() {
+    let e = copy_env();
+    cut_each_upload(&e.dest_proxy, 8 << 20);
+    let report = json(run_ok(&mut e.sandbox.cli(
+        &e.config,
+        &[
+            "--json",
+            "copy",
+            "--platform",
+            "linux/amd64",
+            &e.fx.reference(),
+            &format!("{}/copied/cuda:1", e.dest_proxy.host()),
+            "--chunk-size",
+            "512K",
+        ],
+    )));
+    assert_eq!(report["digest"], e.amd64_digest(), "{report:#}");
+
+    let (cut, committed) = cut_and_committed(&e.dest_proxy);
+    let uploaded = statuses(&report)
+        .iter()
+        .filter(|s| *s == "uploaded")
+        .count();
+    assert_eq!(
+        (cut, committed),
+        (uploaded, uploaded),
+        "{:#?}",
+        e.dest_proxy.requests()
+    );
+    assert_each_upload_resumed_once(&report);
+    let total = report["total_bytes"].as_u64().unwrap();
+    let sent = upload_bytes(&e.dest_proxy);
+    assert!(
+        sent as f64 <= 1.15 * total as f64,
+        "{sent} bytes sent for a {total}-byte image"
+    );
+
+    let raw = run_ok(e.sandbox.skopeo().args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/copied/cuda:1", e.dest.host()),
+    ]));
+    assert_eq!(sha256(&raw.stdout), e.amd64_digest());
+    let m: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    for l in m["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap();
+        let got = http_client()
+            .get(format!("{}/v2/copied/cuda/blobs/{d}", e.dest.url()))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap();
+        assert_eq!(sha256(&got), d, "layer {d}");
+    }
+}

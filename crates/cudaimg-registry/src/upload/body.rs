@@ -50,7 +50,10 @@ pub(super) struct Feed<R> {
     pub(super) reader: Option<R>,
     /// Blob offset of the reader.
     pub(super) pos: u64,
-    pub(super) hasher: Hasher,
+    /// `None` for a source that checks its own bytes ([`BlobSource::verifies`]).
+    pub(super) hasher: Option<Hasher>,
+    /// The blob's bytes read so far, each once: where the hash (if any) has got to.
+    pub(super) read_to: u64,
     /// Bytes put into request bodies, re-sent ones included.
     pub(super) sent: u64,
     /// The source's failure, kept apart from the request's (reqwest only says "body error").
@@ -92,11 +95,15 @@ pub(super) fn feed_body<R: AsyncRead + Send + Unpin + 'static>(
         match read {
             Ok(n) if n > 0 => {
                 buf.truncate(n);
-                let (pos, hashed) = (f.pos, f.hasher.len());
+                let (pos, hashed) = (f.pos, f.read_to);
                 if hashed >= pos && hashed < pos + n as u64 {
                     // Less than `n`, which is a buffer length: the cast cannot truncate.
                     #[allow(clippy::cast_possible_truncation)]
-                    f.hasher.update(&buf[(hashed - pos) as usize..]);
+                    let new = &buf[(hashed - pos) as usize..];
+                    if let Some(h) = f.hasher.as_mut() {
+                        h.update(new);
+                    }
+                    f.read_to = pos + n as u64;
                 }
                 f.pos += n as u64;
                 f.sent += n as u64;
@@ -135,14 +142,27 @@ pub(super) fn reader_body<R: AsyncRead + Send + Unpin + 'static>(reader: R) -> B
     Body::wrap_stream(pieces)
 }
 
-/// The whole blob was read: do its bytes hash to `digest`?
+/// The whole blob was read: do its bytes hash to `digest`? A source that checks its own
+/// bytes has failed its last read already if not; only the count is left to check.
 pub(super) async fn verify<R>(
     feed: &Mutex<Feed<R>>,
     digest: &Digest,
     size: u64,
 ) -> Result<(), UploadError> {
     let f = feed.lock().await;
-    let (actual, actual_size) = f.hasher.clone().finish();
+    let (actual, actual_size) = match &f.hasher {
+        Some(h) => h.clone().finish(),
+        None if f.read_to == size => return Ok(()),
+        None => {
+            return Err(UploadError::Source {
+                digest: digest.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("it gave {} of the blob's {size} bytes", f.read_to),
+                ),
+            })
+        }
+    };
     if actual_size == size && actual == *digest {
         return Ok(());
     }

@@ -1,9 +1,8 @@
 //! What each fault does to a request or a response body.
 
 use super::{
-    basic_matches, content_range_start, io, is_blob_path, reason, sha256_digest, BufReader,
-    Duration, Ending, Fault, Framing, HashMap, Head, Instant, Local, Read, Shared, TcpStream,
-    Write, CDN_SIGNATURE, PIECE,
+    basic_matches, content_range_start, io, is_blob_path, reason, sha256_digest, BufReader, Ending,
+    Fault, Framing, HashMap, Head, Local, Read, Shared, TcpStream, Write, CDN_SIGNATURE, PIECE,
 };
 
 /// Faults decided on the request alone: a local answer, or the Range to drop.
@@ -288,17 +287,7 @@ impl BodyWriter<'_> {
         if bytes.is_empty() {
             return Ok(());
         }
-        if let Some(rate) = self.shared.throttle() {
-            // Reserve the next slot of the shared pipe, and send when it ends.
-            let due = {
-                let mut pacer = self.shared.pacer.lock().unwrap();
-                let start = pacer.map_or(Instant::now(), |free| free.max(Instant::now()));
-                let due = start + Duration::from_secs_f64(bytes.len() as f64 / rate as f64);
-                *pacer = Some(due);
-                due
-            };
-            self.shared.sleep_until(due);
-        }
+        self.shared.pace(&self.shared.pacer, bytes.len());
         // Counted first, so that a client holding the bytes finds them counted; taken back if
         // the write fails (the piece may then have arrived in part).
         let n = bytes.len() as u64;

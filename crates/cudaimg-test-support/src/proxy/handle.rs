@@ -2,11 +2,11 @@
 //! locally), and relay the response with the body faults applied.
 
 use super::{
-    body_faults, copy_counted, copy_request_body, framing, hop_by_hop, io, read_head,
-    request_faults, respond_local, rewrite_location, thread, without_signature, write_head,
-    BodyFaults, BodyReader, BodyWriter, BufReader, Duration, Ending, Fault, Framing, Instant,
-    Local, ProxyRequest, Read, Shared, Shutdown, TcpStream, Write, CONNECT_TIMEOUT, IO_TIMEOUT,
-    PIECE, RESET_GRACE,
+    body_faults, copy_chunked_until, copy_counted, copy_request_body, framing, hop_by_hop, io,
+    read_head, request_faults, respond_local, rewrite_location, thread, without_signature,
+    write_head, BodyFaults, BodyReader, BodyWriter, BufReader, Duration, Ending, Fault, Framing,
+    Instant, Local, ProxyRequest, Read, Shared, Shutdown, TcpStream, Write, CONNECT_TIMEOUT,
+    IO_TIMEOUT, PIECE, RESET_GRACE,
 };
 
 pub(super) fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io::Result<Ending> {
@@ -31,7 +31,14 @@ pub(super) fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io
         request_bytes: 0,
         faults: Vec::new(),
     });
-    let count = |n: u64| shared.update(index, |r| r.request_bytes += n);
+    // Request bodies are counted as they arrive, and paced under a throttle.
+    let count = |n: u64| {
+        shared.update(index, |r| r.request_bytes += n);
+        shared.pace(
+            &shared.request_pacer,
+            usize::try_from(n).unwrap_or(usize::MAX),
+        );
+    };
     if head
         .get("expect")
         .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
@@ -75,6 +82,17 @@ pub(super) fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io
         copy_counted(&mut reader, bytes, &mut io::sink(), &count)?;
         return Ok(Ending::Reset);
     }
+    let upload_cut = match cut {
+        None => shared.upload_cut(&method, &target, request_body),
+        Some(_) => None,
+    };
+    if upload_cut.is_some() {
+        shared.update(index, |r| r.faults.push("CutEachUpload"));
+    }
+    if let Some((bytes, true)) = upload_cut {
+        copy_counted(&mut reader, bytes, &mut io::sink(), &count)?;
+        return Ok(Ending::Reset);
+    }
 
     let Ok(upstream) = TcpStream::connect_timeout(&shared.upstream, CONNECT_TIMEOUT) else {
         copy_request_body(&mut reader, request_body, &mut io::sink(), &count)?;
@@ -109,7 +127,17 @@ pub(super) fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io
         let _ = upstream.shutdown(Shutdown::Both);
         return Ok(Ending::Reset);
     }
-    copy_request_body(&mut reader, request_body, &mut upstream_out, &count)?;
+    if let Some((limit, false)) = upload_cut {
+        if copy_chunked_until(&mut reader, &mut upstream_out, &count, limit)? {
+            upstream_out.flush()?;
+            thread::sleep(RESET_GRACE);
+            let _ = socket2::SockRef::from(&upstream).set_linger(Some(Duration::ZERO));
+            let _ = upstream.shutdown(Shutdown::Both);
+            return Ok(Ending::Reset);
+        }
+    } else {
+        copy_request_body(&mut reader, request_body, &mut upstream_out, &count)?;
+    }
     upstream_out.flush()?;
 
     let mut upstream_in = BufReader::with_capacity(PIECE, &upstream);

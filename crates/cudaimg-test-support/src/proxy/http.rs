@@ -209,6 +209,35 @@ pub(super) fn copy_request_body(
     }
 }
 
+/// Copies a chunked request body to upstream like [`copy_request_body`], but stops once
+/// `limit` bytes have passed: `true` when it stopped there (the body was longer).
+pub(super) fn copy_chunked_until(
+    reader: &mut BufReader<TcpStream>,
+    out: &mut impl Write,
+    count: &dyn Fn(u64),
+    limit: u64,
+) -> io::Result<bool> {
+    let mut body = BodyReader::new(reader, Framing::Chunked);
+    let mut piece = vec![0; PIECE];
+    let mut passed = 0u64;
+    loop {
+        let want = usize::try_from(limit - passed).unwrap_or(PIECE).min(PIECE);
+        if want == 0 {
+            return Ok(true);
+        }
+        let n = body.read(&mut piece[..want])?;
+        if n == 0 {
+            out.write_all(b"0\r\n\r\n")?;
+            return Ok(false);
+        }
+        count(n as u64);
+        passed += n as u64;
+        write!(out, "{n:x}\r\n")?;
+        out.write_all(&piece[..n])?;
+        out.write_all(b"\r\n")?;
+    }
+}
+
 /// `bytes N-M/T` -> N
 pub(super) fn content_range_start(value: &str) -> Option<u64> {
     let rest = value.trim().strip_prefix("bytes")?.trim();

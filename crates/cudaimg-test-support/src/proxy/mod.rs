@@ -56,6 +56,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_POLL: Duration = Duration::from_millis(2);
 /// Granularity of interruptible sleeps (stall, throttle): drop is noticed within this.
 const SLEEP_STEP: Duration = Duration::from_millis(20);
+/// How far behind a throttle's schedule the pipe may fall before idle time is lost.
+const PACE_CREDIT: Duration = Duration::from_millis(100);
 /// Body bytes copied per read/write.
 const PIECE: usize = 64 * 1024;
 /// Before a reset (RST), how long the kernel gets to deliver what was already written: an RST
@@ -112,9 +114,19 @@ pub enum Fault {
     /// Drops the client's `Range` header, so upstream answers 200 with the whole body. Fires
     /// only on requests that have a `Range`.
     IgnoreRange { path_contains: String, times: usize },
-    /// Paces body bytes of all responses together to `bytes_per_sec` (> 0). Persistent; the
-    /// last one added wins.
+    /// Paces body bytes of all responses together to `bytes_per_sec` (> 0), and request bodies
+    /// (uploads) together to the same rate on their own: a full-duplex link of that speed.
+    /// Persistent; the last one added wins.
     Throttle { bytes_per_sec: u64 },
+    /// Cuts every upload session once, in its first request with a body (`PATCH` or `PUT`
+    /// under `/blobs/uploads/`): the client's connection is reset after `percent` % of a body
+    /// declared by `Content-Length`, and none of that request reaches the registry, as behind
+    /// a proxy that buffers request bodies (nginx does by default). The session is intact, so
+    /// a client that asks its status can resume. A body without a declared length (chunked,
+    /// as skopeo sends) goes on upstream as it comes and is cut on both sides after
+    /// `unsized_at` bytes, if it gets that far: the registry then holds part of it. Sessions
+    /// are told apart by their path; one cut is the session's only one. Persistent.
+    CutEachUpload { percent: u64, unsized_at: u64 },
     /// Answers blob GETs (`/blobs/<digest>`, not uploads) with `307 Location:
     /// {to}{path}?X-Signature=secret-sig`, like a registry that hands out signed CDN URLs.
     /// Persistent. `to` is e.g. the [`FaultProxy::url`] of a [`FaultProxy::start_cdn`].
@@ -193,6 +205,7 @@ impl Fault {
             Fault::StatusOn { .. } => "StatusOn",
             Fault::CutRequestAfter { .. } => "CutRequestAfter",
             Fault::RewriteLocation { .. } => "RewriteLocation",
+            Fault::CutEachUpload { .. } => "CutEachUpload",
         }
     }
 
@@ -266,8 +279,11 @@ struct Shared {
     /// drop and [`Fault::Refuse`] can cut them.
     active: Mutex<HashMap<u64, Vec<TcpStream>>>,
     next_connection: AtomicU64,
-    /// Throttle: when the pipe is free again.
+    /// Throttle: when the pipe is free again, for response bodies and for request bodies.
     pacer: Mutex<Option<Instant>>,
+    request_pacer: Mutex<Option<Instant>>,
+    /// Upload sessions (paths) that [`Fault::CutEachUpload`] has cut.
+    cut_sessions: Mutex<std::collections::HashSet<String>>,
     shutdown: AtomicBool,
 }
 
@@ -306,6 +322,8 @@ impl FaultProxy {
             active: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
             pacer: Mutex::new(None),
+            request_pacer: Mutex::new(None),
+            cut_sessions: Mutex::new(std::collections::HashSet::new()),
             shutdown: AtomicBool::new(false),
         });
         let accept = {
@@ -343,6 +361,12 @@ impl FaultProxy {
             Fault::Throttle { bytes_per_sec } => {
                 assert!(*bytes_per_sec > 0, "Throttle needs a rate > 0 (use Stall)");
             }
+            Fault::CutEachUpload { percent, .. } => {
+                assert!(
+                    *percent < 100,
+                    "CutEachUpload cuts within the body: percent < 100"
+                );
+            }
             _ => {}
         }
         let remaining = rule.times();
@@ -359,6 +383,8 @@ impl FaultProxy {
     pub fn clear(&self) {
         self.shared.rules.lock().unwrap().clear();
         *self.shared.pacer.lock().unwrap() = None;
+        *self.shared.request_pacer.lock().unwrap() = None;
+        self.shared.cut_sessions.lock().unwrap().clear();
         self.resume();
     }
 
@@ -474,6 +500,55 @@ impl Shared {
             })
     }
 
+    /// Waits for `n` more bytes' slot of the throttled pipe `pacer`, if a throttle is set.
+    fn pace(&self, pacer: &Mutex<Option<Instant>>, n: usize) {
+        let Some(rate) = self.throttle() else {
+            return;
+        };
+        // Reserve the next slot of the shared pipe, and go when it ends.
+        let due = {
+            let mut pacer = pacer.lock().unwrap();
+            // A link idle for a moment may catch up that moment (up to PACE_CREDIT): a sleep
+            // that overslept on a busy machine must not lower the rate.
+            let now = Instant::now();
+            let start = pacer.map_or(now, |free| {
+                free.max(now.checked_sub(PACE_CREDIT).unwrap_or(now))
+            });
+            let due = start + Duration::from_secs_f64(n as f64 / rate as f64);
+            *pacer = Some(due);
+            due
+        };
+        self.sleep_until(due);
+    }
+
+    /// Where [`Fault::CutEachUpload`] cuts this request's body, if it does: `(at, sized)`.
+    fn upload_cut(&self, method: &str, target: &str, body: Framing) -> Option<(u64, bool)> {
+        if !(method == "PATCH" || method == "PUT") {
+            return None;
+        }
+        let session = target.split('?').next().unwrap_or(target);
+        if !session.contains("/blobs/uploads/") || session.ends_with("/blobs/uploads/") {
+            return None;
+        }
+        let cut = self.take(|fault| match fault {
+            Fault::CutEachUpload {
+                percent,
+                unsized_at,
+            } => match body {
+                Framing::Length(n) if n > 1 => Some(((n * percent / 100).max(1), true)),
+                Framing::Chunked => Some((*unsized_at, false)),
+                _ => None,
+            },
+            _ => None,
+        })?;
+        // A session is cut once: the first body request of it that the fault applies to.
+        self.cut_sessions
+            .lock()
+            .unwrap()
+            .insert(session.to_owned())
+            .then_some(cut)
+    }
+
     /// Like [`Shared::take`] for faults with a `skip`: `applies` returns the skip and the
     /// value; the first applicable rule lets `skip` requests pass (`None`) before it fires.
     fn take_skipping<T>(&self, mut applies: impl FnMut(&Fault) -> Option<(usize, T)>) -> Option<T> {
@@ -576,8 +651,8 @@ use faults::{
     BodyFaults, BodyWriter,
 };
 use http::{
-    basic_matches, content_range_start, copy_request_body, framing, hop_by_hop, is_blob_path,
-    read_head, reason, without_signature, BodyReader, Framing, Head, Local,
+    basic_matches, content_range_start, copy_chunked_until, copy_request_body, framing, hop_by_hop,
+    is_blob_path, read_head, reason, without_signature, BodyReader, Framing, Head, Local,
 };
 mod handle;
 use handle::handle;
