@@ -47,7 +47,7 @@ measure() { # label, command...: prints "label: wall s, peak RSS MB"
     printf '%-28s %8.2f s  %6d MB RSS\n' "$label:" "$wall" $((rss / 1024))
 }
 bytes() { du -sb "$1" | cut -f1; }
-SK=(skopeo sync -q --all --preserve-digests --src docker --src-tls-verify=false)
+SK=(skopeo sync --all --preserve-digests --src docker --src-tls-verify=false)
 
 for i in $(seq "$RUNS"); do
     r="$work/run$i"; mkdir -p "$r"

@@ -196,15 +196,13 @@ async fn pin(name: &ImageRef, image: &cudaimg_store::StoredImage, by_digest: &st
             )))
         }
     };
-    let found = match engine.image(&tagged).await {
-        Ok(found) => found,
-        Err(e) => {
-            return digest_pin(Some(format!(
-                "note: pinned by digest; no Docker Engine answered ({e}), so Docker will resolve \
-                 `{by_digest}` itself: after `cudaimg load`, which records no digest, it would pull it; \
-                 `{tagged}` names the loaded image"
-            )))
-        }
+    let Ok(found) = engine.image(&tagged).await else {
+        return digest_pin(Some(format!(
+            "note: pinned by digest; no Docker Engine answered at {}, so Docker will resolve \
+             `{by_digest}` itself: after `cudaimg load`, which records no digest, it would pull it; \
+             `{tagged}` names the loaded image",
+            engine.host()
+        )));
     };
     let config_id = image.manifest.config.digest.as_str();
     let manifest_id = image.digest.as_str();
