@@ -485,6 +485,8 @@ fn without_userinfo(flag: &str) -> String {
         Some(at) => format!("{}***{}", &flag[..scheme_end], &rest[at..]),
         None => flag.to_owned(),
     }
+}
+
 /// `[registries.docker.io]`: TOML reads a bare dotted key as nested tables (`docker`, then
 /// `io`), and a `:` (a port) is not allowed in a bare key at all; the host must be quoted.
 /// Returns where the first such header is, and the message that says so.
