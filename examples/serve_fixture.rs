@@ -100,37 +100,10 @@ fn main() {
     };
     // Throttled proxies in front of the registry: mirrors of a given speed.
     let fronts: Vec<FaultProxy> = (0..proxies)
-        .map(|_| {
-            let p = FaultProxy::start(&registry.url());
-            if throttle > 0 {
-                p.add(Fault::Throttle {
-                    bytes_per_sec: throttle,
-                });
-            }
-            p
-        })
+        .map(|_| mirror(&registry, throttle, &[]))
         .collect();
     // A throttled proxy that cuts each blob once at half, each time it is armed.
-    let cutter = cutting.then(|| FaultProxy::start(&registry.url()));
-    let arm = |p: &FaultProxy| {
-        p.clear();
-        if throttle > 0 {
-            p.add(Fault::Throttle {
-                bytes_per_sec: throttle,
-            });
-        }
-        for (digest, size) in &blobs {
-            p.add(Fault::CutAfter {
-                path_contains: digest.clone(),
-                bytes: size / 2,
-                reset: false,
-                times: 1,
-            });
-        }
-    };
-    if let Some(p) = &cutter {
-        arm(p);
-    }
+    let cutter = cutting.then(|| mirror(&registry, throttle, &blobs));
     // An empty registry to push into (`bench/push.sh`).
     let dest = destination.then(TestRegistry::start);
     println!(
@@ -146,13 +119,36 @@ fn main() {
         })
     );
     // Serve until the benchmark closes our stdin; `arm` lines re-arm the cuts.
-    for line in std::io::stdin().lines() {
-        let Ok(line) = line else { break };
-        if line.trim() == "arm" {
-            if let Some(p) = &cutter {
-                arm(p);
-            }
+    for line in std::io::stdin().lines().map_while(Result::ok) {
+        if let (Some(p), "arm") = (&cutter, line.trim()) {
+            arm(p, throttle, &blobs);
             println!("armed");
         }
+    }
+}
+
+/// A proxy in front of `registry`, armed with [`arm`].
+fn mirror(registry: &TestRegistry, throttle: u64, blobs: &[(String, u64)]) -> FaultProxy {
+    let p = FaultProxy::start(&registry.url());
+    arm(&p, throttle, blobs);
+    p
+}
+
+/// Paces `p` to `throttle` (0: no pacing) and makes it cut each of `blobs` once at half its
+/// size.
+fn arm(p: &FaultProxy, throttle: u64, blobs: &[(String, u64)]) {
+    p.clear();
+    if throttle > 0 {
+        p.add(Fault::Throttle {
+            bytes_per_sec: throttle,
+        });
+    }
+    for (digest, size) in blobs {
+        p.add(Fault::CutAfter {
+            path_contains: digest.clone(),
+            bytes: size / 2,
+            reset: false,
+            times: 1,
+        });
     }
 }
