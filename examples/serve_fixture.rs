@@ -113,29 +113,10 @@ fn main() {
     };
     // Throttled proxies in front of the registry: mirrors of a given speed.
     let fronts: Vec<FaultProxy> = (0..proxies)
-        .map(|_| slow_link(&registry, throttle, None))
+        .map(|_| mirror(&registry, throttle, &[]))
         .collect();
     // A throttled proxy that cuts each blob once at half, each time it is armed.
-    let cutter = cutting.then(|| FaultProxy::start(&registry.url()));
-    let arm = |p: &FaultProxy| {
-        p.clear();
-        if throttle > 0 {
-            p.add(Fault::Throttle {
-                bytes_per_sec: throttle,
-            });
-        }
-        for (digest, size) in &blobs {
-            p.add(Fault::CutAfter {
-                path_contains: digest.clone(),
-                bytes: size / 2,
-                reset: false,
-                times: 1,
-            });
-        }
-    };
-    if let Some(p) = &cutter {
-        arm(p);
-    }
+    let cutter = cutting.then(|| mirror(&registry, throttle, &blobs));
     // An empty registry to push into (`bench/push.sh`).
     let dest = destination.then(TestRegistry::start);
     // The destination behind a slow link that cuts each upload once (`bench/push.sh`).
@@ -160,12 +141,9 @@ fn main() {
         })
     );
     // Serve until the benchmark closes our stdin; `arm` lines re-arm the cuts.
-    for line in std::io::stdin().lines() {
-        let Ok(line) = line else { break };
-        if line.trim() == "arm" {
-            if let Some(p) = &cutter {
-                arm(p);
-            }
+    for line in std::io::stdin().lines().map_while(Result::ok) {
+        if let (Some(p), "arm") = (&cutter, line.trim()) {
+            arm(p, throttle, &blobs);
             println!("armed");
         }
     }
@@ -174,12 +152,7 @@ fn main() {
 /// A fault proxy before `registry`, throttled both ways (0: not), cutting each upload once
 /// when `cut_unsized_at` is given ([`Fault::CutEachUpload`]).
 fn slow_link(registry: &TestRegistry, throttle: u64, cut_unsized_at: Option<u64>) -> FaultProxy {
-    let p = FaultProxy::start(&registry.url());
-    if throttle > 0 {
-        p.add(Fault::Throttle {
-            bytes_per_sec: throttle,
-        });
-    }
+    let p = mirror(registry, throttle, &[]);
     if let Some(unsized_at) = cut_unsized_at {
         p.add(Fault::CutEachUpload {
             percent: 50,
@@ -187,4 +160,30 @@ fn slow_link(registry: &TestRegistry, throttle: u64, cut_unsized_at: Option<u64>
         });
     }
     p
+}
+
+/// A proxy in front of `registry`, armed with [`arm`].
+fn mirror(registry: &TestRegistry, throttle: u64, blobs: &[(String, u64)]) -> FaultProxy {
+    let p = FaultProxy::start(&registry.url());
+    arm(&p, throttle, blobs);
+    p
+}
+
+/// Paces `p` to `throttle` (0: no pacing) and makes it cut each of `blobs` once at half its
+/// size.
+fn arm(p: &FaultProxy, throttle: u64, blobs: &[(String, u64)]) {
+    p.clear();
+    if throttle > 0 {
+        p.add(Fault::Throttle {
+            bytes_per_sec: throttle,
+        });
+    }
+    for (digest, size) in blobs {
+        p.add(Fault::CutAfter {
+            path_contains: digest.clone(),
+            bytes: size / 2,
+            reset: false,
+            times: 1,
+        });
+    }
 }

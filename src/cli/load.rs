@@ -41,11 +41,27 @@ pub(crate) async fn load(
     Ok(docker::hand_over(&engine, store, &image, repo_tag(name)).await?)
 }
 
-/// A hand-over to the engine `DOCKER_HOST` names that runs while a pull downloads
-/// (`pull --load`); the Engine is reached before anything is downloaded.
-pub(crate) async fn streaming(store: &Store) -> Result<docker::Streaming, Error> {
+/// With `load` (`pull --load`), a hand-over to the engine `DOCKER_HOST` names that runs
+/// while the pull downloads; the Engine is reached before anything is downloaded.
+pub(crate) async fn streaming(
+    load: bool,
+    store: &Store,
+) -> Result<Option<docker::Streaming>, Error> {
+    if !load {
+        return Ok(None);
+    }
     let engine = DockerEngine::from_env().map_err(docker::LoadError::from)?;
-    Ok(docker::Streaming::new(engine, store.clone()).await?)
+    Ok(Some(docker::Streaming::new(engine, store.clone()).await?))
+}
+
+/// Ends a streaming hand-over with how the pull went; `None` when there was none, or the
+/// pull chose no image.
+pub(crate) async fn streamed<T, E: std::fmt::Display>(
+    streaming: Option<docker::Streaming>,
+    pulled: &Result<T, E>,
+) -> Option<Result<Loaded, docker::LoadError>> {
+    let pulled = pulled.as_ref().map(|_| ()).map_err(ToString::to_string);
+    streaming?.finish(pulled).await
 }
 
 pub(crate) fn print(l: &Loaded) {

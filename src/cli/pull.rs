@@ -126,21 +126,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             continue;
         }
         // `--load`: the image streams into the Engine while it downloads.
-        let streaming = match args.load {
-            true => Some(super::load::streaming(ctx.store()?).await?),
-            false => None,
-        };
+        let streaming = super::load::streaming(args.load, ctx.store()?).await?;
         let report = session
             .pull_streaming(&target, &platform, reporter.as_ref(), streaming.as_ref())
             .await;
         drop(reporter);
-        let streamed = match streaming {
-            Some(s) => {
-                let pulled = report.as_ref().map(|_| ()).map_err(ToString::to_string);
-                s.finish(pulled).await
-            }
-            None => None,
-        };
+        let streamed = super::load::streamed(streaming, &report).await;
         match report {
             Ok(mut report) => {
                 unconfigured_mirror(config, &mut report);
@@ -150,18 +141,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                     print(ctx, &report, secs, None);
                     continue;
                 }
-                let loaded = match streamed {
-                    Some(loaded) => loaded.map_err(Error::from),
-                    // The pull chose no image to stream (it cannot end well without one);
-                    // load what the store holds.
-                    None => {
-                        super::load::load(
-                            ctx.store()?,
-                            &report.canonical.to_string(),
-                            Some(&report.platform),
-                        )
-                        .await
-                    }
+                // Streamed; else (no image was chosen to stream) what the store holds.
+                let loaded = if let Some(loaded) = streamed {
+                    loaded.map_err(Error::from)
+                } else {
+                    let name = report.canonical.to_string();
+                    super::load::load(ctx.store()?, &name, Some(&report.platform)).await
                 };
                 match loaded {
                     Ok(l) => print(ctx, &report, secs, Some(&l)),

@@ -145,7 +145,10 @@ fn pull_load_streams_each_stored_layer_to_the_engine_while_later_ones_download()
     let out = run_ok(&mut e.cmd(Some(&d), &["--json", "pull", "--load", &reference]));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
-        proxy.requests().iter().any(|q| q.fault_fired()),
+        proxy
+            .requests()
+            .iter()
+            .any(common::ProxyRequest::fault_fired),
         "the top layer was not held back"
     );
     let below: u64 = r["layers"]

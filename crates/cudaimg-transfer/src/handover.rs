@@ -92,6 +92,11 @@ pub async fn hand_over(
     .await
 }
 
+/// The thread writing the archive.
+type Writer = tokio::task::JoinHandle<Result<(), StoreError>>;
+/// The `images/load` request it feeds.
+type Loading = futures_util::future::BoxFuture<'static, Result<Vec<String>, DockerError>>;
+
 /// What a blob-by-blob archive waits on: `Fn(blob) -> Ok` once it is stored.
 type Arrived = Arc<dyn Fn(&Descriptor) -> Result<(), StoreError> + Send + Sync>;
 
@@ -104,10 +109,7 @@ fn start(
     repo_tag: Option<String>,
     arrived: Arrived,
     sent: Arc<AtomicU64>,
-) -> (
-    tokio::task::JoinHandle<Result<(), StoreError>>,
-    futures_util::future::BoxFuture<'static, Result<Vec<String>, DockerError>>,
-) {
+) -> (Writer, Loading) {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
     let s = store.clone();
     let writer = tokio::task::spawn_blocking(move || {
@@ -187,8 +189,17 @@ struct Arrivals {
 #[derive(Default)]
 struct ArrivalState {
     stored: HashSet<Digest>,
-    /// The pull ended: `Some(None)` stored everything, `Some(Some(why))` failed.
-    ended: Option<Option<String>>,
+    ended: Ended,
+}
+
+/// Whether the pull is over, and how.
+#[derive(Default)]
+enum Ended {
+    #[default]
+    Running,
+    /// Every blob is stored.
+    Stored,
+    Failed(String),
 }
 
 impl Arrivals {
@@ -208,16 +219,16 @@ impl Arrivals {
                 return Ok(());
             }
             match &s.ended {
-                Some(Some(why)) => {
+                Ended::Failed(why) => {
                     return Err(StoreError::Io(std::io::Error::other(format!(
                         "the pull failed before {} was stored: {why}",
                         blob.digest
                     ))))
                 }
                 // Ended well: whatever was stored already is in the store.
-                Some(None) => return Ok(()),
-                None if store.has_blob(&blob.digest, blob.size) => return Ok(()),
-                None => s = self.changed.wait(s).map_err(|_| gone())?,
+                Ended::Stored => return Ok(()),
+                Ended::Running if store.has_blob(&blob.digest, blob.size) => return Ok(()),
+                Ended::Running => s = self.changed.wait(s).map_err(|_| gone())?,
             }
         }
     }
@@ -293,7 +304,12 @@ impl Streaming {
     /// The pull ended (`Err`: why it failed, which ends the archive short); waits for the
     /// Engine and checks what it loaded. `None`: the pull never chose an image.
     pub async fn finish(self, pulled: Result<(), String>) -> Option<Result<Loaded, LoadError>> {
-        self.arrivals.update(|s| s.ended = Some(pulled.err()));
+        self.arrivals.update(|s| {
+            s.ended = match pulled {
+                Ok(()) => Ended::Stored,
+                Err(why) => Ended::Failed(why),
+            }
+        });
         let sent_while_pulling = self.sent.load(Ordering::Relaxed);
         let started = self.started.lock().ok()?.take()?;
         let loaded = match started.loading.await {
@@ -323,8 +339,8 @@ impl Drop for Streaming {
     /// waiting for blobs that will never come.
     fn drop(&mut self) {
         self.arrivals.update(|s| {
-            if s.ended.is_none() {
-                s.ended = Some(Some("the command ended".into()));
+            if matches!(s.ended, Ended::Running) {
+                s.ended = Ended::Failed("the command ended".into());
             }
         });
     }
