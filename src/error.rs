@@ -66,6 +66,9 @@ pub enum Error {
     /// `import`: a bundle that cannot be read, or whose assumptions do not hold.
     #[error(transparent)]
     Import(#[from] cudaimg_sync::bundle::import::ImportError),
+    /// `sync --to`: the bundle could not be written.
+    #[error("cannot write the bundle")]
+    Bundle(#[from] cudaimg_sync::bundle::BundleError),
     #[error("{0}")]
     Setup(String),
     #[error("{0}")]
@@ -157,6 +160,13 @@ impl Error {
             )) => exit::USAGE,
             Error::Import(cudaimg_sync::bundle::import::ImportError::Name { .. }) => exit::USAGE,
             Error::Import(_) => exit::FAILURE,
+            Error::Bundle(cudaimg_sync::bundle::BundleError::PartSizeTooSmall { .. }) => {
+                exit::USAGE
+            }
+            Error::Bundle(cudaimg_sync::bundle::BundleError::Store(
+                StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. },
+            )) => exit::CORRUPT,
+            Error::Bundle(_) => exit::FAILURE,
             Error::Setup(_) => exit::FAILURE,
             Error::Sync(e) if e.is_usage() => exit::USAGE,
             Error::Sync(e) if e.is_not_found() => exit::NOT_FOUND,
@@ -214,6 +224,7 @@ impl Error {
             Error::Store(e) => e.hint(),
             Error::Serve(e) => e.hint(),
             Error::Import(e) => e.hint(),
+            Error::Bundle(e) => e.hint(),
             Error::Pull(e) => e.hint(),
             Error::Push(e) => e.hint(),
             Error::NotInStore(r) => Some(format!(

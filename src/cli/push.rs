@@ -56,7 +56,7 @@ impl SendArgs {
 }
 
 /// `123`, `64K`, `32M`, `1G` (powers of 1024; a trailing `B`/`iB` is allowed).
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(super) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let t = t
         .strip_suffix("iB")
@@ -75,7 +75,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let bytes = n
         .checked_mul(mult)
         .filter(|b| *b >= 1 << 10)
-        .ok_or_else(|| format!("`{s}` is not a usable chunk size: at least 1K"))?;
+        .ok_or_else(|| format!("`{s}` is too small a size: at least 1K"))?;
     Ok(bytes)
 }
 

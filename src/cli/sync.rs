@@ -22,8 +22,20 @@ pub struct Args {
     spec: PathBuf,
     /// Print what would be carried (images, digests, platforms, blobs, bytes), and what the
     /// far side is assumed to hold
-    #[arg(long)]
+    #[arg(long, required_unless_present = "to")]
     plan: bool,
+    /// Write the bundle into DIR: tar parts of whole blobs, each verifiable and importable
+    /// alone, and `bundle.json` naming every part, image and blob (reproducible: the same
+    /// selection gives the same bytes)
+    #[arg(long, value_name = "DIR")]
+    to: Option<PathBuf>,
+    /// The largest part file (`4G`, `700M`); a blob larger than that travels in pieces, each
+    /// with its own sha256 [default: one part]
+    #[arg(long, value_name = "SIZE", value_parser = super::push::parse_size, requires = "to")]
+    part_size: Option<u64>,
+    /// Where parts are written before they are complete [default: the bundle directory]
+    #[arg(long, value_name = "DIR", requires = "to")]
+    tmpdir: Option<PathBuf>,
     /// Leave out the blobs an inventory of the far side lists (`cudaimg inventory -o FILE`
     /// there); may be given more than once
     #[arg(long, value_name = "FILE")]
@@ -72,13 +84,6 @@ struct ImageLine<'a> {
 }
 
 pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
-    if !args.plan {
-        return Err(Error::Usage(
-            "`cudaimg sync` needs `--plan` (writing a bundle with `--to DIR` is not in this \
-             build yet)"
-                .into(),
-        ));
-    }
     let reporter = ctx.progress.reporter();
     let prepared = cudaimg_sync::prepare(
         &ctx.session,
@@ -127,10 +132,51 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         plan: &plan,
         warnings,
     };
-    if ctx.json {
-        emit_json(&out);
-    } else {
+    let Some(dir) = &args.to else {
+        if ctx.json {
+            emit_json(&out);
+        } else {
+            print(&out);
+        }
+        return Ok(());
+    };
+    if !ctx.json {
         print(&out);
+    }
+    let reporter = ctx.progress.reporter();
+    let written = cudaimg_sync::bundle::write(
+        ctx.store()?,
+        &plan,
+        dir,
+        &cudaimg_sync::bundle::WriteOptions {
+            part_size: args.part_size,
+            tmpdir: args.tmpdir.clone(),
+        },
+        reporter.as_ref(),
+    );
+    drop(reporter);
+    let written = written?;
+    if ctx.json {
+        emit_json(&serde_json::json!({
+            "plan": out,
+            "bundle": {
+                "dir": written.dir,
+                "parts": written.parts,
+                "bytes_written": written.bytes_written,
+                "blob_bytes": written.blob_bytes,
+            },
+        }));
+    } else {
+        emit(&format!(
+            "wrote {}: {} part{}, {} ({} bytes with bundle.json); carry the directory \
+             across and run `cudaimg import {} --to HOST[/PREFIX]` there",
+            written.dir.display(),
+            written.parts.len(),
+            if written.parts.len() == 1 { "" } else { "s" },
+            human_bytes(written.bytes_written),
+            written.bytes_written,
+            written.dir.display(),
+        ));
     }
     Ok(())
 }

@@ -6,12 +6,13 @@
 
 use cudaimg_test_support as common;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{
-    run_fails, run_ok, Arch, CudaSpec, Fault, FaultProxy, Fixture, FixtureStore, Flavor, Pusher,
-    Sandbox, TestRegistry,
+    run_fails, run_ok, Arch, CudaSpec, Fault, FaultProxy, Fixture, FixtureStore, Flavor,
+    MediaTypes, Pusher, Sandbox, Scale, TestRegistry,
 };
 use cudaimg_store::Store;
 use cudaimg_sync::bundle::{self, WriteOptions, WriteReport};
@@ -729,4 +730,113 @@ fn a_bundle_assuming_blobs_the_far_side_lacks_is_refused_before_anything_is_push
     run_ok(&mut store_side.cli(&["import", first_dir.to_str().unwrap()]));
     run_ok(&mut store_side.cli(&["import", second_dir.to_str().unwrap()]));
     run_ok(&mut store_side.cli(&["verify"]));
+}
+
+/// The whole cycle through the commands a user runs: `sync SPEC --to DIR` (twice: the same
+/// bytes), `import DIR --to` a far registry behind htpasswd auth with the upstream gone, then
+/// one new tag upstream, `sync SPEC --to DIR2 --since DIR` carrying only the new blobs, and
+/// its import; the second bundle alone is refused by an empty registry, naming the first.
+#[test]
+fn sync_to_a_bundle_then_since_it_carries_only_the_new_tag_and_both_import() {
+    let upstream = TestRegistry::start();
+    let pusher = Pusher::new(&upstream);
+    let first = Fixture::cuda("12.4.1", Flavor::Runtime, MediaTypes::Docker, Scale::TINY);
+    pusher.push(&first);
+    let near = Sandbox::new();
+    let config = near.write_hub_config(&upstream.url(), &[]);
+    let spec = near.write(
+        "sync.toml",
+        "[[images]]\nrepository = \"nvidia/cuda\"\ncuda = \"12.4\"\nflavors = [\"runtime\"]\n",
+    );
+    let sync_to = |dir: &Path, extra: &[&str]| -> Value {
+        let mut args = vec![
+            "--json",
+            "sync",
+            spec.to_str().unwrap(),
+            "--to",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        json(&run_ok(&mut near.cli(&config, &args)))
+    };
+    let b1 = near.root().join("bundle-1");
+    let out = sync_to(&b1, &[]);
+    assert_eq!(
+        out["bundle"]["parts"].as_array().unwrap().len(),
+        1,
+        "{out:#}"
+    );
+    // Reproducible through the command as well: a second directory, the same bytes.
+    let b1_again = near.root().join("bundle-1-again");
+    sync_to(&b1_again, &[]);
+    assert_eq!(files_of(&b1), files_of(&b1_again));
+
+    let far = far();
+    let to = format!("{}/site", far.registry.host());
+    let report = json(&run_ok(&mut far.cli(&[
+        "--json",
+        "import",
+        b1.to_str().unwrap(),
+        "--to",
+        &to,
+    ])));
+    assert_eq!(statuses(&report), ["imported"], "{report:#}");
+    assert_eq!(
+        far.raw(&format!("site/{}", first.reference())),
+        first.top().bytes
+    );
+
+    // One new tag upstream; the second bundle carries its blobs only.
+    let second = Fixture::cuda("12.4.2", Flavor::Runtime, MediaTypes::Docker, Scale::TINY);
+    pusher.push(&second);
+    let b2 = near.root().join("bundle-2");
+    let out = sync_to(&b2, &["--since", b1.to_str().unwrap()]);
+    let bundle: Value =
+        serde_json::from_slice(&std::fs::read(b2.join("bundle.json")).unwrap()).unwrap();
+    let carried: BTreeSet<String> = bundle["plan"]["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["digest"].as_str().unwrap().to_owned())
+        .collect();
+    let mut old: BTreeSet<String> = BTreeSet::new();
+    let mut new: BTreeSet<String> = BTreeSet::new();
+    for (f, set) in [(&first, &mut old), (&second, &mut new)] {
+        set.insert(f.top().digest.clone());
+        for p in &f.platforms {
+            set.insert(p.manifest.digest.clone());
+            set.insert(p.config.digest.clone());
+            set.extend(p.layers.iter().map(|l| l.digest.clone()));
+        }
+    }
+    let want: BTreeSet<String> = new.difference(&old).cloned().collect();
+    assert_eq!(carried, want, "{out:#}");
+    assert!(carried.is_disjoint(&old));
+
+    // An empty registry lacks what the first bundle carried: refused, naming it.
+    let empty = far_with(TestRegistry::start_with_basic_auth(USER, PASS), None);
+    let out = run_fails(&mut empty.cli(&[
+        "import",
+        b2.to_str().unwrap(),
+        "--to",
+        &empty.registry.host(),
+    ]));
+    assert!(stderr(&out).contains("bundle-1"), "{}", stderr(&out));
+
+    // The far registry that imported the first takes the second.
+    let report = json(&run_ok(&mut far.cli(&[
+        "--json",
+        "import",
+        b2.to_str().unwrap(),
+        "--to",
+        &to,
+    ])));
+    assert!(
+        statuses(&report).iter().all(|s| s == "imported"),
+        "{report:#}"
+    );
+    assert_eq!(
+        far.raw(&format!("site/{}", second.reference())),
+        second.top().bytes
+    );
 }

@@ -23,8 +23,8 @@
 //! transfer layer, the bundle writer reads blobs out of the store verified, and import sends
 //! them through the push path.
 
-pub mod inventory;
 pub mod bundle;
+pub mod inventory;
 pub mod plan;
 pub mod select;
 pub mod spec;
