@@ -29,58 +29,94 @@ use common::{
     TestRegistry,
 };
 
-fn main() {
-    let mut scale = 0.2;
-    let mut flavor = Flavor::Runtime;
-    let mut media = MediaTypes::Docker;
-    let mut runnable = false;
-    let mut proxies = 0usize;
-    let mut throttle = 0u64;
-    let mut destination = false;
-    let mut cutting = false;
-    let mut destination_throttle = 0u64;
-    let mut cut_uploads = false;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--scale" => {
-                i += 1;
-                scale = args[i].parse().expect("--scale takes a number");
+/// The command line (see the module docs).
+// Independent on/off switches of a benchmark tool; no state machine hides in them.
+#[allow(clippy::struct_excessive_bools)]
+struct Opts {
+    scale: f64,
+    flavor: Flavor,
+    media: MediaTypes,
+    runnable: bool,
+    proxies: usize,
+    throttle: u64,
+    destination: bool,
+    cutting: bool,
+    destination_throttle: u64,
+    cut_uploads: bool,
+}
+
+impl Opts {
+    fn parse() -> Opts {
+        let mut o = Opts {
+            scale: 0.2,
+            flavor: Flavor::Runtime,
+            media: MediaTypes::Docker,
+            runnable: false,
+            proxies: 0,
+            throttle: 0,
+            destination: false,
+            cutting: false,
+            destination_throttle: 0,
+            cut_uploads: false,
+        };
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut i = 0;
+        while i < args.len() {
+            match args[i].as_str() {
+                "--scale" => {
+                    i += 1;
+                    o.scale = args[i].parse().expect("--scale takes a number");
+                }
+                "--flavor" => {
+                    i += 1;
+                    o.flavor = match args[i].as_str() {
+                        "base" => Flavor::Base,
+                        "runtime" => Flavor::Runtime,
+                        "cudnn-runtime" => Flavor::CudnnRuntime,
+                        "devel" => Flavor::Devel,
+                        other => panic!("unknown flavor {other}"),
+                    };
+                }
+                "--oci" => o.media = MediaTypes::Oci,
+                "--destination" => o.destination = true,
+                "--cutting" => o.cutting = true,
+                "--runnable" => o.runnable = true,
+                "--destination-throttle" => {
+                    i += 1;
+                    o.destination_throttle = args[i]
+                        .parse()
+                        .expect("--destination-throttle takes bytes per second");
+                }
+                "--cut-uploads" => o.cut_uploads = true,
+                "--proxies" => {
+                    i += 1;
+                    o.proxies = args[i].parse().expect("--proxies takes a count");
+                }
+                "--throttle" => {
+                    i += 1;
+                    o.throttle = args[i].parse().expect("--throttle takes bytes per second");
+                }
+                other => panic!("unknown argument {other}"),
             }
-            "--flavor" => {
-                i += 1;
-                flavor = match args[i].as_str() {
-                    "base" => Flavor::Base,
-                    "runtime" => Flavor::Runtime,
-                    "cudnn-runtime" => Flavor::CudnnRuntime,
-                    "devel" => Flavor::Devel,
-                    other => panic!("unknown flavor {other}"),
-                };
-            }
-            "--oci" => media = MediaTypes::Oci,
-            "--destination" => destination = true,
-            "--cutting" => cutting = true,
-            "--runnable" => runnable = true,
-            "--destination-throttle" => {
-                i += 1;
-                destination_throttle = args[i]
-                    .parse()
-                    .expect("--destination-throttle takes bytes per second");
-            }
-            "--cut-uploads" => cut_uploads = true,
-            "--proxies" => {
-                i += 1;
-                proxies = args[i].parse().expect("--proxies takes a count");
-            }
-            "--throttle" => {
-                i += 1;
-                throttle = args[i].parse().expect("--throttle takes bytes per second");
-            }
-            other => panic!("unknown argument {other}"),
+            i += 1;
         }
-        i += 1;
+        o
     }
+}
+
+fn main() {
+    let Opts {
+        scale,
+        flavor,
+        media,
+        runnable,
+        proxies,
+        throttle,
+        destination,
+        cutting,
+        destination_throttle,
+        cut_uploads,
+    } = Opts::parse();
     let store = FixtureStore::in_dir(std::path::Path::new("target/bench-fixtures"));
     let fx = store.cuda(
         &CudaSpec::new("12.4.1", flavor)

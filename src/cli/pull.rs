@@ -114,14 +114,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         };
         if args.all_platforms {
             let pulled = pull_all(ctx, &target, reporter, &config_note).await;
-            match pulled {
-                Err(e) if targets.len() == 1 => return Err(e),
-                Err(e) => {
-                    failed_json(ctx, input, &e);
-                    super::report_error(&e);
-                    first_error.get_or_insert(e);
-                }
-                Ok(()) => {}
+            if let Err(e) = pulled {
+                failed(ctx, input, e, targets.len(), &mut first_error)?;
             }
             continue;
         }
@@ -152,12 +146,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                     Ok(l) => print(ctx, &report, secs, Some(&l)),
                     Err(e) => {
                         print(ctx, &report, secs, None);
-                        if targets.len() == 1 {
-                            return Err(e);
-                        }
-                        failed_json(ctx, input, &e);
-                        super::report_error(&e);
-                        first_error.get_or_insert(e);
+                        failed(ctx, input, e, targets.len(), &mut first_error)?;
                     }
                 }
             }
@@ -167,12 +156,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                     note!("{config_note}");
                 }
                 let e = with_suggestions(ctx, name, e).await;
-                if targets.len() == 1 {
-                    return Err(e);
-                }
-                failed_json(ctx, input, &e);
-                super::report_error(&e);
-                first_error.get_or_insert(e);
+                failed(ctx, input, e, targets.len(), &mut first_error)?;
             }
         }
     }
@@ -183,6 +167,25 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         }),
         None => Ok(()),
     }
+}
+
+/// A reference that failed: the error itself when it was the only one; otherwise reported
+/// (a JSON record under `--json`) and kept, the first deciding the exit, while the other
+/// references are still pulled.
+fn failed(
+    ctx: &Ctx,
+    input: &str,
+    e: Error,
+    references: usize,
+    first_error: &mut Option<Error>,
+) -> Result<(), Error> {
+    if references == 1 {
+        return Err(e);
+    }
+    failed_json(ctx, input, &e);
+    super::report_error(&e);
+    first_error.get_or_insert(e);
+    Ok(())
 }
 
 /// `pull --load` asks the Engine before any download: one that is not there would
