@@ -9,10 +9,10 @@
 #
 # The bundle is written by `cudaimg sync SPEC --to DIR` (a spec naming the reference), after
 # `pull --all-platforms` filled the store, so the write is timed apart from the download.
-# The incremental run of issue 13 (a second bundle after one new tag) is not measured here:
-# the fixture server serves one tag; the test
-# `bundle::sync_to_a_bundle_then_since_it_carries_only_the_new_tag_and_both_import` checks
-# that such a bundle carries exactly the new tag's blobs.
+# Then the incremental case, once: upstream publishes one new tag (12.4.2, sharing the OS
+# layer), and each tool carries it: skopeo (no incremental mode) syncs the new tag into a
+# directory of its own; cudaimg writes `sync --to DIR2 --since DIR` for a spec naming both
+# tags, and imports that second bundle into the registry that took the first.
 #
 # Prints per step wall time, peak RSS and the bytes written to disk, then the totals.
 # Needs the packages of scripts/setup.sh.
@@ -35,7 +35,7 @@ target/release/examples/serve_fixture --scale "$SCALE" --destination <"$work/in"
 serve_pid=$!
 exec 3>"$work/in"
 for _ in $(seq 1200); do [ -s "$work/serve.json" ] && break; sleep 0.5; done
-field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$work/serve.json" "$1"; }
+field() { python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())[sys.argv[2]])' "$work/serve.json" "$1"; }
 ref=$(field reference); dest=$(field destination)
 echo "selection: $ref, every platform; destination registry $dest"
 : >"$work/mirrors.toml"
@@ -69,3 +69,15 @@ for i in $(seq "$RUNS"); do
     digest() { skopeo inspect --raw --tls-verify=false "docker://$1" | sha256sum | cut -c1-16; }
     echo "    top digest (sha256, first 16): source $(digest "$ref"), skopeo $(digest "$dest/skopeo$i/${ref##*/}"), cudaimg $(digest "$dest/cudaimg$i/${ref#*/}")"
 done
+
+echo "incremental: one new tag upstream"
+echo publish >&3
+for _ in $(seq 1200); do grep -q '^published ' "$work/serve.json" && break; sleep 0.5; done
+ref2=$(sed -n 's/^published //p' "$work/serve.json")
+measure "skopeo sync new tag to dir" "${SK[@]}" --dest dir "$ref2" "$r/skopeo-dir2"
+echo "    skopeo dir: $(bytes "$r/skopeo-dir2") bytes"
+printf '[[images]]\nreferences = ["%s", "%s"]\n' "$ref" "$ref2" >"$work/sync2.toml"
+measure "cudaimg sync --since (bundle 2)" "${C[@]}" sync "$work/sync2.toml" --to "$r/bundle2" --since "$r/bundle"
+echo "    bundle 2: $(bytes "$r/bundle2") bytes ($(tail -n1 "$work/out"))"
+measure "cudaimg import bundle 2" "${F[@]}" import "$r/bundle2" --to "$dest/cudaimg$RUNS"
+echo "    top digest of the new tag (sha256, first 16): source $(digest "$ref2"), cudaimg $(digest "$dest/cudaimg$RUNS/${ref2#*/}")"

@@ -15,6 +15,7 @@
 //! both ways stands in front of it (`destination_proxy`), and with `--cut-uploads` that proxy
 //! cuts every upload session once, at half of its first body ([`Fault::CutEachUpload`]; a
 //! chunked body, which has no length, at half the largest layer: skopeo sends each blob as one).
+//! A line `publish` on standard input pushes a new tag, 12.4.2 (reply: `published REFERENCE`).
 //! Generated layers are cached under `target/bench-fixtures`.
 
 #![allow(clippy::unwrap_used)]
@@ -176,11 +177,25 @@ fn main() {
             "cutting": cutter.as_ref().map(FaultProxy::url),
         })
     );
-    // Serve until the benchmark closes our stdin; `arm` lines re-arm the cuts.
+    // Serve until the benchmark closes our stdin; `arm` lines re-arm the cuts, a `publish`
+    // line pushes one new tag (12.4.2 of the same flavor: its OS layer shared, its CUDA
+    // layers new), as upstream does between two syncs (`bench/sync.sh`).
     for line in std::io::stdin().lines().map_while(Result::ok) {
-        if let (Some(p), "arm") = (&cutter, line.trim()) {
-            arm(p, throttle, &blobs);
-            println!("armed");
+        match (&cutter, line.trim()) {
+            (Some(p), "arm") => {
+                arm(p, throttle, &blobs);
+                println!("armed");
+            }
+            (_, "publish") => {
+                let next = store.cuda(
+                    &CudaSpec::new("12.4.2", flavor)
+                        .media(media)
+                        .scale(Scale(scale)),
+                );
+                pusher.push(&next);
+                println!("published {}/{}", registry.host(), next.reference());
+            }
+            _ => {}
         }
     }
 }

@@ -6,6 +6,8 @@
 
 use cudaimg_test_support as common;
 
+use common::b64;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -136,6 +138,16 @@ fn far_with(registry: TestRegistry, via: Option<&str>) -> Far {
 }
 
 impl Far {
+    /// `cudaimg --json import DIR --to TO`, which must succeed: its report.
+    fn import(&self, dir: &Path, to: &str) -> Value {
+        json(&run_ok(&mut self.cli(&[
+            "--json",
+            "import",
+            dir.to_str().unwrap(),
+            "--to",
+            to,
+        ])))
+    }
     fn cli(&self, args: &[&str]) -> std::process::Command {
         self.sandbox.cli(&self.config, args)
     }
@@ -150,24 +162,6 @@ impl Far {
         ]))
         .stdout
     }
-}
-
-fn b64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in s.as_bytes().chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            out.push(if i <= c.len() {
-                T[(n >> (18 - 6 * i)) as usize & 63] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -277,13 +271,7 @@ fn a_bundle_imports_byte_exact_into_an_htpasswd_registry_and_into_a_store() {
     ]));
 
     // Again: everything is there, nothing is sent.
-    let again = json(&run_ok(&mut far.cli(&[
-        "--json",
-        "import",
-        dir.to_str().unwrap(),
-        "--to",
-        &to,
-    ])));
+    let again = far.import(&dir, &to);
     assert_eq!(sum(&again, "bytes"), 0, "{again:#}");
     assert_eq!(sum(&again, "blobs_sent"), 0, "{again:#}");
 
@@ -415,13 +403,7 @@ fn bundles_are_reproducible_parts_stay_under_the_size_and_large_blobs_travel_in_
     // The pieces are joined and verified on import.
     let far = far();
     let to = far.registry.host();
-    let report = json(&run_ok(&mut far.cli(&[
-        "--json",
-        "import",
-        a.to_str().unwrap(),
-        "--to",
-        &to,
-    ])));
+    let report = far.import(&a, &to);
     assert_eq!(statuses(&report), ["imported"], "{report:#}");
     assert_eq!(
         far.raw(&runtime.reference()),
@@ -490,13 +472,7 @@ fn a_damaged_and_a_missing_part_are_named_and_sending_them_again_finishes_the_im
     // The two parts sent again: the import finishes.
     std::fs::write(&p2, &good2).unwrap();
     std::fs::write(&p3, &good3).unwrap();
-    let report = json(&run_ok(&mut far.cli(&[
-        "--json",
-        "import",
-        dir.to_str().unwrap(),
-        "--to",
-        &to,
-    ])));
+    let report = far.import(&dir, &to);
     assert_eq!(statuses(&report), ["imported"], "{report:#}");
     assert_eq!(far.raw(&runtime.reference()), runtime.top().bytes);
 }
@@ -563,13 +539,7 @@ fn one_failing_image_does_not_stop_the_others_and_a_second_run_finishes_it() {
     );
 
     // Run again: the runtime image's blobs, uploaded the first time, are not sent again.
-    let report = json(&run_ok(&mut far.cli(&[
-        "--json",
-        "import",
-        dir.to_str().unwrap(),
-        "--to",
-        &to,
-    ])));
+    let report = far.import(&dir, &to);
     assert_eq!(statuses(&report), ["imported", "imported"], "{report:#}");
     assert_eq!(sum(&report, "blobs_sent"), 0, "{report:#}");
     assert_eq!(far.raw(&runtime.reference()), runtime.top().bytes);
@@ -652,13 +622,7 @@ fn an_import_killed_midway_continues_where_it_stopped() {
     child.wait().unwrap();
     proxy.clear();
 
-    let report = json(&run_ok(&mut far.cli(&[
-        "--json",
-        "import",
-        dir.to_str().unwrap(),
-        "--to",
-        &to,
-    ])));
+    let report = far.import(&dir, &to);
     assert_eq!(statuses(&report), ["imported"], "{report:#}");
     assert!(sum(&report, "blobs_present") >= 1, "{report:#}");
     assert!(sum(&report, "bytes") < plan.carried_bytes(), "{report:#}");
@@ -718,13 +682,7 @@ fn a_bundle_assuming_blobs_the_far_side_lacks_is_refused_before_anything_is_push
 
     // Once the first bundle is imported, the second goes in, carrying only what is new.
     run_ok(&mut far.cli(&["import", first_dir.to_str().unwrap(), "--to", &to]));
-    let report = json(&run_ok(&mut far.cli(&[
-        "--json",
-        "import",
-        second_dir.to_str().unwrap(),
-        "--to",
-        &to,
-    ])));
+    let report = far.import(&second_dir, &to);
     assert_eq!(statuses(&report), ["imported", "imported"], "{report:#}");
     assert_eq!(far.raw(&runtime.reference()), runtime.top().bytes);
     run_ok(&mut store_side.cli(&["import", first_dir.to_str().unwrap()]));
@@ -773,13 +731,7 @@ fn sync_to_a_bundle_then_since_it_carries_only_the_new_tag_and_both_import() {
 
     let far = far();
     let to = format!("{}/site", far.registry.host());
-    let report = json(&run_ok(&mut far.cli(&[
-        "--json",
-        "import",
-        b1.to_str().unwrap(),
-        "--to",
-        &to,
-    ])));
+    let report = far.import(&b1, &to);
     assert_eq!(statuses(&report), ["imported"], "{report:#}");
     assert_eq!(
         far.raw(&format!("site/{}", first.reference())),
@@ -824,13 +776,7 @@ fn sync_to_a_bundle_then_since_it_carries_only_the_new_tag_and_both_import() {
     assert!(stderr(&out).contains("bundle-1"), "{}", stderr(&out));
 
     // The far registry that imported the first takes the second.
-    let report = json(&run_ok(&mut far.cli(&[
-        "--json",
-        "import",
-        b2.to_str().unwrap(),
-        "--to",
-        &to,
-    ])));
+    let report = far.import(&b2, &to);
     assert!(
         statuses(&report).iter().all(|s| s == "imported"),
         "{report:#}"

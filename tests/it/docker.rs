@@ -31,15 +31,15 @@ fn docker_or_skip() -> Option<TestDocker> {
     }
 }
 
-struct Env {
-    sandbox: Sandbox,
-    config: PathBuf,
-    registry: TestRegistry,
+pub(crate) struct Env {
+    pub(crate) sandbox: Sandbox,
+    pub(crate) config: PathBuf,
+    pub(crate) registry: TestRegistry,
     image: Runnable,
 }
 
 /// A registry (as docker.io) holding `nvidia/cuda:TAG`: CUDA-like base layers plus busybox.
-fn env(message: &str) -> Env {
+pub(crate) fn env(message: &str) -> Env {
     let registry = TestRegistry::start();
     let base = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Docker, Scale::TINY);
     let amd64 = base.platform(Arch::Amd64);

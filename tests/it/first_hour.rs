@@ -9,7 +9,7 @@ use cudaimg_test_support as common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::docker::{busybox, unavailable_reason, Runnable, TestDocker};
+use common::docker::{unavailable_reason, TestDocker};
 use common::{
     run_fails, run_ok, Arch, Fixture, Flavor, MediaTypes, Pusher, Sandbox, Scale, TestRegistry,
 };
@@ -43,17 +43,11 @@ struct Hub {
 }
 
 fn hub(message: &str) -> Hub {
-    let registry = TestRegistry::start();
-    let base = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Docker, Scale::TINY);
-    let amd64 = base.platform(Arch::Amd64);
-    let image = Runnable::build(amd64, message, &busybox());
-    image.push(&Pusher::new(&registry), amd64, "nvidia/cuda", TAG);
-    let sandbox = Sandbox::new();
-    let config = sandbox.write_hub_config(&registry.url(), &[]);
+    let e = crate::docker::env(message);
     Hub {
-        sandbox,
-        config,
-        registry: Some(registry),
+        sandbox: e.sandbox,
+        config: e.config,
+        registry: Some(e.registry),
     }
 }
 

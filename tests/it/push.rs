@@ -4,6 +4,8 @@
 
 use cudaimg_test_support as common;
 
+use common::b64;
+
 use std::path::PathBuf;
 
 use common::docker::{busybox, unavailable_reason, Runnable, TestDocker};
@@ -72,24 +74,6 @@ fn json(out: std::process::Output) -> Value {
             String::from_utf8_lossy(&out.stderr)
         )
     })
-}
-
-fn b64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in s.as_bytes().chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            out.push(if i <= c.len() {
-                T[(n >> (18 - 6 * i)) as usize & 63] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
 }
 
 fn statuses(report: &Value) -> Vec<String> {
@@ -687,24 +671,7 @@ fn a_throttled_push_cut_once_per_upload_resumes_each_and_is_byte_exact() {
     let report = s.push_json(&[&s.name, &target, "--chunk-size", "512K"]);
     assert_eq!(report["digest"], s.digest.as_str(), "{report:#}");
 
-    let (cut, committed) = cut_and_committed(&proxy);
-    let uploaded = statuses(&report)
-        .iter()
-        .filter(|s| *s == "uploaded")
-        .count();
-    assert_eq!(
-        (cut, committed),
-        (uploaded, uploaded),
-        "{:#?}",
-        proxy.requests()
-    );
-    assert_each_upload_resumed_once(&report);
-    let total = report["total_bytes"].as_u64().unwrap();
-    let sent = upload_bytes(&proxy);
-    assert!(
-        sent as f64 <= 1.15 * total as f64,
-        "{sent} bytes sent for a {total}-byte image"
-    );
+    assert_cut_once_resumed_within_budget(&proxy, &report);
 
     // Byte-exact, as skopeo reads it from the registry itself.
     let raw = run_ok(s.sandbox.skopeo().args([
@@ -746,24 +713,7 @@ fn a_throttled_copy_cut_once_per_upload_resumes_each_and_is_byte_exact() {
     )));
     assert_eq!(report["digest"], e.amd64_digest(), "{report:#}");
 
-    let (cut, committed) = cut_and_committed(&e.dest_proxy);
-    let uploaded = statuses(&report)
-        .iter()
-        .filter(|s| *s == "uploaded")
-        .count();
-    assert_eq!(
-        (cut, committed),
-        (uploaded, uploaded),
-        "{:#?}",
-        e.dest_proxy.requests()
-    );
-    assert_each_upload_resumed_once(&report);
-    let total = report["total_bytes"].as_u64().unwrap();
-    let sent = upload_bytes(&e.dest_proxy);
-    assert!(
-        sent as f64 <= 1.15 * total as f64,
-        "{sent} bytes sent for a {total}-byte image"
-    );
+    assert_cut_once_resumed_within_budget(&e.dest_proxy, &report);
 
     let raw = run_ok(e.sandbox.skopeo().args([
         "inspect",
@@ -783,4 +733,24 @@ fn a_throttled_copy_cut_once_per_upload_resumes_each_and_is_byte_exact() {
             .unwrap();
         assert_eq!(sha256(&got), d, "layer {d}");
     }
+}
+
+/// Each uploaded blob met one cut and was committed once, each resumed once (never started
+/// over), and the bytes sent stayed within 1.15x the image.
+fn assert_cut_once_resumed_within_budget(proxy: &FaultProxy, report: &Value) {
+    let (cut, committed) = cut_and_committed(proxy);
+    let uploaded = statuses(report).iter().filter(|s| *s == "uploaded").count();
+    assert_eq!(
+        (cut, committed),
+        (uploaded, uploaded),
+        "{:#?}",
+        proxy.requests()
+    );
+    assert_each_upload_resumed_once(report);
+    let total = report["total_bytes"].as_u64().unwrap();
+    let sent = upload_bytes(proxy);
+    assert!(
+        sent as f64 <= 1.15 * total as f64,
+        "{sent} bytes sent for a {total}-byte image"
+    );
 }

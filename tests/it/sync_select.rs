@@ -358,7 +358,7 @@ fn far_inventory(held: &[&Fixture]) -> (TestRegistry, Sandbox, PathBuf) {
         "{err}"
     );
     far_side.write_docker_config(&serde_json::json!({
-        "auths": { far.host(): { "auth": crate::pull::base64_like::encode("site-admin:f4r-s1de") } }
+        "auths": { far.host(): { "auth": common::b64("site-admin:f4r-s1de") } }
     }));
     let have = far_side.root().join("have.json");
     let out = run_ok(&mut far_side.cli(

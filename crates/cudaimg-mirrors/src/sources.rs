@@ -593,10 +593,21 @@ impl SourceSet {
 
     /// Records a successful request.
     pub fn succeeded(&self, source: &Source) {
+        Self::counted(source, true);
+    }
+
+    /// Records a tag resolved by a `HEAD`: a request served, counted in the report, but no
+    /// proof that the source sends bodies. A mirror that answers `HEAD` and then stalls
+    /// every `GET` still gets only the short first-byte wait.
+    pub fn resolved_by_head(&self, source: &Source) {
+        Self::counted(source, false);
+    }
+
+    fn counted(source: &Source, answered: bool) {
         if let Ok(mut b) = source.backoff.lock() {
             b.consecutive_failures = 0;
             b.not_before = None;
-            b.seen.answered = true;
+            b.seen.answered |= answered;
         }
         if let Ok(mut h) = source.health.lock() {
             h.requests_ok += 1;

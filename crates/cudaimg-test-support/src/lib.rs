@@ -187,6 +187,13 @@ impl Sandbox {
 /// The binary under test, found from the running executable: the integration tests
 /// (`target/<profile>/deps/it-HASH`) and the examples (`target/<profile>/examples/demo`) both
 /// sit one directory below `target/<profile>/`, where cargo puts `cudaimg`.
+/// Standard base64 of `s`, e.g. the `auth` field of docker's `config.json`
+/// (`base64(user:pass)`).
+pub fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
 pub fn cudaimg_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent()

@@ -67,7 +67,7 @@ pub(super) async fn resolve_tag(
             None => {}
             Some(Ok(d)) => {
                 // An answer is a request the source served: it counts in the report.
-                sources.succeeded(m);
+                sources.resolved_by_head(m);
                 answers.push((m.label().to_owned(), d));
             }
             Some(Err(e)) => {
@@ -83,7 +83,7 @@ pub(super) async fn resolve_tag(
     let official_failed = |e: &RegistryError| sources.note_failure(&official, e, reporter, &what);
     let e = match from_official {
         Ok(digest) => {
-            sources.succeeded(&official);
+            sources.resolved_by_head(&official);
             for (mirror, d) in &answers {
                 if *d != digest {
                     sources.warn(format!(

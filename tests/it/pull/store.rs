@@ -21,7 +21,7 @@ fn basic_auth_uses_docker_config_credentials_and_never_prints_them() {
         "{err}"
     );
 
-    use base64_like::encode;
+    use cudaimg_test_support::b64 as encode;
     sandbox.write_docker_config(&serde_json::json!({
         "auths": { official.host(): { "auth": encode("cuda-user:s3cr3t-pw") } }
     }));
@@ -84,7 +84,7 @@ fn bearer_token_flow_anonymous_and_with_credentials() {
     let sandbox = Sandbox::new();
     let config = sandbox.write_hub_config(&official.url(), &[]);
     let reference = fx.reference();
-    use base64_like::encode;
+    use cudaimg_test_support::b64 as encode;
     sandbox.write_docker_config(&serde_json::json!({
         "auths": { official.host(): { "auth": encode("tok-user:tok-pass") } }
     }));
