@@ -179,6 +179,8 @@ pub struct Fallback<'s, E> {
     item: ItemState<E>,
     what: String,
     reporter: &'s dyn Reporter,
+    /// Asked first while it is usable for the item ([`Fallback::prefer`]).
+    preferred: Option<Arc<Source>>,
 }
 
 impl<'s, E: Classify> Fallback<'s, E> {
@@ -193,7 +195,16 @@ impl<'s, E: Classify> Fallback<'s, E> {
             item: ItemState::default(),
             what: what.into(),
             reporter,
+            preferred: None,
         }
+    }
+
+    /// Asks `source` first for this item, as long as it is usable now (not excluded, not
+    /// backing off, not asked last while another could serve); otherwise the usual order.
+    /// A pull spreads its blobs over healthy mirrors this way, one link each, without
+    /// changing what a failure does.
+    pub fn prefer(&mut self, source: Arc<Source>) {
+        self.preferred = Some(source);
     }
 
     pub fn sources(&self) -> &'s SourceSet {
@@ -253,6 +264,11 @@ impl<'s, E: Classify> Fallback<'s, E> {
 
     /// Waits for a source to offer itself for the item, or says none is left.
     async fn next_source(&self) -> Option<Arc<Source>> {
+        if let Some(p) = &self.preferred {
+            if let Some(s) = self.usable_now().into_iter().find(|s| s.index == p.index) {
+                return Some(s);
+            }
+        }
         self.sources.next_source(&self.item).await
     }
 

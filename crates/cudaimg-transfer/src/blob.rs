@@ -37,6 +37,8 @@ pub(super) struct BlobJob<'a> {
     pub received: &'a AtomicU64,
     pub stall: Duration,
     pub reporter: &'a dyn Reporter,
+    /// Which mirror each blob asks first.
+    pub spread: &'a super::spread::Spread,
 }
 
 fn give_up(e: StoreError) -> FallbackError<FetchError> {
@@ -83,6 +85,15 @@ impl BlobJob<'_> {
                 Outcome::Again | Outcome::Failed { .. } => {}
             }
         }
+        // The rest from one source: the least loaded healthy mirror first.
+        let rest = desc.size - op.writer.written();
+        let _lease = self
+            .spread
+            .assign(&fallback.usable_now(), rest)
+            .map(|(first, lease)| {
+                fallback.prefer(first);
+                lease
+            });
         fallback.run(&mut op).await.map(|(fetched, _)| fetched)
     }
 }

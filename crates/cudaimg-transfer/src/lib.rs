@@ -16,6 +16,7 @@ mod pull;
 mod pull_all;
 mod push;
 mod resolve;
+mod spread;
 mod steps;
 
 pub use copy::{copy, CopySource, PlatformChoice};

@@ -47,6 +47,7 @@ impl BlobJob<'_> {
         }
         let ranged = writer.ranged().await.map_err(give_up)?;
         let from = writer.written();
+        let _lease = self.spread.share(&usable, desc.size - from);
         let mut queue = VecDeque::new();
         let mut at = from;
         while at < desc.size {

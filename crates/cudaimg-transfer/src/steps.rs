@@ -16,6 +16,7 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use super::blob::{BlobJob, Fetched};
 use super::pull::{check_pin, manifest_by_digest, PullError, PullTarget};
 use super::resolve::{resolve_tag, ResolvedBy};
+use super::spread::Spread;
 use crate::{FetchError, Session};
 use cudaimg_config::lockfile::Pin;
 use cudaimg_mirrors::fallback::FallbackError;
@@ -253,6 +254,7 @@ impl Session {
     ) -> Result<Downloaded, PullError> {
         let repo = image.repository.as_str();
         let received = AtomicU64::new(0);
+        let spread = Spread::default();
         let job = BlobJob {
             store: self.store()?,
             sources,
@@ -260,8 +262,13 @@ impl Session {
             received: &received,
             stall: self.settings.stall_timeout,
             reporter,
+            spread: &spread,
         };
-        let from: Vec<(Digest, Option<String>)> = stream::iter(&plan.missing)
+        // Largest first: spread over several mirrors, the links end together (longest job
+        // first); over one, the order changes nothing but which blob ends last.
+        let mut order: Vec<&Descriptor> = plan.missing.iter().collect();
+        order.sort_by_key(|d| std::cmp::Reverse(d.size));
+        let from: Vec<(Digest, Option<String>)> = stream::iter(order)
             .map(|d| {
                 let job = &job;
                 async move {

@@ -177,7 +177,20 @@ fn a_mirror_prefixed_name_is_stored_under_the_registry_it_mirrors() {
         .as_str()
         .unwrap()
         .starts_with(&mirror.url()));
-    assert!(other_mirror.blob_downloads().is_empty());
+    // Blobs are spread over the healthy mirrors (one link each), the named one included,
+    // and still never fetched from the official registry while a mirror serves them.
+    assert!(
+        !mirror.blob_downloads().is_empty(),
+        "the named mirror served no blob"
+    );
+    assert!(
+        !other_mirror.blob_downloads().is_empty(),
+        "the blobs were not spread over both mirrors"
+    );
+    assert!(
+        official.blob_downloads().is_empty(),
+        "the official registry served blobs"
+    );
 
     // Docker Hub's implicit `library/` applies to mirror-prefixed short names too.
     let ubuntu = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Docker, Scale::TINY);
