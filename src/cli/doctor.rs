@@ -128,11 +128,15 @@ async fn image_subject(ctx: &Ctx, config: &Config, input: &str) -> Result<ImageS
         Err(Error::Store(StoreError::Missing(_))) => None,
         Err(e) => return Err(e),
     };
-    if let Some(image) = stored {
-        let tag = cudaimg_oci::reference::ImageRef::parse(&name)
+    // The tag of the name, for a stored or an Engine's image alike.
+    let tag_of_name = || {
+        cudaimg_oci::reference::ImageRef::parse(&name)
             .ok()
             .and_then(|r| r.tag)
-            .and_then(|t| CudaTag::parse(&t).ok());
+            .and_then(|t| CudaTag::parse(&t).ok())
+    };
+    if let Some(image) = stored {
+        let tag = tag_of_name();
         return Ok(ImageSubject {
             name,
             tag,
@@ -144,10 +148,7 @@ async fn image_subject(ctx: &Ctx, config: &Config, input: &str) -> Result<ImageS
         });
     }
     if let Some(engine) = engine_image(input, &name).await {
-        let tag = cudaimg_oci::reference::ImageRef::parse(&name)
-            .ok()
-            .and_then(|r| r.tag)
-            .and_then(|t| CudaTag::parse(&t).ok());
+        let tag = tag_of_name();
         return Ok(ImageSubject {
             name,
             tag,

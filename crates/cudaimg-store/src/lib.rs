@@ -502,24 +502,27 @@ impl Store {
         self.write_atomic("index.json", &bytes)
     }
 
-    /// Writes a small file at the store root by temp file (new, under an unpredictable
-    /// name), fsync and rename, then fsyncs the directory. A link at `name` is replaced,
-    /// never written through.
+    /// Writes a small file at the store root (see [`replace_file`]).
     fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        use std::io::Write;
-        let dir = self.root_dir()?;
         // `index.tmp-…`, `oci-layout.tmp-…`: names `open` knows as an interrupted creation's.
         let stem = name.split_once('.').map_or(name, |(s, _)| s);
-        let (mut f, tmp) = dir.create_temp(&format!("{stem}.tmp-"))?;
-        let res = f.write_all(bytes).and_then(|()| f.sync_all());
-        if let Err(e) = res {
-            let _ = dir.remove(&tmp);
-            return Err(e.into());
-        }
-        if let Err(e) = dir.rename_to(&tmp, &dir, name) {
-            let _ = dir.remove(&tmp);
-            return Err(e);
-        }
-        dir.sync()
+        replace_file(&self.root_dir()?, stem, name, bytes)
     }
+}
+
+/// Replaces `name` in `dir` with `bytes`: a new temp file (`{stem}.tmp-…`, an unpredictable
+/// name), fsync, rename over `name`, then fsync of the directory. A link at `name` is
+/// replaced, never written through; the temp file never survives a failure.
+pub(crate) fn replace_file(dir: &StoreDir, stem: &str, name: &str, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let (mut f, tmp) = dir.create_temp(&format!("{stem}.tmp-"))?;
+    if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
+        let _ = dir.remove(&tmp);
+        return Err(e.into());
+    }
+    if let Err(e) = dir.rename_to(&tmp, dir, name) {
+        let _ = dir.remove(&tmp);
+        return Err(e);
+    }
+    dir.sync()
 }

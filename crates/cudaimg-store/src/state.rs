@@ -9,7 +9,7 @@
 //! sees the old file or the new one, never half of either, and a planted link is replaced,
 //! never written through.
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use super::confine::StoreDir;
 use super::{Result, Store, StoreError};
@@ -63,16 +63,7 @@ impl Store {
     pub fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let name = checked(name)?;
         let dir = StoreDir::open(self.root(), &[STATE_DIR], true)?;
-        let (mut f, tmp) = dir.create_temp(&format!("{name}.tmp-"))?;
-        if let Err(e) = f.write_all(bytes).and_then(|()| f.sync_all()) {
-            let _ = dir.remove(&tmp);
-            return Err(e.into());
-        }
-        if let Err(e) = dir.rename_to(&tmp, &dir, name) {
-            let _ = dir.remove(&tmp);
-            return Err(e);
-        }
-        dir.sync()
+        super::replace_file(&dir, name, name, bytes)
     }
 }
 
