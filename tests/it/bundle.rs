@@ -728,6 +728,27 @@ fn sync_to_a_bundle_then_since_it_carries_only_the_new_tag_and_both_import() {
     let b1_again = near.root().join("bundle-1-again");
     sync_to(&b1_again, &[]);
     assert_eq!(files_of(&b1), files_of(&b1_again));
+    // A part size no part can have: a usage error with the fix, and no bundle written.
+    let tiny = near.root().join("bundle-tiny");
+    let out = run_fails(&mut near.cli(
+        &config,
+        &[
+            "sync",
+            spec.to_str().unwrap(),
+            "--to",
+            tiny.to_str().unwrap(),
+            "--part-size",
+            "4K",
+        ],
+    ));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--part-size 4096 is too small")
+            && err.contains("hint: use e.g. `--part-size 4G`"),
+        "{err}"
+    );
+    assert!(!tiny.join("bundle.json").exists());
 
     let far = far();
     let to = format!("{}/site", far.registry.host());
