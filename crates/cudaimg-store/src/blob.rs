@@ -73,6 +73,8 @@ pub struct BlobWriter {
     /// The hashed prefix, as [`RangedWriter`]s see it: they may write only past it.
     /// `u64::MAX` while no ranged fill is open.
     hashed: Arc<AtomicU64>,
+    /// Where the hashed prefix is announced to followers ([`super::follow`]).
+    board: Arc<super::follow::Board>,
 }
 
 /// Writes a blob's bytes at their offsets, for a parallel fill from several sources, while
@@ -151,6 +153,7 @@ impl BlobWriter {
             hex: expected.hex().to_owned(),
         });
         let partial = dirs.ingest.join(&dirs.partial);
+        let board = store.board.clone();
         let store = store.clone();
         let d = dirs.clone();
         let opened = tokio::task::spawn_blocking(move || {
@@ -162,8 +165,11 @@ impl BlobWriter {
             return Ok(None);
         };
         let resumed = hasher.len();
+        let file = Arc::new(file);
+        board.open(&expected, &file, resumed);
         Ok(Some(BlobWriter {
-            file: Arc::new(file),
+            board,
+            file,
             partial,
             dirs,
             hasher: Some(hasher),
@@ -210,6 +216,9 @@ impl BlobWriter {
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         self.hasher = Some(hasher);
+        // Everything accepted but the buffer is in the file and hashed.
+        self.board
+            .advance(&self.expected, self.len - self.buf.len() as u64);
         spare.clear();
         Ok(spare)
     }
@@ -294,6 +303,7 @@ impl BlobWriter {
         self.hasher = Some(hasher);
         self.len = upto;
         self.hashed.fetch_max(upto, Ordering::AcqRel);
+        self.board.advance(&self.expected, upto);
         let dirs = self.dirs.clone();
         tokio::task::spawn_blocking(move || write_sidecar(&dirs, upto))
             .await
@@ -324,6 +334,7 @@ impl BlobWriter {
         self.buf.clear();
         let spare = self.settle().await?;
         self.buf = spare;
+        self.board.restart(&self.expected);
         self.truncate(0).await?;
         self.hasher = Some(Hasher::new());
         self.len = 0;
@@ -371,6 +382,13 @@ impl BlobWriter {
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         Ok(())
+    }
+}
+
+impl Drop for BlobWriter {
+    /// Committed or given up: followers go on from the stored blob, or stop.
+    fn drop(&mut self) {
+        self.board.close(&self.expected);
     }
 }
 

@@ -30,6 +30,7 @@
 mod blob;
 mod closure;
 mod confine;
+mod follow;
 mod gc;
 mod image;
 mod import;
@@ -47,6 +48,7 @@ use std::path::{Path, PathBuf};
 pub use blob::{BlobWriter, CommitError, RangedWriter, WriteError};
 pub use closure::{BlobRole, Reached};
 pub(crate) use confine::StoreDir;
+pub use follow::BlobFollower;
 pub use gc::{GcGuard, GcReport};
 pub use image::StoredImage;
 pub use import::{ImportError, ImportReport, ImportedImage, NameFn, Naming, RecordedName};
@@ -215,6 +217,8 @@ fn not_a_file(root: &Path) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// How far this process's downloads have come, for readers that follow them.
+    board: std::sync::Arc<follow::Board>,
 }
 
 /// Holds the store's exclusive lock until dropped.
@@ -225,6 +229,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<Self> {
         let store = Store {
             root: root.to_owned(),
+            board: std::sync::Arc::default(),
         };
         not_a_file(root)?;
         fs_err::create_dir_all(root)?;
@@ -275,6 +280,7 @@ impl Store {
     pub fn open_existing(root: &Path) -> Result<Self> {
         let store = Store {
             root: root.to_owned(),
+            board: std::sync::Arc::default(),
         };
         not_a_file(root)?;
         if fs_err::symlink_metadata(root.join(LAYOUT_FILE)).is_err() {
