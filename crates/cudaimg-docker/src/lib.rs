@@ -82,6 +82,18 @@ impl DockerError {
     }
 }
 
+/// Percent-encodes a query value (image names carry `:` and `/`).
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// How to start the daemon on this host: `systemctl` only where systemd runs (it does when
 /// `/run/systemd/system` exists, as `sd_booted` checks); a container or WSL without it
 /// has `service` or a bare `dockerd`.
@@ -268,21 +280,8 @@ impl DockerEngine {
         if !resp.status().is_success() {
             return Err(self.api_error(resp).await);
         }
-        // A JSON message stream: `{"stream": "..."}` lines, or `{"errorDetail": ...}`.
         let mut loaded = Vec::new();
-        let mut buf = Vec::new();
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            buf.extend_from_slice(&chunk.map_err(|e| self.unreachable(&e))?);
-        }
-        for value in serde_json::Deserializer::from_slice(&buf).into_iter::<serde_json::Value>() {
-            let Ok(v) = value else { break };
-            if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
-                return Err(DockerError::Refused {
-                    host: self.host.clone(),
-                    message: err.trim().to_owned(),
-                });
-            }
+        for v in self.messages(resp).await? {
             if let Some(line) = v.get("stream").and_then(|s| s.as_str()) {
                 let line = line.trim();
                 if !line.is_empty() {
@@ -291,6 +290,95 @@ impl DockerEngine {
             }
         }
         Ok(loaded)
+    }
+
+    /// Reads a JSON message stream to its end (`{"stream": …}`, `{"status": …}` lines); a
+    /// `{"error": …}` message is the operation's failure.
+    async fn messages(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<Vec<serde_json::Value>, DockerError> {
+        let mut buf = Vec::new();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            buf.extend_from_slice(&chunk.map_err(|e| self.unreachable(&e))?);
+        }
+        let mut out = Vec::new();
+        for value in serde_json::Deserializer::from_slice(&buf).into_iter::<serde_json::Value>() {
+            let Ok(v) = value else { break };
+            if let Some(err) = v.get("error").and_then(|e| e.as_str()) {
+                return Err(DockerError::Refused {
+                    host: self.host.clone(),
+                    message: err.trim().to_owned(),
+                });
+            }
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// Whether the Engine shares this host's loopback, as far as its address tells: a unix
+    /// socket outside `/run/user/` (where rootless Engines, which run in a network namespace
+    /// of their own, put theirs). A wrong guess costs a failed pull, not a wrong image.
+    pub fn shares_loopback(&self) -> bool {
+        self.host
+            .strip_prefix("unix://")
+            .is_some_and(|p| !p.starts_with("/run/user/"))
+    }
+
+    /// `BASE/PATH?QUERY`, the query's values encoded.
+    fn url(&self, path: &str, query: &[(&str, &str)]) -> String {
+        let pairs: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        format!("{}/{path}?{}", self.base, pairs.join("&"))
+    }
+
+    /// `docker pull NAME:TAG` (`POST /images/create`), to the end of its progress stream.
+    pub async fn pull(&self, name: &str, tag: &str) -> Result<(), DockerError> {
+        let resp = self
+            .client
+            .post(self.url("images/create", &[("fromImage", name), ("tag", tag)]))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if !resp.status().is_success() {
+            return Err(self.api_error(resp).await);
+        }
+        self.messages(resp).await.map(drop)
+    }
+
+    /// `docker tag SOURCE REPO:TAG`.
+    pub async fn tag(&self, source: &str, repo: &str, tag: &str) -> Result<(), DockerError> {
+        let resp = self
+            .client
+            .post(self.url(
+                &format!("images/{source}/tag"),
+                &[("repo", repo), ("tag", tag)],
+            ))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if !resp.status().is_success() {
+            return Err(self.api_error(resp).await);
+        }
+        Ok(())
+    }
+
+    /// Removes the name `name` only (`docker rmi` of a name the image has others besides:
+    /// the image stays; `noprune`, so nothing else goes either).
+    pub async fn untag(&self, name: &str) -> Result<(), DockerError> {
+        let resp = self
+            .client
+            .delete(self.url(&format!("images/{name}"), &[("noprune", "1")]))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        if !resp.status().is_success() {
+            return Err(self.api_error(resp).await);
+        }
+        Ok(())
     }
 
     /// Streams `GET /images/{name}/get` (`docker save`): a tar, OCI layout plus
