@@ -19,6 +19,11 @@ impl EnvVars {
     pub const CUDAIMG_DOCKER_DAEMON_JSON: &'static str = "CUDAIMG_DOCKER_DAEMON_JSON";
     /// `doctor`: the CDI spec directories, `:`-separated, instead of `/etc/cdi:/var/run/cdi`.
     pub const CUDAIMG_CDI_DIRS: &'static str = "CUDAIMG_CDI_DIRS";
+    /// `pull --load`: how the image reaches the Docker Engine. `relay`: the Engine pulls it
+    /// from a registry cudaimg serves on 127.0.0.1, layer by layer as they download (the
+    /// default for an Engine on a local unix socket); `archive`: a `docker load` archive
+    /// streamed into the Engine (the default otherwise, and the fallback when the relay fails).
+    pub const CUDAIMG_LOAD_VIA: &'static str = "CUDAIMG_LOAD_VIA";
     /// Docker's own: the Engine's socket or address (`unix:///…`, `tcp://…`).
     pub const DOCKER_HOST: &'static str = "DOCKER_HOST";
     /// Docker's own: the context to use (`docker context use`), overriding `currentContext`

@@ -7,6 +7,12 @@
 //! order) goes in as soon as the pull has stored it, verified, while later ones download.
 //! Every byte sent is read back from the store through its verifying reader, exactly as
 //! `load` would; a pull that fails ends the archive short, so the Engine loads nothing.
+//!
+//! With an Engine on this host, `pull --load` goes the faster way of [`relay`]: the Engine
+//! pulls from cudaimg on 127.0.0.1 and imports each layer while later ones download. If
+//! that fails, the archive route above runs after the pull.
+
+mod relay;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,10 +34,16 @@ pub struct Loaded {
     pub image_id: String,
     pub engine: String,
     pub api_version: String,
-    /// `pull --load`: archive bytes the Engine had taken before the pull ended (the
-    /// overlap of download and import).
+    /// `pull --load`: bytes the Engine had taken before the pull ended (the overlap of
+    /// download and import).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent_while_pulling: Option<u64>,
+    /// How the image went in: `relay` (the Engine pulled it from cudaimg on 127.0.0.1) or
+    /// `archive` (a streamed `docker load`).
+    pub route: &'static str,
+    /// Why the relay was not used after all, when it was tried and failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_failed: Option<String>,
 }
 
 /// Why an image could not be handed to Docker.
@@ -175,6 +187,8 @@ async fn finish(
         engine: engine.host().to_owned(),
         api_version,
         sent_while_pulling: None,
+        route: "archive",
+        relay_failed: None,
     })
 }
 
@@ -243,15 +257,42 @@ pub struct Streaming {
     api_version: String,
     arrivals: Arc<Arrivals>,
     started: Mutex<Option<Started>>,
-    /// Archive bytes the Engine has taken so far.
+    /// Bytes the Engine has taken so far.
     sent: Arc<AtomicU64>,
+    /// Whether to hand over through the [`relay`].
+    via_relay: bool,
 }
 
-struct Started {
-    expected: String,
-    repo_tag: Option<String>,
-    writer: tokio::task::JoinHandle<Result<(), StoreError>>,
-    loading: tokio::task::JoinHandle<Result<Vec<String>, DockerError>>,
+enum Started {
+    Archive {
+        expected: String,
+        repo_tag: Option<String>,
+        writer: tokio::task::JoinHandle<Result<(), StoreError>>,
+        loading: tokio::task::JoinHandle<Result<Vec<String>, DockerError>>,
+    },
+    Relay {
+        image: ArchiveImage,
+        /// `REPO:TAG`, as Docker shows it.
+        repo_tag: String,
+        relay: Box<relay::Relay>,
+        pulling: tokio::task::JoinHandle<Result<(), DockerError>>,
+    },
+}
+
+/// The route `CUDAIMG_LOAD_VIA` asks for, else the relay for an Engine that shares this
+/// host's loopback.
+fn relay_wanted(engine: &DockerEngine) -> bool {
+    match std::env::var(cudaimg_static::EnvVars::CUDAIMG_LOAD_VIA).as_deref() {
+        Ok("archive") => false,
+        Ok("relay") => true,
+        _ => engine.shares_loopback(),
+    }
+}
+
+/// `REPO:TAG` split at the tag's colon (after the last `/`, so not a port's).
+fn split_tag(repo_tag: &str) -> Option<(&str, &str)> {
+    let (repo, tag) = repo_tag.rsplit_once(':')?;
+    (!tag.contains('/')).then_some((repo, tag))
 }
 
 impl Streaming {
@@ -260,6 +301,7 @@ impl Streaming {
     pub async fn new(engine: DockerEngine, store: Store) -> Result<Self, LoadError> {
         let api_version = engine.ping().await?;
         Ok(Streaming {
+            via_relay: relay_wanted(&engine),
             engine,
             store,
             api_version,
@@ -272,6 +314,20 @@ impl Streaming {
     /// The image is chosen: start the archive into the Engine. Blobs already stored go
     /// in at once, the others as [`Streaming::stored`] announces them.
     pub(crate) fn begin(&self, image: ArchiveImage, repo_tag: Option<String>) {
+        let started = match repo_tag {
+            // The relay needs a tag to give the image (an untagged pull would be deleted
+            // with the relay's name).
+            Some(repo_tag) if self.via_relay && split_tag(&repo_tag).is_some() => {
+                self.begin_relay(image, repo_tag)
+            }
+            repo_tag => self.begin_archive(image, repo_tag),
+        };
+        if let Ok(mut s) = self.started.lock() {
+            *s = Some(started);
+        }
+    }
+
+    fn begin_archive(&self, image: ArchiveImage, repo_tag: Option<String>) -> Started {
         let arrivals = self.arrivals.clone();
         let store = self.store.clone();
         let arrived: Arrived = Arc::new(move |blob: &Descriptor| arrivals.wait(&store, blob));
@@ -284,13 +340,36 @@ impl Streaming {
             arrived,
             self.sent.clone(),
         );
-        if let Ok(mut s) = self.started.lock() {
-            *s = Some(Started {
-                expected,
-                repo_tag,
-                writer,
-                loading: tokio::spawn(loading),
-            });
+        Started::Archive {
+            expected,
+            repo_tag,
+            writer,
+            loading: tokio::spawn(loading),
+        }
+    }
+
+    fn begin_relay(&self, image: ArchiveImage, repo_tag: String) -> Started {
+        let tag = split_tag(&repo_tag)
+            .map(|(_, t)| t.to_owned())
+            .unwrap_or_default();
+        let Ok(relay) = relay::start(
+            self.store.clone(),
+            self.arrivals.clone(),
+            image.manifest.clone(),
+            tag.clone(),
+            self.sent.clone(),
+        ) else {
+            // No loopback port: the archive route needs none.
+            return self.begin_archive(image, Some(repo_tag));
+        };
+        let engine = self.engine.clone();
+        let from = format!("{}/{}", relay.addr, relay::REPOSITORY);
+        let pulling = tokio::spawn(async move { engine.pull(&from, &tag).await });
+        Started::Relay {
+            image,
+            repo_tag,
+            relay: Box::new(relay),
+            pulling,
         }
     }
 
@@ -305,44 +384,156 @@ impl Streaming {
     /// Engine and checks what it loaded. `None`: the pull never chose an image.
     pub async fn finish(self, pulled: Result<(), String>) -> Option<Result<Loaded, LoadError>> {
         self.arrivals.update(|s| {
-            s.ended = match pulled {
+            s.ended = match &pulled {
                 Ok(()) => Ended::Stored,
-                Err(why) => Ended::Failed(why),
+                Err(why) => Ended::Failed(why.clone()),
             }
         });
-        let sent_while_pulling = self.sent.load(Ordering::Relaxed);
         let started = self.started.lock().ok()?.take()?;
-        let loaded = match started.loading.await {
-            Ok(r) => r,
-            Err(e) => return Some(Err(StoreError::Io(std::io::Error::other(e)).into())),
+        let loaded = match started {
+            Started::Archive {
+                expected,
+                repo_tag,
+                writer,
+                loading,
+            } => {
+                let sent_while_pulling = self.sent.load(Ordering::Relaxed);
+                let loaded = match loading.await {
+                    Ok(r) => r,
+                    Err(e) => return Some(Err(StoreError::Io(std::io::Error::other(e)).into())),
+                };
+                finish(
+                    &self.engine,
+                    writer,
+                    loaded,
+                    expected,
+                    repo_tag,
+                    self.api_version.clone(),
+                )
+                .await
+                .map(|l| Loaded {
+                    sent_while_pulling: Some(sent_while_pulling),
+                    ..l
+                })
+            }
+            Started::Relay {
+                image,
+                repo_tag,
+                relay,
+                pulling,
+            } => {
+                let sent_while_pulling = self.sent.load(Ordering::Relaxed);
+                if let Err(why) = pulled {
+                    relay.stop();
+                    pulling.abort();
+                    return Some(Err(StoreError::Io(std::io::Error::other(format!(
+                        "the pull failed: {why}"
+                    )))
+                    .into()));
+                }
+                let engine_pull = pulling.await.unwrap_or_else(|e| {
+                    Err(DockerError::Refused {
+                        host: self.engine.host().to_owned(),
+                        message: e.to_string(),
+                    })
+                });
+                let relay_name = format!(
+                    "{}/{}:{}",
+                    relay.addr,
+                    relay::REPOSITORY,
+                    split_tag(&repo_tag).map_or("", |(_, t)| t)
+                );
+                drop(relay);
+                match engine_pull {
+                    Ok(()) => self
+                        .name_relayed(&image, &repo_tag, &relay_name)
+                        .await
+                        .map(|l| Loaded {
+                            sent_while_pulling: Some(sent_while_pulling),
+                            ..l
+                        }),
+                    Err(e) => {
+                        let _ = self.engine.untag(&relay_name).await;
+                        // The image is stored whole now: the archive route cannot wait.
+                        let (writer, loading) = start(
+                            &self.engine,
+                            &self.store,
+                            image.clone(),
+                            Some(repo_tag.clone()),
+                            Arc::new(|_: &Descriptor| Ok(())),
+                            Arc::default(),
+                        );
+                        let loaded = loading.await;
+                        finish(
+                            &self.engine,
+                            writer,
+                            loaded,
+                            image.manifest.config.digest.to_string(),
+                            Some(repo_tag),
+                            self.api_version.clone(),
+                        )
+                        .await
+                        .map(|l| Loaded {
+                            relay_failed: Some(e.to_string()),
+                            ..l
+                        })
+                    }
+                }
+            }
         };
-        Some(
-            finish(
-                &self.engine,
-                started.writer,
-                loaded,
-                started.expected,
-                started.repo_tag,
-                self.api_version.clone(),
-            )
-            .await
-            .map(|l| Loaded {
-                sent_while_pulling: Some(sent_while_pulling),
-                ..l
-            }),
-        )
+        Some(loaded)
+    }
+
+    /// After the Engine pulled from the relay: gives the image its name, takes the relay's
+    /// away, and checks the image ID.
+    async fn name_relayed(
+        &self,
+        image: &ArchiveImage,
+        repo_tag: &str,
+        relay_name: &str,
+    ) -> Result<Loaded, LoadError> {
+        let (repo, tag) = split_tag(repo_tag).unwrap_or((repo_tag, "latest"));
+        let tagged = self.engine.tag(relay_name, repo, tag).await;
+        // Whatever happened, the relay's name must not stay behind.
+        let untagged = self.engine.untag(relay_name).await;
+        tagged?;
+        untagged?;
+        let expected = image.manifest.config.digest.to_string();
+        let got = self.engine.image_id(repo_tag).await?.unwrap_or_default();
+        if got != expected {
+            return Err(LoadError::Mismatch {
+                host: self.engine.host().to_owned(),
+                name: repo_tag.to_owned(),
+                expected,
+                got,
+            });
+        }
+        Ok(Loaded {
+            name: Some(repo_tag.to_owned()),
+            image_id: got,
+            engine: self.engine.host().to_owned(),
+            api_version: self.api_version.clone(),
+            sent_while_pulling: None,
+            route: "relay",
+            relay_failed: None,
+        })
     }
 }
 
 impl Drop for Streaming {
     /// A command that gives up without [`Streaming::finish`] must not leave the writer
-    /// waiting for blobs that will never come.
+    /// waiting for blobs that will never come, nor the Engine pulling from a relay.
     fn drop(&mut self) {
         self.arrivals.update(|s| {
             if matches!(s.ended, Ended::Running) {
                 s.ended = Ended::Failed("the command ended".into());
             }
         });
+        if let Ok(mut started) = self.started.lock() {
+            if let Some(Started::Relay { pulling, .. }) = started.take() {
+                pulling.abort();
+            }
+        }
     }
 }
 
