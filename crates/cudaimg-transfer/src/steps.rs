@@ -264,10 +264,12 @@ impl Session {
             reporter,
             spread: &spread,
         };
-        // Largest first: spread over several mirrors, the links end together (longest job
-        // first); over one, the order changes nothing but which blob ends last.
+        // The config first: it is small, and `pull --load`'s Engine needs it before any
+        // layer. Then the largest first: spread over several mirrors, the links end together
+        // (longest job first); over one, the order changes nothing but which blob ends last.
+        let config = plan.blobs.first().map(|d| &d.digest);
         let mut order: Vec<&Descriptor> = plan.missing.iter().collect();
-        order.sort_by_key(|d| std::cmp::Reverse(d.size));
+        order.sort_by_key(|d| (Some(&d.digest) != config, std::cmp::Reverse(d.size)));
         let from: Vec<(Digest, Option<String>)> = stream::iter(order)
             .map(|d| {
                 let job = &job;
