@@ -84,12 +84,33 @@ fn pull_load_puts_the_upstream_image_into_docker_under_its_official_name_and_it_
     let Some(d) = docker_or_skip() else { return };
     let e = env("hello from a loaded image");
     let reference = format!("nvidia/cuda:{TAG}");
-    let out = run_ok(&mut e.cmd(Some(&d), &["--json", "pull", "--load", &reference]));
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["loaded"]["name"], reference);
-    assert_eq!(r["loaded"]["image_id"], e.image.config.digest);
+    // The relay (the Engine pulls from cudaimg on 127.0.0.1), then the streamed archive.
+    for (via, route) in [(None, "relay"), (Some("archive"), "archive")] {
+        d.docker(&["rmi", &reference]).output().unwrap();
+        let mut cmd = e.cmd(Some(&d), &["--json", "pull", "--load", &reference]);
+        if let Some(via) = via {
+            cmd.env("CUDAIMG_LOAD_VIA", via);
+        }
+        let out = run_ok(&mut cmd);
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["loaded"]["route"], route, "{r}");
+        assert_eq!(r["loaded"]["name"], reference);
+        assert_eq!(r["loaded"]["image_id"], e.image.config.digest);
+        check_loaded(&d, &e, &reference);
+        assert_eq!(run_output(&d, &reference), "hello from a loaded image");
+    }
 
-    let inspect = d.inspect(&reference);
+    // `load` again from the store alone: the configuration now names no live registry.
+    e.sandbox.write_hub_config(&common::dead_endpoint(), &[]);
+    d.docker(&["rmi", &reference]).output().unwrap();
+    run_ok(&mut e.cmd(Some(&d), &["load", &reference]));
+    assert_eq!(run_output(&d, &reference), "hello from a loaded image");
+}
+
+/// The Engine holds the image as upstream built it (ID, layers, environment) under
+/// `reference` alone: no other name (the relay's) and no digest it could not resolve.
+fn check_loaded(d: &TestDocker, e: &Env, reference: &str) {
+    let inspect = d.inspect(reference);
     assert_eq!(
         inspect["Id"], e.image.config.digest,
         "Docker's image ID is the upstream config digest"
@@ -116,13 +137,59 @@ fn pull_load_puts_the_upstream_image_into_docker_under_its_official_name_and_it_
         .collect();
     assert!(env.contains(&"CUDA_VERSION=12.4.1"), "{env:?}");
     assert_eq!(inspect["RepoTags"], serde_json::json!([reference]));
-    assert_eq!(run_output(&d, &reference), "hello from a loaded image");
+    assert_eq!(inspect["RepoDigests"], serde_json::json!([]), "{inspect}");
+    let names = d
+        .docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&names.stdout).trim(),
+        reference,
+        "the Engine holds other names"
+    );
+}
 
-    // `load` again from the store alone: the configuration now names no live registry.
-    e.sandbox.write_hub_config(&common::dead_endpoint(), &[]);
-    d.docker(&["rmi", &reference]).output().unwrap();
-    run_ok(&mut e.cmd(Some(&d), &["load", &reference]));
-    assert_eq!(run_output(&d, &reference), "hello from a loaded image");
+#[test]
+fn pull_load_through_the_relay_survives_a_mirror_that_flips_a_byte_and_the_engine_never_takes_it() {
+    let Some(d) = docker_or_skip() else { return };
+    let e = env("flipped on the way");
+    let (top, top_bytes) = &e.image.layer;
+    let mirror = FaultProxy::start(&e.registry.url());
+    let len = top_bytes.len() as u64;
+    mirror.add(Fault::FlipByte {
+        path_contains: top.clone(),
+        offset: len / 2,
+        times: 1,
+    });
+    // Then holds the rest back for 2 s, so the Engine is reading the bad bytes meanwhile.
+    mirror.add(Fault::Stall {
+        path_contains: top.clone(),
+        after_bytes: len * 3 / 4,
+        for_secs: 2,
+        times: 1,
+    });
+    e.sandbox
+        .write_hub_config(&e.registry.url(), &[&mirror.url()]);
+    let reference = format!("nvidia/cuda:{TAG}");
+    let out = run_ok(&mut e.cmd(Some(&d), &["--json", "pull", "--load", &reference]));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        mirror
+            .requests()
+            .iter()
+            .any(common::ProxyRequest::fault_fired),
+        "the mirror flipped nothing"
+    );
+    assert_eq!(r["loaded"]["route"], "relay", "{r}");
+    // The relay ended its first answer for that layer short, so the Engine dropped what it
+    // had and asked again; what it holds is the upstream image.
+    assert!(
+        d.log().to_lowercase().contains("retrying"),
+        "the Engine never had to ask again: {}",
+        d.log()
+    );
+    check_loaded(&d, &e, &reference);
+    assert_eq!(run_output(&d, &reference), "flipped on the way");
 }
 
 #[test]
@@ -158,17 +225,18 @@ fn pull_load_streams_each_stored_layer_to_the_engine_while_later_ones_download()
         .filter(|l| l["digest"] != *top)
         .map(|l| l["size"].as_u64().unwrap())
         .sum();
+    assert_eq!(r["loaded"]["route"], "relay", "{r}");
     let early = r["loaded"]["sent_while_pulling"].as_u64().unwrap();
     assert!(
         early >= below,
-        "only {early} archive bytes reached the Engine during the pull; the layers below the \
+        "only {early} bytes reached the Engine during the pull; the layers below the \
          held-back one are {below} bytes"
     );
     // What streamed early is the image, whole and verified: it runs, as upstream built it.
     assert_eq!(r["loaded"]["image_id"], e.image.config.digest);
     assert_eq!(run_output(&d, &reference), "streamed while downloading");
 
-    // A pull that fails half-way ends the archive short: the Engine loads nothing.
+    // A pull that fails half-way ends the top layer's answer short: the Engine loads nothing.
     d.docker(&["rmi", &reference]).output().unwrap();
     let other = Sandbox::new();
     proxy.clear();
