@@ -65,6 +65,13 @@ pub(crate) async fn streamed<T, E: std::fmt::Display>(
 }
 
 pub(crate) fn print(l: &Loaded) {
+    if let Some(why) = &l.relay_failed {
+        note!(
+            "warning: the Docker Engine could not pull the image from cudaimg's relay on \
+             127.0.0.1 ({why}); it was loaded as an archive instead (`CUDAIMG_LOAD_VIA=archive` \
+             goes that way at once)"
+        );
+    }
     emit(&format!(
         "loaded {} into the Docker Engine at {} (image ID {})",
         l.name.as_deref().unwrap_or("(untagged)"),
