@@ -326,6 +326,15 @@ impl DockerEngine {
             .is_some_and(|p| !p.starts_with("/run/user/"))
     }
 
+    /// Sends `req`; an answer that is not a success is the Engine's error.
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, DockerError> {
+        let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
+        if !resp.status().is_success() {
+            return Err(self.api_error(resp).await);
+        }
+        Ok(resp)
+    }
+
     /// `BASE/PATH?QUERY`, the query's values encoded.
     fn url(&self, path: &str, query: &[(&str, &str)]) -> String {
         let pairs: Vec<String> = query
@@ -337,48 +346,25 @@ impl DockerEngine {
 
     /// `docker pull NAME:TAG` (`POST /images/create`), to the end of its progress stream.
     pub async fn pull(&self, name: &str, tag: &str) -> Result<(), DockerError> {
-        let resp = self
-            .client
-            .post(self.url("images/create", &[("fromImage", name), ("tag", tag)]))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        if !resp.status().is_success() {
-            return Err(self.api_error(resp).await);
-        }
+        let url = self.url("images/create", &[("fromImage", name), ("tag", tag)]);
+        let resp = self.call(self.client.post(url)).await?;
         self.messages(resp).await.map(drop)
     }
 
     /// `docker tag SOURCE REPO:TAG`.
     pub async fn tag(&self, source: &str, repo: &str, tag: &str) -> Result<(), DockerError> {
-        let resp = self
-            .client
-            .post(self.url(
-                &format!("images/{source}/tag"),
-                &[("repo", repo), ("tag", tag)],
-            ))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        if !resp.status().is_success() {
-            return Err(self.api_error(resp).await);
-        }
-        Ok(())
+        let url = self.url(
+            &format!("images/{source}/tag"),
+            &[("repo", repo), ("tag", tag)],
+        );
+        self.call(self.client.post(url)).await.map(drop)
     }
 
     /// Removes the name `name` only (`docker rmi` of a name the image has others besides:
     /// the image stays; `noprune`, so nothing else goes either).
     pub async fn untag(&self, name: &str) -> Result<(), DockerError> {
-        let resp = self
-            .client
-            .delete(self.url(&format!("images/{name}"), &[("noprune", "1")]))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        if !resp.status().is_success() {
-            return Err(self.api_error(resp).await);
-        }
-        Ok(())
+        let url = self.url(&format!("images/{name}"), &[("noprune", "1")]);
+        self.call(self.client.delete(url)).await.map(drop)
     }
 
     /// Streams `GET /images/{name}/get` (`docker save`): a tar, OCI layout plus

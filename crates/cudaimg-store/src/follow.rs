@@ -278,13 +278,17 @@ impl Read for BlobFollower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CommitError, StoreError};
+    use crate::{BlobWriter, CommitError, StoreError};
 
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
+    /// A runtime, and a new store in a directory that lives as long as the guard.
+    fn setup() -> (tokio::runtime::Runtime, tempfile::TempDir, Store) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .build()
-            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&tmp.path().join("s")).unwrap_or_else(|e| panic!("{e}"));
+        (rt, tmp, store)
     }
 
     fn blob(len: u32, seed: u32) -> (Vec<u8>, Digest) {
@@ -300,6 +304,17 @@ mod tests {
         }
     }
 
+    fn writer(
+        rt: &tokio::runtime::Runtime,
+        store: &Store,
+        digest: &Digest,
+        size: u64,
+    ) -> BlobWriter {
+        rt.block_on(store.blob_writer(digest, size))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("stored already"))
+    }
+
     /// Reads a follower to its end on a thread; its bytes, or its error.
     fn read_all(mut f: BlobFollower) -> std::thread::JoinHandle<std::io::Result<Vec<u8>>> {
         std::thread::spawn(move || {
@@ -310,17 +325,12 @@ mod tests {
 
     #[test]
     fn a_follower_reads_a_blob_as_it_is_written_and_ends_only_once_it_matches() {
-        let rt = runtime();
-        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Store::open(&tmp.path().join("s")).unwrap_or_else(|e| panic!("{e}"));
+        let (rt, _tmp, store) = setup();
         let (data, digest) = blob(5 << 20, 1);
         let size = data.len() as u64;
         // Started before the writer exists: it waits for one.
         let reader = read_all(store.follow_blob(&digest, size, Arc::default()));
-        let mut w = rt
-            .block_on(store.blob_writer(&digest, size))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|| panic!("stored already"));
+        let mut w = writer(&rt, &store, &digest, size);
         let mut seen = Vec::new();
         for piece in data.chunks(1 << 20) {
             rt.block_on(w.write(piece))
@@ -348,18 +358,13 @@ mod tests {
 
     #[test]
     fn a_follower_fails_when_the_writer_starts_over_gives_up_or_the_bytes_are_wrong() {
-        let rt = runtime();
-        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Store::open(&tmp.path().join("s")).unwrap_or_else(|e| panic!("{e}"));
+        let (rt, _tmp, store) = setup();
         let (data, digest) = blob(3 << 20, 2);
         let (wrong, _) = blob(3 << 20, 3);
         let size = data.len() as u64;
 
         // Wrong bytes, whole: the read that would end the blob fails.
-        let mut w = rt
-            .block_on(store.blob_writer(&digest, size))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|| panic!("stored already"));
+        let mut w = writer(&rt, &store, &digest, size);
         let reader = read_all(store.follow_blob(&digest, size, Arc::default()));
         rt.block_on(w.write(&wrong))
             .unwrap_or_else(|e| panic!("{e}"));
@@ -393,10 +398,7 @@ mod tests {
 
         // Given up before the end: the follower stops; so does one told to stop waiting.
         let (other, other_digest) = blob(2 << 20, 4);
-        let mut w = rt
-            .block_on(store.blob_writer(&other_digest, other.len() as u64))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|| panic!("stored already"));
+        let mut w = writer(&rt, &store, &other_digest, other.len() as u64);
         let reader = read_all(store.follow_blob(&other_digest, other.len() as u64, Arc::default()));
         rt.block_on(w.write(&other[..1 << 20]))
             .unwrap_or_else(|e| panic!("{e}"));

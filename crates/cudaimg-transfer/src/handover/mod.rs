@@ -84,24 +84,28 @@ pub async fn hand_over(
     repo_tag: Option<String>,
 ) -> Result<Loaded, LoadError> {
     let api_version = engine.ping().await?;
+    load_stored(engine, store, image.into(), repo_tag, api_version).await
+}
+
+/// [`hand_over`] of an image whose blobs are all stored.
+async fn load_stored(
+    engine: &DockerEngine,
+    store: &Store,
+    image: ArchiveImage,
+    repo_tag: Option<String>,
+    api_version: String,
+) -> Result<Loaded, LoadError> {
+    let expected = image.manifest.config.digest.to_string();
     let (writer, loading) = start(
         engine,
         store,
-        image.into(),
+        image,
         repo_tag.clone(),
         Arc::new(|_: &Descriptor| Ok(())),
         Arc::default(),
     );
     let loaded = loading.await;
-    finish(
-        engine,
-        writer,
-        loaded,
-        image.manifest.config.digest.to_string(),
-        repo_tag,
-        api_version,
-    )
-    .await
+    finish(engine, writer, loaded, expected, repo_tag, api_version).await
 }
 
 /// The thread writing the archive.
@@ -454,21 +458,11 @@ impl Streaming {
                         }),
                     Err(e) => {
                         let _ = self.engine.untag(&relay_name).await;
-                        // The image is stored whole now: the archive route cannot wait.
-                        let (writer, loading) = start(
+                        // The image is stored whole now: the archive goes in at once.
+                        load_stored(
                             &self.engine,
                             &self.store,
-                            image.clone(),
-                            Some(repo_tag.clone()),
-                            Arc::new(|_: &Descriptor| Ok(())),
-                            Arc::default(),
-                        );
-                        let loaded = loading.await;
-                        finish(
-                            &self.engine,
-                            writer,
-                            loaded,
-                            image.manifest.config.digest.to_string(),
+                            image,
                             Some(repo_tag),
                             self.api_version.clone(),
                         )
