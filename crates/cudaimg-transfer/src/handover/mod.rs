@@ -367,7 +367,7 @@ impl Streaming {
             return self.begin_archive(image, Some(repo_tag));
         };
         let engine = self.engine.clone();
-        let from = format!("{}/{}", relay.addr, relay::REPOSITORY);
+        let from = format!("{}/{}", relay.addr, relay.repository);
         let pulling = tokio::spawn(async move { engine.pull(&from, &tag).await });
         Started::Relay {
             image,
@@ -427,9 +427,18 @@ impl Streaming {
                 pulling,
             } => {
                 let sent_while_pulling = self.sent.load(Ordering::Relaxed);
+                let relay_name = format!(
+                    "{}/{}:{}",
+                    relay.addr,
+                    relay.repository,
+                    split_tag(&repo_tag).map_or("", |(_, t)| t)
+                );
                 if let Err(why) = pulled {
                     relay.stop();
                     pulling.abort();
+                    // The Engine may have finished before the pull failed (storing the index,
+                    // say): the relay's name must not stay behind.
+                    let _ = self.engine.untag(&relay_name).await;
                     return Some(Err(StoreError::Io(std::io::Error::other(format!(
                         "the pull failed: {why}"
                     )))
@@ -441,12 +450,6 @@ impl Streaming {
                         message: e.to_string(),
                     })
                 });
-                let relay_name = format!(
-                    "{}/{}:{}",
-                    relay.addr,
-                    relay::REPOSITORY,
-                    split_tag(&repo_tag).map_or("", |(_, t)| t)
-                );
                 drop(relay);
                 match engine_pull {
                     Ok(()) => self

@@ -40,8 +40,8 @@ use cudaimg_store::Store;
 
 use super::Arrivals;
 
-/// The repository the relay serves its one image under.
-pub(super) const REPOSITORY: &str = "cudaimg-load";
+/// The relay's repository names start so; a random part follows (see [`start`]).
+const REPOSITORY_PREFIX: &str = "cudaimg-load-";
 
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_PLAIN_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
@@ -71,6 +71,8 @@ struct Image {
 /// The running relay: its address, and the switch that stops it.
 pub(super) struct Relay {
     pub(super) addr: SocketAddr,
+    /// `cudaimg-load-<128 random bits>`: only the Engine is told it.
+    pub(super) repository: String,
     stop: Arc<AtomicBool>,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -92,6 +94,7 @@ impl Drop for Relay {
 /// What every connection shares.
 struct Shared {
     store: Store,
+    repository: String,
     arrivals: Arc<Arrivals>,
     manifest: ImageManifest,
     tag: String,
@@ -101,7 +104,9 @@ struct Shared {
     sent: Arc<AtomicU64>,
 }
 
-/// Binds 127.0.0.1 on a free port and serves `manifest` as `cudaimg-load:TAG`.
+/// Binds 127.0.0.1 on a free port and serves `manifest` as `cudaimg-load-<random>:TAG`.
+/// Any local user can reach the port while the pull runs: the random repository name keeps
+/// what is served (a private image's layers, perhaps) to the Engine it was given to.
 pub(super) fn start(
     store: Store,
     arrivals: Arc<Arrivals>,
@@ -109,6 +114,10 @@ pub(super) fn start(
     tag: String,
     sent: Arc<AtomicU64>,
 ) -> std::io::Result<Relay> {
+    let mut secret = [0u8; 16];
+    aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| std::io::Error::other("no random bytes from the system"))?;
+    let repository = format!("{REPOSITORY_PREFIX}{}", hex::encode(secret));
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
@@ -116,6 +125,7 @@ pub(super) fn start(
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
         store,
+        repository: repository.clone(),
         arrivals,
         manifest,
         tag,
@@ -129,7 +139,12 @@ pub(super) fn start(
             tokio::spawn(connection(tcp, shared.clone()));
         }
     });
-    Ok(Relay { addr, stop, accept })
+    Ok(Relay {
+        addr,
+        repository,
+        stop,
+        accept,
+    })
 }
 
 /// Serves requests on one connection until it closes or a response ends short.
@@ -212,7 +227,7 @@ async fn respond(
         )
         .await;
     }
-    let prefix = format!("/v2/{REPOSITORY}/");
+    let prefix = format!("/v2/{}/", shared.repository);
     let Some(rest) = path.strip_prefix(&prefix) else {
         return not_found(tcp, "NAME_UNKNOWN", "this relay serves one repository").await;
     };
@@ -480,6 +495,59 @@ mod tests {
 
     fn served_manifest(image: &Image) -> serde_json::Value {
         serde_json::from_slice(&image.manifest).unwrap_or_default()
+    }
+
+    #[test]
+    fn only_the_engine_knows_the_repository_the_relay_serves() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&tmp.path().join("s")).unwrap_or_else(|e| panic!("{e}"));
+        let manifest = ImageManifest {
+            media_type: DOCKER_MANIFEST.into(),
+            config: desc(DOCKER_CONFIG, 0, 10),
+            layers: vec![],
+        };
+        rt.block_on(async {
+            let relay = |m: &ImageManifest| {
+                start(
+                    store.clone(),
+                    Arc::default(),
+                    m.clone(),
+                    "t".into(),
+                    Arc::default(),
+                )
+                .unwrap_or_else(|e| panic!("{e}"))
+            };
+            let (a, b) = (relay(&manifest), relay(&manifest));
+            for r in [&a, &b] {
+                let secret = r
+                    .repository
+                    .strip_prefix(REPOSITORY_PREFIX)
+                    .unwrap_or_default();
+                assert_eq!(secret.len(), 32, "{}", r.repository);
+                assert!(
+                    secret.bytes().all(|c| c.is_ascii_hexdigit()),
+                    "{}",
+                    r.repository
+                );
+            }
+            assert_ne!(a.repository, b.repository);
+            let client = reqwest::Client::new();
+            let get = |path: String| {
+                let client = client.clone();
+                let url = format!("http://{}{path}", a.addr);
+                async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+            };
+            assert_eq!(get("/v2/".into()).await.ok(), Some(200));
+            for guess in ["cudaimg-load", b.repository.as_str(), "nvidia/cuda"] {
+                let status = get(format!("/v2/{guess}/manifests/t")).await.ok();
+                assert_eq!(status, Some(404), "{guess}");
+            }
+        });
     }
 
     #[test]
