@@ -184,6 +184,12 @@ impl Head {
         self
     }
 
+    /// The head of a body whose length is not known yet: `Transfer-Encoding: chunked`.
+    pub fn finish_chunked(mut self) -> Vec<u8> {
+        self.text.push_str("Transfer-Encoding: chunked\r\n\r\n");
+        self.text.into_bytes()
+    }
+
     pub fn finish(mut self, content_length: u64, close: bool) -> Vec<u8> {
         let _ = write!(self.text, "Content-Length: {content_length}\r\n");
         if close {
@@ -230,6 +236,20 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), Whole);
         assert_eq!(parse_range(Some("items=0-1"), 10), Whole);
         assert_eq!(parse_range(Some("bytes=0-0"), 0), Unsatisfiable);
+    }
+
+    #[test]
+    fn a_chunked_head_says_so_and_gives_no_length() {
+        let head = Head::new(200)
+            .header("A", "b\r\nInjected: yes")
+            .finish_chunked();
+        let text = String::from_utf8(head).unwrap_or_default();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            text.ends_with("\r\nA: bInjected: yes\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("Content-Length"), "{text}");
     }
 
     #[test]

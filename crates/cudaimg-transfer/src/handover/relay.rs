@@ -358,7 +358,7 @@ async fn send_blob(
         .header("Docker-Content-Digest", digest.as_str());
     let mut out = match length {
         Some(len) => head.finish(len, false),
-        None => chunked(head),
+        None => head.finish_chunked(),
     };
     if head_only {
         return tcp.write_all(&out).await;
@@ -394,16 +394,6 @@ async fn send_blob(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     tcp.write_all(&out).await
-}
-
-fn chunked(head: Head) -> Vec<u8> {
-    // `finish` writes a length; a chunked head says Transfer-Encoding instead.
-    let mut text = head.header("Transfer-Encoding", "chunked").finish(0, false);
-    let needle = b"Content-Length: 0\r\n";
-    if let Some(at) = text.windows(needle.len()).position(|w| w == needle) {
-        text.drain(at..at + needle.len());
-    }
-    text
 }
 
 /// Sends the blob's pieces; `true` once every piece went out and the checks passed (the
