@@ -161,11 +161,12 @@ fn pull_load_through_the_relay_survives_a_mirror_that_flips_a_byte_and_the_engin
         offset: len / 2,
         times: 1,
     });
-    // Then holds the rest back for 2 s, so the Engine is reading the bad bytes meanwhile.
+    // Then holds the rest back for 6 s, so the Engine is reading the bad bytes meanwhile
+    // (it asks for the top layer last; on a loaded machine, 2 s were once not enough).
     mirror.add(Fault::Stall {
         path_contains: top.clone(),
         after_bytes: len * 3 / 4,
-        for_secs: 2,
+        for_secs: 6,
         times: 1,
     });
     e.sandbox
@@ -181,12 +182,11 @@ fn pull_load_through_the_relay_survives_a_mirror_that_flips_a_byte_and_the_engin
         "the mirror flipped nothing"
     );
     assert_eq!(r["loaded"]["route"], "relay", "{r}");
-    // The relay ended its first answer for that layer short, so the Engine dropped what it
-    // had and asked again; what it holds is the upstream image.
+    // The relay ended its answer for that layer short, so the Engine dropped what it had
+    // and asked again; what it holds is the upstream image.
     assert!(
-        d.log().to_lowercase().contains("retrying"),
-        "the Engine never had to ask again: {}",
-        d.log()
+        r["loaded"]["answers_ended_short"].as_u64() >= Some(1),
+        "the Engine was never refused a layer: {r}"
     );
     check_loaded(&d, &e, &reference);
     assert_eq!(run_output(&d, &reference), "flipped on the way");

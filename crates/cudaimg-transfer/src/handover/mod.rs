@@ -44,6 +44,16 @@ pub struct Loaded {
     /// Why the relay was not used after all, when it was tried and failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_failed: Option<String>,
+    /// Layer answers the relay ended short because the bytes failed a check (a source sent
+    /// bad ones): the Engine dropped them and asked again.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub answers_ended_short: u64,
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why an image could not be handed to Docker.
@@ -193,6 +203,7 @@ async fn finish(
         sent_while_pulling: None,
         route: "archive",
         relay_failed: None,
+        answers_ended_short: 0,
     })
 }
 
@@ -450,6 +461,7 @@ impl Streaming {
                         message: e.to_string(),
                     })
                 });
+                let ended_short = relay.ended_short.load(Ordering::Relaxed);
                 drop(relay);
                 match engine_pull {
                     Ok(()) => self
@@ -457,6 +469,7 @@ impl Streaming {
                         .await
                         .map(|l| Loaded {
                             sent_while_pulling: Some(sent_while_pulling),
+                            answers_ended_short: ended_short,
                             ..l
                         }),
                     Err(e) => {
@@ -513,6 +526,7 @@ impl Streaming {
             sent_while_pulling: None,
             route: "relay",
             relay_failed: None,
+            answers_ended_short: 0,
         })
     }
 }

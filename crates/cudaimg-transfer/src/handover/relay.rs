@@ -71,6 +71,8 @@ struct Image {
 /// The running relay: its address, and the switch that stops it.
 pub(super) struct Relay {
     pub(super) addr: SocketAddr,
+    /// Answers ended short because a blob failed a check (the Engine asks again).
+    pub(super) ended_short: Arc<AtomicU64>,
     /// `cudaimg-load-<128 random bits>`: only the Engine is told it.
     pub(super) repository: String,
     stop: Arc<AtomicBool>,
@@ -102,6 +104,7 @@ struct Shared {
     stop: Arc<AtomicBool>,
     /// Body bytes handed to the Engine.
     sent: Arc<AtomicU64>,
+    ended_short: Arc<AtomicU64>,
 }
 
 /// Binds 127.0.0.1 on a free port and serves `manifest` as `cudaimg-load-<random>:TAG`.
@@ -123,7 +126,9 @@ pub(super) fn start(
     let listener = TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
+    let ended_short = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(Shared {
+        ended_short: ended_short.clone(),
         store,
         repository: repository.clone(),
         arrivals,
@@ -141,6 +146,7 @@ pub(super) fn start(
     });
     Ok(Relay {
         addr,
+        ended_short,
         repository,
         stop,
         accept,
@@ -386,6 +392,7 @@ async fn send_blob(
     drop(rx);
     let produced = producer.await.unwrap_or(false);
     if failed || !produced {
+        shared.ended_short.fetch_add(1, Ordering::Relaxed);
         // Ends the body short: the Engine discards the download and asks again.
         let _ = tcp.shutdown().await;
         return Err(std::io::Error::other("a blob failed its check"));
