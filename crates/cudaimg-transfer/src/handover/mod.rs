@@ -289,6 +289,8 @@ enum Started {
         image: ArchiveImage,
         /// `REPO:TAG`, as Docker shows it.
         repo_tag: String,
+        /// What the Engine pulls: `127.0.0.1:PORT/cudaimg-load-SECRET:TAG`.
+        relay_name: String,
         relay: Box<relay::Relay>,
         pulling: tokio::task::JoinHandle<Result<(), DockerError>>,
     },
@@ -379,10 +381,12 @@ impl Streaming {
         };
         let engine = self.engine.clone();
         let from = format!("{}/{}", relay.addr, relay.repository);
+        let relay_name = format!("{from}:{tag}");
         let pulling = tokio::spawn(async move { engine.pull(&from, &tag).await });
         Started::Relay {
             image,
             repo_tag,
+            relay_name,
             relay: Box::new(relay),
             pulling,
         }
@@ -434,16 +438,11 @@ impl Streaming {
             Started::Relay {
                 image,
                 repo_tag,
+                relay_name,
                 relay,
                 pulling,
             } => {
                 let sent_while_pulling = self.sent.load(Ordering::Relaxed);
-                let relay_name = format!(
-                    "{}/{}:{}",
-                    relay.addr,
-                    relay.repository,
-                    split_tag(&repo_tag).map_or("", |(_, t)| t)
-                );
                 if let Err(why) = pulled {
                     relay.stop();
                     pulling.abort();
