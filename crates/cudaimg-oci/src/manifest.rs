@@ -19,6 +19,13 @@ pub const DOCKER_MANIFEST: &str = IMAGE_MANIFEST_MEDIA_TYPE;
 pub const DOCKER_LIST: &str = IMAGE_MANIFEST_LIST_MEDIA_TYPE;
 pub const OCI_MANIFEST: &str = OCI_IMAGE_MEDIA_TYPE;
 pub const OCI_INDEX: &str = OCI_IMAGE_INDEX_MEDIA_TYPE;
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// Uncompressed layers (the digest is the diff ID).
+pub const DOCKER_LAYER_PLAIN: &str = "application/vnd.docker.image.rootfs.diff.tar";
+pub const OCI_LAYER_PLAIN: &str = "application/vnd.oci.image.layer.v1.tar";
 const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
 /// The OCI annotation that names an image in a layout's `index.json`.

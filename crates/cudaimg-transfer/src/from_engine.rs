@@ -33,13 +33,12 @@ use tokio::sync::mpsc;
 
 use cudaimg_docker::{DockerEngine, DockerError};
 use cudaimg_oci::digest::{Digest, Hasher};
-use cudaimg_oci::manifest::{Descriptor, ImageConfig, OCI_MANIFEST};
+use cudaimg_oci::manifest::{
+    Descriptor, ImageConfig, DOCKER_CONFIG, DOCKER_LAYER_GZIP, OCI_CONFIG, OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+};
 use cudaimg_store::{NamedImage, Store, StoreError, StoredImage};
 
-const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// `manifest.json` and the config are read up to this size (real ones are a few KB).
 const MAX_JSON: u64 = 8 << 20;
 const PIECE: usize = 1 << 20;

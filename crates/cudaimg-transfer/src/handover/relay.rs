@@ -33,7 +33,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use cudaimg_oci::digest::{Digest, Hasher};
 use cudaimg_oci::manifest::{
-    Descriptor, ImageConfig, ImageManifest, DOCKER_MANIFEST, OCI_MANIFEST,
+    Descriptor, ImageConfig, ImageManifest, DOCKER_CONFIG, DOCKER_LAYER_PLAIN, DOCKER_MANIFEST,
+    OCI_LAYER_PLAIN, OCI_MANIFEST,
 };
 use cudaimg_serve::http::{error_body, parse_head, Head, Parsed, MAX_HEAD};
 use cudaimg_store::Store;
@@ -43,9 +44,6 @@ use super::Arrivals;
 /// The relay's repository names start so; a random part follows (see [`start`]).
 const REPOSITORY_PREFIX: &str = "cudaimg-load-";
 
-const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-const DOCKER_PLAIN_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
-const OCI_PLAIN_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 /// Body pieces, and the read size of the decompressor.
 const PIECE: usize = 256 * 1024;
 /// How long the Engine may take to send a request head.
@@ -294,9 +292,9 @@ async fn prepare(shared: Arc<Shared>) -> Result<Arc<Image>, String> {
 fn image(manifest: &ImageManifest, diff_ids: &[String]) -> Image {
     let docker = manifest.config.media_type == DOCKER_CONFIG;
     let (manifest_type, plain) = if docker {
-        (DOCKER_MANIFEST, DOCKER_PLAIN_LAYER)
+        (DOCKER_MANIFEST, DOCKER_LAYER_PLAIN)
     } else {
-        (OCI_MANIFEST, OCI_PLAIN_LAYER)
+        (OCI_MANIFEST, OCI_LAYER_PLAIN)
     };
     let mut blobs = HashMap::new();
     blobs.insert(
@@ -369,15 +367,10 @@ async fn send_blob(
     if head_only {
         return tcp.write_all(&out).await;
     }
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let (store, stop) = (shared.store.clone(), shared.stop.clone());
     let producer = tokio::task::spawn_blocking(move || produce(&store, &served, &stop, &tx));
-    let mut failed = false;
     while let Some(piece) = rx.recv().await {
-        let Ok(piece) = piece else {
-            failed = true;
-            break;
-        };
         shared.sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
         if length.is_some() {
             out.extend_from_slice(&piece);
@@ -389,9 +382,8 @@ async fn send_blob(
         tcp.write_all(&out).await?;
         out.clear();
     }
-    drop(rx);
-    let produced = producer.await.unwrap_or(false);
-    if failed || !produced {
+    // The producer dropped its sender: it is done, and says how.
+    if !matches!(producer.await, Ok(Ok(()))) {
         shared.ended_short.fetch_add(1, Ordering::Relaxed);
         // Ends the body short: the Engine discards the download and asks again.
         let _ = tcp.shutdown().await;
@@ -403,73 +395,61 @@ async fn send_blob(
     tcp.write_all(&out).await
 }
 
-/// Sends the blob's pieces; `true` once every piece went out and the checks passed (the
-/// caller then ends the body). An error is sent as the last item.
+/// Sends the blob's pieces; `Ok` once every piece went out and the checks passed (the
+/// caller then ends the body).
 fn produce(
     store: &Store,
     served: &Served,
     stop: &Arc<AtomicBool>,
-    tx: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
-) -> bool {
-    let result = match served {
-        Served::AsStored(d) => {
-            let mut follower = store.follow_blob(&d.digest, d.size, stop.clone());
-            pump(&mut follower, tx).map(drop)
-        }
+    tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> std::io::Result<()> {
+    match served {
+        // The follower checks the blob's digest itself.
+        Served::AsStored(d) => pump(
+            &mut store.follow_blob(&d.digest, d.size, stop.clone()),
+            tx,
+            None,
+        ),
         Served::Decompressed { blob, diff_id } => {
             let follower = store.follow_blob(&blob.digest, blob.size, stop.clone());
             let mut gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(
                 1 << 20,
                 follower,
             ));
-            pump(&mut gz, tx).and_then(|(actual, len)| {
-                // Whatever follows the gzip stream still counts for the blob's digest.
-                std::io::copy(&mut gz.into_inner(), &mut std::io::sink())?;
-                if &actual == diff_id {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!(
-                            "layer {} decompresses to {actual} ({len} bytes), not its diff ID {diff_id}",
-                            blob.digest
-                        ),
-                    ))
-                }
-            })
-        }
-    };
-    match result {
-        Ok(()) => true,
-        Err(e) => {
-            let _ = tx.blocking_send(Err(e));
-            false
+            let mut diff = Hasher::new();
+            pump(&mut gz, tx, Some(&mut diff))?;
+            // Whatever follows the gzip stream still counts for the blob's digest.
+            std::io::copy(&mut gz.into_inner(), &mut std::io::sink())?;
+            let (actual, len) = diff.finish();
+            if &actual != diff_id {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "layer {} decompresses to {actual} ({len} bytes), not its diff ID {diff_id}",
+                        blob.digest
+                    ),
+                ));
+            }
+            Ok(())
         }
     }
 }
 
-/// Copies `from` into pieces on `tx`, hashing what passes.
+/// Copies `from` into pieces on `tx`, through `hasher` if given.
 fn pump(
     from: &mut impl Read,
-    tx: &tokio::sync::mpsc::Sender<std::io::Result<Vec<u8>>>,
-) -> std::io::Result<(Digest, u64)> {
-    let mut hasher = Hasher::new();
+    tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    mut hasher: Option<&mut Hasher>,
+) -> std::io::Result<()> {
     loop {
-        let mut piece = vec![0u8; PIECE];
-        let mut filled = 0;
-        while filled < PIECE {
-            match from.read(&mut piece[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) => return Err(e),
-            }
+        let mut piece = Vec::with_capacity(PIECE);
+        if from.by_ref().take(PIECE as u64).read_to_end(&mut piece)? == 0 {
+            return Ok(());
         }
-        if filled == 0 {
-            return Ok(hasher.finish());
+        if let Some(h) = hasher.as_deref_mut() {
+            h.update(&piece);
         }
-        piece.truncate(filled);
-        hasher.update(&piece);
-        tx.blocking_send(Ok(piece))
+        tx.blocking_send(piece)
             .map_err(|_| std::io::Error::other("the Engine stopped reading"))?;
     }
 }
@@ -554,7 +534,7 @@ mod tests {
             config: desc(DOCKER_CONFIG, 0, 10),
             layers: vec![
                 desc("application/vnd.docker.image.rootfs.diff.tar.gzip", 1, 100),
-                desc(DOCKER_PLAIN_LAYER, 2, 200),
+                desc(DOCKER_LAYER_PLAIN, 2, 200),
                 desc("application/vnd.oci.image.layer.v1.tar+zstd", 3, 300),
             ],
         };
@@ -576,8 +556,8 @@ mod tests {
         assert_eq!(
             types,
             [
-                DOCKER_PLAIN_LAYER,
-                DOCKER_PLAIN_LAYER,
+                DOCKER_LAYER_PLAIN,
+                DOCKER_LAYER_PLAIN,
                 "application/vnd.oci.image.layer.v1.tar+zstd"
             ]
         );
@@ -611,7 +591,7 @@ mod tests {
         let image = image(&manifest, &two);
         assert_eq!(image.manifest_type, OCI_MANIFEST);
         let m = served_manifest(&image);
-        assert_eq!(m["layers"][0]["mediaType"], OCI_PLAIN_LAYER);
+        assert_eq!(m["layers"][0]["mediaType"], OCI_LAYER_PLAIN);
         assert_eq!(m["layers"][1]["digest"], d(12).to_string());
 
         let image = super::image(&manifest, &two[..1]);
