@@ -270,16 +270,13 @@ impl DockerEngine {
         S: Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
     {
         let resp = self
-            .client
-            .post(format!("{}/images/load?quiet=1", self.base))
-            .header("content-type", "application/x-tar")
-            .body(Body::wrap_stream(archive))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        if !resp.status().is_success() {
-            return Err(self.api_error(resp).await);
-        }
+            .call(
+                self.client
+                    .post(format!("{}/images/load?quiet=1", self.base))
+                    .header("content-type", "application/x-tar")
+                    .body(Body::wrap_stream(archive)),
+            )
+            .await?;
         let mut loaded = Vec::new();
         for v in self.messages(resp).await? {
             if let Some(line) = v.get("stream").and_then(|s| s.as_str()) {
@@ -376,14 +373,8 @@ impl DockerEngine {
     ) -> Result<impl Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static, DockerError>
     {
         let resp = self
-            .client
-            .get(format!("{}/images/{name}/get", self.base))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        if !resp.status().is_success() {
-            return Err(self.api_error(resp).await);
-        }
+            .call(self.client.get(format!("{}/images/{name}/get", self.base)))
+            .await?;
         Ok(resp
             .bytes_stream()
             .map(|c| c.map_err(std::io::Error::other)))
@@ -458,15 +449,12 @@ impl DockerEngine {
             default_runtime: Option<String>,
         }
         let resp = self
-            .client
-            .get(format!("{}/info", self.base))
-            .timeout(std::time::Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        if !resp.status().is_success() {
-            return Err(self.api_error(resp).await);
-        }
+            .call(
+                self.client
+                    .get(format!("{}/info", self.base))
+                    .timeout(std::time::Duration::from_secs(10)),
+            )
+            .await?;
         let info: Info = resp.json().await.map_err(|e| DockerError::Api {
             host: self.host.clone(),
             status: 200,
