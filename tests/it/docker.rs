@@ -190,6 +190,8 @@ fn pull_load_through_the_relay_survives_a_mirror_that_flips_a_byte_and_the_engin
     );
     check_loaded(&d, &e, &reference);
     assert_eq!(run_output(&d, &reference), "flipped on the way");
+    // And the store holds the image whole: every blob re-hashed, every name complete.
+    run_ok(&mut e.cmd(None, &["verify"]));
 }
 
 #[test]
