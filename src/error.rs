@@ -42,7 +42,7 @@ pub enum Error {
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error(transparent)]
-    Docker(#[from] cudaimg_transfer::handover::LoadError),
+    Docker(#[from] cudaimg_handover::LoadError),
     #[error(transparent)]
     Tag(#[from] TagError),
     /// A registry request (a tag list) that no source could answer.
@@ -141,11 +141,7 @@ impl Error {
             Error::Sources(_) => exit::FAILURE,
             Error::Lock(LockError::NotLocked { .. } | LockError::Invalid { .. }) => exit::USAGE,
             Error::Lock(_) => exit::FAILURE,
-            Error::Docker(cudaimg_transfer::handover::LoadError::Store(
-                StoreError::Corrupt(_)
-                | StoreError::BlobCorrupt { .. }
-                | StoreError::MissingBlob { .. },
-            )) => exit::CORRUPT,
+            Error::Docker(e) if e.is_corrupt() => exit::CORRUPT,
             Error::Docker(_) => exit::FAILURE,
             Error::Store(StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. }) => exit::CORRUPT,
             Error::Store(StoreError::Missing(_)) => exit::NOT_FOUND,

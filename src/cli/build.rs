@@ -12,7 +12,7 @@
 //!    in): `BuildKit` (`DOCKER_BUILDKIT=1`) when the CLI can do it, the classic builder
 //!    otherwise or with `--builder classic`; its output streams as progress lines.
 //! 5. with `--push`, brings the result into the store (base layers kept as pulled, see
-//!    [`cudaimg_transfer::from_engine`]) and pushes it to its name's registry.
+//!    [`cudaimg_handover::from_docker`]) and pushes it to its name's registry.
 //!
 //! In a matrix, invalid cells are skipped with their reason and a failing cell does not stop
 //! the rest; the summary lists every cell; the exit is 1 if any build failed.
@@ -29,6 +29,7 @@ use cudaimg_config::Config;
 use cudaimg_cuda::image::ImageEnv;
 use cudaimg_cuda::CudaTag;
 use cudaimg_docker::DockerEngine;
+use cudaimg_handover::{HandOver, LoadError, Via};
 use cudaimg_oci::platform::Platform;
 use cudaimg_store::Store;
 use cudaimg_transfer::PullTarget;
@@ -498,10 +499,17 @@ async fn build(
     let image = store
         .image(&plan.base, Some(&Platform::host()))?
         .ok_or_else(|| Error::NotInStore(plan.base.clone()))?;
-    let local = super::export::repo_tag(&plan.base).unwrap_or_else(|| image.digest.to_string());
-    let docker = DockerEngine::from_env().map_err(cudaimg_transfer::handover::LoadError::from)?;
-    let loaded =
-        cudaimg_transfer::handover::hand_over(&docker, store, &image, Some(local.clone())).await?;
+    let docker = DockerEngine::from_env().map_err(LoadError::from)?;
+    let (loaded, outcome) = HandOver::docker(docker.clone(), store.clone(), Via::Auto)
+        .await?
+        .load(&image)
+        .await;
+    outcome?;
+    // An untagged base is known to the engine by its ID.
+    let local = loaded
+        .name
+        .clone()
+        .unwrap_or_else(|| loaded.image_id.clone());
     note!(
         "base handed to the Docker Engine at {} as {local} (image ID {})",
         loaded.engine,
@@ -570,7 +578,7 @@ async fn build(
     let id = docker
         .image_id(&plan.image)
         .await
-        .map_err(cudaimg_transfer::handover::LoadError::from)?;
+        .map_err(LoadError::from)?;
     if !ctx.json {
         emit(&format!(
             "built {} (image ID {})",
@@ -585,7 +593,7 @@ async fn build(
 }
 
 /// `--push`: the built image from the engine into the store (base layers as upstream
-/// compressed them, see [`cudaimg_transfer::from_engine`]), then pushed to its own name's
+/// compressed them, see [`cudaimg_handover::from_docker`]), then pushed to its own name's
 /// registry, base layers mounted from the base's repository there when it holds them.
 async fn push(
     ctx: &Ctx,
@@ -598,11 +606,11 @@ async fn push(
     let config = ctx.config()?;
     let canonical = config.canonicalize(image)?.image;
     let name = canonical.to_string();
-    let from_engine = |e: cudaimg_transfer::from_engine::FromEngineError| {
-        use cudaimg_transfer::from_engine::FromEngineError as E;
+    let from_engine = |e: cudaimg_handover::from_docker::FromEngineError| {
+        use cudaimg_handover::from_docker::FromEngineError as E;
         match e {
             E::Store(e) => Error::Store(e),
-            E::Docker(e) => cudaimg_transfer::handover::LoadError::from(e).into(),
+            E::Docker(e) => LoadError::from(e).into(),
             e => {
                 let hint = e
                     .hint()
@@ -614,7 +622,7 @@ async fn push(
             }
         }
     };
-    let built = cudaimg_transfer::from_engine::import_built(docker, store, image, base, &name)
+    let built = cudaimg_handover::from_docker::import_built(docker, store, image, base, &name)
         .await
         .map_err(from_engine)?;
     note!(

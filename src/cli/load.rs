@@ -1,81 +1,137 @@
-//! `cudaimg load REF`: hand a stored image to the Docker Engine under its official name.
+//! `cudaimg load REF`: hand a stored image to an engine under its official name; and the
+//! engine options `pull --load` shares.
 
 use crate::error::Error;
 use cudaimg_docker::DockerEngine;
+use cudaimg_handover::{HandOver, LoadError, Loaded, Via};
 use cudaimg_oci::platform::Platform;
 use cudaimg_store::Store;
-use cudaimg_transfer::handover::{self as docker, Loaded};
 
-use super::export::repo_tag;
 use super::{emit, emit_json, Ctx};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     image: super::ImageArgs,
+    /// The engine: `docker` (the Docker Engine or Podman at `DOCKER_HOST`), or
+    /// `containerd[:NAMESPACE]` (namespace `k8s.io`, the kubelet's, by default)
+    #[arg(long, value_name = "ENGINE", default_value = "docker")]
+    to: Target,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// Which engine an image goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    Docker,
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "docker" | "podman" => Ok(Target::Docker),
+            _ => Err(format!(
+                "`{s}` is not an engine: use `docker` (the Docker Engine or Podman at `DOCKER_HOST`)"
+            )),
+        }
+    }
+}
+
+/// How to reach the engines: shared by `load` and `pull --load`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EngineArgs {
+    /// How the image goes into a Docker-API engine: `relay` (it pulls from cudaimg on
+    /// 127.0.0.1), `archive` (a streamed `docker load`), or `auto`: the relay where the
+    /// engine can reach this host's loopback
+    #[arg(long = "load-via", value_name = "ROUTE", env = cudaimg_static::EnvVars::CUDAIMG_LOAD_VIA, default_value = "auto")]
+    via: Via,
 }
 
 pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let config = ctx.config()?;
     let (name, want) = args.image.resolve(config)?;
     let store = ctx.existing_store()?;
-    let loaded = load(&store, &name, want.as_ref()).await?;
-    if ctx.json {
-        emit_json(&loaded);
-    } else {
-        print(&loaded);
-    }
-    Ok(())
+    let loaded = load(&store, &name, want.as_ref(), &args.to, &args.engine).await?;
+    finish(ctx, loaded)
 }
 
-/// Loads `name` (for `platform`) from the store into the engine `DOCKER_HOST` names.
+/// Prints what a hand-over did (under `--json`, the `loaded` object, failure included)
+/// and returns its error.
+fn finish(ctx: &Ctx, done: (Loaded, Result<(), LoadError>)) -> Result<(), Error> {
+    let (loaded, outcome) = done;
+    if ctx.json {
+        emit_json(&serde_json::json!({ "loaded": loaded }));
+    } else if outcome.is_ok() {
+        print(&loaded);
+    }
+    Ok(outcome?)
+}
+
+/// Loads `name` (for `platform`) from the store into the engine.
 pub(crate) async fn load(
     store: &Store,
     name: &str,
     platform: Option<&Platform>,
-) -> Result<Loaded, Error> {
+    to: &Target,
+    engine: &EngineArgs,
+) -> Result<(Loaded, Result<(), LoadError>), Error> {
     let image = store
         .image(name, platform)?
         .ok_or_else(|| Error::NotInStore(name.to_owned()))?;
-    let engine = DockerEngine::from_env().map_err(docker::LoadError::from)?;
-    Ok(docker::hand_over(&engine, store, &image, repo_tag(name)).await?)
+    Ok(match hand_over(to, engine, store).await {
+        Ok(h) => h.load(&image).await,
+        Err((loaded, e)) => (loaded, Err(e)),
+    })
 }
 
-/// With `load` (`pull --load`), a hand-over to the engine `DOCKER_HOST` names that runs
-/// while the pull downloads; the Engine is reached before anything is downloaded.
-pub(crate) async fn streaming(
-    load: bool,
+/// Reaches the engine; a failure comes with the outcome `--json` prints.
+pub(crate) async fn hand_over(
+    to: &Target,
+    engine: &EngineArgs,
     store: &Store,
-) -> Result<Option<docker::Streaming>, Error> {
-    if !load {
-        return Ok(None);
+) -> Result<HandOver, (Loaded, LoadError)> {
+    let failed = |target: &'static str, engine: String, e: LoadError| {
+        let loaded = Loaded {
+            target,
+            engine,
+            error: Some(e.to_string()),
+            ..Loaded::default()
+        };
+        (loaded, e)
+    };
+    match to {
+        Target::Docker => {
+            let docker =
+                DockerEngine::from_env().map_err(|e| failed("docker", String::new(), e.into()))?;
+            let host = docker.host().to_owned();
+            HandOver::docker(docker, store.clone(), engine.via)
+                .await
+                .map_err(|e| failed("docker", host, e))
+        }
     }
-    let engine = DockerEngine::from_env().map_err(docker::LoadError::from)?;
-    Ok(Some(docker::Streaming::new(engine, store.clone()).await?))
-}
-
-/// Ends a streaming hand-over with how the pull went; `None` when there was none, or the
-/// pull chose no image.
-pub(crate) async fn streamed<T, E: std::fmt::Display>(
-    streaming: Option<docker::Streaming>,
-    pulled: &Result<T, E>,
-) -> Option<Result<Loaded, docker::LoadError>> {
-    let pulled = pulled.as_ref().map(|_| ()).map_err(ToString::to_string);
-    streaming?.finish(pulled).await
 }
 
 pub(crate) fn print(l: &Loaded) {
     if let Some(why) = &l.relay_failed {
         note!(
-            "warning: the Docker Engine could not pull the image from cudaimg's relay on \
-             127.0.0.1 ({why}); it was loaded as an archive instead (`CUDAIMG_LOAD_VIA=archive` \
-             goes that way at once)"
+            "warning: the engine could not pull the image from cudaimg's relay on 127.0.0.1 \
+             ({why}); it was loaded as an archive instead (`--load-via archive` goes that way \
+             at once)"
         );
     }
+    let what = match l.target {
+        "containerd" => "containerd",
+        "podman" => "Podman",
+        _ => "the Docker Engine",
+    };
     emit(&format!(
-        "loaded {} into the Docker Engine at {} (image ID {})",
+        "loaded {} into {what} at {} ({} store, by {}; image ID {})",
         l.name.as_deref().unwrap_or("(untagged)"),
         l.engine,
+        l.store,
+        l.route,
         l.image_id
     ));
 }

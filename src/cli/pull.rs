@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use crate::error::Error;
 use cudaimg_config::lockfile::{Lockfile, Pin, DEFAULT_LOCKFILE};
 use cudaimg_config::Canonical;
+use cudaimg_handover::Loaded;
 use cudaimg_oci::platform::Platform;
-use cudaimg_transfer::handover::Loaded;
 use cudaimg_transfer::{
-    PullAllReport, PullReport, PullTarget, ResolvedBy, DEFAULT_JOBS, DEFAULT_STALL_SECS,
+    ImageSink, PullAllReport, PullReport, PullTarget, ResolvedBy, DEFAULT_JOBS, DEFAULT_STALL_SECS,
 };
 
 use super::{emit, emit_json, human_bytes, Ctx};
@@ -48,9 +48,13 @@ pub struct Args {
     /// (otherwise a stored blob of the right size counts as present)
     #[arg(long)]
     verify_existing: bool,
-    /// Then hand each image to the Docker Engine (`DOCKER_HOST`) under its official name
-    #[arg(long)]
-    load: bool,
+    /// Also hand each image, while it downloads, to an engine under its official name:
+    /// `docker` (the default: the Docker Engine or Podman at `DOCKER_HOST`), or
+    /// `containerd[:NAMESPACE]` (namespace `k8s.io` by default)
+    #[arg(long, value_name = "ENGINE", num_args = 0..=1, require_equals = true, default_missing_value = "docker")]
+    load: Option<super::load::Target>,
+    #[command(flatten)]
+    engine: super::load::EngineArgs,
 }
 
 /// Options shared by `pull --locked` and `lock`.
@@ -94,9 +98,6 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         _ => args.references.clone(),
     };
     let targets = targets(config, lock.as_ref(), &references)?;
-    if args.load {
-        engine_first().await?;
-    }
     let session = &ctx.session;
     let config_note = match &config.path {
         Some(p) => format!("mirror configuration: {}", p.display()),
@@ -119,35 +120,44 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             }
             continue;
         }
-        // `--load`: the image streams into the Engine while it downloads.
-        let streaming = super::load::streaming(args.load, ctx.store()?).await?;
+        // `--load`: the image streams into the engine while it downloads; the engine is
+        // reached before anything is downloaded.
+        let handover = match &args.load {
+            Some(to) => match super::load::hand_over(to, &args.engine, ctx.store()?).await {
+                Ok(h) => Some(h),
+                Err((loaded, e)) => {
+                    if ctx.json {
+                        emit_json(&serde_json::json!({ "reference": input, "loaded": loaded }));
+                    }
+                    failed(ctx, input, e.into(), targets.len(), &mut first_error)?;
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let sink = handover.as_ref().map(|h| h as &dyn ImageSink);
         let report = session
-            .pull_streaming(&target, &platform, reporter.as_ref(), streaming.as_ref())
+            .pull_streaming(&target, &platform, reporter.as_ref(), sink)
             .await;
         drop(reporter);
-        let streamed = super::load::streamed(streaming, &report).await;
+        let pulled = report.as_ref().map(|_| ()).map_err(ToString::to_string);
+        let streamed = match &handover {
+            Some(h) => h.finish(pulled).await,
+            None => None,
+        };
         match report {
             Ok(mut report) => {
                 unconfigured_mirror(config, &mut report);
                 let secs = started.elapsed().as_secs_f64();
                 record_locations(ctx.store()?, &report);
-                if !args.load {
+                let Some(handover) = handover else {
                     print(ctx, &report, secs, None);
                     continue;
-                }
-                // Streamed; else (no image was chosen to stream) what the store holds.
-                let loaded = if let Some(loaded) = streamed {
-                    loaded.map_err(Error::from)
-                } else {
-                    let name = report.canonical.to_string();
-                    super::load::load(ctx.store()?, &name, Some(&report.platform)).await
                 };
-                match loaded {
-                    Ok(l) => print(ctx, &report, secs, Some(&l)),
-                    Err(e) => {
-                        print(ctx, &report, secs, None);
-                        failed(ctx, input, e, targets.len(), &mut first_error)?;
-                    }
+                let (loaded, outcome) = loaded(ctx, handover, streamed, &report).await?;
+                print(ctx, &report, secs, Some(&loaded));
+                if let Err(e) = outcome {
+                    failed(ctx, input, e.into(), targets.len(), &mut first_error)?;
                 }
             }
             // The other references are still pulled; the first failure decides the exit.
@@ -188,16 +198,23 @@ fn failed(
     Ok(())
 }
 
-/// `pull --load` asks the Engine before any download: one that is not there would
-/// otherwise be found only after it.
-async fn engine_first() -> Result<(), Error> {
-    let engine = cudaimg_docker::DockerEngine::from_env()
-        .map_err(cudaimg_transfer::handover::LoadError::from)?;
-    engine
-        .ping()
-        .await
-        .map_err(cudaimg_transfer::handover::LoadError::from)?;
-    Ok(())
+/// What `--load` did: streamed while the pull ran; else (no image was chosen to stream)
+/// what the store holds.
+async fn loaded(
+    ctx: &Ctx,
+    handover: cudaimg_handover::HandOver,
+    streamed: Option<(Loaded, Result<(), cudaimg_handover::LoadError>)>,
+    report: &PullReport,
+) -> Result<(Loaded, Result<(), cudaimg_handover::LoadError>), Error> {
+    if let Some(done) = streamed {
+        return Ok(done);
+    }
+    let name = report.canonical.to_string();
+    let image = ctx
+        .store()?
+        .image(&name, Some(&report.platform))?
+        .ok_or(Error::NotInStore(name))?;
+    Ok(handover.load(&image).await)
 }
 
 /// A "no such tag" with the nearest tags of the registry's list as its hint.

@@ -220,7 +220,7 @@ fn load_finds_the_engine_through_the_current_docker_context() {
         .write_docker_config(&serde_json::json!({"currentContext": name}));
     let out = run_ok(&mut hub.cmd(None, &["--json", "load", &reference]));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["engine"], d.host(), "{r}");
+    assert_eq!(r["loaded"]["engine"], d.host(), "{r}");
     d.inspect(&reference);
 
     // DOCKER_CONTEXT overrides config.json; a context that does not exist is named.

@@ -36,6 +36,45 @@ pub struct EngineImage {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+/// What an Engine says about itself: enough to choose how to hand it an image.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EngineInfo {
+    /// Its version (`28.5.2`; Podman's own for Podman).
+    pub version: String,
+    /// The product (`Docker Engine - Community`, `Docker Desktop 4.x`), if it says.
+    pub product: String,
+    /// Podman's Docker-compatible API.
+    pub podman: bool,
+    /// `overlay2` (graphdriver store), `overlayfs` (containerd store), …
+    pub storage_driver: String,
+    /// `io.containerd.snapshotter.v1` when images live in containerd's store.
+    pub driver_type: Option<String>,
+    /// `Debian GNU/Linux 13 (forky)`, `Docker Desktop`, …
+    pub operating_system: String,
+    pub kernel_version: String,
+    /// A rootless Engine runs in a network namespace of its own.
+    pub rootless: bool,
+}
+
+impl EngineInfo {
+    /// Images live in containerd's image store (Docker 29's default; opt-in in 27/28).
+    pub fn containerd_store(&self) -> bool {
+        self.driver_type.as_deref() == Some("io.containerd.snapshotter.v1")
+    }
+
+    /// Docker Desktop, or another Engine inside a VM (WSL2, linuxkit): its 127.0.0.1 is
+    /// not this host's.
+    pub fn in_vm(&self) -> bool {
+        let os = self.operating_system.to_ascii_lowercase();
+        let kernel = self.kernel_version.to_ascii_lowercase();
+        os.contains("docker desktop")
+            || self.product.to_ascii_lowercase().contains("docker desktop")
+            || kernel.contains("linuxkit")
+            || kernel.contains("microsoft")
+            || kernel.contains("wsl")
+    }
+}
+
 /// A Docker Engine to load images into. Cloning shares its connection pool.
 #[derive(Clone)]
 pub struct DockerEngine {
@@ -314,15 +353,6 @@ impl DockerEngine {
         Ok(out)
     }
 
-    /// Whether the Engine shares this host's loopback, as far as its address tells: a unix
-    /// socket outside `/run/user/` (where rootless Engines, which run in a network namespace
-    /// of their own, put theirs). A wrong guess costs a failed pull, not a wrong image.
-    pub fn shares_loopback(&self) -> bool {
-        self.host
-            .strip_prefix("unix://")
-            .is_some_and(|p| !p.starts_with("/run/user/"))
-    }
-
     /// Sends `req`; an answer that is not a success is the Engine's error.
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, DockerError> {
         let resp = req.send().await.map_err(|e| self.unreachable(&e))?;
@@ -341,9 +371,13 @@ impl DockerEngine {
         format!("{}/{path}?{}", self.base, pairs.join("&"))
     }
 
-    /// `docker pull NAME:TAG` (`POST /images/create`), to the end of its progress stream.
-    pub async fn pull(&self, name: &str, tag: &str) -> Result<(), DockerError> {
-        let url = self.url("images/create", &[("fromImage", name), ("tag", tag)]);
+    /// `docker pull --platform PLATFORM NAME:TAG` (`POST /images/create`), to the end of its
+    /// progress stream.
+    pub async fn pull(&self, name: &str, tag: &str, platform: &str) -> Result<(), DockerError> {
+        let url = self.url(
+            "images/create",
+            &[("fromImage", name), ("tag", tag), ("platform", platform)],
+        );
         let resp = self.call(self.client.post(url)).await?;
         self.messages(resp).await.map(drop)
     }
@@ -461,6 +495,106 @@ impl DockerEngine {
             message: format!("`/info` is not the JSON expected: {e}"),
         })?;
         Ok((info.runtimes.into_keys().collect(), info.default_runtime))
+    }
+
+    /// What the Engine says about itself (`GET /version` and `GET /info`): which engine it
+    /// is, its image store, and where it runs. The hand-over chooses its route from this.
+    pub async fn about(&self) -> Result<EngineInfo, DockerError> {
+        #[derive(serde::Deserialize, Default)]
+        struct Component {
+            #[serde(rename = "Name", default)]
+            name: String,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct PlatformName {
+            #[serde(rename = "Name", default)]
+            name: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct VersionAnswer {
+            #[serde(rename = "Version", default)]
+            version: String,
+            #[serde(rename = "Components", default)]
+            components: Option<Vec<Component>>,
+            #[serde(rename = "Platform", default)]
+            platform: Option<PlatformName>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Info {
+            #[serde(rename = "Driver", default)]
+            driver: String,
+            #[serde(rename = "DriverStatus", default)]
+            driver_status: Option<Vec<Vec<String>>>,
+            #[serde(rename = "OperatingSystem", default)]
+            operating_system: String,
+            #[serde(rename = "SecurityOptions", default)]
+            security_options: Option<Vec<String>>,
+            #[serde(rename = "KernelVersion", default)]
+            kernel_version: String,
+        }
+        let get = |path: &str| {
+            self.client
+                .get(format!("{}/{path}", self.base))
+                .timeout(std::time::Duration::from_secs(10))
+        };
+        let bad = |path: &str, e: reqwest::Error| DockerError::Api {
+            host: self.host.clone(),
+            status: 200,
+            message: format!("`/{path}` is not the JSON expected: {e}"),
+        };
+        let version: VersionAnswer = self
+            .call(get("version"))
+            .await?
+            .json()
+            .await
+            .map_err(|e| bad("version", e))?;
+        let info: Info = self
+            .call(get("info"))
+            .await?
+            .json()
+            .await
+            .map_err(|e| bad("info", e))?;
+        let driver_type = info
+            .driver_status
+            .unwrap_or_default()
+            .into_iter()
+            .find(|kv| kv.first().is_some_and(|k| k == "driver-type"))
+            .and_then(|kv| kv.into_iter().nth(1));
+        let podman = version
+            .components
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.name.contains("Podman"));
+        Ok(EngineInfo {
+            version: version.version,
+            product: version.platform.unwrap_or_default().name,
+            podman,
+            storage_driver: info.driver,
+            driver_type,
+            operating_system: info.operating_system,
+            kernel_version: info.kernel_version,
+            rootless: info
+                .security_options
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o.split(',').any(|kv| kv == "name=rootless")),
+        })
+    }
+
+    /// Whether the Engine is reached through this host's loopback or a local socket (so an
+    /// Engine on this host); a `tcp://` address elsewhere is another machine.
+    pub fn is_local(&self) -> bool {
+        match self.host.strip_prefix("tcp://") {
+            None => true,
+            Some(addr) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        }
     }
 
     async fn api_error(&self, resp: reqwest::Response) -> DockerError {

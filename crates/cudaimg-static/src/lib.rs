@@ -19,11 +19,15 @@ impl EnvVars {
     pub const CUDAIMG_DOCKER_DAEMON_JSON: &'static str = "CUDAIMG_DOCKER_DAEMON_JSON";
     /// `doctor`: the CDI spec directories, `:`-separated, instead of `/etc/cdi:/var/run/cdi`.
     pub const CUDAIMG_CDI_DIRS: &'static str = "CUDAIMG_CDI_DIRS";
-    /// `pull --load`: how the image reaches the Docker Engine. `relay`: the Engine pulls it
-    /// from a registry cudaimg serves on 127.0.0.1, layer by layer as they download (the
-    /// default for an Engine on a local unix socket); `archive`: a `docker load` archive
-    /// streamed into the Engine (the default otherwise, and the fallback when the relay fails).
+    /// `pull --load` and `load`: how the image reaches a Docker-API engine (`--load-via`).
+    /// `relay`: the engine pulls it from a registry cudaimg serves on 127.0.0.1, layer by
+    /// layer as they download; `archive`: a `docker load` archive streamed into it; `auto`
+    /// (the default): the relay where the engine says it can reach this host's loopback,
+    /// else the archive, which is also the fallback when the relay fails.
     pub const CUDAIMG_LOAD_VIA: &'static str = "CUDAIMG_LOAD_VIA";
+    /// containerd's own (as `ctr` reads it): its socket, for `pull --load=containerd` and
+    /// `load --to containerd` (`--containerd-address`).
+    pub const CONTAINERD_ADDRESS: &'static str = "CONTAINERD_ADDRESS";
     /// Docker's own: the Engine's socket or address (`unix:///…`, `tcp://…`).
     pub const DOCKER_HOST: &'static str = "DOCKER_HOST";
     /// Docker's own: the context to use (`docker context use`), overriding `currentContext`

@@ -8,8 +8,6 @@ pub mod archive;
 mod blob;
 mod copy;
 mod error;
-pub mod from_engine;
-pub mod handover;
 mod lock;
 mod parallel;
 mod pull;
@@ -22,7 +20,9 @@ mod steps;
 pub use copy::{copy, CopySource, PlatformChoice};
 pub use error::FetchError;
 pub use lock::Locked;
-pub use pull::{LayerReport, PullError, PullReport, PullTarget};
+pub use pull::{
+    ChosenImage, ImageSink, LayerReport, PullError, PullReport, PullTarget, UpstreamIndex,
+};
 pub use pull_all::{PlatformReport, PullAllReport};
 pub use push::{
     push, send as send_plan, BlobReport, ChannelReader, Destination, DestinationFigures,

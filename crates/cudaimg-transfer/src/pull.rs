@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use super::resolve::ResolvedBy;
 use crate::archive::ArchiveImage;
-use crate::handover::Streaming;
 use crate::{FetchError, Session, SessionError};
 use cudaimg_config::lockfile::Pin;
 use cudaimg_config::Canonical;
@@ -256,15 +255,15 @@ impl Session {
         self.pull_streaming(target, platform, reporter, None).await
     }
 
-    /// [`Session::pull`], and with `streaming` (`pull --load`) the image goes into the
-    /// Docker Engine while it downloads: the archive starts once the image manifest is
-    /// chosen, and each blob follows as soon as it is stored.
+    /// [`Session::pull`], and with `sink` (`pull --load`) the image goes on while it
+    /// downloads: the sink is told the image once its manifest is chosen, and each blob as
+    /// soon as it is stored.
     pub async fn pull_streaming(
         &self,
         target: &PullTarget<'_>,
         platform: &Platform,
         reporter: &dyn Reporter,
-        streaming: Option<&Streaming>,
+        sink: Option<&dyn ImageSink>,
     ) -> Result<PullReport, PullError> {
         let image = &target.name.image;
         // Until the index names what this pull stores, `gc` must not run.
@@ -289,26 +288,28 @@ impl Session {
             reporter.blob_cached(&d.digest, d.size);
         }
         let tee;
-        let reporter: &dyn Reporter = match streaming {
+        let reporter: &dyn Reporter = match sink {
             Some(s) => {
                 let name = super::steps::stored_name(target);
-                let repo_tag = name
-                    .tag
-                    .is_some()
-                    .then(|| name.without_digest().docker_form());
-                s.begin(
-                    ArchiveImage {
+                s.chosen(ChosenImage {
+                    image: ArchiveImage {
                         name: name.to_string(),
                         media_type: img.media_type.clone(),
                         digest: selected.manifest.digest.clone(),
                         manifest_bytes: selected.manifest.bytes.clone(),
                         manifest: img.clone(),
                     },
-                    repo_tag,
-                );
+                    name,
+                    index: selected.index.as_ref().map(|i| UpstreamIndex {
+                        media_type: i.media_type.clone(),
+                        digest: i.digest.clone(),
+                        bytes: i.bytes.clone(),
+                    }),
+                    platform: shown_platform.clone(),
+                });
                 tee = Tee {
                     inner: reporter,
-                    streaming: s,
+                    sink: s,
                 };
                 &tee
             }
@@ -339,10 +340,40 @@ impl Session {
     }
 }
 
-/// Passes every event on, and tells a streaming hand-over which blobs are stored.
+/// Where a pulled image also goes while it downloads (`pull --load`: an engine). The
+/// pull calls [`ImageSink::chosen`] once the image manifest is chosen, before any blob is
+/// fetched, and [`ImageSink::stored`] for each blob as soon as it is in the store,
+/// verified (those stored already included).
+pub trait ImageSink: Send + Sync {
+    fn chosen(&self, image: ChosenImage);
+    fn stored(&self, digest: &Digest);
+}
+
+/// The image a pull chose, as an [`ImageSink`] is told it.
+#[derive(Debug, Clone)]
+pub struct ChosenImage {
+    /// The platform manifest, as upstream serves it.
+    pub image: ArchiveImage,
+    /// The name it is stored under (canonical; a tag, a digest, or both).
+    pub name: ImageRef,
+    /// The list or index it was chosen from, byte-exact, if any.
+    pub index: Option<UpstreamIndex>,
+    /// The image's platform.
+    pub platform: Platform,
+}
+
+/// A manifest list or index as upstream serves it.
+#[derive(Debug, Clone)]
+pub struct UpstreamIndex {
+    pub media_type: Option<String>,
+    pub digest: Digest,
+    pub bytes: Vec<u8>,
+}
+
+/// Passes every event on, and tells the sink which blobs are stored.
 struct Tee<'a> {
     inner: &'a dyn Reporter,
-    streaming: &'a Streaming,
+    sink: &'a dyn ImageSink,
 }
 
 impl Reporter for Tee<'_> {
@@ -357,7 +388,7 @@ impl Reporter for Tee<'_> {
         self.inner.resolved(name, digest, platform, total, to_fetch);
     }
     fn blob_cached(&self, digest: &Digest, size: u64) {
-        self.streaming.stored(digest);
+        self.sink.stored(digest);
         self.inner.blob_cached(digest, size);
     }
     fn blob_started(&self, digest: &Digest, size: u64, offset: u64, source: &str) {
@@ -367,7 +398,7 @@ impl Reporter for Tee<'_> {
         self.inner.blob_progress(digest, bytes);
     }
     fn blob_finished(&self, digest: &Digest) {
-        self.streaming.stored(digest);
+        self.sink.stored(digest);
         self.inner.blob_finished(digest);
     }
     fn notice(&self, line: &str) {

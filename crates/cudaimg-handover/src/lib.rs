@@ -1,0 +1,497 @@
+//! Handing an image to the engine that runs it: the Docker Engine in either image store,
+//! Podman through its Docker-compatible API, and containerd itself. And, the other way,
+//! an image the Docker Engine built, brought into the store ([`from_docker`]).
+//!
+//! One [`HandOver`] per image. It is an [`ImageSink`]: `pull --load` gives it to the pull,
+//! which tells it the image once the manifest is chosen and each blob as it is stored, so
+//! the engine takes the image while it downloads; `load` tells it an image that is stored
+//! already ([`HandOver::load`]). [`HandOver::finish`] waits for the engine and checks that
+//! it holds upstream's image under the official name, by each store's notion of an image
+//! ID: the config digest in the graphdriver store and Podman, the manifest's or index's
+//! digest in containerd's.
+//!
+//! The route (the [`relay`] the engine pulls from, or a streamed archive) is chosen from
+//! what the engine says about itself ([`route`]). If the relay fails, the stored image goes
+//! in as an archive, and the outcome says why.
+
+mod archive_load;
+mod arrivals;
+pub mod from_docker;
+mod relay;
+pub mod route;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudaimg_docker::{DockerEngine, DockerError, EngineInfo};
+use cudaimg_store::{Store, StoreError, StoredImage};
+use cudaimg_transfer::archive::ArchiveImage;
+use cudaimg_transfer::{ChosenImage, ImageSink};
+
+use archive_load::Loading;
+use arrivals::Arrivals;
+pub use route::{Route, Serve, Via};
+
+/// What a hand-over did, as `--json` prints it (`loaded`): also when it failed, with
+/// `error` set.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Loaded {
+    /// `docker`, `podman` or `containerd`.
+    pub target: &'static str,
+    /// The engine's address.
+    pub engine: String,
+    pub engine_version: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    /// Where the engine keeps images: `graphdriver`, `containerd` or `podman`.
+    pub store: &'static str,
+    /// `overlay2`, `overlayfs`, … as the engine names it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub storage_driver: String,
+    /// `relay` (the engine pulled from cudaimg on 127.0.0.1) or `archive` (a streamed
+    /// `docker load`); empty if the hand-over never started.
+    pub route: &'static str,
+    /// With the relay: what it served, `diffs` or `upstream` (see [`Serve`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_serves: Option<&'static str>,
+    /// Why the relay was not tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_not_used: Option<String>,
+    /// Why the relay was tried and failed (the archive went in instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_failed: Option<String>,
+    /// The name the engine shows, if the image has a tag.
+    pub name: Option<String>,
+    /// The engine's image ID (empty when it failed).
+    pub image_id: String,
+    /// `name@digest` the engine resolves locally.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repo_digests: Vec<String>,
+    /// `pull --load`: bytes the engine had taken before the pull ended (the overlap of
+    /// download and import).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_while_pulling: Option<u64>,
+    /// Blob answers the relay ended short because the bytes failed a check (a source sent
+    /// bad ones): the engine dropped them and asked again.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub answers_ended_short: u64,
+    /// Why the hand-over failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Why an image could not be handed over.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the {what} at `{host}` holds `{name}` as {got} after loading, not {expected}")]
+    Mismatch {
+        what: &'static str,
+        host: String,
+        name: String,
+        expected: String,
+        got: String,
+    },
+    #[error("the pull failed: {0}")]
+    Pull(String),
+}
+
+impl LoadError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            LoadError::Docker(e) => Some(e.hint()),
+            LoadError::Store(e) => e.hint(),
+            LoadError::Mismatch { .. } => {
+                Some("another process may have retagged it meanwhile; load again".into())
+            }
+            LoadError::Pull(_) => None,
+        }
+    }
+
+    /// The stored image itself is damaged (so `verify` is the next step).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            LoadError::Store(
+                StoreError::Corrupt(_)
+                    | StoreError::BlobCorrupt { .. }
+                    | StoreError::MissingBlob { .. }
+            )
+        )
+    }
+}
+
+/// The engine an image goes to.
+enum Engine {
+    /// The Docker Engine, or Podman's Docker-compatible API.
+    Docker {
+        engine: DockerEngine,
+        info: EngineInfo,
+    },
+}
+
+/// One image on its way into an engine; see the module doc.
+pub struct HandOver {
+    engine: Engine,
+    store: Store,
+    via: Via,
+    arrivals: Arc<Arrivals>,
+    started: Mutex<Option<Started>>,
+    /// Bytes the engine has taken so far.
+    sent: Arc<AtomicU64>,
+    /// The outcome so far (engine, store, route).
+    report: Mutex<Loaded>,
+}
+
+/// The hand-over, once the image is known.
+enum Started {
+    Archive {
+        chosen: ChosenImage,
+        repo_tag: Option<String>,
+        loading: Loading,
+    },
+    Relay {
+        chosen: ChosenImage,
+        /// `REPO:TAG`, as Docker shows it.
+        repo_tag: String,
+        /// What the engine pulls: `127.0.0.1:PORT/cudaimg-load-SECRET:TAG`.
+        relay_name: String,
+        relay: Box<relay::Relay>,
+        pulling: tokio::task::JoinHandle<Result<(), DockerError>>,
+    },
+}
+
+/// `REPO:TAG` split at the tag's colon (after the last `/`, so not a port's).
+fn split_tag(repo_tag: &str) -> Option<(&str, &str)> {
+    let (repo, tag) = repo_tag.rsplit_once(':')?;
+    (!tag.contains('/')).then_some((repo, tag))
+}
+
+impl HandOver {
+    /// A hand-over to a Docker-API engine. Reaches it first (so a pull with no engine to
+    /// load into fails before it downloads anything) and asks what it is.
+    pub async fn docker(engine: DockerEngine, store: Store, via: Via) -> Result<Self, LoadError> {
+        let api_version = engine.ping().await?;
+        let info = engine.about().await?;
+        let report = Loaded {
+            target: if info.podman { "podman" } else { "docker" },
+            engine: engine.host().to_owned(),
+            engine_version: info.version.clone(),
+            api_version,
+            store: route::store_of(&info),
+            storage_driver: info.storage_driver.clone(),
+            ..Loaded::default()
+        };
+        Ok(HandOver {
+            engine: Engine::Docker { engine, info },
+            store,
+            via,
+            arrivals: Arc::default(),
+            started: Mutex::new(None),
+            sent: Arc::default(),
+            report: Mutex::new(report),
+        })
+    }
+
+    /// The outcome so far: which engine, which store (for a failure before any start).
+    pub fn report(&self) -> Loaded {
+        self.report.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn note(&self, f: impl FnOnce(&mut Loaded)) {
+        if let Ok(mut r) = self.report.lock() {
+            f(&mut r);
+        }
+    }
+
+    /// `load`: hands over an image that is stored whole.
+    pub async fn load(self, image: &StoredImage) -> (Loaded, Result<(), LoadError>) {
+        let name = cudaimg_oci::reference::ImageRef::parse(&image.name).ok();
+        let chosen = ChosenImage {
+            image: ArchiveImage::from(image),
+            name: name.unwrap_or_else(|| cudaimg_oci::reference::ImageRef {
+                registry: String::new(),
+                repository: String::new(),
+                tag: None,
+                digest: Some(image.digest.clone()),
+            }),
+            index: None,
+            platform: image.platform(),
+        };
+        self.chosen(chosen);
+        match self.finish(Ok(())).await {
+            Some(done) => done,
+            None => (
+                self.report(),
+                Err(LoadError::Pull("no image was chosen".into())),
+            ),
+        }
+    }
+
+    /// Starts the image into the engine by the route its answers call for.
+    fn begin(&self, chosen: ChosenImage) -> Started {
+        let name = &chosen.name;
+        let repo_tag = name
+            .tag
+            .is_some()
+            .then(|| name.without_digest().docker_form());
+        let Engine::Docker { engine, info } = &self.engine;
+        let tagged = repo_tag.as_deref().and_then(split_tag).is_some();
+        match route::choose(info, engine.is_local(), tagged, self.via) {
+            Route::Relay(serve) => {
+                match self.begin_relay(engine, &chosen, repo_tag.as_deref(), serve) {
+                    Ok(started) => started,
+                    Err(why) => {
+                        self.note(|r| r.relay_failed = Some(why));
+                        self.begin_archive(engine, chosen, repo_tag)
+                    }
+                }
+            }
+            Route::Archive(why) => {
+                self.note(|r| r.relay_not_used = Some(why));
+                self.begin_archive(engine, chosen, repo_tag)
+            }
+        }
+    }
+
+    fn begin_archive(
+        &self,
+        engine: &DockerEngine,
+        chosen: ChosenImage,
+        repo_tag: Option<String>,
+    ) -> Started {
+        self.note(|r| r.route = "archive");
+        let loading = Loading::start(
+            engine,
+            &self.store,
+            chosen.image.clone(),
+            repo_tag.clone(),
+            self.arrivals.clone(),
+            self.sent.clone(),
+        );
+        Started::Archive {
+            chosen,
+            repo_tag,
+            loading,
+        }
+    }
+
+    /// The engine pulls from a relay; `Err`: why no relay could start.
+    fn begin_relay(
+        &self,
+        engine: &DockerEngine,
+        chosen: &ChosenImage,
+        repo_tag: Option<&str>,
+        serve: Serve,
+    ) -> Result<Started, String> {
+        let Some((_, tag)) = repo_tag.and_then(split_tag) else {
+            return Err("the image has no tag".into());
+        };
+        let tag = tag.to_owned();
+        let relay = relay::start(
+            self.store.clone(),
+            self.arrivals.clone(),
+            chosen.clone(),
+            tag.clone(),
+            serve,
+            self.sent.clone(),
+        )
+        .map_err(|e| format!("no port on 127.0.0.1: {e}"))?;
+        self.note(|r| {
+            r.route = "relay";
+            r.relay_serves = Some(serve.as_str());
+        });
+        let engine = engine.clone();
+        let from = format!("{}/{}", relay.addr, relay.repository);
+        let relay_name = format!("{from}:{tag}");
+        let platform = chosen.platform.to_string();
+        let pulling = tokio::spawn(async move { engine.pull(&from, &tag, &platform).await });
+        Ok(Started::Relay {
+            chosen: chosen.clone(),
+            repo_tag: repo_tag.unwrap_or_default().to_owned(),
+            relay_name,
+            relay: Box::new(relay),
+            pulling,
+        })
+    }
+
+    /// The pull ended (`Err`: why it failed, which ends the hand-over short); waits for
+    /// the engine and checks what it holds. `None`: the pull never chose an image.
+    pub async fn finish(
+        &self,
+        pulled: Result<(), String>,
+    ) -> Option<(Loaded, Result<(), LoadError>)> {
+        self.arrivals.ended(pulled.clone());
+        let started = self.started.lock().ok()?.take()?;
+        let sent_while_pulling = self.sent.load(Ordering::Relaxed);
+        let outcome = match started {
+            Started::Archive {
+                chosen,
+                repo_tag,
+                loading,
+            } => match loading.end().await {
+                Ok(()) => self.check(&chosen, repo_tag.as_deref(), None).await,
+                Err(e) => Err(e),
+            },
+            Started::Relay {
+                chosen,
+                repo_tag,
+                relay_name,
+                relay,
+                pulling,
+            } => {
+                self.finish_relay(chosen, repo_tag, relay_name, relay, pulling, pulled)
+                    .await
+            }
+        };
+        self.note(|r| {
+            r.sent_while_pulling = Some(sent_while_pulling);
+            if let Err(e) = &outcome {
+                r.error = Some(e.to_string());
+            }
+        });
+        Some((self.report(), outcome))
+    }
+
+    async fn finish_relay(
+        &self,
+        chosen: ChosenImage,
+        repo_tag: String,
+        relay_name: String,
+        relay: Box<relay::Relay>,
+        pulling: tokio::task::JoinHandle<Result<(), DockerError>>,
+        pulled: Result<(), String>,
+    ) -> Result<(), LoadError> {
+        let Engine::Docker { engine, .. } = &self.engine;
+        if let Err(why) = pulled {
+            relay.stop();
+            pulling.abort();
+            // The engine may have finished before the pull failed (storing the index,
+            // say): the relay's name must not stay behind.
+            let _ = engine.untag(&relay_name).await;
+            return Err(LoadError::Pull(why));
+        }
+        let engine_pull = pulling.await.unwrap_or_else(|e| {
+            Err(DockerError::Refused {
+                host: engine.host().to_owned(),
+                message: e.to_string(),
+            })
+        });
+        let top = relay.top_digest.get().cloned();
+        self.note(|r| r.answers_ended_short = relay.ended_short.load(Ordering::Relaxed));
+        drop(relay);
+        match engine_pull {
+            Ok(()) => {
+                let (repo, tag) = split_tag(&repo_tag).unwrap_or((&repo_tag, "latest"));
+                let tagged = engine.tag(&relay_name, repo, tag).await;
+                // Whatever happened, the relay's name must not stay behind.
+                let untagged = engine.untag(&relay_name).await;
+                tagged?;
+                untagged?;
+                self.check(&chosen, Some(&repo_tag), top).await
+            }
+            Err(e) => {
+                let _ = engine.untag(&relay_name).await;
+                self.note(|r| r.relay_failed = Some(e.to_string()));
+                // The image is stored whole now: the archive goes in at once.
+                let started = self.begin_archive(engine, chosen, Some(repo_tag));
+                let Started::Archive {
+                    chosen,
+                    repo_tag,
+                    loading,
+                } = started
+                else {
+                    return Err(LoadError::Pull("the archive did not start".into()));
+                };
+                loading.end().await?;
+                self.check(&chosen, repo_tag.as_deref(), None).await
+            }
+        }
+    }
+
+    /// Checks that the engine holds the image under its name, by its store's notion of
+    /// an image ID, and records what it holds. `served_top`: the digest the relay gave
+    /// under the tag.
+    async fn check(
+        &self,
+        chosen: &ChosenImage,
+        repo_tag: Option<&str>,
+        served_top: Option<cudaimg_oci::digest::Digest>,
+    ) -> Result<(), LoadError> {
+        let Engine::Docker { engine, info } = &self.engine;
+        let config = chosen.image.manifest.config.digest.to_string();
+        let manifest = chosen.image.digest.to_string();
+        let expected: Vec<String> = if info.containerd_store() && !info.podman {
+            // The image is named by what it was pulled or loaded as: the index the relay
+            // served, else the platform manifest.
+            served_top
+                .map(|d| d.to_string())
+                .into_iter()
+                .chain([manifest])
+                .collect()
+        } else {
+            vec![config.clone()]
+        };
+        let lookup = repo_tag.map_or(config, str::to_owned);
+        let image = engine.image(&lookup).await?;
+        let got = image.as_ref().map(|i| i.id.clone()).unwrap_or_default();
+        if !expected.contains(&got) {
+            return Err(LoadError::Mismatch {
+                what: if info.podman {
+                    "Podman"
+                } else {
+                    "Docker Engine"
+                },
+                host: engine.host().to_owned(),
+                name: lookup,
+                expected: expected.join(" or "),
+                got: if got.is_empty() {
+                    "nothing".into()
+                } else {
+                    got
+                },
+            });
+        }
+        self.note(|r| {
+            r.name = repo_tag.map(str::to_owned);
+            r.image_id = got;
+            r.repo_digests = image.map(|i| i.repo_digests).unwrap_or_default();
+        });
+        Ok(())
+    }
+}
+
+impl ImageSink for HandOver {
+    fn chosen(&self, image: ChosenImage) {
+        let started = self.begin(image);
+        if let Ok(mut s) = self.started.lock() {
+            *s = Some(started);
+        }
+    }
+
+    fn stored(&self, digest: &cudaimg_oci::digest::Digest) {
+        self.arrivals.stored(digest);
+    }
+}
+
+impl Drop for HandOver {
+    /// A command that gives up without [`HandOver::finish`] must not leave the writer
+    /// waiting for blobs that will never come, nor the engine pulling from a relay.
+    fn drop(&mut self) {
+        self.arrivals.abandon();
+        if let Ok(mut started) = self.started.lock() {
+            if let Some(Started::Relay { pulling, .. }) = started.take() {
+                pulling.abort();
+            }
+        }
+    }
+}
