@@ -3,8 +3,9 @@
 # (`docker-registry`), skopeo (the independent reader of what cudaimg writes), a Docker
 # Engine (`docker.io`: the tests start their own dockerd as root), busybox-static (a real
 # static binary for an image that `docker run` runs) and docker-compose (`docker-compose
-# config` validates the compose files `cudaimg run-config` writes), and containerd (its `ctr`
-# pulls from `cudaimg serve` through a hosts.toml mirror in the tests).
+# config` validates the compose files `cudaimg run-config` writes), containerd (its `ctr`
+# pulls from `cudaimg serve` through a hosts.toml mirror in the tests), and protoc, which the
+# build needs.
 set -euo pipefail
 need=()
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
@@ -15,6 +16,9 @@ command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 # the clone, in /var/cache/cudaimg-test).
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v ctr >/dev/null 2>&1 || need+=(containerd)
+# protoc: containerd-client (cudaimg-containerd's gRPC bindings) generates its Rust code from
+# containerd's .proto files at build time.
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -x /bin/busybox ] && file_is_static=$(LC_ALL=C ldd /bin/busybox 2>&1 | grep -c 'not a dynamic') || file_is_static=0
 [ "$file_is_static" -ge 1 ] || need+=(busybox-static)
 if ((${#need[@]})); then
