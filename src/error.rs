@@ -142,6 +142,7 @@ impl Error {
             Error::Lock(LockError::NotLocked { .. } | LockError::Invalid { .. }) => exit::USAGE,
             Error::Lock(_) => exit::FAILURE,
             Error::Docker(e) if e.is_corrupt() => exit::CORRUPT,
+            Error::Docker(e) if e.is_usage() => exit::USAGE,
             Error::Docker(_) => exit::FAILURE,
             Error::Store(StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. }) => exit::CORRUPT,
             Error::Store(StoreError::Missing(_)) => exit::NOT_FOUND,

@@ -1,6 +1,8 @@
 //! `cudaimg load REF`: hand a stored image to an engine under its official name; and the
 //! engine options `pull --load` shares.
 
+use std::path::PathBuf;
+
 use crate::error::Error;
 use cudaimg_docker::DockerEngine;
 use cudaimg_handover::{HandOver, LoadError, Loaded, Via};
@@ -25,15 +27,24 @@ pub struct Args {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
     Docker,
+    Containerd { namespace: String },
 }
 
 impl std::str::FromStr for Target {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "docker" | "podman" => Ok(Target::Docker),
+        match s.split_once(':') {
+            None if s == "docker" || s == "podman" => Ok(Target::Docker),
+            None if s == "containerd" => Ok(Target::Containerd {
+                namespace: cudaimg_containerd::DEFAULT_NAMESPACE.into(),
+            }),
+            // containerd checks the name itself, and says what it takes.
+            Some(("containerd", ns)) if !ns.is_empty() => Ok(Target::Containerd {
+                namespace: ns.into(),
+            }),
             _ => Err(format!(
-                "`{s}` is not an engine: use `docker` (the Docker Engine or Podman at `DOCKER_HOST`)"
+                "`{s}` is not an engine: use `docker` (the Docker Engine or Podman at \
+                 `DOCKER_HOST`), `containerd` or `containerd:NAMESPACE`"
             )),
         }
     }
@@ -42,6 +53,9 @@ impl std::str::FromStr for Target {
 /// How to reach the engines: shared by `load` and `pull --load`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct EngineArgs {
+    /// containerd's socket, for `containerd` engines
+    #[arg(long, value_name = "PATH", env = cudaimg_static::EnvVars::CONTAINERD_ADDRESS, default_value = cudaimg_containerd::DEFAULT_ADDRESS)]
+    containerd_address: PathBuf,
     /// How the image goes into a Docker-API engine: `relay` (it pulls from cudaimg on
     /// 127.0.0.1), `archive` (a streamed `docker load`), or `auto`: the relay where the
     /// engine can reach this host's loopback
@@ -109,6 +123,14 @@ pub(crate) async fn hand_over(
             HandOver::docker(docker, store.clone(), engine.via)
                 .await
                 .map_err(|e| failed("docker", host, e))
+        }
+        Target::Containerd { namespace } => {
+            HandOver::containerd(&engine.containerd_address, namespace, store.clone())
+                .await
+                .map_err(|e| {
+                    let address = format!("unix://{}", engine.containerd_address.display());
+                    failed("containerd", address, e)
+                })
         }
     }
 }

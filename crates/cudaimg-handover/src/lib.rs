@@ -23,10 +23,12 @@ pub mod route;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use cudaimg_containerd::{Containerd, ContainerdError};
 use cudaimg_docker::{DockerEngine, DockerError, EngineInfo};
+use cudaimg_oci::digest::Digest;
 use cudaimg_store::{Store, StoreError, StoredImage};
 use cudaimg_transfer::archive::ArchiveImage;
-use cudaimg_transfer::{ChosenImage, ImageSink};
+use cudaimg_transfer::{ChosenImage, ImageSink, UpstreamIndex};
 
 use archive_load::Loading;
 use arrivals::Arrivals;
@@ -40,6 +42,9 @@ pub struct Loaded {
     pub target: &'static str,
     /// The engine's address.
     pub engine: String,
+    /// containerd's namespace (`k8s.io`, the kubelet's, by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub engine_version: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub api_version: String,
@@ -92,6 +97,8 @@ pub enum LoadError {
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the {what} at `{host}` holds `{name}` as {got} after loading, not {expected}")]
     Mismatch {
@@ -109,12 +116,18 @@ impl LoadError {
     pub fn hint(&self) -> Option<String> {
         match self {
             LoadError::Docker(e) => Some(e.hint()),
+            LoadError::Containerd(e) => e.hint(),
             LoadError::Store(e) => e.hint(),
             LoadError::Mismatch { .. } => {
                 Some("another process may have retagged it meanwhile; load again".into())
             }
             LoadError::Pull(_) => None,
         }
+    }
+
+    /// The user named something that cannot be (a containerd namespace).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, LoadError::Containerd(ContainerdError::Namespace(_)))
     }
 
     /// The stored image itself is damaged (so `verify` is the next step).
@@ -137,6 +150,9 @@ enum Engine {
         engine: DockerEngine,
         info: EngineInfo,
     },
+    /// containerd itself, in one namespace: it always pulls from the relay, which serves
+    /// it upstream's bytes (its content store keeps them, as Spegel and the kubelet need).
+    Containerd(Containerd),
 }
 
 /// One image on its way into an engine; see the module doc.
@@ -146,6 +162,8 @@ pub struct HandOver {
     via: Via,
     arrivals: Arc<Arrivals>,
     started: Mutex<Option<Started>>,
+    /// Why the hand-over could not start, once the image was chosen.
+    not_started: Mutex<Option<LoadError>>,
     /// Bytes the engine has taken so far.
     sent: Arc<AtomicU64>,
     /// The outcome so far (engine, store, route).
@@ -166,8 +184,28 @@ enum Started {
         /// What the engine pulls: `127.0.0.1:PORT/cudaimg-load-SECRET:TAG`.
         relay_name: String,
         relay: Box<relay::Relay>,
-        pulling: tokio::task::JoinHandle<Result<(), DockerError>>,
+        pulling: tokio::task::JoinHandle<Result<(), LoadError>>,
     },
+}
+
+/// The index an image was chosen from, if the store holds it whole: with it, containerd's
+/// store names the image by the index's digest, as after `docker pull`.
+fn stored_index(store: &Store, digest: &Digest) -> Option<UpstreamIndex> {
+    const MAX_INDEX: u64 = 4 << 20;
+    let bytes = store.read_blob(digest, MAX_INDEX).ok()?;
+    if Digest::of(&bytes) != *digest {
+        return None;
+    }
+    let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()?
+        .get("mediaType")
+        .and_then(|m| m.as_str())
+        .map(str::to_owned);
+    Some(UpstreamIndex {
+        media_type,
+        digest: digest.clone(),
+        bytes,
+    })
 }
 
 /// `REPO:TAG` split at the tag's colon (after the last `/`, so not a port's).
@@ -197,6 +235,35 @@ impl HandOver {
             via,
             arrivals: Arc::default(),
             started: Mutex::new(None),
+            not_started: Mutex::new(None),
+            sent: Arc::default(),
+            report: Mutex::new(report),
+        })
+    }
+
+    /// A hand-over to containerd at `address`, into `namespace`. Reaches it first.
+    pub async fn containerd(
+        address: &std::path::Path,
+        namespace: &str,
+        store: Store,
+    ) -> Result<Self, LoadError> {
+        let client = Containerd::connect(address, namespace).await?;
+        let version = client.version().await?;
+        let report = Loaded {
+            target: "containerd",
+            engine: format!("unix://{}", address.display()),
+            namespace: Some(namespace.to_owned()),
+            engine_version: version,
+            store: "containerd",
+            ..Loaded::default()
+        };
+        Ok(HandOver {
+            engine: Engine::Containerd(client),
+            store,
+            via: Via::Relay,
+            arrivals: Arc::default(),
+            started: Mutex::new(None),
+            not_started: Mutex::new(None),
             sent: Arc::default(),
             report: Mutex::new(report),
         })
@@ -224,7 +291,10 @@ impl HandOver {
                 tag: None,
                 digest: Some(image.digest.clone()),
             }),
-            index: None,
+            index: image
+                .index_digest
+                .as_ref()
+                .and_then(|d| stored_index(&self.store, d)),
             platform: image.platform(),
         };
         self.chosen(chosen);
@@ -238,29 +308,74 @@ impl HandOver {
     }
 
     /// Starts the image into the engine by the route its answers call for.
-    fn begin(&self, chosen: ChosenImage) -> Started {
+    fn begin(&self, chosen: ChosenImage) -> Result<Started, LoadError> {
         let name = &chosen.name;
         let repo_tag = name
             .tag
             .is_some()
             .then(|| name.without_digest().docker_form());
-        let Engine::Docker { engine, info } = &self.engine;
+        let (engine, info) = match &self.engine {
+            Engine::Docker { engine, info } => (engine, info),
+            Engine::Containerd(client) => return self.begin_containerd(client, chosen),
+        };
         let tagged = repo_tag.as_deref().and_then(split_tag).is_some();
-        match route::choose(info, engine.is_local(), tagged, self.via) {
-            Route::Relay(serve) => {
-                match self.begin_relay(engine, &chosen, repo_tag.as_deref(), serve) {
-                    Ok(started) => started,
-                    Err(why) => {
-                        self.note(|r| r.relay_failed = Some(why));
-                        self.begin_archive(engine, chosen, repo_tag)
+        Ok(
+            match route::choose(info, engine.is_local(), tagged, self.via) {
+                Route::Relay(serve) => {
+                    match self.begin_relay(engine, &chosen, repo_tag.as_deref(), serve) {
+                        Ok(started) => started,
+                        Err(why) => {
+                            self.note(|r| r.relay_failed = Some(why));
+                            self.begin_archive(engine, chosen, repo_tag)
+                        }
                     }
                 }
-            }
-            Route::Archive(why) => {
-                self.note(|r| r.relay_not_used = Some(why));
-                self.begin_archive(engine, chosen, repo_tag)
-            }
-        }
+                Route::Archive(why) => {
+                    self.note(|r| r.relay_not_used = Some(why));
+                    self.begin_archive(engine, chosen, repo_tag)
+                }
+            },
+        )
+    }
+
+    /// containerd pulls from the relay, upstream's bytes, and stores the image under its
+    /// canonical name (`docker.io/nvidia/cuda:TAG`, as the kubelet names what it pulls).
+    fn begin_containerd(
+        &self,
+        client: &Containerd,
+        chosen: ChosenImage,
+    ) -> Result<Started, LoadError> {
+        let tag = chosen.name.tag.clone().unwrap_or_else(|| "cudaimg".into());
+        let relay = relay::start(
+            self.store.clone(),
+            self.arrivals.clone(),
+            chosen.clone(),
+            tag.clone(),
+            Serve::Upstream,
+            self.sent.clone(),
+        )
+        .map_err(StoreError::from)?;
+        self.note(|r| {
+            r.route = "relay";
+            r.relay_serves = Some(Serve::Upstream.as_str());
+        });
+        let relay_name = format!("{}/{}:{tag}", relay.addr, relay.repository);
+        let name = chosen.name.to_string();
+        let (client, from, platform) =
+            (client.clone(), relay_name.clone(), chosen.platform.clone());
+        let pulling = tokio::spawn(async move {
+            client
+                .pull(&from, &name, &platform, true)
+                .await
+                .map_err(LoadError::from)
+        });
+        Ok(Started::Relay {
+            repo_tag: chosen.name.to_string(),
+            chosen,
+            relay_name,
+            relay: Box::new(relay),
+            pulling,
+        })
     }
 
     fn begin_archive(
@@ -314,7 +429,12 @@ impl HandOver {
         let from = format!("{}/{}", relay.addr, relay.repository);
         let relay_name = format!("{from}:{tag}");
         let platform = chosen.platform.to_string();
-        let pulling = tokio::spawn(async move { engine.pull(&from, &tag, &platform).await });
+        let pulling = tokio::spawn(async move {
+            engine
+                .pull(&from, &tag, &platform)
+                .await
+                .map_err(LoadError::from)
+        });
         Ok(Started::Relay {
             chosen: chosen.clone(),
             repo_tag: repo_tag.unwrap_or_default().to_owned(),
@@ -331,7 +451,10 @@ impl HandOver {
         pulled: Result<(), String>,
     ) -> Option<(Loaded, Result<(), LoadError>)> {
         self.arrivals.ended(pulled.clone());
-        let started = self.started.lock().ok()?.take()?;
+        let Some(started) = self.started.lock().ok()?.take() else {
+            let e = self.not_started.lock().ok()?.take()?;
+            return Some((self.report(), Err(e)));
+        };
         let sent_while_pulling = self.sent.load(Ordering::Relaxed);
         let outcome = match started {
             Started::Archive {
@@ -368,27 +491,32 @@ impl HandOver {
         repo_tag: String,
         relay_name: String,
         relay: Box<relay::Relay>,
-        pulling: tokio::task::JoinHandle<Result<(), DockerError>>,
+        pulling: tokio::task::JoinHandle<Result<(), LoadError>>,
         pulled: Result<(), String>,
     ) -> Result<(), LoadError> {
-        let Engine::Docker { engine, .. } = &self.engine;
         if let Err(why) = pulled {
             relay.stop();
             pulling.abort();
             // The engine may have finished before the pull failed (storing the index,
             // say): the relay's name must not stay behind.
-            let _ = engine.untag(&relay_name).await;
+            if let Engine::Docker { engine, .. } = &self.engine {
+                let _ = engine.untag(&relay_name).await;
+            }
             return Err(LoadError::Pull(why));
         }
-        let engine_pull = pulling.await.unwrap_or_else(|e| {
-            Err(DockerError::Refused {
-                host: engine.host().to_owned(),
-                message: e.to_string(),
-            })
-        });
+        let engine_pull = pulling
+            .await
+            .unwrap_or_else(|e| Err(LoadError::Pull(format!("the engine's pull ended: {e}"))));
         let top = relay.top_digest.get().cloned();
         self.note(|r| r.answers_ended_short = relay.ended_short.load(Ordering::Relaxed));
         drop(relay);
+        let engine = match &self.engine {
+            Engine::Docker { engine, .. } => engine,
+            Engine::Containerd(client) => {
+                engine_pull?;
+                return self.check_containerd(client, &chosen, top).await;
+            }
+        };
         match engine_pull {
             Ok(()) => {
                 let (repo, tag) = split_tag(&repo_tag).unwrap_or((&repo_tag, "latest"));
@@ -418,16 +546,18 @@ impl HandOver {
         }
     }
 
-    /// Checks that the engine holds the image under its name, by its store's notion of
-    /// an image ID, and records what it holds. `served_top`: the digest the relay gave
-    /// under the tag.
+    /// Checks that a Docker-API engine holds the image under its name, by its store's
+    /// notion of an image ID, and records what it holds. `served_top`: the digest the
+    /// relay gave under the tag.
     async fn check(
         &self,
         chosen: &ChosenImage,
         repo_tag: Option<&str>,
-        served_top: Option<cudaimg_oci::digest::Digest>,
+        served_top: Option<Digest>,
     ) -> Result<(), LoadError> {
-        let Engine::Docker { engine, info } = &self.engine;
+        let Engine::Docker { engine, info } = &self.engine else {
+            return Err(LoadError::Pull("not a Docker-API engine".into()));
+        };
         let config = chosen.image.manifest.config.digest.to_string();
         let manifest = chosen.image.digest.to_string();
         let expected: Vec<String> = if info.containerd_store() && !info.podman {
@@ -468,17 +598,64 @@ impl HandOver {
         });
         Ok(())
     }
+
+    /// Checks that containerd names the image by the digest the relay served under the
+    /// tag (the index, else the manifest), as a pull from upstream would have.
+    async fn check_containerd(
+        &self,
+        client: &Containerd,
+        chosen: &ChosenImage,
+        served_top: Option<Digest>,
+    ) -> Result<(), LoadError> {
+        let name = chosen.name.to_string();
+        let expected = served_top.unwrap_or_else(|| chosen.image.digest.clone());
+        let got = client
+            .image(&name)
+            .await?
+            .map(|i| i.target_digest)
+            .unwrap_or_default();
+        if got != expected.as_str() {
+            return Err(LoadError::Mismatch {
+                what: "containerd",
+                host: client.address().display().to_string(),
+                name,
+                expected: expected.to_string(),
+                got: if got.is_empty() {
+                    "nothing".into()
+                } else {
+                    got
+                },
+            });
+        }
+        let repo = chosen.name.without_digest();
+        let repo = format!("{}/{}", repo.registry, repo.repository);
+        self.note(|r| {
+            r.repo_digests = vec![format!("{repo}@{got}")];
+            r.name = Some(name);
+            r.image_id = got;
+        });
+        Ok(())
+    }
 }
 
 impl ImageSink for HandOver {
     fn chosen(&self, image: ChosenImage) {
-        let started = self.begin(image);
-        if let Ok(mut s) = self.started.lock() {
-            *s = Some(started);
+        match self.begin(image) {
+            Ok(started) => {
+                if let Ok(mut s) = self.started.lock() {
+                    *s = Some(started);
+                }
+            }
+            Err(e) => {
+                self.note(|r| r.error = Some(e.to_string()));
+                if let Ok(mut s) = self.not_started.lock() {
+                    *s = Some(e);
+                }
+            }
         }
     }
 
-    fn stored(&self, digest: &cudaimg_oci::digest::Digest) {
+    fn stored(&self, digest: &Digest) {
         self.arrivals.stored(digest);
     }
 }
