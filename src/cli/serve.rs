@@ -28,6 +28,11 @@ pub struct Args {
     /// Most clients served at once; more wait to be accepted
     #[arg(long, default_value_t = 512, value_name = "N")]
     max_connections: usize,
+    /// Most connections one client address may hold; more are closed at once, so one greedy
+    /// client cannot starve the others
+    #[arg(long, default_value_t = 64, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_connections_per_client: u64,
     /// Seconds a client may take to send a request, stay idle, or stall a download
     #[arg(long, default_value_t = 30, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -46,6 +51,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let opts = Options {
         verify_reads: args.verify_reads,
         max_connections: args.max_connections,
+        max_per_client: usize::try_from(args.max_connections_per_client).unwrap_or(usize::MAX),
         client_timeout: Duration::from_secs(args.client_timeout),
         tls: tls.clone(),
         access_log: ctx.verbose,

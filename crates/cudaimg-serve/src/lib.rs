@@ -12,11 +12,15 @@
 //! GET/HEAD, keep-alive and `Range`; the loop here is small and its limits are explicit.
 //!
 //! Resource bounds, so that hostile or slow clients hold little: at most
-//! `max_connections` connections (further ones wait in the kernel's accept queue); a
-//! request head of at most [`http::MAX_HEAD`] bytes that must arrive within
-//! `client_timeout`; an idle keep-alive connection closed after `client_timeout`; a send
-//! that makes no progress for `client_timeout` aborts the connection. A request with a body
-//! (every write) is refused and the connection closed without reading the body.
+//! `max_connections` connections (further ones wait in the kernel's accept queue), and no
+//! more than fit the process's descriptor limit (raised to its hard limit at start; each
+//! connection may hold a socket and a blob file); at most `max_per_client` of them from one
+//! client address (further ones are closed at once, so one greedy client cannot starve the
+//! others); a request head of at most [`http::MAX_HEAD`] bytes that must arrive within
+//! `client_timeout`; an idle keep-alive connection closed after `client_timeout`, and any
+//! connection closed between requests once it is [`CONNECTION_LIFE`] old; a send that makes
+//! no progress for `client_timeout` aborts the connection. A request with a body (every
+//! write) is refused and the connection closed without reading the body.
 
 // Offsets are cast to `usize` only to index in-memory pieces (a manifest, a read buffer),
 // which are bounded by their own length; the server targets 64-bit Linux (sendfile).
@@ -27,8 +31,9 @@ pub mod route;
 mod send;
 pub mod store;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +59,9 @@ pub struct Options {
     /// Hash every blob as it is sent and abort the connection on a mismatch (no `sendfile`).
     pub verify_reads: bool,
     pub max_connections: usize,
+    /// Connections one client address may hold at once; more are closed at once, so one
+    /// greedy client cannot take every slot.
+    pub max_per_client: usize,
     /// How long a client may take to send a head, stay idle, or not read what is sent.
     pub client_timeout: Duration,
     pub tls: Option<TlsFiles>,
@@ -68,6 +76,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("verify_reads", &self.verify_reads)
             .field("max_connections", &self.max_connections)
+            .field("max_per_client", &self.max_per_client)
             .field("client_timeout", &self.client_timeout)
             .field("tls", &self.tls)
             .field("access_log", &self.access_log)
@@ -80,6 +89,7 @@ impl Default for Options {
         Options {
             verify_reads: false,
             max_connections: 512,
+            max_per_client: 64,
             client_timeout: Duration::from_secs(30),
             tls: None,
             access_log: false,
@@ -132,6 +142,71 @@ impl ServeError {
     }
 }
 
+/// A connection older than this is closed after the answer it is sending: a client that
+/// keeps one alive with a request now and then still gives its slot back.
+pub const CONNECTION_LIFE: Duration = Duration::from_secs(300);
+
+/// Descriptors kept for everything but connections (the listener, the store, logs).
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft limit on open descriptors to the hard one, and returns how many
+/// connections it then allows (two descriptors each: a socket and a blob file).
+fn connections_allowed() -> Option<usize> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = raised;
+        }
+    }
+    let soft = limit.current?;
+    usize::try_from(soft.saturating_sub(SPARE_DESCRIPTORS) / 2).ok()
+}
+
+/// Connections per client address, and the cap.
+struct PerClient {
+    held: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    cap: usize,
+}
+
+/// One connection's place in [`PerClient`], given back on drop.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<ClientSlot> {
+        let mut held = self.held.lock().ok()?;
+        let n = held.entry(ip).or_default();
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            clients: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.clients.held.lock() {
+            if let Some(n) = held.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    held.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
@@ -145,9 +220,20 @@ struct Shared {
 }
 
 impl Server {
-    /// Checks the store and TLS files and binds `addr`.
-    pub async fn bind(addr: &str, store: Store, opts: Options) -> Result<Server, ServeError> {
+    /// Checks the store and TLS files and binds `addr`. The connection cap is lowered to
+    /// what the descriptor limit allows, with a warning.
+    pub async fn bind(addr: &str, store: Store, mut opts: Options) -> Result<Server, ServeError> {
         let tls = opts.tls.as_ref().map(tls_acceptor).transpose()?;
+        if let Some(allowed) = connections_allowed() {
+            if allowed < opts.max_connections {
+                (opts.log)(&format!(
+                    "warning: the descriptor limit allows {allowed} connections, not {}: serving \
+                     that many (`ulimit -n` raises it)",
+                    opts.max_connections
+                ));
+                opts.max_connections = allowed.max(1);
+            }
+        }
         let view = StoreView::new(store, Arc::clone(&opts.log));
         // A store that cannot be read is an error now, not on the first request.
         view.snapshot()?;
@@ -163,6 +249,12 @@ impl Server {
         })
     }
 
+    /// The connection cap in force (after [`Server::bind`] fitted it to the descriptor
+    /// limit).
+    pub fn max_connections(&self) -> usize {
+        self.shared.opts.max_connections
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
@@ -170,13 +262,17 @@ impl Server {
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let limit = Arc::new(Semaphore::new(self.shared.opts.max_connections.max(1)));
+        let clients = Arc::new(PerClient {
+            held: std::sync::Mutex::new(HashMap::new()),
+            cap: self.shared.opts.max_per_client.max(1),
+        });
         let accept = async {
             loop {
                 // A permit first: at the cap, new connections wait in the accept queue.
                 let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
                     return;
                 };
-                let (tcp, _) = match self.listener.accept().await {
+                let (tcp, peer) = match self.listener.accept().await {
                     Ok(c) => c,
                     Err(e) => {
                         // EMFILE and the like: say so, back off, keep serving the others.
@@ -187,9 +283,16 @@ impl Server {
                         continue;
                     }
                 };
+                // Over its cap, a client's new connection is closed at once: it does not
+                // take one of the slots others wait for.
+                let Some(slot) = clients.take(peer.ip()) else {
+                    drop(tcp);
+                    continue;
+                };
                 let shared = Arc::clone(&self.shared);
                 tokio::spawn(async move {
                     let _permit = permit;
+                    let _slot = slot;
                     let _ = tcp.set_nodelay(true);
                     serve_connection(tcp, shared).await;
                 });
@@ -263,7 +366,11 @@ async fn serve_connection(tcp: TcpStream, shared: Arc<Shared>) {
     };
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
+    let born = Instant::now();
     loop {
+        if born.elapsed() > CONNECTION_LIFE {
+            return;
+        }
         // One head, complete within the timeout, whether the connection was idle or not.
         let deadline = Instant::now() + timeout;
         let req = loop {
@@ -543,9 +650,9 @@ async fn blob(
     } else {
         let view = Arc::clone(shared);
         let d = digest.clone();
-        let verify = shared.opts.verify_reads;
+        let (verify, part) = (shared.opts.verify_reads, status == 206);
         let opened =
-            tokio::task::spawn_blocking(move || view.view.open_blob(&d, size, verify)).await;
+            tokio::task::spawn_blocking(move || view.view.open_blob(&d, size, verify, part)).await;
         match opened {
             Ok(Ok(Some(f))) => Body::File(f, start),
             // Gone since the snapshot: a `gc` after an `rm`.

@@ -16,7 +16,7 @@
 //! platform) is a 404, and a client on that platform falls back to its next source. A name
 //! stored without an index serves its platform manifest for the tag.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use cudaimg_oci::digest::Digest;
@@ -81,6 +81,28 @@ pub struct StoreView {
     store: Store,
     log: crate::Log,
     cached: Mutex<Option<(Stamp, Arc<Snapshot>)>>,
+    /// `--verify-reads`: blob files hashed whole already, by digest and file identity
+    /// (device, inode, modification and change times, length: a blob rewritten in place
+    /// changes them), so a range of one needs no second hash of the whole blob.
+    verified: Mutex<HashSet<(Digest, FileId)>>,
+}
+
+/// A blob file's identity, as `stat` tells it.
+type FileId = (u64, u64, i64, i64, u64);
+
+/// Verified blob files remembered at most (a clear past it costs one hash each).
+const VERIFIED_MAX: usize = 4096;
+
+fn file_id(file: &std::fs::File) -> std::io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata()?;
+    Ok((
+        m.dev(),
+        m.ino(),
+        m.mtime_nsec() + m.mtime() * 1_000_000_000,
+        m.ctime_nsec() + m.ctime() * 1_000_000_000,
+        m.len(),
+    ))
 }
 
 /// How a blob leaves the store.
@@ -97,6 +119,7 @@ impl StoreView {
             store,
             log,
             cached: Mutex::new(None),
+            verified: Mutex::new(HashSet::new()),
         }
     }
 
@@ -126,25 +149,54 @@ impl StoreView {
     }
 
     /// Opens blob `digest` of `size` bytes; `Ok(None)` when it is gone (a `gc` since the
-    /// snapshot). Blocking.
+    /// snapshot). With `verify`, a whole blob is read through the store's hashing reader;
+    /// for a `part` (a `Range`), the file is hashed whole first, once per file identity,
+    /// and then sent as it is: a 1-byte range of a large blob costs one hash, not one per
+    /// request. Blocking.
     pub fn open_blob(
         &self,
         digest: &Digest,
         size: u64,
         verify: bool,
+        part: bool,
     ) -> Result<Option<BlobFile>, StoreError> {
-        let res = if verify {
-            self.store
+        let res = match (verify, part) {
+            (true, false) => self
+                .store
                 .open_blob(digest, size)
-                .map(|r| BlobFile::Verified(Box::new(r)))
-        } else {
-            self.store.open_blob_file(digest, size).map(BlobFile::Plain)
+                .map(|r| BlobFile::Verified(Box::new(r))),
+            (true, true) => self.open_checked(digest, size),
+            (false, _) => self.store.open_blob_file(digest, size).map(BlobFile::Plain),
         };
         match res {
             Ok(f) => Ok(Some(f)),
             Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The blob file, hashed whole unless this very file was already.
+    fn open_checked(&self, digest: &Digest, size: u64) -> Result<BlobFile, StoreError> {
+        let file = self.store.open_blob_file(digest, size)?;
+        let id = (digest.clone(), file_id(&file)?);
+        if self.verified.lock().is_ok_and(|v| v.contains(&id)) {
+            return Ok(BlobFile::Plain(file));
+        }
+        if let Some(reason) = self.store.check_blob(digest, size)? {
+            return Err(StoreError::BlobCorrupt {
+                digest: digest.clone(),
+                image: None,
+                reason,
+            });
+        }
+        // The file hashed is the one kept open: the identity was read from it first.
+        if let Ok(mut v) = self.verified.lock() {
+            if v.len() >= VERIFIED_MAX {
+                v.clear();
+            }
+            v.insert(id);
+        }
+        Ok(BlobFile::Plain(file))
     }
 }
 

@@ -258,3 +258,15 @@ pub fn run_fails(command: &mut Command) -> Output {
     );
     output
 }
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.2, say): another
+/// client address on this machine, for tests of per-client limits.
+pub fn connect_from(from: std::net::Ipv4Addr, to: &str) -> std::io::Result<std::net::TcpStream> {
+    let to: std::net::SocketAddr = to
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&std::net::SocketAddr::from((from, 0)).into())?;
+    socket.connect(&to.into())?;
+    Ok(socket.into())
+}

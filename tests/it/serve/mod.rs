@@ -508,3 +508,4 @@ impl Drop for Containerd {
 }
 
 mod clients;
+mod greedy;
