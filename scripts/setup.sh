@@ -15,8 +15,13 @@ command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 # the clone, in /var/cache/cudaimg-test).
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v ctr >/dev/null 2>&1 || need+=(containerd)
-[ -x /bin/busybox ] && file_is_static=$(LC_ALL=C ldd /bin/busybox 2>&1 | grep -c 'not a dynamic') || file_is_static=0
-[ "$file_is_static" -ge 1 ] || need+=(busybox-static)
+# A static /bin/busybox: ldd says "not a dynamic executable" and exits 1 (so not in a pipeline,
+# which pipefail would count as failed whatever grep found).
+ldd_busybox="$( [ -x /bin/busybox ] && LC_ALL=C ldd /bin/busybox 2>&1 || true)"
+case "$ldd_busybox" in
+*"not a dynamic"*) ;;
+*) need+=(busybox-static) ;;
+esac
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
