@@ -30,6 +30,7 @@ mod getting_started;
 mod harness;
 mod import;
 mod input_safety;
+mod loaded;
 mod mirror_health;
 mod multiarch;
 mod parallel;
