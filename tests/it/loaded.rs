@@ -1,7 +1,7 @@
 //! What the hand-over tests share: a registry (as docker.io) holding a runnable
 //! `nvidia/cuda:TAG`, the CLI pointed at it (and at an engine), and the checks of what an
 //! engine holds after a load. Used by the Docker 20.10 suite (`docker.rs`), the suites of
-//! today's engines and `first_hour.rs`.
+//! today's engines (`engines.rs`, `engines_handover.rs`) and `first_hour.rs`.
 
 use cudaimg_test_support as common;
 
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::docker::{busybox, Runnable, TestDocker};
-use common::{Arch, Fixture, Flavor, MediaTypes, Pusher, Sandbox, Scale, TestRegistry};
+use common::{run_ok, Arch, Fixture, Flavor, MediaTypes, Pusher, Sandbox, Scale, TestRegistry};
 
 pub(crate) const TAG: &str = "12.4.1-hello-ubuntu22.04";
 
@@ -111,4 +111,43 @@ pub(crate) fn check_loaded(d: &TestDocker, e: &Env, reference: &str) {
     assert_eq!(inspect["RepoTags"], serde_json::json!([reference]));
     assert_eq!(inspect["RepoDigests"], serde_json::json!([]), "{inspect}");
     assert_eq!(image_names(d), [reference], "the Engine holds other names");
+}
+
+/// What a user does with an image the Engine holds, checked: `docker save` writes an archive
+/// (to stdout), and `docker push` to another registry pushes `manifest`, byte for byte, as
+/// skopeo reads it back.
+pub(crate) fn check_save_and_push(d: &TestDocker, image: &str, manifest: &str) {
+    let sandbox = Sandbox::new();
+    let tar = sandbox.root().join("saved.tar");
+    let out = d
+        .docker(&["save", image])
+        .stdout(std::fs::File::create(&tar).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker save: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let names = run_ok(Command::new("tar").arg("-tf").arg(&tar));
+    let names = String::from_utf8_lossy(&names.stdout);
+    assert!(
+        names
+            .lines()
+            .any(|n| n == "manifest.json" || n == "index.json"),
+        "{names}"
+    );
+    let second = TestRegistry::start();
+    let pushed = format!("{}/nvidia/cuda:{TAG}", second.host());
+    run_ok(&mut d.docker(&["tag", image, &pushed]));
+    run_ok(&mut d.docker(&["push", &pushed]));
+    let out = run_ok(sandbox.skopeo().args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{pushed}"),
+    ]));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["Digest"], manifest, "docker push changed the manifest");
+    run_ok(&mut d.docker(&["rmi", &pushed]));
 }

@@ -24,6 +24,7 @@ mod bundle;
 mod conveniences;
 mod cuda;
 mod docker;
+mod engines;
 mod faults;
 mod first_hour;
 mod getting_started;
