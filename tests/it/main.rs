@@ -25,6 +25,7 @@ mod conveniences;
 mod cuda;
 mod docker;
 mod engines;
+mod engines_handover;
 mod faults;
 mod first_hour;
 mod getting_started;
