@@ -1,6 +1,7 @@
 //! Today's container engines for tests, run from a cached Debian testing (forky) chroot:
 //! docker.io 28.5 (and its CLI), containerd 2.1, runc 1.3 (`scripts/engines.sh` builds it;
-//! Debian stable's own are Docker 20.10 and runc 1.1.5, which Docker 28 refuses).
+//! Debian stable's own are Docker 20.10 and runc 1.1.5, which Docker 28/29 cannot use: it
+//! fails on the time namespace, FIELD.md). Inside the chroot dockerd finds the chroot's runc.
 //!
 //! Each engine runs in a private mount and PID namespace of its own, on the host's network
 //! (the tests' registries listen on 127.0.0.1):
@@ -9,7 +10,8 @@
 //!   point: without one, runc and dockerd's layer store fail (`remount /, flags: 0x84000:
 //!   invalid argument`, `mount dst=/, flags=MS_REC|MS_SLAVE: invalid argument`) and
 //!   containerd's btrfs snapshotter, not finding its directory's mount, takes the metadata
-//!   plugin down with it (dockerd: `unknown service containerd.services.leases.v1.Leases`);
+//!   plugin down with it (dockerd with the containerd store then exits: `error initializing
+//!   buildkit: ... unknown service containerd.services.leases.v1.Leases`);
 //! - `/proc` is the namespace's own, `/sys` and `/dev` the host's, `/run` a tmpfs, and the
 //!   host's temporary directory is bound at the same path, so a socket or file under it (each
 //!   engine's own directory, a test's sandbox) has one name inside and out;
