@@ -4,8 +4,11 @@
 # Engine (`docker.io`: the tests start their own dockerd as root), busybox-static (a real
 # static binary for an image that `docker run` runs) and docker-compose (`docker-compose
 # config` validates the compose files `cudaimg run-config` writes), containerd (its `ctr`
-# pulls from `cudaimg serve` through a hosts.toml mirror in the tests), and protoc, which the
-# build needs.
+# pulls from `cudaimg serve` through a hosts.toml mirror in the tests), protoc, which the
+# build needs, and podman (Debian 12's 4.3.1: the tests start its Docker-API service with
+# storage of their own; as root it needs neither uidmap nor slirp4netns, which only
+# rootless podman uses). Then the cached chroot of today's engines (Docker 28.5, containerd
+# 2.1, runc 1.3 from Debian testing: scripts/engines.sh), which Debian 12 cannot install.
 set -euo pipefail
 need=()
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
@@ -19,11 +22,17 @@ command -v ctr >/dev/null 2>&1 || need+=(containerd)
 # protoc: containerd-client (cudaimg-containerd's gRPC bindings) generates its Rust code from
 # containerd's .proto files at build time.
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
-[ -x /bin/busybox ] && file_is_static=$(LC_ALL=C ldd /bin/busybox 2>&1 | grep -c 'not a dynamic') || file_is_static=0
-[ "$file_is_static" -ge 1 ] || need+=(busybox-static)
+command -v podman >/dev/null 2>&1 || need+=(podman)
+# A static /bin/busybox: ldd says "not a dynamic executable" and exits 1 (so not in a pipeline,
+# which pipefail would count as failed whatever grep found).
+ldd_busybox="$( [ -x /bin/busybox ] && LC_ALL=C ldd /bin/busybox 2>&1 || true)"
+case "$ldd_busybox" in
+*"not a dynamic"*) ;;
+*) need+=(busybox-static) ;;
+esac
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
 if ((${#need[@]})); then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
@@ -34,3 +43,7 @@ if ! command -v pypi-server >/dev/null 2>&1; then
         || python3 -m pip install --quiet --break-system-packages pypiserver \
         || echo "setup: pypiserver not installed; the package-index build test will be skipped" >&2
 fi
+# The engines' chroot (~1 min and ~400 MB the first time; then a no-op). The tests of those
+# engines fail as root or in CI without it, so a failure here stops the setup.
+$sudo env ${CUDAIMG_TEST_CACHE:+CUDAIMG_TEST_CACHE="$CUDAIMG_TEST_CACHE"} \
+    "$(dirname "$0")/engines.sh" >/dev/null

@@ -12,14 +12,14 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::docker::{busybox, unavailable_reason, Runnable, TestDocker};
+use common::docker::{unavailable_reason, TestDocker};
 use common::{
     run_fails, run_ok, Arch, Fault, FaultProxy, Fixture, Flavor, MediaTypes, Pusher, Sandbox,
     Scale, TestRegistry,
 };
-use serde_json::Value;
 
-const TAG: &str = "12.4.1-hello-ubuntu22.04";
+use super::loaded::{check_loaded, env, run_output, TAG};
+use serde_json::Value;
 
 fn docker_or_skip() -> Option<TestDocker> {
     match unavailable_reason() {
@@ -29,54 +29,6 @@ fn docker_or_skip() -> Option<TestDocker> {
         }
         None => Some(TestDocker::start()),
     }
-}
-
-pub(crate) struct Env {
-    pub(crate) sandbox: Sandbox,
-    pub(crate) config: PathBuf,
-    pub(crate) registry: TestRegistry,
-    image: Runnable,
-}
-
-/// A registry (as docker.io) holding `nvidia/cuda:TAG`: CUDA-like base layers plus busybox.
-pub(crate) fn env(message: &str) -> Env {
-    let registry = TestRegistry::start();
-    let base = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Docker, Scale::TINY);
-    let amd64 = base.platform(Arch::Amd64);
-    let image = Runnable::build(amd64, message, &busybox());
-    image.push(&Pusher::new(&registry), amd64, "nvidia/cuda", TAG);
-    let sandbox = Sandbox::new();
-    let config = sandbox.write_hub_config(&registry.url(), &[]);
-    Env {
-        sandbox,
-        config,
-        registry,
-        image,
-    }
-}
-
-impl Env {
-    fn cmd(&self, docker: Option<&TestDocker>, args: &[&str]) -> Command {
-        let mut cmd = self.sandbox.cli(&self.config, args);
-        if let Some(d) = docker {
-            cmd.env("DOCKER_HOST", d.host());
-        }
-        cmd
-    }
-}
-
-fn run_output(d: &TestDocker, image: &str) -> String {
-    let out = d
-        .docker(&["run", "--rm", "--network", "none", image])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker run failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[test]
@@ -105,48 +57,6 @@ fn pull_load_puts_the_upstream_image_into_docker_under_its_official_name_and_it_
     d.docker(&["rmi", &reference]).output().unwrap();
     run_ok(&mut e.cmd(Some(&d), &["load", &reference]));
     assert_eq!(run_output(&d, &reference), "hello from a loaded image");
-}
-
-/// The Engine holds the image as upstream built it (ID, layers, environment) under
-/// `reference` alone: no other name (the relay's) and no digest it could not resolve.
-fn check_loaded(d: &TestDocker, e: &Env, reference: &str) {
-    let inspect = d.inspect(reference);
-    assert_eq!(
-        inspect["Id"], e.image.config.digest,
-        "Docker's image ID is the upstream config digest"
-    );
-    let layers: Vec<&str> = inspect["RootFS"]["Layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    assert_eq!(
-        layers,
-        e.image
-            .diff_ids
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-    );
-    let env: Vec<&str> = inspect["Config"]["Env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    assert!(env.contains(&"CUDA_VERSION=12.4.1"), "{env:?}");
-    assert_eq!(inspect["RepoTags"], serde_json::json!([reference]));
-    assert_eq!(inspect["RepoDigests"], serde_json::json!([]), "{inspect}");
-    let names = d
-        .docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&names.stdout).trim(),
-        reference,
-        "the Engine holds other names"
-    );
 }
 
 #[test]

@@ -43,7 +43,7 @@ struct Hub {
 }
 
 fn hub(message: &str) -> Hub {
-    let e = crate::docker::env(message);
+    let e = crate::loaded::env(message);
     Hub {
         sandbox: e.sandbox,
         config: e.config,

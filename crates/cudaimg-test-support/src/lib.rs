@@ -6,6 +6,9 @@
 //! - [`fixtures`]: deterministic CUDA-like images (nvidia/cuda 12.4.1 shapes, both arches).
 //! - [`push`]: byte-exact uploads of fixtures into a registry.
 //! - [`token`]: a Bearer token server for distribution's token auth.
+//! - [`docker`], [`podman`], [`containerd`]: real engines of today (Docker 20.10 and 28.5 with
+//!   either store, Podman 4.3, containerd 2.1), Docker 28 and containerd from the cached forky
+//!   chroot that [`chroot`] runs in namespaces of their own.
 //! - [`Sandbox`] / [`cudaimg()`]: the CLI (and skopeo) run with a clean environment, so the
 //!   host's config, credentials and proxies never leak into a test.
 // A test harness: a failed setup step should stop the test with its message.
@@ -26,8 +29,11 @@
 )]
 
 pub mod attest;
+pub mod chroot;
+pub mod containerd;
 pub mod docker;
 pub mod fixtures;
+pub mod podman;
 pub mod proxy;
 pub mod push;
 pub mod python_base;
