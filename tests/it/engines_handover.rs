@@ -2,9 +2,6 @@
 //! and `cudaimg load` into Docker 28 with either store, Podman 4.3 and containerd 2.1, each
 //! engine started by the harness that `engines.rs` proves.
 //!
-//! They are `#[ignore]`d until the cudaimg-handover rewrite lands; the lead un-ignores them.
-//! Run them with `cargo test --test it engines_handover -- --ignored`.
-//!
 //! The contract they check, beyond the engine holding the image as upstream built it:
 //! - the CLI: `pull --load REF` / `load REF` with `DOCKER_HOST` (Docker, Podman);
 //!   `pull --load=containerd[:NAMESPACE] --containerd-address SOCK REF` and
@@ -79,7 +76,6 @@ fn loaded(r: &Value, store: &str, engine_version_prefix: &str) -> Value {
 }
 
 #[test]
-#[ignore = "needs the cudaimg-handover rewrite (issue 21)"]
 fn pull_load_into_docker_28_graphdriver_relays_the_image_with_its_config_digest_as_id() {
     let Some(d) = docker_28(false) else { return };
     let e = env("hello from docker 28's graphdriver");
@@ -137,7 +133,6 @@ fn check_loaded_containerd_store(d: &TestDocker, e: &Env, top: &str) {
 }
 
 #[test]
-#[ignore = "needs the cudaimg-handover rewrite (issue 21)"]
 fn pull_load_into_docker_28_containerd_store_keeps_the_manifest_so_save_and_push_work() {
     let Some(d) = docker_28(true) else { return };
     assert!(d.uses_containerd_store());
@@ -200,7 +195,6 @@ fn push_multiarch(e: &Env) -> Document {
 }
 
 #[test]
-#[ignore = "needs the cudaimg-handover rewrite (issue 21)"]
 fn pull_load_of_a_multi_arch_tag_gives_the_index_digest_as_the_image_id() {
     let hub = env("hello from a multi-arch tag");
     let list = push_multiarch(&hub);
@@ -245,7 +239,6 @@ fn pull_load_of_a_multi_arch_tag_gives_the_index_digest_as_the_image_id() {
 }
 
 #[test]
-#[ignore = "needs the cudaimg-handover rewrite (issue 21)"]
 fn pull_load_and_load_into_containerd_name_the_image_for_kubernetes_and_it_runs() {
     let Some(c) = require(TestContainerd::try_start()) else {
         return;
@@ -313,7 +306,6 @@ fn pull_load_and_load_into_containerd_name_the_image_for_kubernetes_and_it_runs(
 }
 
 #[test]
-#[ignore = "needs the cudaimg-handover rewrite (issue 21)"]
 fn pull_load_and_load_into_podman_name_the_image_officially_with_its_config_digest() {
     let Some(p) = require(TestPodman::try_start()) else {
         return;
@@ -346,7 +338,6 @@ fn pull_load_and_load_into_podman_name_the_image_officially_with_its_config_dige
 }
 
 #[test]
-#[ignore = "needs the cudaimg-handover rewrite (issue 21)"]
 fn a_hand_over_that_fails_says_so_in_the_json_record() {
     let e = env("never loaded");
     let nowhere = Sandbox::new();
@@ -368,4 +359,65 @@ fn a_hand_over_that_fails_says_so_in_the_json_record() {
         error.contains(&address.display().to_string()),
         "the error names no address: {r}"
     );
+}
+
+/// A mirror flips a byte in the middle of the top layer, then stalls so the engine is
+/// reading the bad bytes meanwhile: in both stores of today's Engine, the relay ends that
+/// answer short, the engine asks again, and it ends with upstream's image.
+#[test]
+fn pull_load_into_docker_28_survives_a_mirror_that_flips_a_byte_in_either_store() {
+    use common::{Fault, FaultProxy};
+    for containerd_store in [false, true] {
+        let Some(d) = docker_28(containerd_store) else {
+            return;
+        };
+        let e = env("flipped on the way to docker 28");
+        let (top, top_bytes) = &e.image.layer;
+        let mirror = FaultProxy::start(&e.registry.url());
+        let len = top_bytes.len() as u64;
+        mirror.add(Fault::FlipByte {
+            path_contains: top.clone(),
+            offset: len / 2,
+            times: 1,
+        });
+        mirror.add(Fault::Stall {
+            path_contains: top.clone(),
+            after_bytes: len * 3 / 4,
+            for_secs: 6,
+            times: 1,
+        });
+        e.sandbox
+            .write_hub_config(&e.registry.url(), &[&mirror.url()]);
+        let r = json(&run_ok(
+            &mut e.cmd(Some(&d), &["--json", "pull", "--load", &reference()]),
+        ));
+        assert!(
+            mirror
+                .requests()
+                .iter()
+                .any(common::ProxyRequest::fault_fired),
+            "the mirror flipped nothing"
+        );
+        let store = if containerd_store {
+            "containerd"
+        } else {
+            "graphdriver"
+        };
+        let l = loaded(&r, store, "28.");
+        assert_eq!(l["route"], "relay", "{l}");
+        assert!(
+            l["answers_ended_short"].as_u64() >= Some(1),
+            "the engine was never refused a blob: {l}"
+        );
+        if containerd_store {
+            check_loaded_containerd_store(&d, &e, &e.image.manifest.digest);
+        } else {
+            check_loaded(&d, &e, &reference());
+        }
+        assert_eq!(
+            run_output(&d, &reference()),
+            "flipped on the way to docker 28"
+        );
+        run_ok(&mut e.cmd(None, &["verify"]));
+    }
 }
