@@ -4,6 +4,10 @@
 #
 #   bench/load.sh            # SCALE=0.2 (a ~300 MB runtime image), RUNS=5
 #   SCALE=1 RUNS=3 bench/load.sh
+#   ENGINE=current STORE=containerd bench/load.sh
+#
+# ENGINE: `stable` (Debian 12's Docker 20.10, the default) or `current` (Debian testing's
+# 28.5 from scripts/engines.sh's chroot); STORE: `graphdriver` (the default) or `containerd`.
 #
 # Needs root (it starts its own dockerd with a private data root) and the packages of
 # scripts/setup.sh. Prints per-run times, medians, and peak RSS of cudaimg.
@@ -12,23 +16,31 @@ cd "$(dirname "$0")/.."
 SCALE=${SCALE:-0.2}
 RUNS=${RUNS:-5}
 scripts/setup.sh
-cargo build --release --quiet --bin cudaimg --example serve_fixture
+ENGINE=${ENGINE:-stable}
+STORE=${STORE:-graphdriver}
+cargo build --release --quiet --bin cudaimg --example serve_fixture --example engine
 CUDAIMG=$PWD/target/release/cudaimg
 work=$(mktemp -d /tmp/cudaimg-bench-load.XXXXXX)
 cleanup() {
-    [ -n "${dockerd_pid:-}" ] && kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null
+    # Closing its stdin stops the engine (and unmounts what it mounted).
+    [ -n "${dockerd_pid:-}" ] && { exec 4>&- ; wait "$dockerd_pid" 2>/dev/null; }
     # Closing its stdin lets the fixture server stop its registry; a kill would orphan it.
     [ -n "${serve_pid:-}" ] && { exec 3>&- ; wait "$serve_pid" 2>/dev/null; }
     rm -rf "$work" 2>/dev/null || true
 }
 trap cleanup EXIT
 
-dockerd --data-root "$work/docker" --exec-root "$work/exec" --pidfile "$work/dockerd.pid" \
-    --host "unix://$work/docker.sock" --iptables=false --ip-masq=false --bridge=none \
-    >"$work/dockerd.log" 2>&1 &
+flags=()
+[ "$STORE" = containerd ] && flags+=(--containerd-store)
+mkfifo "$work/engine.in"
+target/release/examples/engine "$ENGINE" "${flags[@]}" <"$work/engine.in" >"$work/engine.out" 2>"$work/engine.err" &
 dockerd_pid=$!
-export DOCKER_HOST="unix://$work/docker.sock"
-for _ in $(seq 100); do docker version >/dev/null 2>&1 && break; sleep 0.2; done
+exec 4>"$work/engine.in"
+for _ in $(seq 600); do [ -s "$work/engine.out" ] && break; sleep 0.2; done
+[ -s "$work/engine.out" ] || { echo "the engine did not start:"; tail "$work/engine.err"; exit 1; }
+DOCKER_HOST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["host"])' "$work/engine.out")
+export DOCKER_HOST
+echo "engine: $(docker version --format '{{.Server.Version}}') ($(docker info --format '{{.Driver}}'))"
 
 mkfifo "$work/in"
 target/release/examples/serve_fixture --scale "$SCALE" --runnable <"$work/in" >"$work/serve.json" &
@@ -60,4 +72,5 @@ for i in $(seq "$RUNS"); do
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 mc=$(median "${c_times[@]}"); md=$(median "${d_times[@]}"); mr=$(median "${c_rss[@]}")
+echo "ENGINE=$ENGINE STORE=$STORE, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "median: cudaimg pull --load $mc s, docker pull $md s (ratio docker/cudaimg $(awk -v a="$md" -v b="$mc" 'BEGIN {printf "%.2f", a/b}')); cudaimg peak RSS median $mr KB"

@@ -11,6 +11,12 @@
 #
 #   bench/network.sh                        # SCALE=0.2 (~300 MB), RATE=25000000, RUNS=3
 #   SCENARIOS="clean two" RUNS=5 bench/network.sh
+#   ENGINE=current STORE=containerd bench/network.sh
+#
+# ENGINE: `stable` (Debian 12's Docker 20.10, the default) or `current` (Debian testing's
+# 28.5 from the chroot scripts/engines.sh builds); STORE: `graphdriver` (the default) or
+# `containerd` (the containerd image store, Docker 29's default). The Engine is started by
+# examples/engine.rs (the tests' harness) with the scenario's mirrors in its daemon.json.
 #
 # The official registry is out of reach for both (no internet): Docker's fallback is
 # registry-1.docker.io, cudaimg's endpoint a closed port. Needs root (it starts its own
@@ -23,12 +29,15 @@ RATE=${RATE:-25000000}
 RUNS=${RUNS:-3}
 SCENARIOS=${SCENARIOS:-clean cuts two}
 scripts/setup.sh >/dev/null
-cargo build --release --quiet --bin cudaimg --example serve_fixture
+ENGINE=${ENGINE:-stable}
+STORE=${STORE:-graphdriver}
+cargo build --release --quiet --bin cudaimg --example serve_fixture --example engine
 CUDAIMG=$PWD/target/release/cudaimg
 work=$(mktemp -d /tmp/cudaimg-bench-network.XXXXXX)
 stop_dockerd() {
     if [ -n "${dockerd_pid:-}" ]; then
-        kill "$dockerd_pid" 2>/dev/null || true
+        # Closing its stdin stops the engine (and unmounts what it mounted).
+        exec 4>&-
         wait "$dockerd_pid" 2>/dev/null || true
         dockerd_pid=
     fi
@@ -52,19 +61,23 @@ ref=$(field '["repository_tag"]'); bytes=$(field '["bytes"]')
 p1=$(field '["proxies"][0]'); p2=$(field '["proxies"][1]'); pc=$(field '["cutting"]')
 echo "image: docker.io/$ref ($bytes bytes of layers and config), each mirror paced to $RATE B/s"
 
-# A dockerd whose registry-mirrors are the scenario's mirrors (plain HTTP, so insecure).
+# An Engine whose registry-mirrors are the scenario's mirrors (plain HTTP, so insecure).
 start_dockerd() {
     stop_dockerd
-    local flags=()
-    for m in "$@"; do flags+=(--registry-mirror "$m" --insecure-registry "${m#http://}"); done
-    rm -rf "$work/docker" "$work/exec"
-    dockerd --data-root "$work/docker" --exec-root "$work/exec" --pidfile "$work/dockerd.pid" \
-        --host "unix://$work/docker.sock" --iptables=false --ip-masq=false --bridge=none \
-        "${flags[@]}" >"$work/dockerd.log" 2>&1 &
+    local config flags=()
+    config=$(python3 -c 'import json,sys; m=sys.argv[1:]; print(json.dumps({"registry-mirrors": m, "insecure-registries": [u.split("://", 1)[1] for u in m]}))' "$@")
+    [ "$STORE" = containerd ] && flags+=(--containerd-store)
+    rm -f "$work/engine.in" "$work/engine.out"
+    mkfifo "$work/engine.in"
+    target/release/examples/engine "$ENGINE" "${flags[@]}" --config "$config" \
+        <"$work/engine.in" >"$work/engine.out" 2>"$work/engine.err" &
     dockerd_pid=$!
-    export DOCKER_HOST="unix://$work/docker.sock"
-    for _ in $(seq 100); do docker version >/dev/null 2>&1 && return; sleep 0.2; done
-    echo "dockerd did not start:"; tail "$work/dockerd.log"; exit 1
+    exec 4>"$work/engine.in"
+    for _ in $(seq 600); do [ -s "$work/engine.out" ] && break; sleep 0.2; done
+    [ -s "$work/engine.out" ] || { echo "the engine did not start:"; tail "$work/engine.err"; exit 1; }
+    DOCKER_HOST=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["host"])' "$work/engine.out")
+    export DOCKER_HOST
+    echo "engine: $(docker version --format '{{.Server.Version}}') ($(docker info --format '{{.Driver}}'))"
 }
 mirrors_toml() {
     local list="" m
@@ -115,5 +128,5 @@ for scenario in $SCENARIOS; do
     summary+=("$(printf '%-6s docker pull %6.2f s   cudaimg pull --load %6.2f s   docker/cudaimg %.2fx' \
         "$scenario" "$md" "$mc" "$(awk -v a="$md" -v b="$mc" 'BEGIN {print a/b}')")")
 done
-echo "medians over $RUNS runs ($bytes bytes, $RATE B/s per mirror):"
+echo "medians over $RUNS runs ($bytes bytes, $RATE B/s per mirror; ENGINE=$ENGINE STORE=$STORE; load average $(cut -d' ' -f1-3 /proc/loadavg)):"
 printf '  %s\n' "${summary[@]}"

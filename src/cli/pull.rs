@@ -166,6 +166,17 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                     note!("{config_note}");
                 }
                 let e = with_suggestions(ctx, name, e).await;
+                // `--load` was asked: the record says what became of it too (several
+                // references get theirs from `failed`).
+                if let (true, 1, Some((loaded, _))) = (ctx.json, targets.len(), &streamed) {
+                    emit_json(&serde_json::json!({
+                        "reference": input,
+                        "error": e.to_string(),
+                        "hint": e.hint(),
+                        "exit_code": e.exit_code(),
+                        "loaded": loaded,
+                    }));
+                }
                 failed(ctx, input, e, targets.len(), &mut first_error)?;
             }
         }

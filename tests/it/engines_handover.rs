@@ -421,3 +421,25 @@ fn pull_load_into_docker_28_survives_a_mirror_that_flips_a_byte_in_either_store(
         run_ok(&mut e.cmd(None, &["verify"]));
     }
 }
+
+/// A pull that fails before it chose an image still says, under `--json`, what became of
+/// the load that was asked: which engine, which store, and why nothing was loaded.
+#[test]
+fn a_pull_that_fails_under_load_reports_the_load_in_its_json_record() {
+    let Some(d) = docker_28(false) else { return };
+    let e = env("never pulled");
+    let missing = "nvidia/cuda:12.4.1-missing-ubuntu22.04";
+    let out = run_fails(&mut e.cmd(Some(&d), &["--json", "pull", "--load", missing]));
+    let r = json(&out);
+    assert_eq!(r["reference"], missing, "{r}");
+    assert_eq!(r["loaded"]["store"], "graphdriver", "{r}");
+    assert!(
+        r["loaded"]["engine_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("28.")),
+        "{r}"
+    );
+    let error = r["loaded"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("missing-ubuntu22.04"), "{r}");
+    assert!(image_names(&d).is_empty(), "{:?}", image_names(&d));
+}

@@ -452,7 +452,14 @@ impl HandOver {
     ) -> Option<(Loaded, Result<(), LoadError>)> {
         self.arrivals.ended(pulled.clone());
         let Some(started) = self.started.lock().ok()?.take() else {
-            let e = self.not_started.lock().ok()?.take()?;
+            // Nothing started: why not, if the hand-over could not; else the pull's failure
+            // before it chose an image (a tag not found, say).
+            let e = match (self.not_started.lock().ok()?.take(), pulled) {
+                (Some(e), _) => e,
+                (None, Err(why)) => LoadError::Pull(why),
+                (None, Ok(())) => return None,
+            };
+            self.note(|r| r.error = Some(e.to_string()));
             return Some((self.report(), Err(e)));
         };
         let sent_while_pulling = self.sent.load(Ordering::Relaxed);
