@@ -76,6 +76,10 @@ struct ImageLine<'a> {
     name: &'a str,
     digest: String,
     platforms: &'a [String],
+    /// When only some platforms are carried: upstream's index, and what stands in for it
+    /// under the tag (`digest`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<&'a cudaimg_sync::plan::Upstream>,
     /// Blobs the image needs, manifests included.
     blobs: usize,
     /// Of those, the ones this bundle carries, and their bytes.
@@ -115,6 +119,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
                 name: &i.name,
                 digest: i.digest.to_string(),
                 platforms: &i.platforms,
+                upstream: i.upstream.as_ref(),
                 blobs: i.blobs.len(),
                 carried: mine.len(),
                 carried_bytes: mine.iter().sum(),
@@ -217,6 +222,13 @@ fn print(o: &PlanOutput) {
                 i.platforms.join(",")
             }
         ));
+        if let Some(u) = i.upstream {
+            emit(&format!(
+                "  upstream's index {} is kept beside it; the tag is carried as {} (a registry \
+                 refuses an index naming manifests it lacks)",
+                u.digest, u.carried_as
+            ));
+        }
     }
     emit(&format!(
         "carry: {} image{}, {} blob{}, {} ({} bytes; a blob shared by several images counted once)",

@@ -266,7 +266,7 @@ fn regex_and_semver_select_from_any_repository() {
 }
 
 #[test]
-fn platforms_subset_carries_the_index_whole_with_only_the_chosen_children() {
+fn platforms_subset_carries_the_chosen_platform_with_upstreams_index_beside_it() {
     let official = TestRegistry::start();
     let runtime = fx("12.4.1", Flavor::Runtime);
     Pusher::new(&official).push(&runtime);
@@ -281,10 +281,14 @@ fn platforms_subset_carries_the_index_whole_with_only_the_chosen_children() {
     );
     let plan = sync_plan(&sandbox, &config, &spec, &[]);
     let image = &plan["images"][0];
-    assert_eq!(image["digest"], runtime.top().digest.as_str());
+    // One platform of the index: its own manifest under the tag (a registry refuses
+    // upstream's index without the other children), upstream's index carried beside it.
+    let arm = runtime.platform(Arch::Arm64);
+    assert_eq!(image["digest"], arm.manifest.digest.as_str());
+    assert_eq!(image["upstream"]["digest"], runtime.top().digest.as_str());
+    assert_eq!(image["upstream"]["carried_as"], "platform-manifest");
     // As the index records it: `linux/arm64` asks for any variant.
     assert_eq!(image["platforms"], serde_json::json!(["linux/arm64/v8"]));
-    let arm = runtime.platform(Arch::Arm64);
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     expected.insert(arm.config.digest.clone(), arm.config.size());
     for l in &arm.layers {
@@ -308,8 +312,8 @@ fn platforms_subset_carries_the_index_whole_with_only_the_chosen_children() {
 }
 
 /// What a registry (CNCF distribution, as installed) makes of an index whose children it
-/// lacks: the reason a platforms subset is carried as the index plus its chosen children
-/// only with the far side's consent (see cudaimg-store's `sets` module docs).
+/// lacks: the reason a platforms subset is carried as its platform's manifest or a filtered
+/// index, not as upstream's index (see cudaimg-store's `sets` module docs).
 #[test]
 fn a_registry_refuses_an_index_without_its_children() {
     let reg = TestRegistry::start();

@@ -10,8 +10,11 @@
 //!
 //! An entry without `platforms` is fetched whole (`pull --all-platforms`: the index and
 //! every child, attestations included). With `platforms`, each chosen platform is pulled as
-//! a single-platform pull does, and the image is carried as its index, byte-exact, with
-//! only those children ([`Store::index_subset`](cudaimg_store::Store::index_subset)).
+//! a single-platform pull does. When that is not every child of the index, the image is
+//! carried as the chosen platform's own manifest (one chosen) or as a filtered index of the
+//! chosen children (several), with upstream's index beside it
+//! ([`Store::index_subset`](cudaimg_store::Store::index_subset)): a registry refuses an
+//! index that names manifests it lacks.
 
 use std::collections::BTreeMap;
 
@@ -270,7 +273,7 @@ async fn fetch(
         }
     }
     let set = match (index, single) {
-        (Some(index), None) => store.index_subset(key, &index, &chosen)?,
+        (Some(index), None) => store.index_subset(key, &index, &chosen).await?,
         // A single-platform image of one of the platforms asked for: carried as it is.
         (None, Some(stored)) => store
             .image_set(&stored)?
