@@ -44,6 +44,9 @@ pub struct Args {
     /// more than once
     #[arg(long, value_name = "DIR")]
     since: Vec<PathBuf>,
+    /// Go on when an entry selects no tag (a warning, not an error)
+    #[arg(long)]
+    allow_empty: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +90,16 @@ struct ImageLine<'a> {
     carried_bytes: u64,
 }
 
+impl Args {
+    fn selecting(&self) -> cudaimg_sync::select::Selecting {
+        cudaimg_sync::select::Selecting {
+            // A plan alone reads manifests only: no layer is downloaded to print it.
+            manifests_only: self.to.is_none(),
+            allow_empty: self.allow_empty,
+        }
+    }
+}
+
 pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let reporter = ctx.progress.reporter();
     let prepared = cudaimg_sync::prepare(
@@ -94,6 +107,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         &args.spec,
         &args.have,
         &args.since,
+        args.selecting(),
         reporter.as_ref(),
     )
     .await;

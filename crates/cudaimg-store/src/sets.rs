@@ -413,7 +413,7 @@ impl Store {
 
 /// Upstream's index JSON with only the entries `chosen` (each once, in upstream's order),
 /// every other field as it was.
-fn filtered_index(bytes: &[u8], chosen: &[Digest]) -> Result<Vec<u8>, serde_json::Error> {
+pub fn filtered_index(bytes: &[u8], chosen: &[Digest]) -> Result<Vec<u8>, serde_json::Error> {
     let mut doc: serde_json::Value = serde_json::from_slice(bytes)?;
     if let Some(list) = doc
         .get_mut("manifests")
