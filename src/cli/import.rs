@@ -11,6 +11,8 @@ use crate::error::{exit, Error};
 use cudaimg_sync::bundle::import::{parse_target, ImportOptions, ImportReport, Target};
 use cudaimg_sync::bundle::{import, Bundle};
 
+use cudaimg_oci::text::shown;
+
 use super::push::SendArgs;
 use super::{emit, emit_json, human_bytes, Ctx};
 
@@ -84,9 +86,9 @@ fn print(ctx: &Ctx, r: &ImportReport, secs: f64) {
     for i in r.failed() {
         note!(
             "error: {} -> {}: {}",
-            i.name,
-            i.destination,
-            i.error.as_deref().unwrap_or("failed")
+            shown(&i.name),
+            shown(&i.destination),
+            shown(i.error.as_deref().unwrap_or("failed"))
         );
         if let Some(h) = &i.hint {
             note!("hint: {h}");
@@ -97,8 +99,14 @@ fn print(ctx: &Ctx, r: &ImportReport, secs: f64) {
         return;
     }
     for i in r.images.iter().filter(|i| i.status == "imported") {
-        emit(&format!("{} -> {}", i.name, i.destination));
+        emit(&format!("{} -> {}", shown(&i.name), shown(&i.destination)));
         emit(&format!("  digest:   {}", i.digest));
+        if let Some(u) = &i.upstream {
+            emit(&format!(
+                "  upstream: {} (not every platform was carried: the tag names {} instead)",
+                u.digest, u.carried_as
+            ));
+        }
         emit(&format!(
             "  blobs:    {} written, {} mounted, {} already there; {} sent",
             i.blobs_sent,
@@ -107,7 +115,7 @@ fn print(ctx: &Ctx, r: &ImportReport, secs: f64) {
             human_bytes(i.bytes)
         ));
     }
-    let failed: Vec<&str> = r.failed().map(|i| i.name.as_str()).collect();
+    let failed: Vec<String> = r.failed().map(|i| shown(&i.name).to_string()).collect();
     emit(&format!(
         "imported {} of {} images into {} in {secs:.1}s",
         r.images.len() - failed.len(),

@@ -44,6 +44,9 @@ pub struct Args {
     /// more than once
     #[arg(long, value_name = "DIR")]
     since: Vec<PathBuf>,
+    /// Go on when an entry selects no tag (a warning, not an error)
+    #[arg(long)]
+    allow_empty: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,11 +79,25 @@ struct ImageLine<'a> {
     name: &'a str,
     digest: String,
     platforms: &'a [String],
+    /// When only some platforms are carried: upstream's index, and what stands in for it
+    /// under the tag (`digest`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<&'a cudaimg_sync::plan::Upstream>,
     /// Blobs the image needs, manifests included.
     blobs: usize,
     /// Of those, the ones this bundle carries, and their bytes.
     carried: usize,
     carried_bytes: u64,
+}
+
+impl Args {
+    fn selecting(&self) -> cudaimg_sync::select::Selecting {
+        cudaimg_sync::select::Selecting {
+            // A plan alone reads manifests only: no layer is downloaded to print it.
+            manifests_only: self.to.is_none(),
+            allow_empty: self.allow_empty,
+        }
+    }
 }
 
 pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
@@ -90,6 +107,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         &args.spec,
         &args.have,
         &args.since,
+        args.selecting(),
         reporter.as_ref(),
     )
     .await;
@@ -115,6 +133,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
                 name: &i.name,
                 digest: i.digest.to_string(),
                 platforms: &i.platforms,
+                upstream: i.upstream.as_ref(),
                 blobs: i.blobs.len(),
                 carried: mine.len(),
                 carried_bytes: mine.iter().sum(),
@@ -217,6 +236,13 @@ fn print(o: &PlanOutput) {
                 i.platforms.join(",")
             }
         ));
+        if let Some(u) = i.upstream {
+            emit(&format!(
+                "  upstream's index {} is kept beside it; the tag is carried as {} (a registry \
+                 refuses an index naming manifests it lacks)",
+                u.digest, u.carried_as
+            ));
+        }
     }
     emit(&format!(
         "carry: {} image{}, {} blob{}, {} ({} bytes; a blob shared by several images counted once)",

@@ -807,3 +807,104 @@ fn sync_to_a_bundle_then_since_it_carries_only_the_new_tag_and_both_import() {
         second.top().bytes
     );
 }
+
+/// `skopeo inspect` (`copy` with `to`) of `mirror/REFERENCE` in the far registry.
+fn far_skopeo(far: &Far, args: &[&str], reference: &str, to: Option<&str>) -> Output {
+    let src = if to.is_some() { "src-" } else { "" };
+    let mut cmd = far.sandbox.skopeo();
+    cmd.args(args).args([
+        &format!("--{src}tls-verify=false"),
+        &format!("--{src}creds={USER}:{PASS}"),
+        &format!("docker://{}/mirror/{reference}", far.registry.host()),
+    ]);
+    cmd.args(to);
+    run_ok(&mut cmd)
+}
+
+/// The README's air-gapped example: `sync` one platform of a multi-arch tag into a bundle,
+/// import it into distribution 2.8 (which refuses an index naming manifests it lacks, see
+/// `sync_select::a_registry_refuses_an_index_without_its_children`) and into a store.
+#[test]
+fn a_bundle_of_one_platform_of_a_multiarch_tag_imports_into_distribution_and_a_store() {
+    let upstream = TestRegistry::start();
+    let runtime = Fixture::cuda("12.4.1", Flavor::Runtime, MediaTypes::Docker, Scale::TINY);
+    Pusher::new(&upstream).push(&runtime);
+    let near = Sandbox::new();
+    let config = near.write_hub_config(&upstream.url(), &[]);
+    let spec = near.write(
+        "sync.toml",
+        format!(
+            "[[images]]\nreferences = [\"nvidia/cuda:{}\"]\nplatforms = [\"linux/amd64\"]\n",
+            runtime.tag
+        ),
+    );
+    let dir = near.root().join("bundle-1");
+    let out = json(&run_ok(&mut near.cli(
+        &config,
+        &[
+            "--json",
+            "sync",
+            spec.to_str().unwrap(),
+            "--to",
+            dir.to_str().unwrap(),
+        ],
+    )));
+    let amd = runtime.platform(Arch::Amd64);
+    // The tag is carried as the platform's own manifest; upstream's index stays visible.
+    let image = &out["plan"]["images"][0];
+    assert_eq!(image["digest"], amd.manifest.digest.as_str(), "{out:#}");
+    assert_eq!(image["upstream"]["digest"], runtime.top().digest.as_str());
+    assert_eq!(image["upstream"]["carried_as"], "platform-manifest");
+    drop(upstream);
+
+    let far = far();
+    let to = format!("{}/mirror", far.registry.host());
+    let report = far.import(&dir, &to);
+    assert_eq!(statuses(&report), ["imported"], "{report:#}");
+    assert_eq!(
+        report["images"][0]["upstream"]["digest"],
+        runtime.top().digest.as_str()
+    );
+    let reference = runtime.reference();
+    assert_eq!(far.raw(&format!("mirror/{reference}")), amd.manifest.bytes);
+    // skopeo reads the tag as the chosen platform, and copies it out whole.
+    // (An index would answer arm64 here: the tag is the amd64 manifest alone.)
+    let inspect = json(&far_skopeo(
+        &far,
+        &["--override-arch", "arm64", "inspect"],
+        &reference,
+        None,
+    ));
+    assert_eq!(
+        (&inspect["Os"], &inspect["Architecture"]),
+        (&Value::from("linux"), &Value::from("amd64")),
+        "{inspect:#}"
+    );
+    let copied = far.sandbox.root().join("copied");
+    let to = format!("dir:{}", copied.display());
+    far_skopeo(&far, &["copy"], &reference, Some(&to));
+    assert_eq!(
+        std::fs::read(copied.join("manifest.json")).unwrap(),
+        amd.manifest.bytes
+    );
+    assert!(copied
+        .join(amd.config.digest.strip_prefix("sha256:").unwrap())
+        .exists());
+
+    // Into a store: the platform named, upstream's index beside it, and `verify` passes.
+    let store_side = far_with(TestRegistry::start(), None);
+    let report = json(&run_ok(&mut store_side.cli(&[
+        "--json",
+        "import",
+        dir.to_str().unwrap(),
+    ])));
+    assert_eq!(statuses(&report), ["imported"], "{report:#}");
+    run_ok(&mut store_side.cli(&["verify"]));
+    let images = json(&run_ok(&mut store_side.cli(&["--json", "images"])));
+    let rows = images.as_array().unwrap_or_else(|| panic!("{images:#}"));
+    assert_eq!(rows.len(), 1, "{images:#}");
+    assert_eq!(rows[0]["digest"], amd.manifest.digest.as_str());
+    assert_eq!(rows[0]["platform"], "linux/amd64");
+    assert_eq!(rows[0]["index_digest"], runtime.top().digest.as_str());
+    assert_eq!(rows[0]["broken"], false);
+}

@@ -266,7 +266,7 @@ fn regex_and_semver_select_from_any_repository() {
 }
 
 #[test]
-fn platforms_subset_carries_the_index_whole_with_only_the_chosen_children() {
+fn platforms_subset_carries_the_chosen_platform_with_upstreams_index_beside_it() {
     let official = TestRegistry::start();
     let runtime = fx("12.4.1", Flavor::Runtime);
     Pusher::new(&official).push(&runtime);
@@ -281,10 +281,14 @@ fn platforms_subset_carries_the_index_whole_with_only_the_chosen_children() {
     );
     let plan = sync_plan(&sandbox, &config, &spec, &[]);
     let image = &plan["images"][0];
-    assert_eq!(image["digest"], runtime.top().digest.as_str());
+    // One platform of the index: its own manifest under the tag (a registry refuses
+    // upstream's index without the other children), upstream's index carried beside it.
+    let arm = runtime.platform(Arch::Arm64);
+    assert_eq!(image["digest"], arm.manifest.digest.as_str());
+    assert_eq!(image["upstream"]["digest"], runtime.top().digest.as_str());
+    assert_eq!(image["upstream"]["carried_as"], "platform-manifest");
     // As the index records it: `linux/arm64` asks for any variant.
     assert_eq!(image["platforms"], serde_json::json!(["linux/arm64/v8"]));
-    let arm = runtime.platform(Arch::Arm64);
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     expected.insert(arm.config.digest.clone(), arm.config.size());
     for l in &arm.layers {
@@ -308,8 +312,8 @@ fn platforms_subset_carries_the_index_whole_with_only_the_chosen_children() {
 }
 
 /// What a registry (CNCF distribution, as installed) makes of an index whose children it
-/// lacks: the reason a platforms subset is carried as the index plus its chosen children
-/// only with the far side's consent (see cudaimg-store's `sets` module docs).
+/// lacks: the reason a platforms subset is carried as its platform's manifest or a filtered
+/// index, not as upstream's index (see cudaimg-store's `sets` module docs).
 #[test]
 fn a_registry_refuses_an_index_without_its_children() {
     let reg = TestRegistry::start();
@@ -546,13 +550,9 @@ fn since_an_earlier_bundle_and_after_one_new_tag_only_the_new_blobs_are_carried(
         two["plan"]["assumed_from"],
         serde_json::json!([{"type": "bundle", "sha256": sha, "name": "bundle-1"}])
     );
-    // Blobs already in the store were not fetched again: only the new image's new ones.
+    // A plan reads manifests only: not one blob was fetched for it.
     let fetched = official.blob_downloads().len() - blobs_before;
-    let new_content = content(&second)
-        .keys()
-        .filter(|d| !content(&first).contains_key(*d))
-        .count();
-    assert_eq!(fetched, new_content);
+    assert_eq!(fetched, 0);
 
     // A directory without a bundle.json is a usage error naming the file.
     let out = run_fails(&mut sandbox.cli(
@@ -632,5 +632,80 @@ fn tag_lists_come_from_the_official_registry_and_from_a_mirror_only_when_it_is_o
     assert!(
         warnings.contains("came from the mirror") && warnings.contains("can lag"),
         "{warnings}"
+    );
+}
+
+/// `sync --plan` reads manifests only and counts bytes from them; an entry that selects no
+/// tag is a usage error naming the real values, unless `--allow-empty`.
+#[test]
+fn plan_reads_manifests_only_and_an_entry_selecting_nothing_is_an_error() {
+    let official = TestRegistry::start();
+    let runtime = fx("12.4.1", Flavor::Runtime);
+    Pusher::new(&official).push(&runtime);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let spec = sandbox.write(
+        "sync.toml",
+        "[[images]]\nrepository = \"nvidia/cuda\"\ncuda = \"12.4\"\n",
+    );
+    let pushed = official.requests().len();
+    let plan = sync_plan(&sandbox, &config, &spec, &[]);
+    assert_eq!(digests(&plan["plan"]["blobs"]), whole(&runtime), "{plan:#}");
+    assert_eq!(plan["bytes"], whole(&runtime).values().sum::<u64>());
+    // The registry's log: every child manifest was read, and no blob.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let log = &official.requests()[pushed..];
+        let children = runtime.platforms.iter().all(|p| {
+            log.iter().any(|r| {
+                r.method == "GET"
+                    && r.path
+                        .ends_with(&format!("/manifests/{}", p.manifest.digest))
+            })
+        });
+        if children {
+            let blobs: Vec<_> = log
+                .iter()
+                .filter(|r| r.method == "GET" && r.path.contains("/blobs/"))
+                .collect();
+            assert!(blobs.is_empty(), "--plan downloaded blobs: {blobs:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registry never served the child manifests: {log:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Nothing was stored for a plan.
+    assert!(!sandbox
+        .store_dir()
+        .join("blobs/sha256")
+        .join(
+            runtime.platforms[0].layers[0]
+                .digest
+                .trim_start_matches("sha256:")
+        )
+        .exists());
+
+    // `os = ["ubuntu2204"]` is no OS of the tags: exit 2 with the real one and the fix.
+    let empty = sandbox.write(
+        "empty.toml",
+        "[[images]]\nrepository = \"nvidia/cuda\"\ncuda = \"12.4\"\nos = [\"ubuntu2204\"]\n",
+    );
+    let out = run_fails(&mut sandbox.cli(&config, &["sync", empty.to_str().unwrap(), "--plan"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("empty.toml:1")
+            && err.contains("ubuntu22.04")
+            && err.contains("--allow-empty"),
+        "{err}"
+    );
+    let plan = sync_plan(&sandbox, &config, &empty, &["--allow-empty"]);
+    assert_eq!(plan["images"], serde_json::json!([]), "{plan:#}");
+    assert!(
+        plan["warnings"].to_string().contains("matches none"),
+        "{plan:#}"
     );
 }

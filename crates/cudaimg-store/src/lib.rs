@@ -56,7 +56,7 @@ pub(crate) use index::IndexFile;
 pub use locations::BlobLocations;
 pub use names::{ListedImage, NamedImage};
 pub use read::{BlobMismatch, VerifiedReader};
-pub use sets::{NamedSet, StoredChild, StoredManifest, StoredSet};
+pub use sets::{filtered_index, NamedSet, StoredChild, StoredManifest, StoredSet};
 pub use verify::{Affected, VerifyReport};
 
 use cudaimg_oci::digest::Digest;

@@ -18,14 +18,15 @@
 //!
 //! The index entry stands only while the name is that whole index (see [`crate::names`]).
 //!
-//! A subset of a whole image ([`Store::index_subset`], for `sync` with `platforms`) is the
-//! index, byte-exact, with only the chosen children: it is never named as a whole image (the
-//! platforms are named one by one, as single-platform pulls name them), since the store
-//! holds the index without the other children. A registry decides what it makes of such an
-//! index on push: CNCF distribution 2.x refuses it (`MANIFEST_BLOB_UNKNOWN`, measured by
+//! A subset of a whole image ([`Store::index_subset`], for `sync` with `platforms`) is never
+//! named as a whole image (the platforms are named one by one, as single-platform pulls name
+//! them), since the store holds the index without the other children. Nor is upstream's
+//! index sent as the subset's top: CNCF distribution 2.x refuses it (`MANIFEST_BLOB_UNKNOWN`, measured by
 //! `sync_select::a_registry_refuses_an_index_without_its_children`) until every child it
 //! names is there; distribution 3 accepts such "sparse indexes" only when its configuration
-//! says so (`validation.manifests.indexes`, distribution#3536).
+//! says so (`validation.manifests.indexes`, distribution#3536). So the subset's top is its
+//! only child's manifest, or a filtered index of the chosen children, with upstream's index
+//! kept beside it ([`StoredSet::upstream`]).
 
 use std::collections::BTreeSet;
 
@@ -73,6 +74,10 @@ pub struct StoredSet {
     pub index: Option<StoredManifest>,
     /// Every child manifest: in index order, a nested index after its own children.
     pub children: Vec<StoredChild>,
+    /// For some platforms of a multi-platform image ([`Store::index_subset`]): upstream's
+    /// index, stored, which `index` (a filtered index of the chosen children) or the only
+    /// child stands in for.
+    pub upstream: Option<Descriptor>,
 }
 
 /// What [`Store::name_all_platforms`] named.
@@ -182,6 +187,7 @@ impl Store {
             name: name.to_owned(),
             index: None,
             children: Vec::new(),
+            upstream: None,
         };
         if let Some(top) = entries.iter().find(|e| e.is_index()) {
             let desc = descriptor(top)?;
@@ -321,10 +327,16 @@ impl Store {
 impl Store {
     /// The stored index `index` with only the children `chosen` (digests of its children,
     /// each stored with its blobs): the [`StoredSet`] of a subset of a multi-platform image
-    /// (see the module docs). The index is read verified and carried whole; `chosen` that it
-    /// does not list are refused (`Corrupt`), as is a chosen child not stored. Children keep
-    /// the index's order; each is `named` when it has a nameable platform.
-    pub fn index_subset(
+    /// (see the module docs). `chosen` that the index does not list are refused (`Corrupt`),
+    /// as is a chosen child not stored. Children keep the index's order; each is `named` when
+    /// it has a nameable platform.
+    ///
+    /// When `chosen` is every child, the set is the index whole. Otherwise a registry would
+    /// refuse upstream's index, so the set stands in for it ([`StoredSet::upstream`]): one
+    /// child alone is its own top (its manifest under the tag, as docker pushes a
+    /// single-platform image); several are listed by a filtered index, upstream's JSON less
+    /// the other children, which is stored here and whose digest is new.
+    pub async fn index_subset(
         &self,
         name: &str,
         index: &Digest,
@@ -342,18 +354,12 @@ impl Store {
                 return Err(corrupt(format!("the index {index} does not list {want}")));
             }
         }
-        let mut set = StoredSet {
-            name: name.to_owned(),
-            index: Some(StoredManifest {
-                descriptor: Descriptor {
-                    media_type: idx.media_type.clone(),
-                    digest: index.clone(),
-                    size: bytes.len() as u64,
-                },
-                bytes,
-            }),
-            children: Vec::new(),
+        let upstream = Descriptor {
+            media_type: idx.media_type.clone(),
+            digest: index.clone(),
+            size: bytes.len() as u64,
         };
+        let mut children = Vec::new();
         let mut seen = BTreeSet::new();
         for c in &idx.manifests {
             let d = &c.descriptor;
@@ -362,11 +368,65 @@ impl Store {
             }
             let bytes = self.manifest_bytes(name, d, c.platform.as_ref())?;
             let named = nameable(c.platform.as_ref());
-            set.children
-                .push(self.child(name, d.clone(), bytes, c.platform.clone(), named)?);
+            children.push(self.child(name, d.clone(), bytes, c.platform.clone(), named)?);
         }
-        Ok(set)
+        let every = idx
+            .manifests
+            .iter()
+            .all(|c| chosen.contains(&c.descriptor.digest));
+        let (index, upstream) = match children.len() {
+            _ if every => (
+                Some(StoredManifest {
+                    descriptor: upstream,
+                    bytes,
+                }),
+                None,
+            ),
+            1 => (None, Some(upstream)),
+            _ => {
+                let filtered = filtered_index(&bytes, chosen)
+                    .map_err(|e| corrupt(format!("manifest {index}: {e}")))?;
+                let digest = Digest::of(&filtered);
+                self.put_bytes(&digest, &filtered).await?;
+                let descriptor = Descriptor {
+                    media_type: idx.media_type.clone(),
+                    digest,
+                    size: filtered.len() as u64,
+                };
+                (
+                    Some(StoredManifest {
+                        descriptor,
+                        bytes: filtered,
+                    }),
+                    Some(upstream),
+                )
+            }
+        };
+        Ok(StoredSet {
+            name: name.to_owned(),
+            index,
+            children,
+            upstream,
+        })
     }
+}
+
+/// Upstream's index JSON with only the entries `chosen` (each once, in upstream's order),
+/// every other field as it was.
+pub fn filtered_index(bytes: &[u8], chosen: &[Digest]) -> Result<Vec<u8>, serde_json::Error> {
+    let mut doc: serde_json::Value = serde_json::from_slice(bytes)?;
+    if let Some(list) = doc
+        .get_mut("manifests")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        let mut seen = BTreeSet::new();
+        list.retain(|e| {
+            e["digest"].as_str().is_some_and(|d| {
+                chosen.iter().any(|c| c.as_str() == d) && seen.insert(d.to_owned())
+            })
+        });
+    }
+    serde_json::to_vec_pretty(&doc)
 }
 
 impl StoredSet {
@@ -378,5 +438,42 @@ impl StoredSet {
             (None, [only]) => Some(&only.manifest.descriptor.digest),
             (None, _) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod filtered_tests {
+    use super::*;
+
+    #[test]
+    fn a_filtered_index_keeps_the_chosen_children_once_and_every_other_field() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let upstream = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": manifest::OCI_INDEX,
+            "annotations": {"a": "b"},
+            "manifests": [
+                {"mediaType": manifest::OCI_MANIFEST, "digest": d('a'), "size": 1},
+                {"mediaType": manifest::OCI_MANIFEST, "digest": d('b'), "size": 2},
+                {"mediaType": manifest::OCI_MANIFEST, "digest": d('c'), "size": 3},
+                {"mediaType": manifest::OCI_MANIFEST, "digest": d('a'), "size": 1},
+            ],
+        });
+        let chosen: Vec<Digest> = [d('a'), d('c')]
+            .iter()
+            .filter_map(|s| Digest::parse(s).ok())
+            .collect();
+        let bytes = serde_json::to_vec(&upstream).unwrap_or_default();
+        let out: serde_json::Value = filtered_index(&bytes, &chosen)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let kept: Vec<&str> = out["manifests"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|e| e["digest"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(kept, [d('a'), d('c')]);
+        assert_eq!(out["annotations"], upstream["annotations"]);
+        assert_eq!(out["mediaType"], manifest::OCI_INDEX);
     }
 }

@@ -73,6 +73,13 @@ pub enum SyncError {
     },
     #[error("`{0}` was fetched but is not in the store")]
     NotStored(String),
+    #[error("{at}: the entry for `{repository}` selects none of its {tags} tags; {nearest}")]
+    NothingSelected {
+        at: String,
+        repository: String,
+        tags: usize,
+        nearest: String,
+    },
     #[error("cannot use the inventory `{}`: {reason}", .path.display())]
     Have { path: PathBuf, reason: String },
     #[error("cannot use the earlier bundle's `{}`: {reason}", .path.display())]
@@ -90,6 +97,7 @@ impl SyncError {
                 | SyncError::Reference(_)
                 | SyncError::Have { .. }
                 | SyncError::Since { .. }
+                | SyncError::NothingSelected { .. }
         )
     }
 
@@ -126,6 +134,11 @@ impl SyncError {
             SyncError::NotStored(_) => {
                 Some("`cudaimg verify` checks the store; then run the sync again".into())
             }
+            SyncError::NothingSelected { .. } => Some(
+                "correct the entry to one of the values above (`cudaimg explain TAG` reads a \
+                 tag), or pass `--allow-empty` to carry what the other entries select"
+                    .into(),
+            ),
             SyncError::Have { .. } => {
                 Some("give the file `cudaimg inventory -o have.json` wrote on the far side".into())
             }
@@ -159,12 +172,14 @@ impl Prepared {
 
 /// From a spec file to what a bundle carries: reads the exclusions first (`have`:
 /// inventories, `since`: earlier bundle directories), so a wrong file fails before any
-/// network work; then reads the spec, selects, and fetches into the session's store.
+/// network work; then reads the spec, selects, and fetches into the session's store (or,
+/// with `how.manifests_only`, reads the manifests only).
 pub async fn prepare(
     session: &Session,
     spec_path: &Path,
     have: &[PathBuf],
     since: &[PathBuf],
+    how: select::Selecting,
     reporter: &dyn Reporter,
 ) -> Result<Prepared, SyncError> {
     let spec = Spec::load(spec_path)?;
@@ -175,7 +190,7 @@ pub async fn prepare(
     for s in since {
         inventory::add_since(&mut exclude, s)?;
     }
-    let selection = select::select(session, &spec, reporter).await?;
+    let selection = select::select(session, &spec, how, reporter).await?;
     Ok(Prepared {
         spec,
         selection,

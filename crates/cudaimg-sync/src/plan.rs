@@ -42,6 +42,42 @@ pub struct PlannedImage {
     /// Every blob the image needs (manifests included), in the order a registry must
     /// receive them: for each child its config and layers, then the child; the index last.
     pub blobs: Vec<Digest>,
+    /// When only some platforms of upstream's index are carried: that index, and what
+    /// stands in for it under the tag ([`PlannedImage::digest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Upstream>,
+}
+
+/// Upstream's index of an image carried in part, and what was done to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// The index the tag named upstream when the sync ran (the digest `pull` and the lock
+    /// file show). Carried in the bundle (never left out by `--have`/`--since`: it is small)
+    /// so that a store keeps it beside the platforms, but never sent to a registry, which
+    /// would refuse an index naming manifests it lacks.
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub carried_as: CarriedAs,
+}
+
+/// What stands in for upstream's index under the tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CarriedAs {
+    /// One platform chosen: its own manifest.
+    PlatformManifest,
+    /// Several chosen: upstream's index less the other children; its digest is new.
+    FilteredIndex,
+}
+
+impl std::fmt::Display for CarriedAs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CarriedAs::PlatformManifest => "the platform's own manifest",
+            CarriedAs::FilteredIndex => "a filtered index of the chosen platforms",
+        })
+    }
 }
 
 /// One blob, with what it is and how big.
@@ -107,6 +143,33 @@ pub struct Plan {
     pub assumed_from: Vec<AssumedFrom>,
 }
 
+/// The [`Upstream`] of a set carried in part; its index joins the blobs carried (not the
+/// image's push order: only a store takes it) and is never left out.
+fn upstream_of(
+    set: &StoredSet,
+    all: &mut BTreeMap<Digest, PlannedBlob>,
+    keep: &mut BTreeSet<Digest>,
+) -> Option<Upstream> {
+    let u = set.upstream.as_ref()?;
+    all.entry(u.digest.clone()).or_insert_with(|| PlannedBlob {
+        digest: u.digest.clone(),
+        size: u.size,
+        kind: BlobKind::Index,
+        media_type: u.media_type.clone(),
+    });
+    keep.insert(u.digest.clone());
+    Some(Upstream {
+        digest: u.digest.clone(),
+        size: u.size,
+        media_type: u.media_type.clone(),
+        carried_as: if set.index.is_some() {
+            CarriedAs::FilteredIndex
+        } else {
+            CarriedAs::PlatformManifest
+        },
+    })
+}
+
 impl Plan {
     /// The plan for carrying `sets` (whole images read from the store, see
     /// [`cudaimg_store::Store::image_set`]), leaving out what `exclude` lists.
@@ -116,6 +179,8 @@ impl Plan {
     pub fn from_sets(sets: &[StoredSet], exclude: &Exclusions) -> Plan {
         let mut images = Vec::new();
         let mut all: BTreeMap<Digest, PlannedBlob> = BTreeMap::new();
+        // Upstream indexes: always carried.
+        let mut keep: BTreeSet<Digest> = BTreeSet::new();
         for set in sets {
             let mut order: Vec<Digest> = Vec::new();
             let mut seen = BTreeSet::new();
@@ -168,12 +233,14 @@ impl Plan {
             if let Some(i) = &set.index {
                 add(&mut all, &i.descriptor, BlobKind::Index);
             }
+            let upstream = upstream_of(set, &mut all, &mut keep);
             images.push(PlannedImage {
                 name: set.name.clone(),
                 digest: top.digest,
                 media_type: top.media_type,
                 platforms: platforms.into_iter().collect(),
                 blobs: order,
+                upstream,
             });
         }
         images.sort_by(|a, b| a.name.cmp(&b.name));
@@ -183,7 +250,11 @@ impl Plan {
         };
         let mut used_sources = BTreeMap::new();
         for (digest, blob) in all {
-            match exclude.blobs.get(&digest) {
+            match exclude
+                .blobs
+                .get(&digest)
+                .filter(|_| !keep.contains(&digest))
+            {
                 Some(&src) => {
                     let next = used_sources.len();
                     let from = *used_sources.entry(src).or_insert(next);

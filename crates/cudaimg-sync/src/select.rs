@@ -10,23 +10,37 @@
 //!
 //! An entry without `platforms` is fetched whole (`pull --all-platforms`: the index and
 //! every child, attestations included). With `platforms`, each chosen platform is pulled as
-//! a single-platform pull does, and the image is carried as its index, byte-exact, with
-//! only those children ([`Store::index_subset`](cudaimg_store::Store::index_subset)).
+//! a single-platform pull does. When that is not every child of the index, the image is
+//! carried as the chosen platform's own manifest (one chosen) or as a filtered index of the
+//! chosen children (several), with upstream's index beside it
+//! ([`Store::index_subset`](cudaimg_store::Store::index_subset)): a registry refuses an
+//! index that names manifests it lacks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cudaimg_config::Canonical;
 use cudaimg_mirrors::fallback::FallbackError;
 use cudaimg_mirrors::sources::Role;
 use cudaimg_oci::digest::Digest;
+use cudaimg_oci::manifest::{Descriptor, Manifest};
 use cudaimg_oci::platform::Platform;
 use cudaimg_oci::progress::Reporter;
-use cudaimg_store::StoredSet;
+use cudaimg_store::{StoredChild, StoredManifest, StoredSet};
 use cudaimg_transfer::{PullTarget, Session};
 use serde::Serialize;
 
 use crate::spec::{Selector, Spec};
 use crate::SyncError;
+
+/// How [`select`] works.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Selecting {
+    /// Read manifests only (`sync --plan`): the sets are built from the registries'
+    /// manifests, and no layer or config is downloaded or stored.
+    pub manifests_only: bool,
+    /// An entry that selects nothing is a warning, not an error (`--allow-empty`).
+    pub allow_empty: bool,
+}
 
 /// Tags asked for per page of a tag list.
 const TAG_PAGE: u32 = 1000;
@@ -77,6 +91,7 @@ impl Selection {
 pub async fn select(
     session: &Session,
     spec: &Spec,
+    how: Selecting,
     reporter: &dyn Reporter,
 ) -> Result<Selection, SyncError> {
     let config = session.config().map_err(SyncError::Config)?;
@@ -106,10 +121,17 @@ pub async fn select(
                 let mut kept: Vec<&String> = tags.iter().filter(|t| selector.matches(t)).collect();
                 kept.sort();
                 if kept.is_empty() {
+                    let at = format!("{}:{}", spec.path.display(), entry.line);
+                    if !how.allow_empty {
+                        return Err(SyncError::NothingSelected {
+                            at,
+                            repository: repo.image.name(),
+                            tags: tags.len(),
+                            nearest: nearest(selector, &tags),
+                        });
+                    }
                     warnings.push(format!(
-                        "{}:{}: the entry for `{}` matches none of its {} tags",
-                        spec.path.display(),
-                        entry.line,
+                        "{at}: the entry for `{}` matches none of its {} tags",
                         repo.image.name(),
                         tags.len()
                     ));
@@ -152,7 +174,11 @@ pub async fn select(
 
     let mut images = Vec::with_capacity(wanted.len());
     for (key, (name, platforms)) in wanted {
-        let (set, mut w) = fetch(session, &key, &name, platforms.as_deref(), reporter).await?;
+        let (set, mut w) = if how.manifests_only {
+            manifests_only(session, &key, &name, platforms.as_deref(), reporter).await?
+        } else {
+            fetch(session, &key, &name, platforms.as_deref(), reporter).await?
+        };
         warnings.append(&mut w);
         images.push(SelectedImage {
             name: key,
@@ -270,7 +296,7 @@ async fn fetch(
         }
     }
     let set = match (index, single) {
-        (Some(index), None) => store.index_subset(key, &index, &chosen)?,
+        (Some(index), None) => store.index_subset(key, &index, &chosen).await?,
         // A single-platform image of one of the platforms asked for: carried as it is.
         (None, Some(stored)) => store
             .image_set(&stored)?
@@ -280,4 +306,204 @@ async fn fetch(
         }
     };
     Ok((set, warnings))
+}
+
+/// The real values nearest what a selector that matched nothing asked for: for a CUDA
+/// selector, the operating systems (or flavors, versions) the tag list has, nearest first;
+/// else some tags of the list.
+fn nearest(selector: &Selector, tags: &[String]) -> String {
+    let parsed: Vec<cudaimg_cuda::CudaTag> = tags
+        .iter()
+        .filter_map(|t| cudaimg_cuda::CudaTag::parse(t).ok())
+        .collect();
+    let by_distance = |want: &str, have: BTreeSet<String>| -> String {
+        let mut have: Vec<String> = have.into_iter().collect();
+        have.sort_by_key(|h| distance(want, h));
+        have.truncate(6);
+        have.join(", ")
+    };
+    if let Selector::Cuda { filter, .. } = selector {
+        if let Some(want) = filter.os.as_ref().and_then(|o| o.first()) {
+            let mut loose = filter.clone();
+            loose.os = None;
+            if parsed.iter().any(|t| loose.matches(t)) {
+                let have = parsed.iter().filter_map(|t| t.os.clone()).collect();
+                return format!("`os`: the tags have {}", by_distance(want, have));
+            }
+        }
+        let have: BTreeSet<String> = parsed.iter().map(|t| t.version.to_string()).collect();
+        return format!(
+            "the tags have CUDA {}",
+            have.into_iter()
+                .rev()
+                .take(8)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let mut some: Vec<&str> = tags.iter().map(String::as_str).collect();
+    some.sort_unstable();
+    some.truncate(8);
+    format!("the tags include {}", some.join(", "))
+}
+
+/// Edit distance, for ordering suggestions.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// The set of one image as its manifests say, for a plan: nothing is downloaded but
+/// manifests, nothing is stored. The same choices as [`fetch`] (every child, or the chosen
+/// platforms as the platform's manifest or a filtered index beside upstream's).
+async fn manifests_only(
+    session: &Session,
+    key: &str,
+    name: &Canonical,
+    platforms: Option<&[Platform]>,
+    reporter: &dyn Reporter,
+) -> Result<(StoredSet, Vec<String>), SyncError> {
+    let failed = |source| SyncError::Pull {
+        reference: key.to_owned(),
+        source: Box::new(source),
+    };
+    let sources = session.sources(name)?;
+    let image = &name.image;
+    let resolved = session
+        .resolve(&sources, image, None, reporter)
+        .await
+        .map_err(failed)?;
+    let top = StoredManifest {
+        descriptor: Descriptor {
+            media_type: media_type(&resolved.parsed),
+            digest: resolved.digest.clone(),
+            size: resolved.manifest.bytes.len() as u64,
+        },
+        bytes: resolved.manifest.bytes.clone(),
+    };
+    let idx = match resolved.parsed {
+        Manifest::Image(m) => {
+            let child = plan_child(top, None, &m);
+            return Ok((set_of(key, None, vec![child], None), Vec::new()));
+        }
+        Manifest::Index(idx) => idx,
+    };
+    let mut warnings = Vec::new();
+    let mut chosen: Vec<&cudaimg_oci::manifest::IndexEntry> = Vec::new();
+    for e in &idx.manifests {
+        let wanted = match platforms {
+            None => true,
+            Some(ps) => ps
+                .iter()
+                .any(|p| idx.select(p).is_some_and(|s| s.descriptor == e.descriptor)),
+        };
+        if wanted && !chosen.iter().any(|c| c.descriptor == e.descriptor) {
+            chosen.push(e);
+        }
+    }
+    if let Some(p) = platforms.and_then(|ps| ps.iter().find(|p| idx.select(p).is_none())) {
+        return Err(failed(cudaimg_transfer::PullError::NoPlatform {
+            reference: key.to_owned(),
+            platform: p.to_string(),
+            available: idx.platforms().join(", "),
+        }));
+    }
+    let mut children = Vec::new();
+    for e in &chosen {
+        let which = e
+            .platform
+            .as_ref()
+            .map_or("a".to_owned(), ToString::to_string);
+        match session
+            .select_child(&sources, image, &e.descriptor, &which, reporter)
+            .await
+        {
+            Ok((m, img)) => children.push(plan_child(
+                StoredManifest {
+                    descriptor: e.descriptor.clone(),
+                    bytes: m.bytes,
+                },
+                e.platform.clone(),
+                &img,
+            )),
+            Err(err) => warnings.push(format!("{key}: {which} is left out of the plan: {err}")),
+        }
+    }
+    let every = chosen.len() == idx.manifests.len();
+    let set = match children.len() {
+        _ if every => set_of(key, Some(top), children, None),
+        1 => set_of(key, None, children, Some(top.descriptor)),
+        _ => {
+            let ds: Vec<Digest> = children
+                .iter()
+                .map(|c| c.manifest.descriptor.digest.clone())
+                .collect();
+            let bytes = cudaimg_store::filtered_index(&top.bytes, &ds)
+                .map_err(|e| SyncError::NotStored(format!("{key}: {e}")))?;
+            let filtered = StoredManifest {
+                descriptor: Descriptor {
+                    media_type: top.descriptor.media_type.clone(),
+                    digest: Digest::of(&bytes),
+                    size: bytes.len() as u64,
+                },
+                bytes,
+            };
+            set_of(key, Some(filtered), children, Some(top.descriptor))
+        }
+    };
+    Ok((set, warnings))
+}
+
+fn media_type(m: &Manifest) -> String {
+    match m {
+        Manifest::Image(i) => i.media_type.clone(),
+        Manifest::Index(i) => i.media_type.clone(),
+    }
+}
+
+fn set_of(
+    name: &str,
+    index: Option<StoredManifest>,
+    children: Vec<StoredChild>,
+    upstream: Option<Descriptor>,
+) -> StoredSet {
+    StoredSet {
+        name: name.to_owned(),
+        index,
+        children,
+        upstream,
+    }
+}
+
+/// A child as its manifest lists it: config, then layers, each digest once.
+fn plan_child(
+    manifest: StoredManifest,
+    platform: Option<Platform>,
+    m: &cudaimg_oci::manifest::ImageManifest,
+) -> StoredChild {
+    let mut seen = BTreeSet::new();
+    let blobs = std::iter::once(&m.config)
+        .chain(&m.layers)
+        .filter(|d| seen.insert(d.digest.clone()))
+        .cloned()
+        .collect();
+    let named = platform
+        .as_ref()
+        .is_none_or(|p| p.os != "unknown" && p.architecture != "unknown");
+    StoredChild {
+        manifest,
+        platform,
+        blobs,
+        named,
+    }
 }

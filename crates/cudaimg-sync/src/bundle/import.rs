@@ -27,7 +27,7 @@ use super::read::{Bundle, PartProblem, PartSource};
 use crate::plan::{AssumedFrom, BlobKind, PlannedImage};
 use cudaimg_config::Config;
 use cudaimg_oci::digest::Digest;
-use cudaimg_oci::manifest::{self, Descriptor, MAX_MANIFEST_BYTES};
+use cudaimg_oci::manifest::{self, Descriptor, Manifest, MAX_MANIFEST_BYTES};
 use cudaimg_oci::progress::Reporter;
 use cudaimg_oci::reference::ImageRef;
 use cudaimg_registry::{BlobSource, HttpClients, RegistryError, UploadError};
@@ -60,8 +60,12 @@ pub struct ImageOutcome {
     pub name: String,
     /// Where it went: a reference in the registry, or the stored name.
     pub destination: String,
+    /// What the destination names under the tag.
     pub digest: Digest,
     pub platforms: Vec<String>,
+    /// When only some platforms were carried: upstream's index, and what stands in for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<crate::plan::Upstream>,
     /// `imported` or `failed`.
     pub status: &'static str,
     /// Blobs uploaded / mounted / already there (registry), or written / already stored.
@@ -464,6 +468,7 @@ fn outcome(image: &PlannedImage, destination: String) -> ImageOutcome {
         destination,
         digest: image.digest.clone(),
         platforms: image.platforms.clone(),
+        upstream: image.upstream.clone(),
         status: "failed",
         blobs_sent: 0,
         blobs_mounted: 0,
@@ -705,31 +710,22 @@ async fn to_store(
             }
         }
     }
-    let Some(top) = infos.get(&image.digest) else {
-        return fail(
-            o,
-            format!("manifest {} is not in the plan", image.digest),
-            None,
-        );
-    };
-    let desc = Descriptor {
-        media_type: image.media_type.clone(),
-        digest: image.digest.clone(),
-        size: top.size,
-    };
-    let named = if top.kind == BlobKind::Index {
-        store.name_all_platforms(&image.name, &desc).map(|_| ())
-    } else {
-        store.name(
-            &image.name,
-            &NamedImage {
-                manifest: desc,
-                platform: image.platforms.first().and_then(|p| p.parse().ok()),
-                index_digest: None,
-            },
-        )
-    };
-    match named {
+    if let Some(u) = &image.upstream {
+        if !store.has_blob(&u.digest, u.size) {
+            let Some(source) = bundle.source(&u.digest) else {
+                return fail(
+                    o,
+                    format!("upstream's index {} is not in the bundle", u.digest),
+                    None,
+                );
+            };
+            if let Err(e) = store_blob(store, &u.digest, u.size, &source, reporter).await {
+                let hint = e.hint();
+                return fail(o, e.to_string(), hint);
+            }
+        }
+    }
+    match name_in_store(store, image, infos) {
         Ok(()) => ImageOutcome {
             status: "imported",
             ..o
@@ -739,6 +735,82 @@ async fn to_store(
             fail(o, e.to_string(), hint)
         }
     }
+}
+
+/// Names an image whose blobs are all stored. What it is (index or manifest, its media type,
+/// its platforms) is read from the stored, verified manifests and configs, never taken from
+/// `bundle.json`: an index of a whole image is named whole; the platforms of an image carried
+/// in part are named one by one with upstream's index beside them, as a pull of each names
+/// them; a manifest is named with the platform its config records.
+fn name_in_store(
+    store: &Store,
+    image: &PlannedImage,
+    infos: &BTreeMap<Digest, BlobInfo>,
+) -> Result<(), cudaimg_store::StoreError> {
+    let corrupt =
+        |what: String| cudaimg_store::StoreError::Corrupt(format!("{}: {what}", image.name));
+    let size = infos
+        .get(&image.digest)
+        .map(|i| i.size)
+        .ok_or_else(|| corrupt(format!("manifest {} is not in the plan", image.digest)))?;
+    let bytes = store.read_blob(&image.digest, MAX_MANIFEST_BYTES)?;
+    if Digest::of(&bytes) != image.digest || bytes.len() as u64 != size {
+        return Err(corrupt(format!(
+            "manifest {} does not match its digest",
+            image.digest
+        )));
+    }
+    let parsed = manifest::parse(&bytes, None)
+        .map_err(|e| corrupt(format!("manifest {}: {e}", image.digest)))?;
+    let media_type = match &parsed {
+        Manifest::Index(i) => i.media_type.clone(),
+        Manifest::Image(m) => m.media_type.clone(),
+    };
+    let desc = Descriptor {
+        media_type,
+        digest: image.digest.clone(),
+        size,
+    };
+    let upstream = image.upstream.as_ref().map(|u| u.digest.clone());
+    let children: Vec<Descriptor> = match (parsed, &upstream) {
+        (Manifest::Index(_), None) => {
+            return store.name_all_platforms(&image.name, &desc).map(|_| ());
+        }
+        (Manifest::Index(i), Some(_)) => i.manifests.into_iter().map(|c| c.descriptor).collect(),
+        (Manifest::Image(_), _) => vec![desc],
+    };
+    if let Some(u) = &upstream {
+        // Upstream's index must list what it is said to be the index of.
+        let up = store.read_blob(u, MAX_MANIFEST_BYTES)?;
+        let listed = match manifest::parse(&up, None) {
+            Ok(Manifest::Index(i)) if Digest::of(&up) == *u => i.manifests,
+            _ => {
+                return Err(corrupt(format!(
+                    "upstream's index {u} is not a stored index"
+                )))
+            }
+        };
+        if let Some(c) = children
+            .iter()
+            .find(|c| !listed.iter().any(|l| l.descriptor.digest == c.digest))
+        {
+            return Err(corrupt(format!(
+                "upstream's index {u} does not list {}",
+                c.digest
+            )));
+        }
+    }
+    for child in children {
+        store.name(
+            &image.name,
+            &NamedImage {
+                manifest: child,
+                platform: None,
+                index_digest: upstream.clone(),
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Writes one blob into the store from its part(s), continuing a partial write; the store
