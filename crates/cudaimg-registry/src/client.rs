@@ -193,6 +193,11 @@ impl RegistryClient {
         }
     }
 
+    /// How long a manifest request may take: the stall timeout (`--stall-timeout`).
+    pub fn manifest_timeout(&self) -> Duration {
+        self.manifest_timeout
+    }
+
     /// The endpoint's base URL, as reports name the source.
     pub fn label(&self) -> &str {
         &self.base

@@ -128,7 +128,9 @@ impl Operation for BlobOp<'_, '_> {
             .blob(job.repo, &desc.digest, offset, desc.size);
         // A source that has not answered in this run gets a short first-byte wait while
         // another could serve; then the blob moves on and the source is asked last.
-        let first_wait = fallback.sources().first_byte_wait(&source, fallback.item());
+        let first_wait = fallback
+            .sources()
+            .first_byte_wait(&source, fallback.item(), job.reporter);
         let started = std::time::Instant::now();
         // Headers that never come are a stall too.
         let resp = match tokio::time::timeout(first_wait.unwrap_or(job.stall), request).await {

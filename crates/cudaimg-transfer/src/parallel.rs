@@ -99,7 +99,7 @@ impl BlobJob<'_> {
                 .fallback
                 .lock()
                 .ok()
-                .and_then(|f| f.sources().first_byte_wait(source, f.item()));
+                .and_then(|f| f.sources().first_byte_wait(source, f.item(), self.reporter));
             let (reached, outcome) = self
                 .fetch_range(source, desc, (start, end), ranged, first_wait)
                 .await;

@@ -49,6 +49,18 @@ pub(super) fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io
     }
     let request_body = framing(&head, Framing::None);
 
+    let delay = shared.take(|fault| match fault {
+        Fault::Delay {
+            path_contains,
+            millis,
+            ..
+        } if target.contains(path_contains.as_str()) => Some(*millis),
+        _ => None,
+    });
+    if let Some(millis) = delay {
+        shared.update(index, |r| r.faults.push("Delay"));
+        shared.sleep_until(Instant::now() + Duration::from_millis(millis));
+    }
     let (local, drop_range) = request_faults(shared, &method, &target, &head);
     if drop_range {
         shared.update(index, |r| r.faults.push("IgnoreRange"));

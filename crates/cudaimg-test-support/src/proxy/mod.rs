@@ -185,6 +185,15 @@ pub enum Fault {
     /// (`http://HOST:PORT`), keeping path and query: a registry that sends uploads to another
     /// host. Persistent.
     RewriteLocation { to: String },
+    /// Waits `millis` milliseconds after reading a request whose target contains
+    /// `path_contains`, then relays it as usual: a cold pull-through cache that takes a while
+    /// to start each answer (nothing at all, not even headers, reaches the client until
+    /// then). Any method. Counted.
+    Delay {
+        path_contains: String,
+        millis: u64,
+        times: usize,
+    },
 }
 
 impl Fault {
@@ -206,6 +215,7 @@ impl Fault {
             Fault::CutRequestAfter { .. } => "CutRequestAfter",
             Fault::RewriteLocation { .. } => "RewriteLocation",
             Fault::CutEachUpload { .. } => "CutEachUpload",
+            Fault::Delay { .. } => "Delay",
         }
     }
 
@@ -219,6 +229,7 @@ impl Fault {
             | Fault::AppendBytes { times, .. }
             | Fault::IgnoreRange { times, .. }
             | Fault::StatusOn { times, .. }
+            | Fault::Delay { times, .. }
             | Fault::CutRequestAfter { times, .. } => *times,
             _ => ALWAYS,
         }
