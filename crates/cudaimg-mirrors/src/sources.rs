@@ -62,6 +62,9 @@ pub struct Source {
     bytes: AtomicU64,
     /// An earlier run marked it unhealthy: asked after every other source.
     pub demoted: bool,
+    /// It answered a ranged request with the whole blob in this run: it takes no part in
+    /// parallel fills (whose every request is ranged), and serves blobs from byte 0.
+    ignores_range: std::sync::atomic::AtomicBool,
 }
 
 /// An error that says what the fallback loop does next: retry this source later, ask the
@@ -193,6 +196,16 @@ impl Source {
     /// Counts body bytes this source delivered.
     pub fn add_bytes(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// It answered a ranged request with the whole blob in this run.
+    pub fn ignores_range(&self) -> bool {
+        self.ignores_range.load(Ordering::Relaxed)
+    }
+
+    /// Records that it answered a ranged request with the whole blob.
+    pub fn set_ignores_range(&self) {
+        self.ignores_range.store(true, Ordering::Relaxed);
     }
 
     /// Asked last: an earlier run marked it unhealthy, or it kept this run waiting.
@@ -333,6 +346,7 @@ impl SourceSet {
                     health: Mutex::new(Health::default()),
                     bytes: AtomicU64::new(0),
                     demoted: unhealthy.is_some(),
+                    ignores_range: std::sync::atomic::AtomicBool::new(false),
                 };
                 if let Some(entry) = unhealthy {
                     notices.push(demotion_notice(&source, &entry));
