@@ -207,6 +207,19 @@ pub(super) fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io
             }
         }
     }
+    let pin = method == "PATCH"
+        && target.contains("/blobs/uploads/")
+        && shared
+            .take(|fault| matches!(fault, Fault::PinUploadRange).then_some(()))
+            .is_some();
+    if pin {
+        for (name, value) in &mut headers {
+            if name.eq_ignore_ascii_case("range") {
+                *value = "0-0".into();
+                shared.update(index, |r| r.faults.push("PinUploadRange"));
+            }
+        }
+    }
     if chunked {
         headers.push(("Transfer-Encoding".into(), "chunked".into()));
     }

@@ -194,6 +194,10 @@ pub enum Fault {
         millis: u64,
         times: usize,
     },
+    /// Rewrites the `Range` header of every `PATCH` response under `/blobs/uploads/` to
+    /// `0-0`, keeping upstream's status (`202`): a registry that accepts every chunk and
+    /// never holds more than its first byte. Persistent.
+    PinUploadRange,
 }
 
 impl Fault {
@@ -216,6 +220,7 @@ impl Fault {
             Fault::RewriteLocation { .. } => "RewriteLocation",
             Fault::CutEachUpload { .. } => "CutEachUpload",
             Fault::Delay { .. } => "Delay",
+            Fault::PinUploadRange => "PinUploadRange",
         }
     }
 
