@@ -323,8 +323,10 @@ fn a_flipped_byte_is_discarded_fetched_elsewhere_and_reported() {
     s.verify();
 }
 
+/// The resumed request after the cut gets the whole body (`200`): the held prefix is skipped
+/// as it streams and the hash continues from it (verify re-hashes the stored blob).
 #[test]
-fn a_source_that_ignores_range_restarts_the_blob_cleanly() {
+fn a_source_that_ignores_range_is_used_skipping_the_bytes_held() {
     let (registry, fx) = serving_image();
     let big = largest(&fx);
     let proxy = FaultProxy::start(&registry.url());

@@ -153,3 +153,53 @@ fn a_silent_mirror_costs_one_short_wait_once_and_is_asked_last_until_the_mark_ex
     );
     run_ok(&mut sandbox.cli(&config, &["verify"]));
 }
+
+/// Issue #22, item 1: a cold mirror that takes 6 s to start every answer, with the official
+/// registry out of reach (a closed port). It is the only source in reach, so it gets the whole
+/// stall timeout (the default 30 s), not the short first-byte wait, and the run says what it
+/// waits for.
+#[test]
+fn the_only_source_in_reach_is_waited_for_up_to_the_stall_timeout() {
+    let registry = common::TestRegistry::start();
+    let fx = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Docker, Scale(0.002));
+    Pusher::new(&registry).push(&fx);
+    let mirror = FaultProxy::start(&registry.url());
+    mirror.add(Fault::Delay {
+        path_contains: "/v2/".into(),
+        millis: 6000,
+        times: ALWAYS,
+    });
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&common::dead_endpoint(), &[&mirror.url()]);
+    let (r, stderr, _) = pull(&sandbox, &config, &fx);
+    // Every layer came from the slow mirror, each answer after its delay.
+    for layer in r["layers"].as_array().unwrap() {
+        assert!(
+            layer["source"].as_str().unwrap().starts_with(&mirror.url()),
+            "{r}"
+        );
+    }
+    let delayed = mirror
+        .requests()
+        .iter()
+        .filter(|q| q.method == "GET" && q.path.contains("/blobs/") && q.faults == ["Delay"])
+        .count();
+    assert!(
+        delayed >= 2,
+        "the delay never fired: {:?}",
+        mirror.requests()
+    );
+    let said = format!(
+        "waiting up to 30 s for mirror {}: no other source is in reach",
+        mirror.url()
+    );
+    assert!(stderr.lines().any(|l| l.starts_with(&said)), "{stderr}");
+    // Never given up for the short first-byte wait, and said once.
+    assert!(!stderr.contains("has not answered"), "{stderr}");
+    assert_eq!(
+        stderr.matches("no other source is in reach").count(),
+        1,
+        "{stderr}"
+    );
+    run_ok(&mut sandbox.cli(&config, &["verify"]));
+}

@@ -221,3 +221,63 @@ fn kill_9_during_a_parallel_fill_resumes_from_the_contiguous_prefix() {
             .arg("verify"),
     );
 }
+
+/// Issue #22, item 3: a real pull-through cache (distribution with `proxy.remoteurl`) answers
+/// a ranged GET for a blob it has not cached with `200` and the whole body. It is used from
+/// byte 0, not dropped: beside a slower official registry it carries at least 80% of the
+/// bytes, counted by a transparent proxy in front of each.
+#[test]
+fn a_pull_through_cache_that_ignores_range_is_used_not_dropped() {
+    let upstream = TestRegistry::start();
+    let fx = image();
+    Pusher::new(&upstream).push(&fx);
+    let cache = TestRegistry::start_mirror_of(&upstream);
+    let mirror = FaultProxy::start(&cache.url());
+    let official = FaultProxy::start(&upstream.url());
+    official.add(Fault::Throttle {
+        bytes_per_sec: 8_000_000,
+    });
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&official.url(), &[&mirror.url()]);
+    let t = Two {
+        _registry: upstream,
+        a: official,
+        b: mirror,
+        sandbox,
+        config,
+        fx,
+    };
+    let r = t.json();
+    assert_eq!(r["digest"], t.fx.platform(Arch::Amd64).manifest.digest);
+    let big = largest(&t.fx);
+    // The case arose: the cache answered a ranged GET of the large layer with the whole body.
+    let whole =
+        t.b.requests()
+            .iter()
+            .any(|q| q.path.contains(&big.digest) && q.range.is_some() && q.status == Some(200));
+    assert!(
+        whole,
+        "the cache never ignored a Range: {:?}",
+        t.b.requests()
+    );
+    let (from_cache, from_official) = (
+        t.b.body_bytes_sent_for("/blobs/"),
+        t.a.body_bytes_sent_for("/blobs/"),
+    );
+    assert!(
+        from_cache * 5 >= (from_cache + from_official) * 4,
+        "the cache carried {from_cache} bytes, the official registry {from_official}\n\
+         cache: {:?}\nofficial: {:?}\n{r}",
+        t.b.requests(),
+        t.a.requests()
+    );
+    assert!(!r["warnings"].to_string().contains("bad-range"), "{r}");
+    run_ok(
+        t.sandbox
+            .cudaimg()
+            .arg("--store")
+            .arg(t.sandbox.store_dir())
+            .arg("verify"),
+    );
+    drop(cache);
+}

@@ -754,3 +754,63 @@ fn assert_cut_once_resumed_within_budget(proxy: &FaultProxy, report: &Value) {
         "{sent} bytes sent for a {total}-byte image"
     );
 }
+
+/// Issue #23, item 1: a registry (the fault proxy rewriting a real one's answers) that takes
+/// every `PATCH` with `202` and `Range: 0-0`. Each request that made no progress counts as a
+/// failure, so the push ends within the retry limit with an error that says so, instead of
+/// sending the same chunk forever.
+#[test]
+fn a_registry_that_never_holds_more_ends_the_push_within_the_retry_limit() {
+    let fx = fixture(Scale(0.004));
+    let s = stored(&fx);
+    let dest = TestRegistry::start();
+    let proxy = FaultProxy::start(&dest.url());
+    proxy.add(Fault::PinUploadRange);
+    let target = format!("{}/base/cuda:pinned", proxy.host());
+    let out = run_fails(&mut s.cli(&["push", &s.name, &target, "--chunk-size", "1M"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no progress"), "{stderr}");
+    let patches: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect();
+    assert!(
+        patches.iter().any(|r| r.faults == ["PinUploadRange"]),
+        "the fault never fired: {patches:?}"
+    );
+    // A few blobs are chunked; each gets at most its retries (6) after its first PATCH.
+    assert!(patches.len() <= 40, "{} PATCHes", patches.len());
+}
+
+/// Issue #23, item 8: a registry (the fault proxy in front of a real one) that answers every
+/// blob `HEAD` with `200` and a `Content-Length` that is not the blob's. The size is compared
+/// before anything is skipped: every blob is sent, and the real registry takes the manifest.
+#[test]
+fn a_head_with_the_wrong_size_does_not_skip_the_blob() {
+    let fx = fixture(Scale::TINY);
+    let s = stored(&fx);
+    let dest = TestRegistry::start();
+    let proxy = FaultProxy::start(&dest.url());
+    proxy.add(Fault::Status {
+        path_contains: "/blobs/sha256:".into(),
+        status: 200,
+        retry_after: None,
+        times: common::proxy::ALWAYS,
+    });
+    let target = format!("{}/base/cuda:head", proxy.host());
+    let report = s.push_json(&[&s.name, &target]);
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .any(|r| r.method == "HEAD" && r.faults == ["Status"]),
+        "the fault never fired"
+    );
+    assert!(
+        statuses(&report).iter().all(|st| st != "skipped"),
+        "{report:#}"
+    );
+    let (bytes, _) = manifest_at(&dest.url(), "base/cuda", "head", None);
+    assert_eq!(sha256(&bytes), s.digest);
+}

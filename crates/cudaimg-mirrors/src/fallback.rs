@@ -289,7 +289,10 @@ impl<'s, E: Classify> Fallback<'s, E> {
         let started = Instant::now();
         let a = request(first.clone());
         futures_util::pin_mut!(a);
-        let second = match self.sources.first_byte_wait(&first, &self.item) {
+        let second = match self
+            .sources
+            .first_byte_wait(&first, &self.item, self.reporter)
+        {
             None => None,
             Some(wait) => match tokio::time::timeout(wait, &mut a).await {
                 Ok(r) => return self.settle(&first, r, started),

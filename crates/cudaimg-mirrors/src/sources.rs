@@ -62,6 +62,9 @@ pub struct Source {
     bytes: AtomicU64,
     /// An earlier run marked it unhealthy: asked after every other source.
     pub demoted: bool,
+    /// It answered a ranged request with the whole blob in this run: it takes no part in
+    /// parallel fills (whose every request is ranged), and serves blobs from byte 0.
+    ignores_range: std::sync::atomic::AtomicBool,
 }
 
 /// An error that says what the fallback loop does next: retry this source later, ask the
@@ -114,6 +117,11 @@ pub struct Backoff {
     seen: Observed,
     /// The run said why this source is asked last, or why it waited on it.
     announced: bool,
+    /// Its last failure was a refused connection, and nothing succeeded since: it cannot
+    /// serve anything now, so it does not count as another source that could.
+    down: bool,
+    /// The run said it waits for this source as the only one in reach.
+    waited_for_alone: bool,
 }
 
 /// Backoff state by endpoint URL, for the whole run (one per process), and the health record
@@ -188,6 +196,16 @@ impl Source {
     /// Counts body bytes this source delivered.
     pub fn add_bytes(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// It answered a ranged request with the whole blob in this run.
+    pub fn ignores_range(&self) -> bool {
+        self.ignores_range.load(Ordering::Relaxed)
+    }
+
+    /// Records that it answered a ranged request with the whole blob.
+    pub fn set_ignores_range(&self) {
+        self.ignores_range.store(true, Ordering::Relaxed);
     }
 
     /// Asked last: an earlier run marked it unhealthy, or it kept this run waiting.
@@ -328,6 +346,7 @@ impl SourceSet {
                     health: Mutex::new(Health::default()),
                     bytes: AtomicU64::new(0),
                     demoted: unhealthy.is_some(),
+                    ignores_range: std::sync::atomic::AtomicBool::new(false),
                 };
                 if let Some(entry) = unhealthy {
                     notices.push(demotion_notice(&source, &entry));
@@ -408,6 +427,7 @@ impl SourceSet {
         }
         if let Ok(mut b) = source.backoff.lock() {
             b.seen.failures = b.seen.failures.saturating_add(1);
+            b.down = error.host_down();
         }
         if error.next() != Next::Retry {
             return None;
@@ -545,15 +565,47 @@ impl SourceSet {
     /// answered in this run nor kept it waiting already, and another source could serve the
     /// item; `None` (the request's own stall timeout only) otherwise. So each source costs
     /// the run at most one short wait, and a slow source that is all there is still gets
-    /// the full stall timeout.
-    pub fn first_byte_wait<E>(&self, source: &Source, item: &ItemState<E>) -> Option<Duration> {
+    /// the full stall timeout: the run says so once (see [`SourceSet::waiting_for_alone`]).
+    pub fn first_byte_wait<E>(
+        &self,
+        source: &Source,
+        item: &ItemState<E>,
+        reporter: &dyn Reporter,
+    ) -> Option<Duration> {
         if source.answered() || source.asked_last() {
             return None;
         }
+        if self.another_could_serve(source, item) {
+            return Some(crate::fallback::FIRST_BYTE_WAIT);
+        }
+        self.waiting_for_alone(source, reporter);
+        None
+    }
+
+    /// Whether a source other than `source` could serve the item now: usable, and not
+    /// known to be down (its last answer a refused connection).
+    fn another_could_serve<E>(&self, source: &Source, item: &ItemState<E>) -> bool {
         self.usable_now(item)
             .iter()
-            .any(|s| s.index != source.index)
-            .then_some(crate::fallback::FIRST_BYTE_WAIT)
+            .any(|s| s.index != source.index && !s.backoff.lock().is_ok_and(|b| b.down))
+    }
+
+    /// `source` has not answered yet and is the only source in reach: it gets the whole
+    /// stall timeout, and the run says once what it waits for (a cold mirror can take
+    /// seconds to start an answer; without the line the pull would look hung).
+    pub fn waiting_for_alone(&self, source: &Source, reporter: &dyn Reporter) {
+        let first = source.backoff.lock().is_ok_and(|mut b| {
+            let first = !b.waited_for_alone;
+            b.waited_for_alone = true;
+            first
+        });
+        if first {
+            reporter.notice(&format!(
+                "waiting up to {} s for {}: no other source is in reach",
+                source.client.manifest_timeout().as_secs(),
+                source.described()
+            ));
+        }
     }
 
     /// `source` kept a request waiting past the first-byte wait, and `next` is asked
@@ -607,6 +659,7 @@ impl SourceSet {
         if let Ok(mut b) = source.backoff.lock() {
             b.consecutive_failures = 0;
             b.not_before = None;
+            b.down = false;
             b.seen.answered |= answered;
         }
         if let Ok(mut h) = source.health.lock() {

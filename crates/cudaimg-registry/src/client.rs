@@ -193,6 +193,11 @@ impl RegistryClient {
         }
     }
 
+    /// How long a manifest request may take: the stall timeout (`--stall-timeout`).
+    pub fn manifest_timeout(&self) -> Duration {
+        self.manifest_timeout
+    }
+
     /// The endpoint's base URL, as reports name the source.
     pub fn label(&self) -> &str {
         &self.base
@@ -441,7 +446,7 @@ impl RegistryClient {
     /// Starts a download of the `size`-byte blob at `offset` (0 for the whole blob).
     ///
     /// A server that ignores `Range` answers 200 with the whole blob; the returned `offset`
-    /// is then 0 and the caller starts over. A body that cannot be the blob (a length or
+    /// is then 0, and the caller skips the bytes it holds as they stream. A body that cannot be the blob (a length or
     /// range that does not fit `size` and `offset`) is refused before a byte is read.
     pub async fn blob(
         &self,
@@ -496,8 +501,11 @@ impl RegistryClient {
         })
     }
 
-    /// Requests bytes `start..=end` of the `size`-byte blob, for parallel fills. Only an
-    /// exact 206 is accepted: a source that ignores `Range` cannot take part.
+    /// Requests bytes `start..=end` of the `size`-byte blob, for parallel fills. An exact
+    /// 206 is the range (`offset` = `start`). A 200 with the whole blob is a server that
+    /// ignores `Range` (distribution as a pull-through cache does for a blob it has not
+    /// cached): `offset` is 0, and the caller may use the body from byte 0 rather than drop
+    /// the source. Anything else cannot be the blob.
     pub async fn blob_range(
         &self,
         repo: &str,
@@ -515,17 +523,26 @@ impl RegistryClient {
             .await?;
         let resp = check_status(resp, "blob").await?;
         let label = redact_url(resp.url());
+        if resp.status() == StatusCode::OK && resp.content_length().is_none_or(|l| l == size) {
+            return Ok(BlobResponse {
+                url: redact_url(&url),
+                response: resp,
+                offset: 0,
+            });
+        }
         let range = header_str(&resp, CONTENT_RANGE.as_str()).unwrap_or_default();
         let exact = resp.status() == StatusCode::PARTIAL_CONTENT
             && range.trim() == format!("bytes {start}-{end}/{size}")
             && resp.content_length().is_none_or(|l| l == end - start + 1);
         if !exact {
+            let answered = if range.is_empty() {
+                format!("HTTP {} without Content-Range", resp.status().as_u16())
+            } else {
+                format!("HTTP {} for bytes `{range}`", resp.status().as_u16())
+            };
             return Err(RegistryError::BadRange {
                 url: label,
-                reason: format!(
-                    "it answered HTTP {} `{range}` to a request for bytes {start}-{end} of {size}",
-                    resp.status().as_u16()
-                ),
+                reason: format!("asked for bytes {start}-{end}, it answered {answered}"),
             });
         }
         Ok(BlobResponse {

@@ -128,7 +128,9 @@ impl Operation for BlobOp<'_, '_> {
             .blob(job.repo, &desc.digest, offset, desc.size);
         // A source that has not answered in this run gets a short first-byte wait while
         // another could serve; then the blob moves on and the source is asked last.
-        let first_wait = fallback.sources().first_byte_wait(&source, fallback.item());
+        let first_wait = fallback
+            .sources()
+            .first_byte_wait(&source, fallback.item(), job.reporter);
         let started = std::time::Instant::now();
         // Headers that never come are a stall too.
         let resp = match tokio::time::timeout(first_wait.unwrap_or(job.stall), request).await {
@@ -137,19 +139,18 @@ impl Operation for BlobOp<'_, '_> {
             Err(_) => return self.silent(&source, first_wait, fallback),
         };
         let first_wait = first_wait.map(|w| w.saturating_sub(started.elapsed()));
-        if resp.offset != offset {
-            // The source ignored `Range`: its body starts at byte 0.
-            if let Err(e) = self.writer.reset().await {
-                return Outcome::Stop(give_up(e));
-            }
-            self.contributors.clear();
+        // A source that ignored `Range` sends the blob from byte 0: the bytes already held
+        // (hashed) are skipped as they stream, and the rest continues the hash.
+        let skip = offset - resp.offset;
+        if skip > 0 {
+            source.set_ignores_range();
         }
         if !self.contributors.iter().any(|c| c.index == source.index) {
             self.contributors.push(source.clone());
         }
         job.reporter
-            .blob_started(&desc.digest, desc.size, resp.offset, source.label());
-        let outcome = match self.stream(&source, resp, first_wait).await {
+            .blob_started(&desc.digest, desc.size, offset, source.label());
+        let outcome = match self.stream(&source, resp, first_wait, skip).await {
             Ok(outcome) => outcome,
             Err(e) => return Outcome::Stop(give_up(e)),
         };
@@ -215,6 +216,7 @@ impl BlobOp<'_, '_> {
         source: &Source,
         resp: cudaimg_registry::BlobResponse,
         first_wait: Option<Duration>,
+        mut skip: u64,
     ) -> Result<Result<(), RegistryError>, StoreError> {
         let (job, desc) = (self.job, self.desc);
         let url = resp.url.clone();
@@ -245,7 +247,17 @@ impl BlobOp<'_, '_> {
             let n = chunk.len() as u64;
             job.received.fetch_add(n, Ordering::Relaxed);
             source.add_bytes(n);
-            match self.writer.write(&chunk).await {
+            // Bytes of the prefix already held: received, not written again.
+            let skipped = skip.min(n);
+            skip -= skipped;
+            let Some(chunk) = chunk.get(usize::try_from(skipped).unwrap_or(usize::MAX)..) else {
+                continue;
+            };
+            if chunk.is_empty() {
+                continue;
+            }
+            let n = chunk.len() as u64;
+            match self.writer.write(chunk).await {
                 Ok(()) => job.reporter.blob_progress(&desc.digest, n),
                 Err(WriteError::TooLong { expected_size }) => {
                     // Counted before the reset: the blob's bytes so far (from this response

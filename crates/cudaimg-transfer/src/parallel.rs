@@ -4,11 +4,15 @@
 //! outside the part still to be written), and the contiguous prefix is hashed as it grows. The digest
 //! still covers every byte in order, and memory stays at one 1 MiB buffer per source.
 //!
-//! Whatever this cannot finish (a source fails, ignores ranges, or none is left) is left to
-//! the sequential loop in [`super::blob`], which resumes from the hashed prefix.
+//! Whatever this cannot finish (a source fails, or none is left) is left to the sequential
+//! loop in [`super::blob`], which resumes from the hashed prefix. A source that ignores
+//! `Range` (answers 200 with the whole blob, as a pull-through cache does for a blob it has
+//! not cached yet) is not a failure: the fill stops at once (it would cost that source,
+//! often the fastest, its share), and the sequential loop takes the blob from it, skipping
+//! the prefix already held. Such a source takes no part in later fills of the run.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::join_all;
@@ -41,6 +45,7 @@ impl BlobJob<'_> {
     ) -> Result<Vec<Arc<Source>>, FallbackError<FetchError>> {
         let give_up = |e: StoreError| FallbackError::GiveUp(FetchError::Store(e));
         let mut usable = fallback.usable_now();
+        usable.retain(|s| !s.ignores_range());
         usable.truncate(MAX_SOURCES);
         if usable.len() < 2 || desc.size - writer.written() < PARALLEL_MIN {
             return Ok(Vec::new());
@@ -61,6 +66,7 @@ impl BlobJob<'_> {
             writer: tokio::sync::Mutex::new(writer),
             fallback: Mutex::new(fallback),
             helped: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
         };
         self.reporter
             .blob_started(&desc.digest, desc.size, from, "several sources");
@@ -99,9 +105,9 @@ impl BlobJob<'_> {
                 .fallback
                 .lock()
                 .ok()
-                .and_then(|f| f.sources().first_byte_wait(source, f.item()));
+                .and_then(|f| f.sources().first_byte_wait(source, f.item(), self.reporter));
             let (reached, outcome) = self
-                .fetch_range(source, desc, (start, end), ranged, first_wait)
+                .fetch_range(source, desc, (start, end), ranged, first_wait, &fill.stop)
                 .await;
             if reached > start {
                 if let Ok(mut d) = fill.done.lock() {
@@ -121,7 +127,16 @@ impl BlobJob<'_> {
                     fill.finish(None);
                     self.sources.succeeded(source);
                 }
-                Err(e) => {
+                // The fill stopped (this source ignores `Range`, or another does): no
+                // failure; the sequential loop goes on from the prefix.
+                Err(None) => {
+                    fill.finish((reached < end).then_some((reached, end)));
+                    if source.ignores_range() {
+                        self.sources.succeeded(source);
+                    }
+                    return Ok(());
+                }
+                Err(Some(e)) => {
                     fill.finish((reached < end).then_some((reached, end)));
                     let silent = matches!(e, FetchError::Registry(RegistryError::Stalled { .. }));
                     if silent && first_wait.is_some() && reached == start {
@@ -144,26 +159,30 @@ impl BlobJob<'_> {
         (start, end): (u64, u64),
         ranged: &RangedWriter,
         first_wait: Option<std::time::Duration>,
-    ) -> (u64, Result<(), FetchError>) {
+        stop: &AtomicBool,
+    ) -> (u64, Result<(), Option<FetchError>>) {
         let request = source
             .client
             .blob_range(self.repo, &desc.digest, start, end - 1, desc.size);
         let started = std::time::Instant::now();
         let resp = match tokio::time::timeout(first_wait.unwrap_or(self.stall), request).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return (start, Err(e.into())),
+            Ok(Err(e)) => return (start, Err(Some(e.into()))),
             Err(_) => {
                 let url = source.client.blob_url(self.repo, &desc.digest);
+                let secs = self.stall.as_secs();
                 return (
                     start,
-                    Err(RegistryError::Stalled {
-                        url,
-                        secs: self.stall.as_secs(),
-                    }
-                    .into()),
+                    Err(Some(RegistryError::Stalled { url, secs }.into())),
                 );
             }
         };
+        if resp.response.status().as_u16() == 200 {
+            // The whole blob for a range: stop the fill, and leave the blob to this source.
+            source.set_ignores_range();
+            stop.store(true, Ordering::Relaxed);
+            return (start, Err(None));
+        }
         let url = resp.url.clone();
         let mut body = resp.response.bytes_stream();
         let mut buf: Vec<u8> = Vec::with_capacity(PIECE);
@@ -171,6 +190,9 @@ impl BlobJob<'_> {
         // The first chunk within what is left of the first-byte wait.
         let mut wait = first_wait.map_or(self.stall, |w| w.saturating_sub(started.elapsed()));
         let outcome: Result<(), FetchError> = loop {
+            if stop.load(Ordering::Relaxed) {
+                break Ok(());
+            }
             let next = tokio::time::timeout(wait, body.next()).await;
             wait = self.stall;
             match next {
@@ -209,7 +231,7 @@ impl BlobJob<'_> {
                     if buf.len() >= PIECE {
                         match ranged.write_at(pos, std::mem::take(&mut buf)).await {
                             Ok(w) => pos += w,
-                            Err(e) => return (pos, Err(FetchError::Store(e))),
+                            Err(e) => return (pos, Err(Some(FetchError::Store(e)))),
                         }
                         buf.reserve(PIECE);
                     }
@@ -220,10 +242,13 @@ impl BlobJob<'_> {
         if !buf.is_empty() {
             match ranged.write_at(pos, buf).await {
                 Ok(w) => pos += w,
-                Err(e) => return (pos, Err(FetchError::Store(e))),
+                Err(e) => return (pos, Err(Some(FetchError::Store(e)))),
             }
         }
-        (pos, outcome)
+        match outcome {
+            Ok(()) if pos < end => (pos, Err(None)),
+            other => (pos, other.map_err(Some)),
+        }
     }
 }
 
@@ -242,6 +267,8 @@ struct Fill<'w, 'f> {
     writer: tokio::sync::Mutex<&'w mut BlobWriter>,
     fallback: Mutex<&'w mut Fallback<'f, FetchError>>,
     helped: Mutex<Vec<Arc<Source>>>,
+    /// A source ignored `Range`: no more ranges are handed out, and those in flight end.
+    stop: AtomicBool,
 }
 
 impl Fill<'_, '_> {
@@ -250,6 +277,9 @@ impl Fill<'_, '_> {
         let Ok(mut q) = self.queue.lock() else {
             return Take::Done;
         };
+        if self.stop.load(Ordering::Relaxed) {
+            return Take::Done;
+        }
         match q.0.pop_front() {
             Some((start, end)) => {
                 q.1 += 1;

@@ -17,8 +17,8 @@ use cudaimg_oci::progress::Reporter;
 use cudaimg_oci::reference::ImageRef;
 use cudaimg_registry::RegistryError;
 
-/// How long a mirror's answer to a tag lookup is waited for, so a silent mirror costs a
-/// pull at most this much.
+/// How long a mirror's answer to a tag lookup is waited for once the official registry
+/// said it has no such tag, so a silent mirror costs that pull at most this much.
 const MIRROR_RESOLVE_BUDGET: Duration = Duration::from_secs(3);
 /// How long mirrors still get once the official registry has answered.
 const MIRROR_GRACE: Duration = Duration::from_millis(300);
@@ -58,7 +58,14 @@ pub(super) async fn resolve_tag(
                 attempts: Vec::new(),
             },
         })?;
-    let (from_official, from_mirrors) = ask(&official, &mirrors, repo, tag).await;
+    let asked = Asked {
+        sources,
+        official: &official,
+        mirrors: &mirrors,
+        wait_alone: !require_upstream,
+        reporter,
+    };
+    let (from_official, from_mirrors) = asked.ask(repo, tag).await;
     let mut answers: Vec<(String, Digest)> = Vec::new();
     let mut attempts: Vec<Attempt> = Vec::new();
     for (m, r) in mirrors.iter().zip(from_mirrors) {
@@ -189,51 +196,85 @@ fn mirrors_decide(
 
 type Answer = Result<Digest, RegistryError>;
 
-/// Asks the official registry and the mirrors at once. Each mirror's answer lands in its
-/// slot as it comes. Once the official registry has answered, slow mirrors get only a
-/// short grace: staleness checks must not make every pull wait for a silent mirror.
-async fn ask(
-    official: &Source,
-    mirrors: &[Arc<Source>],
-    repo: &str,
-    tag: &str,
-) -> (Answer, Vec<Option<Answer>>) {
-    let slots: Vec<std::sync::Mutex<Option<Result<Digest, RegistryError>>>> = mirrors
-        .iter()
-        .map(|_| std::sync::Mutex::new(None))
-        .collect();
-    let from_official = {
-        let ask_mirrors = join_all(mirrors.iter().zip(&slots).map(|(m, slot)| async move {
-            let asked = tokio::time::timeout(MIRROR_RESOLVE_BUDGET, m.client.resolve(repo, tag));
-            let r = asked.await.unwrap_or_else(|_| {
-                Err(RegistryError::Stalled {
+/// Who is asked which digest a tag names.
+struct Asked<'a> {
+    sources: &'a SourceSet,
+    official: &'a Source,
+    mirrors: &'a [Arc<Source>],
+    /// Mirrors may decide when the official registry is out of reach (no
+    /// `--require-upstream`): then they are all there is, and get the stall timeout.
+    wait_alone: bool,
+    reporter: &'a dyn Reporter,
+}
+
+/// The official registry did not answer at all (as opposed to answering "no such tag" or
+/// "denied"): the mirrors are all that is in reach.
+fn out_of_reach(e: &RegistryError) -> bool {
+    !e.is_not_found() && !matches!(e, RegistryError::Denied { .. })
+}
+
+impl Asked<'_> {
+    /// Asks the official registry and the mirrors at once. Each mirror's answer lands in
+    /// its slot as it comes. Once the official registry has answered, slow mirrors get only
+    /// a short grace: staleness checks must not make every pull wait for a silent mirror.
+    /// When it answered "no such tag", they get [`MIRROR_RESOLVE_BUDGET`] in all; when it is
+    /// out of reach, the mirrors are the only sources in reach and get the whole stall
+    /// timeout (their requests' own limit), said as it starts.
+    async fn ask(&self, repo: &str, tag: &str) -> (Answer, Vec<Option<Answer>>) {
+        let started = std::time::Instant::now();
+        let slots: Vec<std::sync::Mutex<Option<Answer>>> = self
+            .mirrors
+            .iter()
+            .map(|_| std::sync::Mutex::new(None))
+            .collect();
+        let from_official = {
+            let ask_mirrors =
+                join_all(self.mirrors.iter().zip(&slots).map(|(m, slot)| async move {
+                    let r = m.client.resolve(repo, tag).await;
+                    if let Ok(mut s) = slot.lock() {
+                        *s = Some(r);
+                    }
+                }));
+            let ask_official = self.official.client.resolve(repo, tag);
+            futures_util::pin_mut!(ask_mirrors, ask_official);
+            let (from_official, mirrors_done) = match select(ask_official, &mut ask_mirrors).await {
+                Either::Left((r, _)) => (r, false),
+                Either::Right((_, official_left)) => (official_left.await, true),
+            };
+            if !mirrors_done {
+                match &from_official {
+                    Ok(_) => {
+                        let _ = tokio::time::timeout(MIRROR_GRACE, &mut ask_mirrors).await;
+                    }
+                    Err(e) if self.wait_alone && out_of_reach(e) => {
+                        for (m, slot) in self.mirrors.iter().zip(&slots) {
+                            if slot.lock().is_ok_and(|s| s.is_none()) {
+                                self.sources.waiting_for_alone(m, self.reporter);
+                            }
+                        }
+                        ask_mirrors.await;
+                    }
+                    Err(_) => {
+                        let left = MIRROR_RESOLVE_BUDGET.saturating_sub(started.elapsed());
+                        let _ = tokio::time::timeout(left, &mut ask_mirrors).await;
+                    }
+                }
+            }
+            from_official
+        };
+        // With the official registry failed, a mirror still silent is a stalled one.
+        let from_mirrors = self
+            .mirrors
+            .iter()
+            .zip(slots)
+            .map(|(m, s)| match s.into_inner().ok().flatten() {
+                None if from_official.is_err() => Some(Err(RegistryError::Stalled {
                     url: m.client.manifest_url(repo, tag),
                     secs: MIRROR_RESOLVE_BUDGET.as_secs(),
-                })
-            });
-            if let Ok(mut s) = slot.lock() {
-                *s = Some(r);
-            }
-        }));
-        let ask_official = official.client.resolve(repo, tag);
-        futures_util::pin_mut!(ask_mirrors, ask_official);
-        let (from_official, mirrors_done) = match select(ask_official, &mut ask_mirrors).await {
-            Either::Left((r, _)) => (r, false),
-            Either::Right((_, official_left)) => (official_left.await, true),
-        };
-        if !mirrors_done {
-            let grace = if from_official.is_ok() {
-                MIRROR_GRACE
-            } else {
-                MIRROR_RESOLVE_BUDGET
-            };
-            let _ = tokio::time::timeout(grace, &mut ask_mirrors).await;
-        }
-        from_official
-    };
-    let from_mirrors: Vec<Option<Result<Digest, RegistryError>>> = slots
-        .into_iter()
-        .map(|s| s.into_inner().ok().flatten())
-        .collect();
-    (from_official, from_mirrors)
+                })),
+                other => other,
+            })
+            .collect();
+        (from_official, from_mirrors)
+    }
 }

@@ -434,7 +434,7 @@ impl RegistryClient {
             options,
             failures: 0,
         };
-        if self.present(repo, digest, &mut retry).await?.0 {
+        if self.present(repo, digest, size, &mut retry).await?.0 {
             return Ok(Pushed::Skipped);
         }
         let mut session = match self.mount_any(repo, digest, mount_from, &mut retry).await? {

@@ -57,16 +57,18 @@ impl Step {
 }
 
 impl RegistryClient {
-    /// Step 1, retrying passing failures.
+    /// Step 1, retrying passing failures. A blob the registry says it has, with another
+    /// size than `size`, is not the blob (a registry that lies, or a broken one): it is sent.
     pub(super) async fn present(
         &self,
         repo: &str,
         digest: &Digest,
+        size: u64,
         retry: &mut Retry<'_>,
     ) -> Result<Present, UploadError> {
         loop {
             match self.blob_exists(repo, digest).await {
-                Ok(found) => return Ok(Present(found.is_some())),
+                Ok(found) => return Ok(Present(found == Some(size))),
                 Err(e) => retry.after(e).await?,
             }
         }
@@ -186,13 +188,18 @@ impl<'a, S: BlobSource> Upload<'a, S> {
         let sent_before = stats.sent;
         loop {
             let step = Step::at(self.session.offset, self.size, self.chunk);
+            let before = self.session.offset;
             let answer = self.send(step).await;
             stats.sent = sent_before + self.feed.lock().await.sent;
             match answer? {
                 Ok(()) if step.commits() => {
                     return verify(&self.feed, self.digest, self.size).await
                 }
-                Ok(()) => retry.failures = 0,
+                Ok(()) if self.session.offset > before => retry.failures = 0,
+                // Accepted, and the registry holds no more than before: a request that
+                // made no progress is a failure, within the retry limit, or a registry
+                // that answers every PATCH with `Range: 0-0` is sent the same chunk forever.
+                Ok(()) => retry.after(self.no_progress(step)).await?,
                 Err(e) => {
                     self.recover(e, retry, stats).await?;
                 }
@@ -270,6 +277,19 @@ impl<'a, S: BlobSource> Upload<'a, S> {
             )));
         }
         Ok(())
+    }
+
+    fn no_progress(&self, step: Step) -> RegistryError {
+        let (start, len) = match step {
+            Step::Whole(len) | Step::Chunk(len) => (self.session.offset, len),
+            Step::Close => (self.session.offset, 0),
+        };
+        RegistryError::Transfer {
+            url: self.session.label(),
+            reason: format!(
+                "it accepted {len} bytes at {start} and holds no more than before                  ({start} bytes): no progress"
+            ),
+        }
     }
 
     fn lost(&self, detail: String) -> UploadError {

@@ -49,6 +49,18 @@ pub(super) fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io
     }
     let request_body = framing(&head, Framing::None);
 
+    let delay = shared.take(|fault| match fault {
+        Fault::Delay {
+            path_contains,
+            millis,
+            ..
+        } if target.contains(path_contains.as_str()) => Some(*millis),
+        _ => None,
+    });
+    if let Some(millis) = delay {
+        shared.update(index, |r| r.faults.push("Delay"));
+        shared.sleep_until(Instant::now() + Duration::from_millis(millis));
+    }
     let (local, drop_range) = request_faults(shared, &method, &target, &head);
     if drop_range {
         shared.update(index, |r| r.faults.push("IgnoreRange"));
@@ -192,6 +204,19 @@ pub(super) fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io
             if name.eq_ignore_ascii_case("location") {
                 *value = rewrite_location(value, &to);
                 shared.update(index, |r| r.faults.push("RewriteLocation"));
+            }
+        }
+    }
+    let pin = method == "PATCH"
+        && target.contains("/blobs/uploads/")
+        && shared
+            .take(|fault| matches!(fault, Fault::PinUploadRange).then_some(()))
+            .is_some();
+    if pin {
+        for (name, value) in &mut headers {
+            if name.eq_ignore_ascii_case("range") {
+                *value = "0-0".into();
+                shared.update(index, |r| r.faults.push("PinUploadRange"));
             }
         }
     }

@@ -185,6 +185,19 @@ pub enum Fault {
     /// (`http://HOST:PORT`), keeping path and query: a registry that sends uploads to another
     /// host. Persistent.
     RewriteLocation { to: String },
+    /// Waits `millis` milliseconds after reading a request whose target contains
+    /// `path_contains`, then relays it as usual: a cold pull-through cache that takes a while
+    /// to start each answer (nothing at all, not even headers, reaches the client until
+    /// then). Any method. Counted.
+    Delay {
+        path_contains: String,
+        millis: u64,
+        times: usize,
+    },
+    /// Rewrites the `Range` header of every `PATCH` response under `/blobs/uploads/` to
+    /// `0-0`, keeping upstream's status (`202`): a registry that accepts every chunk and
+    /// never holds more than its first byte. Persistent.
+    PinUploadRange,
 }
 
 impl Fault {
@@ -206,6 +219,8 @@ impl Fault {
             Fault::CutRequestAfter { .. } => "CutRequestAfter",
             Fault::RewriteLocation { .. } => "RewriteLocation",
             Fault::CutEachUpload { .. } => "CutEachUpload",
+            Fault::Delay { .. } => "Delay",
+            Fault::PinUploadRange => "PinUploadRange",
         }
     }
 
@@ -219,6 +234,7 @@ impl Fault {
             | Fault::AppendBytes { times, .. }
             | Fault::IgnoreRange { times, .. }
             | Fault::StatusOn { times, .. }
+            | Fault::Delay { times, .. }
             | Fault::CutRequestAfter { times, .. } => *times,
             _ => ALWAYS,
         }
