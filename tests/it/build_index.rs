@@ -219,3 +219,35 @@ fn offline_the_table_decides_and_says_so_and_never_picks_a_variant_newer_than_th
         "{err}"
     );
 }
+
+#[test]
+fn explain_sources_prints_each_tables_date_and_sources() {
+    let (sandbox, config) = offline();
+    let out = run_ok(&mut sandbox.cli(&config, &["explain", "--sources"]));
+    let (shown, _) = text(&out);
+    assert!(
+        shown.contains("(crates/cudaimg-cuda/data/cuda.toml), dated 2026-12-07"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("(crates/cudaimg-build/data/torch.toml), dated 2026-12-07"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("release_md: pytorch/pytorch RELEASE.md"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("not confirmed from a primary source"),
+        "{shown}"
+    );
+    // 13.4 and ubuntu26.04 are known now: no "treated as unknown".
+    let out = run_ok(&mut sandbox.cli(&config, &["explain", "13.4.1-devel-ubuntu26.04"]));
+    let (shown, _) = text(&out);
+    assert!(!shown.contains("treated as unknown"), "{shown}");
+    // 13.4.1 is not the newest 13.4 patch: past end of life by NVIDIA's policy.
+    assert!(shown.contains("end of life: yes"), "{shown}");
+    let out = run_ok(&mut sandbox.cli(&config, &["explain", "13.4.2-runtime-ubuntu24.04"]));
+    let (shown, _) = text(&out);
+    assert!(shown.contains("end of life: no"), "{shown}");
+}
