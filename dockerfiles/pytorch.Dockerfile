@@ -54,6 +54,9 @@ ARG PYTHON=3.10
 ARG TORCH=2.5.1
 ARG TORCH_VARIANT=cu124
 ARG TORCH_CUDA=12.4
+# What pip is asked for: `2.14.0+cu130` when the index names its variants (so an index
+# holding several picks this one), else empty: TORCH alone.
+ARG TORCH_PIN=
 ARG CUDA_FLAVOR=base
 # More pip packages, space-separated ("numpy pillow").
 ARG EXTRA_PACKAGES=
@@ -70,7 +73,7 @@ RUN set -eu; \
         from="--index-url ${PIP_INDEX_URL}"; \
     fi; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check $from \
-        "torch==${TORCH}" ${EXTRA_PACKAGES}; \
+        "torch==${TORCH_PIN:-$TORCH}" ${EXTRA_PACKAGES}; \
     /opt/venv/bin/python -c 'import sys, torch; print("torch", torch.__version__, "CUDA", torch.version.cuda); sys.exit(0 if torch.version.cuda == sys.argv[1] else "torch is built for CUDA %s, not %s" % (torch.version.cuda, sys.argv[1]))' "${TORCH_CUDA}"; \
     if [ "${CUDA_FLAVOR}" = devel ] && command -v nvcc >/dev/null 2>&1; then \
         nvcc_cuda=$(nvcc --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p'); \

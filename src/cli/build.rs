@@ -36,6 +36,9 @@ use cudaimg_transfer::PullTarget;
 
 use crate::error::{exit, Error};
 
+mod index;
+use index::read_index;
+
 use super::{emit, emit_json, Ctx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -132,6 +135,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             pip_index_url: args.pip_index_url.clone().or(m.pip_index_url.clone()),
             apt_mirror: args.apt_mirror.clone().or(m.apt_mirror.clone()),
             wheelhouse: args.wheelhouse.is_some(),
+            ..Options::default()
         };
         (m.cells(), opts, true)
     } else {
@@ -147,6 +151,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             pip_index_url: args.pip_index_url.clone(),
             apt_mirror: args.apt_mirror.clone(),
             wheelhouse: args.wheelhouse.is_some(),
+            ..Options::default()
         };
         (vec![cell], opts, false)
     };
@@ -159,6 +164,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         }
     }
     opts.extra_packages = opts.extra_packages.trim().to_owned();
+    opts.pytorch_index = std::env::var("CUDAIMG_PYTORCH_INDEX").ok();
+    opts.index = read_index(args.wheelhouse.as_deref(), &opts).await;
 
     let mut outcomes = Vec::new();
     let mut plans = Vec::new();

@@ -18,8 +18,56 @@ use super::{emit, emit_json, Ctx};
 pub struct Args {
     /// A tag (`12.4.1-cudnn-runtime-ubuntu22.04`) or a reference (`nvidia/cuda:TAG`,
     /// `docker.io/nvidia/cuda:TAG`, a mirror-prefixed one)
-    #[arg(value_name = "TAG_OR_REF")]
-    input: String,
+    #[arg(value_name = "TAG_OR_REF", required_unless_present = "sources")]
+    input: Option<String>,
+    /// Print each compiled table's date and sources (the CUDA tables and the torch table),
+    /// and what wins over them
+    #[arg(long, conflicts_with = "input")]
+    sources: bool,
+}
+
+/// One compiled table: its date and sources.
+#[derive(Debug, Serialize)]
+struct TableSources {
+    table: &'static str,
+    file: &'static str,
+    date: String,
+    sources: std::collections::BTreeMap<String, String>,
+    overridden_by: &'static str,
+}
+
+fn sources(ctx: &Ctx) {
+    let cuda = cudaimg_cuda::data::tables();
+    let torch = cudaimg_build::table::table();
+    let tables = [
+        TableSources {
+            table: "CUDA: minimum drivers, newest patch of each minor, OS families",
+            file: "crates/cudaimg-cuda/data/cuda.toml",
+            date: cuda.date.clone(),
+            sources: cuda.sources.clone(),
+            overridden_by: "a stored image's CUDA_VERSION and NVIDIA_REQUIRE_CUDA; the \
+                            registry's tag list (`tags`, `sync`)",
+        },
+        TableSources {
+            table: "torch: CUDA wheel variants and Python per torch minor",
+            file: "crates/cudaimg-build/data/torch.toml",
+            date: torch.date.clone(),
+            sources: torch.sources.clone(),
+            overridden_by: "the package index `build` installs from (--pip-index-url, \
+                            --wheelhouse, or download.pytorch.org/whl/torch/)",
+        },
+    ];
+    for t in &tables {
+        if ctx.json {
+            emit_json(t);
+            continue;
+        }
+        emit(&format!("{} ({}), dated {}", t.table, t.file, t.date));
+        for (k, v) in &t.sources {
+            emit(&format!("  {k}: {v}"));
+        }
+        emit(&format!("  wins over it: {}", t.overridden_by));
+    }
 }
 
 /// A tag and, when a reference was given (or implied), the canonical name it stands for.
@@ -180,8 +228,12 @@ pub(crate) fn stored_facts(ctx: &Ctx, name: &str) -> Result<Option<StoredFacts>,
 }
 
 pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
+    let Some(input) = args.input.as_deref().filter(|_| !args.sources) else {
+        sources(ctx);
+        return Ok(());
+    };
     let config = ctx.config()?;
-    let subject = subject(config, &args.input)?;
+    let subject = subject(config, input)?;
     let stored = stored_facts(ctx, &subject.name)?;
     let e = explain(&subject, stored);
     if ctx.json {

@@ -56,7 +56,7 @@ fn the_seed_case_cu118_wheels_on_a_cuda_13_base_is_refused_with_its_fix() {
         "{err}"
     );
     assert!(
-        err.contains("hint: nearest valid: --torch 2.11 --cuda-wheels cu130"),
+        err.contains("hint: nearest valid: --torch 2.14 --cuda-wheels cu130"),
         "{err}"
     );
     assert!(
@@ -221,15 +221,21 @@ fn a_matrix_skips_invalid_cells_with_reasons_and_bake_enumerates_the_valid_ones(
                 .arg(&bake),
         );
         let text = stdout(&out);
-        // 2.5.1 on CUDA 12.4: planned; 2.9.0 has no cu12.4-or-older wheel but cu126 (same
-        // major): planned; 2.5.1 on CUDA 13: skipped; 2.9.0 on CUDA 13 with Python 3.12.
+        // 2.5.1 on CUDA 12.4: planned; 2.9.0 has no cu12.4-or-older wheel, and a newer one
+        // (cu126) is never chosen for a 12.4 base: skipped, naming the bases that fit;
+        // 2.5.1 on CUDA 13: skipped; 2.9.0 on CUDA 13 with Python 3.12.
         assert!(text.contains("planned  nvidia/cuda:12.4.1-base-ubuntu22.04 torch 2.5.1 -> team/torch:2.5.1-cu124-py3.10-base-ubuntu22.04"), "{text}");
         assert!(text.contains("skipped  nvidia/cuda:13.0.1-devel-ubuntu24.04 torch 2.5.1: cu124 wheels (CUDA 12.4) on the CUDA 13.0.1 base"), "{text}");
         assert!(
             text.contains("team/torch:2.9.0-cu130-py3.12-devel-ubuntu24.04"),
             "{text}"
         );
-        assert!(text.contains("3 planned, 1 skipped, 0 failed"), "{text}");
+        assert!(text.contains("skipped  nvidia/cuda:12.4.1-base-ubuntu22.04 torch 2.9.0: torch 2.9.0 has no wheel for CUDA 12.4 or older"), "{text}");
+        assert!(
+            text.contains("--base nvidia/cuda:12.6.3-base-ubuntu22.04 (for cu126)"),
+            "{text}"
+        );
+        assert!(text.contains("2 planned, 2 skipped, 0 failed"), "{text}");
         let written = std::fs::read_to_string(&bake).unwrap();
         assert!(written.contains(check), "{written}");
         assert_eq!(
@@ -449,7 +455,7 @@ fn buildkit_installs_from_a_wheelhouse_and_the_image_carries_labels_and_the_driv
     );
 }
 
-struct PypiServer(Child);
+pub(crate) struct PypiServer(Child);
 
 impl Drop for PypiServer {
     fn drop(&mut self) {
@@ -458,7 +464,7 @@ impl Drop for PypiServer {
     }
 }
 
-fn pypi_server(dir: &Path) -> Option<(PypiServer, String)> {
+pub(crate) fn pypi_server(dir: &Path) -> Option<(PypiServer, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -536,6 +542,9 @@ fn the_classic_builder_installs_through_a_real_package_index_on_loopback() {
 fn a_failing_matrix_cell_does_not_stop_the_rest() {
     let Some(e) = env() else { return };
     let wheels = wheelhouse(&e.sandbox.root().join("wheels"));
+    // A 2.4.1 wheel that says cu124 in its name but was built for CUDA 11.8: the plan
+    // accepts it (the wheelhouse holds it), the template's check fails the build.
+    stand_in_torch_wheel(&wheels, "2.4.1+cu124", "11.8");
     let matrix = e.sandbox.write(
         "builds.toml",
         format!(
@@ -543,8 +552,8 @@ fn a_failing_matrix_cell_does_not_stop_the_rest() {
              torch = [\"2.4.1\", \"2.5.1\", \"2.8.0\"]\npython = [\"3.11\"]\n"
         ),
     );
-    // 2.4.1: valid, but the wheelhouse has no such torch: the build fails. 2.5.1: built.
-    // 2.8.0: no wheel variant of CUDA <= 12.4 but cu126; planned and fails the same way.
+    // 2.4.1: planned, its build fails. 2.5.1: built. 2.8.0: the wheelhouse holds none:
+    // skipped, naming what it holds.
     let out = run_fails(
         e.build(&[
             "--builder",
@@ -567,7 +576,11 @@ fn a_failing_matrix_cell_does_not_stop_the_rest() {
         "{text}"
     );
     assert!(
-        text.contains("1 built, 0 planned, 0 skipped, 2 failed"),
+        text.contains("skipped  nvidia/cuda:12.4.1-runtime-ubuntu22.04 torch 2.8.0 python 3.11: the index --wheelhouse"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 built, 0 planned, 1 skipped, 1 failed"),
         "{text}"
     );
     assert_eq!(

@@ -20,6 +20,7 @@
 )]
 
 mod build;
+mod build_index;
 mod bundle;
 mod conveniences;
 mod cuda;

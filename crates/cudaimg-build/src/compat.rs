@@ -1,11 +1,11 @@
 //! The compatibility tables, in one place, each row with its source, and the rules built on
 //! them:
 //!
-//! - [`TORCH`]: torch minor → the `cuXYZ` wheel indexes it is published on
-//!   (`download.pytorch.org/whl/cuXYZ`) → the Python range. Source: pytorch's RELEASE.md
-//!   "Release Compatibility Matrix" (stable and experimental CUDA; a `cuXYZ` index holds
-//!   both), as gathered in `docs/CUDA.md` and cross-read with third-party copies of
-//!   the matrix. Rows stop at 2.11: the 2.12+ rows CUDA.md has come from one unverified copy.
+//! - the torch table ([`crate::table`], `data/torch.toml`): torch minor → the `cuXYZ` wheel
+//!   indexes it is published on (`download.pytorch.org/whl/cuXYZ`) → the Python range, each
+//!   row with its source and date. The package index the build will use wins over it
+//!   ([`crate::index`], [`Request::index`]): what the index holds is the truth; the table is
+//!   the offline fallback and the source of the reasons.
 //! - [`OS_PYTHON`]: which Python minors an OS of an `nvidia/cuda` tag ships as packages.
 //! - [`check`]: an impossible combination is refused with the reason and the nearest valid
 //!   ones; on `devel` (and on every flavor, see below) the wheels' CUDA major must equal the
@@ -20,6 +20,8 @@
 use std::fmt;
 
 use cudaimg_cuda::{CudaTag, CudaVersion, Flavor};
+
+use crate::index::{Listing, Offer};
 use serde::Serialize;
 
 /// A Python minor version, `3.11`.
@@ -52,87 +54,18 @@ impl Serialize for Py {
 }
 
 /// One torch minor release and the wheels published for it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TorchRelease {
     pub minor: (u32, u32),
     /// The `cuXYZ` indexes that carry it, oldest CUDA first.
-    pub variants: &'static [&'static str],
+    pub variants: Vec<String>,
     /// Supported Python, inclusive.
     pub python: (Py, Py),
     /// A newer Python with experimental wheels (accepted with a warning).
     pub python_experimental: Option<Py>,
-    pub source: &'static str,
+    /// Where the row comes from, with its date.
+    pub source: String,
 }
-
-const RELEASE_MD: &str = "pytorch/pytorch RELEASE.md, Release Compatibility Matrix \
-    (docs/CUDA.md)";
-
-/// torch → `cuXYZ` → Python. See the module doc for the source.
-pub const TORCH: &[TorchRelease] = &[
-    TorchRelease {
-        minor: (2, 3),
-        variants: &["cu118", "cu121"],
-        python: (Py(3, 8), Py(3, 11)),
-        python_experimental: None,
-        source: RELEASE_MD,
-    },
-    TorchRelease {
-        minor: (2, 4),
-        variants: &["cu118", "cu121", "cu124"],
-        python: (Py(3, 8), Py(3, 12)),
-        python_experimental: None,
-        source: RELEASE_MD,
-    },
-    TorchRelease {
-        minor: (2, 5),
-        variants: &["cu118", "cu121", "cu124"],
-        python: (Py(3, 9), Py(3, 12)),
-        python_experimental: Some(Py(3, 13)),
-        source: RELEASE_MD,
-    },
-    TorchRelease {
-        minor: (2, 6),
-        variants: &["cu118", "cu124", "cu126"],
-        python: (Py(3, 9), Py(3, 13)),
-        python_experimental: None,
-        source: RELEASE_MD,
-    },
-    TorchRelease {
-        minor: (2, 7),
-        variants: &["cu118", "cu126", "cu128"],
-        python: (Py(3, 9), Py(3, 13)),
-        python_experimental: None,
-        source: RELEASE_MD,
-    },
-    TorchRelease {
-        minor: (2, 8),
-        variants: &["cu126", "cu128", "cu129"],
-        python: (Py(3, 9), Py(3, 13)),
-        python_experimental: None,
-        source: RELEASE_MD,
-    },
-    TorchRelease {
-        minor: (2, 9),
-        variants: &["cu126", "cu128", "cu130"],
-        python: (Py(3, 10), Py(3, 14)),
-        python_experimental: None,
-        source: RELEASE_MD,
-    },
-    TorchRelease {
-        minor: (2, 10),
-        variants: &["cu126", "cu128", "cu130"],
-        python: (Py(3, 10), Py(3, 14)),
-        python_experimental: None,
-        source: RELEASE_MD,
-    },
-    TorchRelease {
-        minor: (2, 11),
-        variants: &["cu126", "cu128", "cu130"],
-        python: (Py(3, 10), Py(3, 14)),
-        python_experimental: None,
-        source: RELEASE_MD,
-    },
-];
 
 /// Python minors each OS family/version of the `nvidia/cuda` tags ships as packages (the
 /// first is the system default). Sources: Ubuntu's archive (`python3.X` in main/universe of
@@ -213,13 +146,17 @@ pub fn variant_cuda(variant: &str) -> Option<CudaVersion> {
     ))
 }
 
-/// The row for a torch minor.
+/// The table's row for a torch minor.
 pub fn release(minor: (u32, u32)) -> Option<&'static TorchRelease> {
-    TORCH.iter().find(|r| r.minor == minor)
+    crate::table::torch().iter().find(|r| r.minor == minor)
 }
 
 fn minor_text(m: (u32, u32)) -> String {
     format!("{}.{}", m.0, m.1)
+}
+
+fn table() -> &'static [TorchRelease] {
+    crate::table::torch()
 }
 
 /// An impossible combination: why, and the nearest valid ones.
@@ -277,6 +214,9 @@ pub struct Request<'a> {
     pub base_cuda: CudaVersion,
     /// The Pythons found in the base's layers; empty when not known or none.
     pub base_pythons: &'a [Py],
+    /// What the package index the build will use holds, when it could be read: it wins
+    /// over the compiled table.
+    pub index: Option<&'a Listing>,
 }
 
 /// A combination that can be built.
@@ -290,68 +230,195 @@ pub struct Checked {
     pub python_source: PythonSource,
     pub flavor: Flavor,
     pub warnings: Vec<String>,
-    pub source: &'static str,
+    /// Where the combination was learned: the index read, else the table's row.
+    pub source: String,
+    /// What pip is asked for: `2.14.0+cu130` when the index names its variants, else the
+    /// version alone.
+    pub pin: String,
 }
 
 fn display<S: serde::Serializer>(v: &CudaVersion, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
-/// Checks a request against the tables.
+/// The release a request is checked against: the index's offer when the index was read
+/// and names variants, else the table's row.
+struct Known {
+    torch: TorchVersion,
+    rel: TorchRelease,
+    /// The index's listing of this version, when it decided.
+    offer: Option<Offer>,
+    index: Option<String>,
+}
+
+/// Checks a request against what the index holds, else against the table.
 pub fn check(req: &Request<'_>) -> Result<Checked, Refusal> {
-    let torch = TorchVersion::parse(req.torch).ok_or_else(|| {
+    let asked = TorchVersion::parse(req.torch).ok_or_else(|| {
         Refusal::new(
             format!("`{}` is not a torch version (`2.5.1` or `2.5`)", req.torch),
             vec![format!("--torch {}", newest_text())],
         )
     })?;
-    let rel = release(torch.minor).ok_or_else(|| unknown_torch(&torch))?;
+    let mut warnings = Vec::new();
+    let known = resolve(asked, req, &mut warnings)?;
     let base_major = req.base_cuda.major;
     let variant = match req.variant {
-        Some(v) => explicit_variant(v, &torch, rel, req)?,
-        None => auto_variant(&torch, rel, req)?,
+        Some(v) => explicit_variant(v, &known, req)?,
+        None => auto_variant(&known, req)?,
     };
-    let wheels_cuda = variant_cuda(variant).unwrap_or(req.base_cuda);
+    let wheels_cuda = variant_cuda(&variant).unwrap_or(req.base_cuda);
     if wheels_cuda.major != base_major {
-        return Err(major_mismatch(&torch, rel, variant, wheels_cuda, req));
+        return Err(major_mismatch(&known, &variant, wheels_cuda, req));
     }
-    let mut warnings = Vec::new();
-    let (python, python_source) = choose_python(&torch, rel, req, &mut warnings)?;
+    let (python, python_source) = choose_python(&known.torch, &known.rel, req, &mut warnings)?;
+    if let (Some(offer), Some(index)) = (&known.offer, &known.index) {
+        if !offer.has(&variant, python) {
+            return Err(Refusal::new(
+                format!(
+                    "the index {index} has no torch {} {variant} wheel for Python {python} \
+                     (its {variant} wheels are for {})",
+                    offer.version,
+                    offer.pythons_text(&variant)
+                ),
+                offer.variants[&variant]
+                    .iter()
+                    .flatten()
+                    .map(|p| format!("--python {p}"))
+                    .collect(),
+            ));
+        }
+    }
     if matches!(req.base.flavor, Flavor::Runtime) {
-        warnings.push(runtime_warning(req.base, variant));
+        warnings.push(runtime_warning(req.base, &variant));
     }
+    let pin = match &known.offer {
+        Some(o) => format!("{}+{variant}", o.version),
+        None => known.torch.text.clone(),
+    };
     Ok(Checked {
-        torch: torch.text,
-        variant: variant.to_owned(),
+        torch: known.torch.text,
+        variant,
         wheels_cuda,
         python,
         python_source,
         flavor: req.base.flavor,
         warnings,
-        source: rel.source,
+        source: known.rel.source,
+        pin,
+    })
+}
+
+fn resolve(
+    asked: TorchVersion,
+    req: &Request<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Known, Refusal> {
+    let row = release(asked.minor);
+    let Some(listing) = req.index.filter(|l| l.knows_variants()) else {
+        let rel = row
+            .cloned()
+            .ok_or_else(|| unknown_torch(&asked, req.index))?;
+        return Ok(Known {
+            torch: asked,
+            rel,
+            offer: None,
+            index: None,
+        });
+    };
+    let offer = listing
+        .offer(&asked)
+        .filter(|o| !o.variants.is_empty())
+        .ok_or_else(|| {
+            let mut versions: Vec<&str> = listing
+                .wheels
+                .iter()
+                .filter(|w| w.variant.is_some())
+                .map(|w| w.version.as_str())
+                .collect();
+            versions.sort_by_key(|v| std::cmp::Reverse(crate::index::version_key(v)));
+            versions.dedup();
+            let nearest = versions
+                .iter()
+                .take(3)
+                .map(|v| format!("--torch {v}"))
+                .collect();
+            Refusal::new(
+                format!(
+                    "the index {} holds no torch {} CUDA wheel for this platform; it holds {}",
+                    listing.source,
+                    asked.text,
+                    listing.summary()
+                ),
+                nearest,
+            )
+        })?;
+    let mut variants: Vec<String> = offer.variants.keys().cloned().collect();
+    variants.sort_by_key(|v| variant_cuda(v));
+    let pythons: Vec<Py> = offer
+        .variants
+        .values()
+        .flatten()
+        .flatten()
+        .copied()
+        .collect();
+    let python = match (pythons.iter().min(), pythons.iter().max(), row) {
+        (Some(lo), Some(hi), _) => (*lo, *hi),
+        (_, _, Some(r)) => r.python,
+        _ => (Py(3, 0), Py(3, 99)),
+    };
+    if row.is_none() {
+        warnings.push(format!(
+            "torch {} is not in cudaimg's table (dated {}); the index {} holds it, and its \
+             wheels decide",
+            offer.version,
+            crate::table::table().date,
+            listing.source
+        ));
+    }
+    let torch = TorchVersion::parse(&offer.version).unwrap_or(asked);
+    Ok(Known {
+        rel: TorchRelease {
+            minor: torch.minor,
+            variants,
+            python,
+            python_experimental: row.and_then(|r| r.python_experimental),
+            source: format!("the index {}", listing.source),
+        },
+        torch,
+        offer: Some(offer),
+        index: Some(listing.source.clone()),
     })
 }
 
 fn newest_text() -> String {
-    TORCH
+    table()
         .last()
         .map_or_else(String::new, |r| minor_text(r.minor))
 }
 
-fn unknown_torch(torch: &TorchVersion) -> Refusal {
-    let mut near: Vec<&TorchRelease> = TORCH.iter().collect();
+fn unknown_torch(torch: &TorchVersion, index: Option<&Listing>) -> Refusal {
+    let mut near: Vec<&TorchRelease> = table().iter().collect();
     near.sort_by_key(|r| {
         let d = |m: (u32, u32)| i64::from(m.0) * 100 + i64::from(m.1);
         (d(r.minor) - d(torch.minor)).abs()
     });
+    let read = match index {
+        Some(l) => format!(
+            "; the index {} names no CUDA variant ({})",
+            l.source,
+            l.summary()
+        ),
+        None => "; the package index could not be read".to_owned(),
+    };
     Refusal::new(
         format!(
-            "torch {} is not in cudaimg's table (torch {} to {}, from pytorch's RELEASE.md)",
+            "torch {} is not in cudaimg's table (torch {} to {}, dated {}){read}",
             torch.text,
-            TORCH
+            table()
                 .first()
                 .map_or_else(String::new, |r| minor_text(r.minor)),
-            newest_text()
+            newest_text(),
+            crate::table::table().date,
         ),
         near.iter()
             .take(2)
@@ -360,89 +427,141 @@ fn unknown_torch(torch: &TorchVersion) -> Refusal {
     )
 }
 
-/// The torch minors that publish a variant of CUDA `major`, newest first.
-fn releases_with_major(major: u32) -> Vec<(&'static TorchRelease, &'static str)> {
+/// The torch minors that publish a variant of the base's CUDA major not newer than it,
+/// newest first.
+fn releases_with_major(base: CudaVersion) -> Vec<(&'static TorchRelease, &'static str)> {
+    let (major, limit) = (base.major, base.minor_only());
     let mut out = Vec::new();
-    for r in TORCH.iter().rev() {
+    for r in table().iter().rev() {
         if let Some(v) = r
             .variants
             .iter()
             .rev()
-            .find(|v| variant_cuda(v).is_some_and(|c| c.major == major))
+            .find(|v| variant_cuda(v).is_some_and(|c| c.major == major && c <= limit))
         {
-            out.push((r, *v));
+            out.push((r, v.as_str()));
         }
     }
     out
 }
 
-fn explicit_variant(
-    v: &str,
-    torch: &TorchVersion,
-    rel: &'static TorchRelease,
-    req: &Request<'_>,
-) -> Result<&'static str, Refusal> {
-    if let Some(found) = rel.variants.iter().find(|x| **x == v) {
-        return Ok(found);
+fn where_from(known: &Known, v: &str) -> String {
+    match &known.index {
+        Some(i) => format!(
+            "the index {i} holds no torch {} {v} wheel",
+            known.torch.text
+        ),
+        None => format!("download.pytorch.org/whl/{v} does not carry it"),
     }
+}
+
+fn explicit_variant(v: &str, known: &Known, req: &Request<'_>) -> Result<String, Refusal> {
+    let rel = &known.rel;
+    if rel.variants.iter().any(|x| x == v) {
+        return Ok(v.to_owned());
+    }
+    let has = format!(
+        "torch {} has {}",
+        if known.offer.is_some() {
+            known.torch.text.clone()
+        } else {
+            minor_text(rel.minor)
+        },
+        rel.variants.join(", ")
+    );
     if variant_cuda(v).is_none() {
         return Err(Refusal::new(
             format!("`{v}` is not a wheel variant (`cu124`: CUDA 12.4)"),
-            vec![format!(
-                "torch {} has {}",
-                minor_text(rel.minor),
-                rel.variants.join(", ")
-            )],
+            vec![has],
         ));
     }
-    let mut nearest = vec![format!(
-        "torch {} has {}",
-        minor_text(rel.minor),
-        rel.variants.join(", ")
-    )];
-    let with: Vec<String> = TORCH
+    let mut nearest = vec![has];
+    let with: Vec<String> = table()
         .iter()
-        .filter(|r| r.variants.contains(&v))
+        .filter(|r| r.variants.iter().any(|x| x == v))
         .map(|r| minor_text(r.minor))
         .collect();
-    if !with.is_empty() {
+    if !with.is_empty() && known.offer.is_none() {
         nearest.push(format!("{v} wheels exist for torch {}", with.join(", ")));
     }
-    if let Ok(same) = auto_variant(torch, rel, req) {
+    if let Ok(same) = auto_variant(known, req) {
         nearest.insert(0, format!("--cuda-wheels {same}"));
     }
     Err(Refusal::new(
         format!(
-            "torch {} has no {v} wheels (download.pytorch.org/whl/{v} does not carry it)",
-            torch.text
+            "torch {} has no {v} wheels ({})",
+            known.torch.text,
+            where_from(known, v)
         ),
         nearest,
     ))
 }
 
-/// The variant of the base's CUDA major: the newest not newer than the base, else the
-/// oldest of that major.
-fn auto_variant(
-    torch: &TorchVersion,
-    rel: &'static TorchRelease,
-    req: &Request<'_>,
-) -> Result<&'static str, Refusal> {
-    let same: Vec<(&'static str, CudaVersion)> = rel
+/// The variant of the base's CUDA major: the newest not newer than the base. Never a newer
+/// one: its wheels would need a newer driver than the base says (`NVIDIA_REQUIRE_CUDA`).
+fn auto_variant(known: &Known, req: &Request<'_>) -> Result<String, Refusal> {
+    let rel = &known.rel;
+    let same: Vec<(&str, CudaVersion)> = rel
         .variants
         .iter()
-        .filter_map(|v| variant_cuda(v).map(|c| (*v, c)))
+        .filter_map(|v| variant_cuda(v).map(|c| (v.as_str(), c)))
         .filter(|(_, c)| c.major == req.base_cuda.major)
         .collect();
     let base_minor = req.base_cuda.minor_only();
-    same.iter()
+    if let Some((v, _)) = same.iter().rev().find(|(_, c)| *c <= base_minor) {
+        return Ok((*v).to_owned());
+    }
+    if !same.is_empty() {
+        return Err(newer_only(known, req));
+    }
+    let v = rel.variants.last().map_or("cu124", String::as_str);
+    Err(major_mismatch(
+        known,
+        v,
+        variant_cuda(v).unwrap_or(req.base_cuda),
+        req,
+    ))
+}
+
+/// Every variant of the base's major is newer than the base: which bases fit.
+fn newer_only(known: &Known, req: &Request<'_>) -> Refusal {
+    let mut nearest = Vec::new();
+    for v in &known.rel.variants {
+        let Some(c) = variant_cuda(v) else { continue };
+        if let Some(tag) = base_for(c, req.base) {
+            nearest.push(format!("--base nvidia/cuda:{tag} (for {v})"));
+        }
+    }
+    let older: Vec<String> = table()
+        .iter()
         .rev()
-        .find(|(_, c)| *c <= base_minor)
-        .or(same.first())
-        .map(|(v, _)| *v)
-        .ok_or_else(|| {
-            let v = rel.variants.last().copied().unwrap_or("cu124");
-            major_mismatch(torch, rel, v, variant_cuda(v).unwrap_or(req.base_cuda), req)
+        .filter_map(|r| {
+            r.variants
+                .iter()
+                .rev()
+                .find(|v| {
+                    variant_cuda(v).is_some_and(|c| {
+                        c.major == req.base_cuda.major && c <= req.base_cuda.minor_only()
+                    })
+                })
+                .map(|v| format!("--torch {} ({v})", minor_text(r.minor)))
         })
+        .take(1)
+        .collect();
+    nearest.extend(older);
+    Refusal::new(
+        format!(
+            "torch {} has no wheel for CUDA {} or older of CUDA {} (it has {}); a newer \
+             variant would need a newer driver than the base `{}` says \
+             (NVIDIA_REQUIRE_CUDA), so it is not chosen for you",
+            known.torch.text,
+            req.base_cuda.minor_only(),
+            req.base_cuda.major,
+            known.rel.variants.join(", "),
+            req.base.tag
+        ),
+        nearest,
+    )
 }
 
 /// The base tag of another CUDA version, same flavor and OS where NVIDIA built it.
@@ -469,13 +588,7 @@ fn base_for(cuda: CudaVersion, base: &CudaTag) -> Option<String> {
     None
 }
 
-fn major_mismatch(
-    torch: &TorchVersion,
-    rel: &'static TorchRelease,
-    variant: &str,
-    wheels: CudaVersion,
-    req: &Request<'_>,
-) -> Refusal {
+fn major_mismatch(known: &Known, variant: &str, wheels: CudaVersion, req: &Request<'_>) -> Refusal {
     let base_major = req.base_cuda.major;
     let why = if req.base.flavor == Flavor::Devel {
         format!(
@@ -491,15 +604,23 @@ fn major_mismatch(
             req.base_cuda, req.base_cuda
         )
     };
+    let (torch, rel) = (&known.torch, &known.rel);
     let mut nearest = Vec::new();
+    let base_minor = req.base_cuda.minor_only();
     if let Some(v) = rel
         .variants
         .iter()
         .rev()
-        .find(|v| variant_cuda(v).is_some_and(|c| c.major == base_major))
+        .find(|v| variant_cuda(v).is_some_and(|c| c.major == base_major && c <= base_minor))
     {
         nearest.push(format!("--cuda-wheels {v}"));
-    } else if let Some((r, v)) = releases_with_major(base_major).first() {
+    } else if rel
+        .variants
+        .iter()
+        .any(|v| variant_cuda(v).is_some_and(|c| c.major == base_major))
+    {
+        nearest.push(newer_only(known, req).hint());
+    } else if let Some((r, v)) = releases_with_major(req.base_cuda).first() {
         nearest.push(format!(
             "--torch {} --cuda-wheels {v} (torch {} has no CUDA {base_major} wheels)",
             minor_text(r.minor),
@@ -526,7 +647,7 @@ fn in_range(rel: &TorchRelease, p: Py) -> bool {
 
 fn choose_python(
     torch: &TorchVersion,
-    rel: &'static TorchRelease,
+    rel: &TorchRelease,
     req: &Request<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<(Py, PythonSource), Refusal> {
@@ -556,7 +677,7 @@ fn choose_python(
             } else if !in_range(rel, p) {
                 let mut nearest: Vec<String> =
                     available.iter().map(|a| format!("--python {a}")).collect();
-                let newer: Vec<String> = TORCH
+                let newer: Vec<String> = table()
                     .iter()
                     .filter(|r| in_range(r, p))
                     .map(|r| minor_text(r.minor))
@@ -655,122 +776,4 @@ fn runtime_warning(base: &CudaTag, variant: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn req<'a>(
-        tag: &'a CudaTag,
-        torch: &'a str,
-        py: Option<&'a str>,
-        v: Option<&'a str>,
-    ) -> Request<'a> {
-        Request {
-            torch,
-            python: py,
-            variant: v,
-            base: tag,
-            base_cuda: tag.version,
-            base_pythons: &[],
-        }
-    }
-
-    fn tag(s: &str) -> CudaTag {
-        CudaTag::parse(s).unwrap()
-    }
-
-    #[test]
-    fn every_row_has_known_variants_and_a_source() {
-        for r in TORCH {
-            assert!(!r.source.is_empty());
-            assert!(r.python.0 <= r.python.1);
-            for v in r.variants {
-                let c = variant_cuda(v).unwrap();
-                assert!(cudaimg_cuda::driver::min_driver(c).is_some(), "{v}");
-            }
-        }
-        assert_eq!(variant_cuda("cu130"), Some(CudaVersion::new(13, 0, None)));
-        assert_eq!(variant_cuda("cu118"), Some(CudaVersion::new(11, 8, None)));
-    }
-
-    #[test]
-    fn the_seed_case_is_refused_with_its_fix() {
-        let t = tag("13.0.1-cudnn-runtime-ubuntu24.04");
-        let e = check(&req(&t, "2.7.1", None, Some("cu118"))).unwrap_err();
-        assert!(
-            e.reason
-                .contains("cu118 wheels (CUDA 11.8) on the CUDA 13.0.1 base"),
-            "{e:?}"
-        );
-        assert!(
-            e.nearest
-                .iter()
-                .any(|n| n.contains("--torch 2.11 --cuda-wheels cu130")),
-            "{e:?}"
-        );
-        assert!(
-            e.nearest
-                .iter()
-                .any(|n| n.contains("nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04")),
-            "{e:?}"
-        );
-    }
-
-    #[test]
-    fn auto_variant_follows_the_base_and_runtime_warns() {
-        let t = tag("12.4.1-runtime-ubuntu22.04");
-        let c = check(&req(&t, "2.5.1", None, None)).unwrap();
-        assert_eq!(c.variant, "cu124");
-        assert_eq!(c.python, Py(3, 10));
-        assert_eq!(
-            c.python_source,
-            PythonSource::Os {
-                os: "ubuntu22.04".into()
-            }
-        );
-        assert!(
-            c.warnings[0].contains("`12.4.1-base-ubuntu22.04` avoids it"),
-            "{:?}",
-            c.warnings
-        );
-        let c = check(&req(&tag("12.6.3-devel-ubuntu22.04"), "2.5.1", None, None)).unwrap();
-        assert_eq!(c.variant, "cu124");
-        assert!(c.warnings.is_empty());
-    }
-
-    #[test]
-    fn devel_major_mismatch_and_missing_variants_and_pythons_are_refused() {
-        let t = tag("12.4.1-devel-ubuntu22.04");
-        let e = check(&req(&t, "2.5.1", None, Some("cu118"))).unwrap_err();
-        assert!(e.reason.contains("nvcc"), "{e:?}");
-        assert_eq!(e.nearest[0], "--cuda-wheels cu124");
-        let e = check(&req(&t, "2.8.0", None, Some("cu124"))).unwrap_err();
-        assert!(
-            e.reason.contains("torch 2.8.0 has no cu124 wheels"),
-            "{e:?}"
-        );
-        let e = check(&req(&t, "2.3.1", Some("3.12"), None)).unwrap_err();
-        assert!(e.reason.contains("supports 3.8 to 3.11"), "{e:?}");
-        assert!(e.nearest.iter().any(|n| n == "--python 3.10"), "{e:?}");
-        let e = check(&req(
-            &tag("12.6.3-base-ubuntu24.04"),
-            "2.5.1",
-            Some("3.10"),
-            None,
-        ))
-        .unwrap_err();
-        assert!(e.reason.contains("neither in the base"), "{e:?}");
-        let e = check(&req(&t, "1.13.1", None, None)).unwrap_err();
-        assert!(e.reason.contains("not in cudaimg's table"), "{e:?}");
-    }
-
-    #[test]
-    fn a_python_in_the_base_wins() {
-        let t = tag("12.4.1-runtime-ubuntu22.04");
-        let mut r = req(&t, "2.5.1", Some("3.11"), None);
-        let found = [Py(3, 11)];
-        r.base_pythons = &found;
-        let c = check(&r).unwrap();
-        assert_eq!(c.python_source, PythonSource::Base);
-    }
-}
+mod tests;

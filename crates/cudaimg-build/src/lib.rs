@@ -12,9 +12,11 @@
 //! No network and no Docker here: the binary pulls, hands over and runs `docker build`.
 
 pub mod compat;
+pub mod index;
 pub mod matrix;
 pub mod plan;
 pub mod python;
+pub mod table;
 
 /// The template every build uses, as shipped in `dockerfiles/` (one file, all flavors).
 pub const TEMPLATE: &str = include_str!("../../../dockerfiles/pytorch.Dockerfile");

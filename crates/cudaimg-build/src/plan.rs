@@ -18,9 +18,16 @@ use crate::compat::{self, Checked, Py, Refusal, Request};
 /// The repository results go to when `--tag` names none.
 pub const DEFAULT_REPOSITORY: &str = "cudaimg/torch";
 
-/// pip's index for a wheel variant.
-pub fn pytorch_index(variant: &str) -> String {
-    format!("https://download.pytorch.org/whl/{variant}")
+/// `PyTorch`'s own indexes: `{PYTORCH_INDEX}/cuXYZ` per variant, `{PYTORCH_INDEX}/torch/` lists
+/// every variant's wheels.
+pub const PYTORCH_INDEX: &str = "https://download.pytorch.org/whl";
+
+/// pip's index for a wheel variant, under `root` (default [`PYTORCH_INDEX`]).
+pub fn pytorch_index(root: Option<&str>, variant: &str) -> String {
+    format!(
+        "{}/{variant}",
+        root.unwrap_or(PYTORCH_INDEX).trim_end_matches('/')
+    )
 }
 
 /// The base as known before the build.
@@ -58,6 +65,10 @@ pub struct Options {
     pub apt_mirror: Option<String>,
     /// Install from the wheelhouse (the build context) only.
     pub wheelhouse: bool,
+    /// `PyTorch`'s index root when not [`PYTORCH_INDEX`] (`CUDAIMG_PYTORCH_INDEX`).
+    pub pytorch_index: Option<String>,
+    /// What the index (or wheelhouse) the build will use holds, when it could be read.
+    pub index: Option<crate::index::Listing>,
 }
 
 /// The driver the result needs.
@@ -141,13 +152,14 @@ pub fn plan(
         base: &base.tag,
         base_cuda: base.cuda,
         base_pythons: &base.pythons,
+        index: opts.index.as_ref(),
     })?;
     let driver = driver_need(base, &checked);
     let image = image_name(opts.tag.as_deref(), &base.tag, &checked);
     let index = opts
         .pip_index_url
         .clone()
-        .unwrap_or_else(|| pytorch_index(&checked.variant));
+        .unwrap_or_else(|| pytorch_index(opts.pytorch_index.as_deref(), &checked.variant));
     let build_args = vec![
         ("BASE_IMAGE".to_owned(), base.pinned()),
         ("BASE_NAME".to_owned(), base.name.clone()),
@@ -159,6 +171,7 @@ pub fn plan(
         ("CUDA_FLAVOR".to_owned(), checked.flavor.to_string()),
         ("PYTHON".to_owned(), checked.python.to_string()),
         ("TORCH".to_owned(), checked.torch.clone()),
+        ("TORCH_PIN".to_owned(), checked.pin.clone()),
         ("TORCH_VARIANT".to_owned(), checked.variant.clone()),
         ("TORCH_CUDA".to_owned(), checked.wheels_cuda.to_string()),
         (

@@ -16,40 +16,15 @@ use serde::Serialize;
 
 use super::version::{CudaVersion, DriverVersion};
 
-/// Minimum Linux `x86_64` driver of each toolkit minor's first (GA) release. A later update
-/// of the same minor may need a slightly newer one (12.4.1: 550.54.15); the container
-/// runtime checks at minor level, which is what this table is for.
-const MIN_DRIVER: &[((u32, u32), &str)] = &[
-    ((7, 0), "346.46"),
-    ((7, 5), "352.31"),
-    ((8, 0), "367.48"),
-    ((9, 0), "384.81"),
-    ((9, 1), "390.46"),
-    ((9, 2), "396.26"),
-    ((10, 0), "410.48"),
-    ((10, 1), "418.39"),
-    ((10, 2), "440.33"),
-    ((11, 0), "450.51.05"),
-    ((11, 1), "455.23"),
-    ((11, 2), "460.27.03"),
-    ((11, 3), "465.19.01"),
-    ((11, 4), "470.42.01"),
-    ((11, 5), "495.29.05"),
-    ((11, 6), "510.39.01"),
-    ((11, 7), "515.43.04"),
-    ((11, 8), "520.61.05"),
-    ((12, 0), "525.60.13"),
-    ((12, 1), "530.30.02"),
-    ((12, 2), "535.54.03"),
-    ((12, 3), "545.23.06"),
-    ((12, 4), "550.54.14"),
-    ((12, 5), "555.42.02"),
-    ((12, 6), "560.28.03"),
-    ((12, 8), "570.26"),
-    ((12, 9), "575.51.03"),
-    ((13, 0), "580.65.06"),
-    ((13, 1), "590.44.01"),
-];
+/// Minimum Linux `x86_64` driver of each toolkit minor's first (GA) release (`data/cuda.toml`).
+/// A later update of the same minor may need a slightly newer one (12.4.1: 550.54.15); the
+/// container runtime checks at minor level, which is what this table is for.
+fn min_driver_rows() -> impl Iterator<Item = ((u32, u32), &'static str)> {
+    crate::data::tables()
+        .min_driver
+        .iter()
+        .map(|r| (r.key, r.value.as_str()))
+}
 
 /// Where the figures come from, for output that cites them.
 pub const SOURCE: &str = "NVIDIA CUDA Toolkit release notes (toolkit and minimum driver \
@@ -66,18 +41,17 @@ fn driver(s: &str) -> Option<DriverVersion> {
 /// The minimum driver for full compatibility with CUDA `v`'s minor; `None` when the table
 /// does not know that minor (a release newer than the table, or one that never existed).
 pub fn min_driver(v: CudaVersion) -> Option<DriverVersion> {
-    MIN_DRIVER
-        .iter()
+    min_driver_rows()
         .find(|(k, _)| *k == v.minor_key())
         .and_then(|(_, d)| driver(d))
 }
 
 /// The newest CUDA minor the table knows.
 pub fn newest_known() -> CudaVersion {
-    MIN_DRIVER
+    min_driver_rows()
         .last()
         .map_or(CudaVersion::new(0, 0, None), |((major, minor), _)| {
-            CudaVersion::new(*major, *minor, None)
+            CudaVersion::new(major, minor, None)
         })
 }
 
@@ -98,10 +72,9 @@ pub fn minor_compat_driver(v: CudaVersion) -> Option<DriverVersion> {
 /// The newest CUDA minor a driver fully supports, per the table (a lower bound: a driver
 /// branch between two rows reports at least the older row's version).
 pub fn driver_cuda(d: &DriverVersion) -> Option<CudaVersion> {
-    MIN_DRIVER
-        .iter()
+    min_driver_rows()
         .filter(|(_, min)| driver(min).is_some_and(|m| m <= *d))
-        .map(|((major, minor), _)| CudaVersion::new(*major, *minor, None))
+        .map(|((major, minor), _)| CudaVersion::new(major, minor, None))
         .max()
 }
 
@@ -347,12 +320,13 @@ mod tests {
 
     #[test]
     fn the_table_is_sorted_and_readable() {
-        let rows: Vec<DriverVersion> = MIN_DRIVER.iter().map(|(_, x)| d(x)).collect();
+        let rows: Vec<DriverVersion> = min_driver_rows().map(|(_, x)| d(x)).collect();
         assert!(
             rows.windows(2).all(|w| w[0] < w[1]),
             "drivers rise with toolkits"
         );
-        assert!(MIN_DRIVER.windows(2).all(|w| w[0].0 < w[1].0));
+        let keys: Vec<(u32, u32)> = min_driver_rows().map(|(k, _)| k).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

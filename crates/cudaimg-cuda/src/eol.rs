@@ -16,40 +16,25 @@ use super::driver;
 use super::version::CudaVersion;
 
 /// The date the tables below were written.
-pub const AS_OF: &str = "2026-11-25";
+pub const AS_OF: &str = "2026-12-07";
 
 /// Where the tables come from.
 pub const SOURCE: &str = "NVIDIA's support-policy.md and supported-tags.md (gitlab \
     nvidia/container-images/cuda) and docs/CUDA.md's data-centre driver branches";
 
-/// The newest patch release of each minor NVIDIA built images of, as of [`AS_OF`].
-const LATEST_PATCH: &[((u32, u32), u32)] = &[
-    ((11, 0), 3),
-    ((11, 1), 1),
-    ((11, 2), 2),
-    ((11, 3), 1),
-    ((11, 4), 3),
-    ((11, 5), 2),
-    ((11, 6), 2),
-    ((11, 7), 1),
-    ((11, 8), 0),
-    ((12, 0), 1),
-    ((12, 1), 1),
-    ((12, 2), 2),
-    ((12, 3), 2),
-    ((12, 4), 1),
-    ((12, 5), 1),
-    ((12, 6), 3),
-    ((12, 8), 2),
-    ((12, 9), 1),
-    ((13, 0), 3),
-    ((13, 1), 2),
-    ((13, 2), 1),
-];
+/// The newest patch release of each minor NVIDIA built images of, as of [`AS_OF`]
+/// (`data/cuda.toml`).
+fn latest_patch_rows() -> impl Iterator<Item = ((u32, u32), u32)> {
+    crate::data::tables()
+        .latest_patch
+        .iter()
+        .map(|r| (r.key, r.value))
+}
 
 /// Driver branches NVIDIA supported as of [`AS_OF`]: the data-centre branches R535 LTS,
-/// R570 and R580 LTS, and R590, the branch of the newest toolkit in the driver table (13.1).
-pub const SUPPORTED_BRANCHES: &[u32] = &[535, 570, 580, 590];
+/// R570 and R580 LTS, R590 (13.1's), and R595, the branch of the newest toolkit in the
+/// driver table (13.2).
+pub const SUPPORTED_BRANCHES: &[u32] = &[535, 570, 580, 590, 595];
 
 /// What cudaimg can say about a version's support.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -64,10 +49,9 @@ pub struct Support {
 
 /// The newest patch of `v`'s minor known to the table.
 pub fn latest_patch(v: CudaVersion) -> Option<CudaVersion> {
-    LATEST_PATCH
-        .iter()
+    latest_patch_rows()
         .find(|(k, _)| *k == v.minor_key())
-        .map(|((major, minor), patch)| CudaVersion::new(*major, *minor, Some(*patch)))
+        .map(|((major, minor), patch)| CudaVersion::new(major, minor, Some(patch)))
 }
 
 /// Support of CUDA `v` by the tables; `image_says_eol` is the image's own
@@ -204,6 +188,8 @@ mod tests {
     #[test]
     fn newer_than_the_tables() {
         assert_eq!(support(v("13.2.1"), false).eol, Some(false));
+        // 13.4: released (data/cuda.toml) with no driver minimum known: current, not unknown.
+        assert_eq!(support(v("13.4.2"), false).eol, Some(false));
         let s = support(v("14.0.0"), false);
         assert_eq!(s.eol, None);
         assert!(s.reasons[0].contains("not in cudaimg's tables"));
@@ -219,8 +205,8 @@ mod tests {
 
     #[test]
     fn latest_patches_are_latest() {
-        for ((major, minor), patch) in LATEST_PATCH {
-            let s = support(CudaVersion::new(*major, *minor, Some(*patch)), false);
+        for ((major, minor), patch) in latest_patch_rows() {
+            let s = support(CudaVersion::new(major, minor, Some(patch)), false);
             assert!(
                 !s.reasons.iter().any(|r| r.contains("replaced it")),
                 "{major}.{minor}.{patch}: {s:?}"

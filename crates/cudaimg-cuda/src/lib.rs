@@ -8,6 +8,7 @@
 //! as unknown, never guessed.
 
 pub mod choose;
+pub mod data;
 pub mod driver;
 pub mod eol;
 pub mod image;

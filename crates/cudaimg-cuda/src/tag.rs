@@ -195,6 +195,7 @@ const KNOWN_OS: &[&str] = &[
     "ubuntu20.04",
     "ubuntu22.04",
     "ubuntu24.04",
+    "ubuntu26.04",
     "ubi7",
     "ubi8",
     "ubi9",
@@ -436,7 +437,9 @@ impl CudaTag {
         if self.flavor == Flavor::Base && v < CudaVersion::new(8, 0, None) {
             return Err(err("the `base` flavor exists from CUDA 8.0 on".into()));
         }
-        if v.minor_key() > driver::newest_known().minor_key() {
+        // A release the tables know (data/cuda.toml: 13.3 and 13.4 have no driver minimum yet)
+        // is known; only one newer than every table is unknown.
+        if v.minor_key() > driver::newest_known().minor_key() && eol::latest_patch(v).is_none() {
             self.unknown
                 .push(not_in_table(&format!("CUDA {}", v.minor_only())));
         }
@@ -545,6 +548,8 @@ impl CudaTag {
             // (OS, first CUDA with it, last CUDA with it), from docs/CUDA.md.
             let ranges: &[(&str, Option<CudaVersion>, Option<CudaVersion>)] = &[
                 ("ubuntu24.04", Some(CudaVersion::new(12, 5, Some(1))), None),
+                // data/cuda.toml, `[[os]]`.
+                ("ubuntu26.04", Some(CudaVersion::new(13, 3, Some(0))), None),
                 ("ubuntu20.04", None, Some(CudaVersion::new(12, 9, Some(1)))),
                 ("centos7", None, Some(CudaVersion::new(12, 4, Some(0)))),
                 ("oraclelinux8", Some(CudaVersion::new(12, 8, Some(0))), None),

@@ -181,6 +181,12 @@ impl Sandbox {
             .arg(config)
             .arg("--store")
             .arg(self.store_dir());
+        // `build` reads PyTorch's index unless told otherwise: tests stay offline and
+        // deterministic (a test that wants an index passes one).
+        cmd.env(
+            "CUDAIMG_PYTORCH_INDEX",
+            format!("{}/whl", crate::dead_endpoint()),
+        );
         cmd.args(args);
         cmd
     }

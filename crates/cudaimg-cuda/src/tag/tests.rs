@@ -226,7 +226,7 @@ fn what_the_tables_do_not_know_is_marked_not_refused() {
             "OS `debian12` is not in cudaimg's table",
         ),
         ("13.1.0-base-amzn2025", "OS `amzn2025`"),
-        ("13.1.0-base-ubuntu26.04", "OS `ubuntu26.04`"),
+        ("13.1.0-base-ubuntu28.04", "OS `ubuntu28.04`"),
         ("13.1.0-devel-ubi10.1", "OS `ubi10.1`"),
         (
             "12.4.1-cudnn10-runtime-ubuntu22.04",
@@ -298,4 +298,16 @@ fn a_version_with_a_leading_zero_is_not_a_tag_version() {
     assert!(CudaTag::parse("10.00-devel-ubuntu22.04").is_err());
     assert!(CudaTag::parse("12.04.1-runtime-ubuntu22.04").is_err());
     assert!(CudaTag::parse("10.0-devel-ubuntu18.04").is_ok());
+}
+
+#[test]
+fn the_ubuntu26_04_family_is_known_from_13_3_on() {
+    let t = ok("13.4.1-devel-ubuntu26.04");
+    assert!(t.unknown.is_empty(), "{:?}", t.unknown);
+    let t = ok("13.1.0-base-ubuntu26.04");
+    assert!(
+        t.notes().iter().any(|n| n.contains("from CUDA 13.3.0 on")),
+        "{:?}",
+        t.notes()
+    );
 }
