@@ -4,8 +4,10 @@
 //! on this host's network. Prints `{"host": "unix://…"}` once it answers, then runs until
 //! its standard input closes, and stops it (and everything it mounted).
 //!
-//!   cargo run --example engine -- current --containerd-store \
-//!       --config '{"registry-mirrors": ["http://127.0.0.1:5001"]}' <&3
+//! ```text
+//! cargo run --example engine -- current --containerd-store \
+//!     --config '{"registry-mirrors": ["http://127.0.0.1:5001"]}' <&3
+//! ```
 //!
 //! Needs root and the packages of `scripts/setup.sh` (which builds the chroot).
 

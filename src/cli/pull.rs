@@ -166,16 +166,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                     note!("{config_note}");
                 }
                 let e = with_suggestions(ctx, name, e).await;
-                // `--load` was asked: the record says what became of it too (several
-                // references get theirs from `failed`).
-                if let (true, 1, Some((loaded, _))) = (ctx.json, targets.len(), &streamed) {
-                    emit_json(&serde_json::json!({
-                        "reference": input,
-                        "error": e.to_string(),
-                        "hint": e.hint(),
-                        "exit_code": e.exit_code(),
-                        "loaded": loaded,
-                    }));
+                if targets.len() == 1 {
+                    loaded_json(ctx, input, &e, streamed.as_ref().map(|(l, _)| l));
                 }
                 failed(ctx, input, e, targets.len(), &mut first_error)?;
             }
@@ -226,6 +218,20 @@ async fn loaded(
         .image(&name, Some(&report.platform))?
         .ok_or(Error::NotInStore(name))?;
     Ok(handover.load(&image).await)
+}
+
+/// `--load` was asked of a pull that failed: under `--json`, the record says what became of
+/// the load too (several references get theirs from `failed`).
+fn loaded_json(ctx: &Ctx, input: &str, e: &Error, loaded: Option<&Loaded>) {
+    if let (true, Some(loaded)) = (ctx.json, loaded) {
+        emit_json(&serde_json::json!({
+            "reference": input,
+            "error": e.to_string(),
+            "hint": e.hint(),
+            "exit_code": e.exit_code(),
+            "loaded": loaded,
+        }));
+    }
 }
 
 /// A "no such tag" with the nearest tags of the registry's list as its hint.
