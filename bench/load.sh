@@ -43,7 +43,8 @@ export DOCKER_HOST
 echo "engine: $(docker version --format '{{.Server.Version}}') ($(docker info --format '{{.Driver}}'))"
 
 mkfifo "$work/in"
-target/release/examples/serve_fixture --scale "$SCALE" --runnable <"$work/in" >"$work/serve.json" &
+# Without the engine's stdin (fd 4): a child holding it would keep the engine from stopping.
+target/release/examples/serve_fixture --scale "$SCALE" --runnable <"$work/in" >"$work/serve.json" 4>&- &
 serve_pid=$!
 exec 3>"$work/in"
 for _ in $(seq 600); do [ -s "$work/serve.json" ] && break; sleep 0.5; done

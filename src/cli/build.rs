@@ -164,7 +164,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         }
     }
     opts.extra_packages = opts.extra_packages.trim().to_owned();
-    opts.pytorch_index = std::env::var("CUDAIMG_PYTORCH_INDEX").ok();
+    opts.pytorch_index = std::env::var(cudaimg_static::EnvVars::CUDAIMG_PYTORCH_INDEX)
+        .ok()
+        .filter(|v| !v.is_empty());
     opts.index = read_index(args.wheelhouse.as_deref(), &opts).await;
 
     let mut outcomes = Vec::new();

@@ -25,6 +25,9 @@ impl EnvVars {
     /// (the default): the relay where the engine says it can reach this host's loopback,
     /// else the archive, which is also the fallback when the relay fails.
     pub const CUDAIMG_LOAD_VIA: &'static str = "CUDAIMG_LOAD_VIA";
+    /// `build`: the root of `PyTorch`'s wheel indexes (`{ROOT}/torch/` lists every variant),
+    /// instead of `https://download.pytorch.org/whl`; an empty value means the default.
+    pub const CUDAIMG_PYTORCH_INDEX: &'static str = "CUDAIMG_PYTORCH_INDEX";
     /// containerd's own (as `ctr` reads it): its socket, for `pull --load=containerd` and
     /// `load --to containerd` (`--containerd-address`).
     pub const CONTAINERD_ADDRESS: &'static str = "CONTAINERD_ADDRESS";
