@@ -18,7 +18,7 @@ use common::{
     Scale, TestRegistry,
 };
 
-use super::loaded::{check_loaded, env, run_output, TAG};
+use super::loaded::{check_loaded, env, flipping_mirror, run_output, TAG};
 use serde_json::Value;
 
 fn docker_or_skip() -> Option<TestDocker> {
@@ -63,24 +63,7 @@ fn pull_load_puts_the_upstream_image_into_docker_under_its_official_name_and_it_
 fn pull_load_through_the_relay_survives_a_mirror_that_flips_a_byte_and_the_engine_never_takes_it() {
     let Some(d) = docker_or_skip() else { return };
     let e = env("flipped on the way");
-    let (top, top_bytes) = &e.image.layer;
-    let mirror = FaultProxy::start(&e.registry.url());
-    let len = top_bytes.len() as u64;
-    mirror.add(Fault::FlipByte {
-        path_contains: top.clone(),
-        offset: len / 2,
-        times: 1,
-    });
-    // Then holds the rest back for 6 s, so the Engine is reading the bad bytes meanwhile
-    // (it asks for the top layer last; on a loaded machine, 2 s were once not enough).
-    mirror.add(Fault::Stall {
-        path_contains: top.clone(),
-        after_bytes: len * 3 / 4,
-        for_secs: 6,
-        times: 1,
-    });
-    e.sandbox
-        .write_hub_config(&e.registry.url(), &[&mirror.url()]);
+    let mirror = flipping_mirror(&e);
     let reference = format!("nvidia/cuda:{TAG}");
     let out = run_ok(&mut e.cmd(Some(&d), &["--json", "pull", "--load", &reference]));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -23,7 +23,8 @@ use common::{run_fails, run_ok, Arch, Document, Fixture, Flavor, MediaTypes, Pus
 use serde_json::Value;
 
 use super::loaded::{
-    check_loaded, check_save_and_push, diff_ids, env, image_names, run_output, Env, TAG,
+    check_loaded, check_save_and_push, diff_ids, env, flipping_mirror, image_names, run_output,
+    Env, TAG,
 };
 
 fn stdout(out: &std::process::Output) -> String {
@@ -366,28 +367,12 @@ fn a_hand_over_that_fails_says_so_in_the_json_record() {
 /// answer short, the engine asks again, and it ends with upstream's image.
 #[test]
 fn pull_load_into_docker_28_survives_a_mirror_that_flips_a_byte_in_either_store() {
-    use common::{Fault, FaultProxy};
     for containerd_store in [false, true] {
         let Some(d) = docker_28(containerd_store) else {
             return;
         };
         let e = env("flipped on the way to docker 28");
-        let (top, top_bytes) = &e.image.layer;
-        let mirror = FaultProxy::start(&e.registry.url());
-        let len = top_bytes.len() as u64;
-        mirror.add(Fault::FlipByte {
-            path_contains: top.clone(),
-            offset: len / 2,
-            times: 1,
-        });
-        mirror.add(Fault::Stall {
-            path_contains: top.clone(),
-            after_bytes: len * 3 / 4,
-            for_secs: 6,
-            times: 1,
-        });
-        e.sandbox
-            .write_hub_config(&e.registry.url(), &[&mirror.url()]);
+        let mirror = flipping_mirror(&e);
         let r = json(&run_ok(
             &mut e.cmd(Some(&d), &["--json", "pull", "--load", &reference()]),
         ));

@@ -151,3 +151,28 @@ pub(crate) fn check_save_and_push(d: &TestDocker, image: &str, manifest: &str) {
     assert_eq!(info["Digest"], manifest, "docker push changed the manifest");
     run_ok(&mut d.docker(&["rmi", &pushed]));
 }
+
+/// A mirror of `e`'s registry that flips a byte in the middle of the top layer once, then
+/// holds the rest back for 6 s, so the engine is reading the bad bytes meanwhile (it asks
+/// for the top layer last; on a loaded machine, 2 s were once not enough); `e`'s
+/// configuration names it as Docker Hub's mirror.
+pub(crate) fn flipping_mirror(e: &Env) -> common::FaultProxy {
+    use common::Fault;
+    let (top, top_bytes) = &e.image.layer;
+    let mirror = common::FaultProxy::start(&e.registry.url());
+    let len = top_bytes.len() as u64;
+    mirror.add(Fault::FlipByte {
+        path_contains: top.clone(),
+        offset: len / 2,
+        times: 1,
+    });
+    mirror.add(Fault::Stall {
+        path_contains: top.clone(),
+        after_bytes: len * 3 / 4,
+        for_secs: 6,
+        times: 1,
+    });
+    e.sandbox
+        .write_hub_config(&e.registry.url(), &[&mirror.url()]);
+    mirror
+}

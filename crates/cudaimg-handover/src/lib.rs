@@ -346,19 +346,9 @@ impl HandOver {
         chosen: ChosenImage,
     ) -> Result<Started, LoadError> {
         let tag = chosen.name.tag.clone().unwrap_or_else(|| "cudaimg".into());
-        let relay = relay::start(
-            self.store.clone(),
-            self.arrivals.clone(),
-            chosen.clone(),
-            tag.clone(),
-            Serve::Upstream,
-            self.sent.clone(),
-        )
-        .map_err(StoreError::from)?;
-        self.note(|r| {
-            r.route = "relay";
-            r.relay_serves = Some(Serve::Upstream.as_str());
-        });
+        let relay = self
+            .start_relay(&chosen, &tag, Serve::Upstream)
+            .map_err(StoreError::from)?;
         let relay_name = format!("{}/{}:{tag}", relay.addr, relay.repository);
         let name = chosen.name.to_string();
         let (client, from, platform) =
@@ -384,20 +374,52 @@ impl HandOver {
         chosen: ChosenImage,
         repo_tag: Option<String>,
     ) -> Started {
-        self.note(|r| r.route = "archive");
-        let loading = Loading::start(
-            engine,
-            &self.store,
-            chosen.image.clone(),
-            repo_tag.clone(),
-            self.arrivals.clone(),
-            self.sent.clone(),
-        );
+        let loading = self.start_loading(engine, &chosen, repo_tag.as_deref());
         Started::Archive {
             chosen,
             repo_tag,
             loading,
         }
+    }
+
+    /// The archive route's `images/load`, its blobs read as the pull stores them.
+    fn start_loading(
+        &self,
+        engine: &DockerEngine,
+        chosen: &ChosenImage,
+        repo_tag: Option<&str>,
+    ) -> Loading {
+        self.note(|r| r.route = "archive");
+        Loading::start(
+            engine,
+            &self.store,
+            chosen.image.clone(),
+            repo_tag.map(str::to_owned),
+            self.arrivals.clone(),
+            self.sent.clone(),
+        )
+    }
+
+    /// A relay serving `chosen` as `TAG`, and the route noted.
+    fn start_relay(
+        &self,
+        chosen: &ChosenImage,
+        tag: &str,
+        serve: Serve,
+    ) -> std::io::Result<relay::Relay> {
+        let relay = relay::start(
+            self.store.clone(),
+            self.arrivals.clone(),
+            chosen.clone(),
+            tag.to_owned(),
+            serve,
+            self.sent.clone(),
+        )?;
+        self.note(|r| {
+            r.route = "relay";
+            r.relay_serves = Some(serve.as_str());
+        });
+        Ok(relay)
     }
 
     /// The engine pulls from a relay; `Err`: why no relay could start.
@@ -412,19 +434,9 @@ impl HandOver {
             return Err("the image has no tag".into());
         };
         let tag = tag.to_owned();
-        let relay = relay::start(
-            self.store.clone(),
-            self.arrivals.clone(),
-            chosen.clone(),
-            tag.clone(),
-            serve,
-            self.sent.clone(),
-        )
-        .map_err(|e| format!("no port on 127.0.0.1: {e}"))?;
-        self.note(|r| {
-            r.route = "relay";
-            r.relay_serves = Some(serve.as_str());
-        });
+        let relay = self
+            .start_relay(chosen, &tag, serve)
+            .map_err(|e| format!("no port on 127.0.0.1: {e}"))?;
         let engine = engine.clone();
         let from = format!("{}/{}", relay.addr, relay.repository);
         let relay_name = format!("{from}:{tag}");
@@ -468,9 +480,14 @@ impl HandOver {
                 chosen,
                 repo_tag,
                 loading,
-            } => match loading.end().await {
-                Ok(()) => self.check(&chosen, repo_tag.as_deref(), None).await,
-                Err(e) => Err(e),
+            } => match (loading.end().await, &self.engine) {
+                (Ok(()), Engine::Docker { engine, info }) => {
+                    self.check(engine, info, &chosen, repo_tag.as_deref(), None)
+                        .await
+                }
+                // The archive route is the Docker API's; containerd never takes it.
+                (Ok(()), Engine::Containerd(_)) => Ok(()),
+                (Err(e), _) => Err(e),
             },
             Started::Relay {
                 chosen,
@@ -517,8 +534,8 @@ impl HandOver {
         let top = relay.top_digest.get().cloned();
         self.note(|r| r.answers_ended_short = relay.ended_short.load(Ordering::Relaxed));
         drop(relay);
-        let engine = match &self.engine {
-            Engine::Docker { engine, .. } => engine,
+        let (engine, info) = match &self.engine {
+            Engine::Docker { engine, info } => (engine, info),
             Engine::Containerd(client) => {
                 engine_pull?;
                 return self.check_containerd(client, &chosen, top).await;
@@ -532,23 +549,18 @@ impl HandOver {
                 let untagged = engine.untag(&relay_name).await;
                 tagged?;
                 untagged?;
-                self.check(&chosen, Some(&repo_tag), top).await
+                self.check(engine, info, &chosen, Some(&repo_tag), top)
+                    .await
             }
             Err(e) => {
                 let _ = engine.untag(&relay_name).await;
                 self.note(|r| r.relay_failed = Some(e.to_string()));
                 // The image is stored whole now: the archive goes in at once.
-                let started = self.begin_archive(engine, chosen, Some(repo_tag));
-                let Started::Archive {
-                    chosen,
-                    repo_tag,
-                    loading,
-                } = started
-                else {
-                    return Err(LoadError::Pull("the archive did not start".into()));
-                };
-                loading.end().await?;
-                self.check(&chosen, repo_tag.as_deref(), None).await
+                self.start_loading(engine, &chosen, Some(&repo_tag))
+                    .end()
+                    .await?;
+                self.check(engine, info, &chosen, Some(&repo_tag), None)
+                    .await
             }
         }
     }
@@ -558,13 +570,12 @@ impl HandOver {
     /// relay gave under the tag.
     async fn check(
         &self,
+        engine: &DockerEngine,
+        info: &EngineInfo,
         chosen: &ChosenImage,
         repo_tag: Option<&str>,
         served_top: Option<Digest>,
     ) -> Result<(), LoadError> {
-        let Engine::Docker { engine, info } = &self.engine else {
-            return Err(LoadError::Pull("not a Docker-API engine".into()));
-        };
         let config = chosen.image.manifest.config.digest.to_string();
         let manifest = chosen.image.digest.to_string();
         let expected: Vec<String> = if info.containerd_store() && !info.podman {

@@ -93,16 +93,15 @@ type FileId = (u64, u64, i64, i64, u64);
 /// Verified blob files remembered at most (a clear past it costs one hash each).
 const VERIFIED_MAX: usize = 4096;
 
-fn file_id(file: &std::fs::File) -> std::io::Result<FileId> {
+fn file_id(m: &std::fs::Metadata) -> FileId {
     use std::os::unix::fs::MetadataExt;
-    let m = file.metadata()?;
-    Ok((
+    (
         m.dev(),
         m.ino(),
         m.mtime_nsec() + m.mtime() * 1_000_000_000,
         m.ctime_nsec() + m.ctime() * 1_000_000_000,
         m.len(),
-    ))
+    )
 }
 
 /// How a blob leaves the store.
@@ -175,21 +174,15 @@ impl StoreView {
         }
     }
 
-    /// The blob file, hashed whole unless this very file was already.
+    /// The blob file, hashed whole unless this very file was already; the file sent is
+    /// the one hashed (or remembered), opened once.
     fn open_checked(&self, digest: &Digest, size: u64) -> Result<BlobFile, StoreError> {
-        let file = self.store.open_blob_file(digest, size)?;
-        let id = (digest.clone(), file_id(&file)?);
+        let reader = self.store.open_blob(digest, size)?;
+        let id = (digest.clone(), file_id(&reader.metadata()?));
         if self.verified.lock().is_ok_and(|v| v.contains(&id)) {
-            return Ok(BlobFile::Plain(file));
+            return Ok(BlobFile::Plain(reader.into_file()?));
         }
-        if let Some(reason) = self.store.check_blob(digest, size)? {
-            return Err(StoreError::BlobCorrupt {
-                digest: digest.clone(),
-                image: None,
-                reason,
-            });
-        }
-        // The file hashed is the one kept open: the identity was read from it first.
+        let file = reader.into_checked_file()?;
         if let Ok(mut v) = self.verified.lock() {
             if v.len() >= VERIFIED_MAX {
                 v.clear();

@@ -58,8 +58,30 @@ impl VerifiedReader {
         std::io::Error::new(std::io::ErrorKind::InvalidData, m)
     }
 
+    /// The opened file's metadata (its identity: device, inode, times, length).
+    pub fn metadata(&self) -> std::io::Result<std::fs::Metadata> {
+        self.file.metadata()
+    }
+
+    /// The opened file itself, rewound, for a sender that reads it without hashing (one
+    /// that checked this very file before).
+    pub fn into_file(mut self) -> std::io::Result<std::fs::File> {
+        std::io::Seek::rewind(&mut self.file)?;
+        Ok(self.file)
+    }
+
+    /// [`VerifiedReader::check`], then the file that was hashed, rewound.
+    pub fn into_checked_file(mut self) -> Result<std::fs::File, StoreError> {
+        self.check_to_end()?;
+        Ok(self.into_file()?)
+    }
+
     /// Reads to the end, checking everything; `Err` names what is wrong.
     pub fn check(mut self) -> Result<(), StoreError> {
+        self.check_to_end()
+    }
+
+    fn check_to_end(&mut self) -> Result<(), StoreError> {
         let mut buf = vec![0u8; 1 << 20];
         loop {
             match self.read(&mut buf) {
