@@ -362,7 +362,29 @@ async fn respond(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body
     else {
         return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "no such blob");
     };
-    blob(shared, served, head_only)
+    let from = match &served {
+        Served::AsStored(d) => resumed_from(req, d.size),
+        Served::Decompressed { .. } => None,
+    };
+    blob(shared, served, head_only, from)
+}
+
+/// Where a `Range: bytes=N-` (or `bytes=N-LAST`, to the blob's last byte) asks a stored
+/// blob of `size` bytes to resume: containerd's fetcher resumes a cut blob so, and its
+/// content store appends what it gets. Any other range (one that ends early, several) is
+/// answered with the whole blob, as HTTP allows: its last bytes may go out only once the
+/// whole blob has matched its digest.
+fn resumed_from(req: &Request<Incoming>, size: u64) -> Option<u64> {
+    let spec = req
+        .headers()
+        .get(hyper::header::RANGE)?
+        .to_str()
+        .ok()?
+        .strip_prefix("bytes=")?;
+    let (start, end) = spec.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let to_the_end = end.trim().is_empty() || end.trim().parse::<u64>().ok() == size.checked_sub(1);
+    (to_the_end && start > 0 && start < size).then_some(start)
 }
 
 /// What the relay serves. The diffs' manifest needs the config (for the diff IDs), so it
@@ -496,12 +518,20 @@ fn diffs(manifest: &ImageManifest, diff_ids: &[String]) -> Image {
 /// is produced on a blocking thread (the store follower waits, the decompressor computes);
 /// if the producer fails a check, the body ends in an error, and hyper closes the
 /// connection without the body's end.
-fn blob(shared: &Arc<Shared>, served: Served, head_only: bool) -> Response<Body> {
+/// `from`: a stored blob's answer resumes there (`206`).
+fn blob(
+    shared: &Arc<Shared>,
+    served: Served,
+    head_only: bool,
+    from: Option<u64>,
+) -> Response<Body> {
     let (digest, length) = match &served {
         Served::AsStored(d) => (d.digest.clone(), Some(d.size)),
         Served::Decompressed { diff_id, .. } => (diff_id.clone(), None),
     };
-    let len = length.map(|l| l.to_string());
+    let skip = from.unwrap_or(0);
+    let len = length.map(|l| (l - skip).to_string());
+    let range = length.map(|l| format!("bytes {skip}-{}/{l}", l.saturating_sub(1)));
     let mut headers = vec![
         ("content-type", "application/octet-stream"),
         ("docker-content-digest", digest.as_str()),
@@ -511,12 +541,19 @@ fn blob(shared: &Arc<Shared>, served: Served, head_only: bool) -> Response<Body>
         None if head_only => headers.push(("transfer-encoding", "chunked")),
         None => {}
     }
+    let status = match (&range, from) {
+        (Some(range), Some(_)) => {
+            headers.push(("content-range", range.as_str()));
+            StatusCode::PARTIAL_CONTENT
+        }
+        _ => StatusCode::OK,
+    };
     if head_only {
-        return answer(StatusCode::OK, &headers, empty());
+        return answer(status, &headers, empty());
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let (store, stop) = (shared.store.clone(), shared.stop.clone());
-    let producer = tokio::task::spawn_blocking(move || produce(&store, &served, &stop, &tx));
+    let producer = tokio::task::spawn_blocking(move || produce(&store, &served, skip, &stop, &tx));
     let (sent, ended_short) = (shared.sent.clone(), shared.ended_short.clone());
     let pieces = futures_util::stream::unfold((rx, Some(producer)), move |(mut rx, producer)| {
         let (sent, ended_short) = (sent.clone(), ended_short.clone());
@@ -536,27 +573,29 @@ fn blob(shared: &Arc<Shared>, served: Served, head_only: bool) -> Response<Body>
         }
     });
     answer(
-        StatusCode::OK,
+        status,
         &headers,
         BodyExt::boxed_unsync(StreamBody::new(pieces.boxed())),
     )
 }
 
-/// Sends the blob's pieces; `Ok` once every piece went out and the checks passed (the
-/// answer then ends).
+/// Sends the blob's pieces, a stored one's from byte `skip` (the bytes before it are
+/// read, so the whole blob is still checked, but not sent); `Ok` once every piece went out
+/// and the checks passed (the answer then ends).
 fn produce(
     store: &Store,
     served: &Served,
+    skip: u64,
     stop: &Arc<AtomicBool>,
     tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
 ) -> std::io::Result<()> {
     match served {
         // The follower checks the blob's digest itself, before its last bytes.
-        Served::AsStored(d) => pump(
-            &mut store.follow_blob(&d.digest, d.size, stop.clone()),
-            tx,
-            None,
-        ),
+        Served::AsStored(d) => {
+            let mut follower = store.follow_blob(&d.digest, d.size, stop.clone());
+            std::io::copy(&mut (&mut follower).take(skip), &mut std::io::sink())?;
+            pump(&mut follower, tx, None)
+        }
         Served::Decompressed { blob, diff_id } => {
             let follower = store.follow_blob(&blob.digest, blob.size, stop.clone());
             let mut gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(

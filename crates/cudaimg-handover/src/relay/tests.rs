@@ -329,3 +329,70 @@ fn oci_images_get_oci_types_and_a_config_without_a_diff_per_layer_serves_them_as
     assert_eq!(m["layers"][0]["digest"], d(1).to_string());
     assert!(matches!(image.blobs.get(&d(2)), Some(Served::AsStored(_))));
 }
+
+/// containerd's fetcher resumes a cut blob with `Range: bytes=N-` and appends what it gets:
+/// the relay answers `206` with the rest. A range that ends early gets the whole blob,
+/// whose last bytes wait for the whole check.
+#[test]
+fn a_stored_blob_resumes_from_a_range_to_its_end() {
+    let rt = runtime();
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = Store::open(&tmp.path().join("s")).unwrap_or_else(|e| panic!("{e}"));
+    let layer = vec![9u8; 300_000];
+    let blob = Descriptor {
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        digest: Digest::of(&layer),
+        size: layer.len() as u64,
+    };
+    let manifest = ImageManifest {
+        media_type: OCI_MANIFEST.into(),
+        config: desc("application/vnd.oci.image.config.v1+json", 0, 10),
+        layers: vec![blob],
+    };
+    rt.block_on(async {
+        store
+            .put_bytes(&Digest::of(&layer), &layer)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let relay = start(
+            store.clone(),
+            Arc::default(),
+            chosen(manifest, None),
+            "t".into(),
+            Serve::Upstream,
+            Arc::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let client = reqwest::Client::new();
+        let base = format!("http://{}/v2/{}", relay.addr, relay.repository);
+        let ranged = |range: &'static str| {
+            let url = format!("{base}/blobs/{}", Digest::of(&layer));
+            let client = client.clone();
+            async move {
+                let r = client
+                    .get(url)
+                    .header("range", range)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let status = r.status().as_u16();
+                let content_range = r
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = r.bytes().await.unwrap_or_else(|e| panic!("{e}"));
+                (status, content_range, body.to_vec())
+            }
+        };
+        let (status, content_range, body) = ranged("bytes=100000-").await;
+        assert_eq!(
+            (status, content_range.as_str()),
+            (206, "bytes 100000-299999/300000")
+        );
+        assert_eq!(body, layer[100_000..]);
+        let (status, _, body) = ranged("bytes=0-10").await;
+        assert_eq!((status, body.len()), (200, layer.len()));
+    });
+}
