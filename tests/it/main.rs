@@ -19,6 +19,7 @@
     clippy::case_sensitive_file_extension_comparisons
 )]
 
+mod air_gap;
 mod build;
 mod build_index;
 mod bundle;

@@ -111,7 +111,12 @@ impl HttpClients {
 
 /// A client for one endpoint.
 pub struct RegistryClient {
+    /// The URL the user wrote (without a trailing `/`), as reports and health memory name it.
     base: String,
+    /// Where the API lives: `<origin>/v2`, or the path the URL gave up to its `v2` segment.
+    api: String,
+    /// A namespace the endpoint keeps the registry's repositories under (`mirror/`), or "".
+    prefix: String,
     http: Client,
     /// For token realms on other hosts, which the endpoint's `insecure` does not cover.
     verified: Client,
@@ -180,8 +185,11 @@ impl RegistryClient {
         } else {
             clients.verified.clone()
         };
+        let (api, prefix) = api_and_prefix(url);
         let client = RegistryClient {
             base: url.as_str().trim_end_matches('/').to_owned(),
+            api,
+            prefix,
             http,
             verified: clients.verified.clone(),
             manifest_timeout: clients.manifest_timeout,
@@ -204,11 +212,21 @@ impl RegistryClient {
     }
 
     pub fn manifest_url(&self, repo: &str, reference: &str) -> String {
-        format!("{}/v2/{repo}/manifests/{reference}", self.base)
+        format!("{}/{}/manifests/{reference}", self.api, self.name(repo))
     }
 
     pub fn blob_url(&self, repo: &str, digest: &Digest) -> String {
-        format!("{}/v2/{repo}/blobs/{digest}", self.base)
+        format!("{}/{}/blobs/{digest}", self.api, self.name(repo))
+    }
+
+    /// `repo` as this endpoint names it: under its namespace prefix, if it has one.
+    pub(crate) fn name(&self, repo: &str) -> String {
+        format!("{}{repo}", self.prefix)
+    }
+
+    /// The start of every API URL: `<origin>/v2`, or the path the endpoint's URL gave.
+    pub(crate) fn api(&self) -> &str {
+        &self.api
     }
 
     /// Fetches a manifest by tag or digest. With `expected`, the bytes must hash to it; a
@@ -298,9 +316,10 @@ impl RegistryClient {
     /// the `Link: <…>; rel="next"` header names, until there is none. A registry that does
     /// not paginate (CNCF distribution 2.8 ignores `n`) answers everything at once.
     pub async fn tags(&self, repo: &str, page_size: u32) -> Result<TagList, RegistryError> {
-        let first = self.url(&format!("{}/v2/{repo}/tags/list?n={page_size}", self.base))?;
+        let name = self.name(repo);
+        let first = self.url(&format!("{}/{name}/tags/list?n={page_size}", self.api))?;
         self.paged(
-            &format!("repository:{repo}:pull"),
+            &format!("repository:{name}:pull"),
             first,
             Listed::Tags,
             "repository",
@@ -313,9 +332,19 @@ impl RegistryClient {
     /// The names are in [`TagList::tags`]. Many public registries (Docker Hub) refuse it;
     /// CNCF distribution serves it.
     pub async fn catalog(&self, page_size: u32) -> Result<TagList, RegistryError> {
-        let first = self.url(&format!("{}/v2/_catalog?n={page_size}", self.base))?;
-        self.paged("registry:catalog:*", first, Listed::Repositories, "catalog")
-            .await
+        let first = self.url(&format!("{}/_catalog?n={page_size}", self.api))?;
+        let mut list = self
+            .paged("registry:catalog:*", first, Listed::Repositories, "catalog")
+            .await?;
+        // Under a namespace prefix, the registry's repositories are those inside it.
+        if !self.prefix.is_empty() {
+            list.tags = list
+                .tags
+                .iter()
+                .filter_map(|n| n.strip_prefix(&self.prefix).map(str::to_owned))
+                .collect();
+        }
+        Ok(list)
     }
 
     /// The pages of a tag list or the catalog, from `first` on, bounded (see the limits).
@@ -432,7 +461,7 @@ impl RegistryClient {
     /// `GET /v2/` without credentials: the HTTP status the endpoint answers with (200, or
     /// 401 when it wants a login: both mean it speaks the registry API).
     pub async fn ping(&self) -> Result<u16, RegistryError> {
-        let url = self.url(&format!("{}/v2/", self.base))?;
+        let url = self.url(&format!("{}/", self.api))?;
         let resp = self
             .http
             .get(url.clone())
@@ -568,7 +597,7 @@ impl RegistryClient {
         url: &Url,
         build: impl Fn(&Client) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
-        self.send_scoped(&format!("repository:{repo}:pull"), url, build)
+        self.send_scoped(&format!("repository:{}:pull", self.name(repo)), url, build)
             .await
     }
 
@@ -812,6 +841,31 @@ async fn error_detail(resp: Response) -> String {
 }
 
 /// `host[:port]` of an endpoint URL: the key credentials are stored under.
+/// Splits an endpoint URL into where its API lives and the namespace it keeps repositories
+/// under. The path's segments up to and including a `v2` segment are the API's own path
+/// (`https://art.example/artifactory/api/docker/hub/v2`, or containerd's `override_path`
+/// form `http://site/v2/mirror`); what follows it, or the whole path when it has no `v2`,
+/// is a namespace (`http://site/mirror`, as `import --to site/mirror` and Harbor's proxy
+/// projects lay repositories out). Docker's `registry-mirrors` cannot say either.
+fn api_and_prefix(url: &url::Url) -> (String, String) {
+    let origin = url.origin().ascii_serialization();
+    let segments: Vec<&str> = url
+        .path_segments()
+        .map(|s| s.filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    let (api, namespace) = match segments.iter().rposition(|s| *s == "v2") {
+        Some(at) => (&segments[..=at], &segments[at + 1..]),
+        None => (&[][..], &segments[..]),
+    };
+    let api = if api.is_empty() {
+        format!("{origin}/v2")
+    } else {
+        format!("{origin}/{}", api.join("/"))
+    };
+    let prefix: String = namespace.iter().map(|s| format!("{s}/")).collect();
+    (api, prefix)
+}
+
 fn authority(url: &url::Url) -> String {
     match (url.host_str(), url.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
@@ -825,6 +879,25 @@ fn authority(url: &url::Url) -> String {
 #[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_path_is_a_namespace_or_the_api_root() {
+        let split = |u: &str| api_and_prefix(&url::Url::parse(u).unwrap());
+        let s = |a: &str, p: &str| (a.to_owned(), p.to_owned());
+        assert_eq!(split("https://m.example"), s("https://m.example/v2", ""));
+        assert_eq!(split("http://h:5000/"), s("http://h:5000/v2", ""));
+        assert_eq!(
+            split("http://h:5000/mirror"),
+            s("http://h:5000/v2", "mirror/")
+        );
+        assert_eq!(split("http://h/a/b/"), s("http://h/v2", "a/b/"));
+        assert_eq!(split("http://h/v2/mirror"), s("http://h/v2", "mirror/"));
+        assert_eq!(
+            split("https://h/api/docker/hub/v2"),
+            s("https://h/api/docker/hub/v2", "")
+        );
+        assert_eq!(split("https://h/v2/"), s("https://h/v2", ""));
+    }
 
     #[test]
     fn link_headers() {

@@ -238,11 +238,11 @@ impl UploadError {
     }
 }
 
-fn push_scope(repo: &str) -> String {
-    format!("repository:{repo}:pull,push")
-}
-
 impl RegistryClient {
+    fn push_scope(&self, repo: &str) -> String {
+        format!("repository:{}:pull,push", self.name(repo))
+    }
+
     /// `HEAD /v2/<repo>/blobs/<digest>`: the blob's size if the repository has it.
     pub async fn blob_exists(
         &self,
@@ -251,7 +251,7 @@ impl RegistryClient {
     ) -> Result<Option<u64>, RegistryError> {
         let url = self.url(&self.blob_url(repo, digest))?;
         let resp = self
-            .send_scoped(&push_scope(repo), &url, |c| {
+            .send_scoped(&self.push_scope(repo), &url, |c| {
                 c.head(url.clone()).timeout(REQUEST_TIMEOUT)
             })
             .await?;
@@ -277,11 +277,19 @@ impl RegistryClient {
         digest: &Digest,
         from: &str,
     ) -> Result<Mount, RegistryError> {
-        let mut url = self.url(&format!("{}/v2/{repo}/blobs/uploads/", self.label()))?;
+        let mut url = self.url(&format!(
+            "{}/{}/blobs/uploads/",
+            self.api(),
+            self.name(repo)
+        ))?;
         url.query_pairs_mut()
             .append_pair("mount", digest.as_str())
-            .append_pair("from", from);
-        let scope = format!("{} repository:{from}:pull", push_scope(repo));
+            .append_pair("from", &self.name(from));
+        let scope = format!(
+            "{} repository:{}:pull",
+            self.push_scope(repo),
+            self.name(from)
+        );
         let resp = self
             .send_scoped(&scope, &url, |c| {
                 c.post(url.clone())
@@ -301,9 +309,13 @@ impl RegistryClient {
 
     /// `POST /v2/<repo>/blobs/uploads/`: opens an upload session.
     pub async fn start_upload(&self, repo: &str) -> Result<UploadSession, RegistryError> {
-        let url = self.url(&format!("{}/v2/{repo}/blobs/uploads/", self.label()))?;
+        let url = self.url(&format!(
+            "{}/{}/blobs/uploads/",
+            self.api(),
+            self.name(repo)
+        ))?;
         let resp = self
-            .send_scoped(&push_scope(repo), &url, |c| {
+            .send_scoped(&self.push_scope(repo), &url, |c| {
                 c.post(url.clone())
                     .header(CONTENT_LENGTH, 0)
                     .timeout(REQUEST_TIMEOUT)
@@ -320,7 +332,7 @@ impl RegistryClient {
     pub async fn upload_status(&self, session: &mut UploadSession) -> Result<u64, RegistryError> {
         let url = session.location.clone();
         let resp = self
-            .send_scoped(&push_scope(&session.repo), &url, |c| {
+            .send_scoped(&self.push_scope(&session.repo), &url, |c| {
                 c.get(url.clone()).timeout(REQUEST_TIMEOUT)
             })
             .await?;
@@ -366,7 +378,7 @@ impl RegistryClient {
     pub async fn cancel_upload(&self, session: &UploadSession) -> Result<(), RegistryError> {
         let url = session.location.clone();
         let resp = self
-            .send_scoped(&push_scope(&session.repo), &url, |c| {
+            .send_scoped(&self.push_scope(&session.repo), &url, |c| {
                 c.delete(url.clone()).timeout(REQUEST_TIMEOUT)
             })
             .await?;
@@ -405,7 +417,7 @@ impl RegistryClient {
         }
         // Small and in memory: sent again after a challenge, unlike blob bodies.
         let resp = self
-            .send_scoped(&push_scope(repo), &url, |c| {
+            .send_scoped(&self.push_scope(repo), &url, |c| {
                 c.put(url.clone())
                     .header(CONTENT_TYPE, media_type)
                     .body(bytes.to_vec())
@@ -488,7 +500,7 @@ impl RegistryClient {
             .header(CONTENT_LENGTH, len)
             .body(body);
         let resp = self
-            .send_body_once(&push_scope(&session.repo), &url, request)
+            .send_body_once(&self.push_scope(&session.repo), &url, request)
             .await?;
         if !matches!(resp.status(), StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
             return Err(session_error(resp).await);
@@ -528,7 +540,7 @@ impl RegistryClient {
             .header(CONTENT_LENGTH, len)
             .body(body);
         let resp = self
-            .send_body_once(&push_scope(&session.repo), &url, request)
+            .send_body_once(&self.push_scope(&session.repo), &url, request)
             .await?;
         if resp.status() != StatusCode::CREATED {
             return Err(session_error(resp).await);
