@@ -227,6 +227,57 @@ fn the_air_gapped_walkthrough_ends_with_docker_and_containerd_nodes_pulling() {
         log.contains(&format!("http://{host}/mirror")),
         "the pull did not name the mirror under its path:\n{log}"
     );
+    // `mirrors check` writes the README's hosts.toml for that mirror, and containerd pulls
+    // through it; Docker's daemon.json cannot name a path, and the mirror is left out.
+    let emitted = far.root().join("emitted");
+    let check = |emit: &str| {
+        run_ok(
+            far.cudaimg()
+                .args([
+                    "mirrors",
+                    "check",
+                    "--tag",
+                    &devel.reference(),
+                    "--emit",
+                    emit,
+                ])
+                .args(["--out", emitted.to_str().unwrap()]),
+        )
+    };
+    check("containerd");
+    let hosts = std::fs::read_to_string(emitted.join("docker.io/hosts.toml")).unwrap();
+    assert!(
+        hosts.contains(&format!(
+            "[host.\"http://{host}/v2/mirror\"]\n  capabilities = [\"pull\", \"resolve\"]\n  override_path = true\n"
+        )),
+        "{hosts}"
+    );
+    run_ok(&mut containerd.ctr(&["image", "rm", &format!("docker.io/{}", devel.reference())]));
+    let emitted_dir = emitted.to_str().unwrap();
+    run_ok(&mut containerd.ctr(&[
+        "image",
+        "pull",
+        "--hosts-dir",
+        emitted_dir,
+        &format!("docker.io/{}", devel.reference()),
+    ]));
+    let daemon = run_ok(far.cudaimg().args([
+        "mirrors",
+        "check",
+        "--tag",
+        &devel.tag,
+        "--emit",
+        "daemon-json",
+    ]));
+    let notes = String::from_utf8_lossy(&daemon.stderr);
+    assert!(notes.contains("take no path"), "{notes}");
+    let daemon: serde_json::Value = serde_json::from_slice(&daemon.stdout).unwrap();
+    assert_eq!(
+        daemon["registry-mirrors"],
+        serde_json::json!([]),
+        "{daemon}"
+    );
+
     let stored = run_ok(&mut far.cudaimg().args(["--json", "images"]));
     let stored = String::from_utf8_lossy(&stored.stdout);
     assert!(stored.contains(devel.tag.as_str()), "{stored}");

@@ -48,6 +48,14 @@ pub fn daemon_json(checks: &[RegistryCheck]) -> Emitted {
                 omitted.push(why);
                 continue;
             }
+            if m.endpoint.url.path().trim_matches('/') != "" {
+                omitted.push(format!(
+                    "{}: Docker's registry-mirrors take no path (pull HOST/PATH/REPO:TAG by \
+                     that name, or use containerd's hosts.toml)",
+                    m.url
+                ));
+                continue;
+            }
             if m.fresh == Some(false) {
                 omitted.push(format!(
                     "{}: stale or lacks the tag (Docker would trust its tags)",
@@ -130,12 +138,28 @@ pub fn containerd(checks: &[RegistryCheck]) -> Vec<Emitted> {
                     ));
                     continue;
                 }
-                text.push_str(&format!("\n[host.{}]\n", toml_str(&m.url)));
+                // A mirror under a path (or with its API elsewhere than /v2) is named by
+                // where its API and namespace are, and `override_path` keeps containerd
+                // from adding its own /v2.
+                let (api, prefix) = cudaimg_registry::api_and_prefix(&m.endpoint.url);
+                let plain = format!("{}/v2", m.endpoint.url.origin().ascii_serialization());
+                let overridden = !prefix.is_empty() || api != plain;
+                let host = if overridden {
+                    format!("{api}/{}", prefix.trim_end_matches('/'))
+                        .trim_end_matches('/')
+                        .to_owned()
+                } else {
+                    m.url.clone()
+                };
+                text.push_str(&format!("\n[host.{}]\n", toml_str(&host)));
                 if stale && m.endpoint.capabilities.resolve {
                     text.push_str("  # stale or lacks the tag: content by digest only\n");
                 }
                 let caps: Vec<String> = caps.iter().map(|c| toml_str(c)).collect();
                 text.push_str(&format!("  capabilities = [{}]\n", caps.join(", ")));
+                if overridden {
+                    text.push_str("  override_path = true\n");
+                }
                 if m.insecure {
                     text.push_str("  skip_verify = true\n");
                 }

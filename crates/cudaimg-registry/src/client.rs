@@ -847,7 +847,7 @@ async fn error_detail(resp: Response) -> String {
 /// form `http://site/v2/mirror`); what follows it, or the whole path when it has no `v2`,
 /// is a namespace (`http://site/mirror`, as `import --to site/mirror` and Harbor's proxy
 /// projects lay repositories out). Docker's `registry-mirrors` cannot say either.
-fn api_and_prefix(url: &url::Url) -> (String, String) {
+pub fn api_and_prefix(url: &url::Url) -> (String, String) {
     let origin = url.origin().ascii_serialization();
     let segments: Vec<&str> = url
         .path_segments()

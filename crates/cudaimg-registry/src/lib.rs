@@ -11,7 +11,9 @@ pub mod credentials;
 mod error;
 mod upload;
 
-pub use client::{BlobResponse, FetchedManifest, HttpClients, RegistryClient, TagList};
+pub use client::{
+    api_and_prefix, BlobResponse, FetchedManifest, HttpClients, RegistryClient, TagList,
+};
 pub use credentials::Credential;
 pub use error::{redact_url, Next, RegistryError};
 pub use upload::{
