@@ -862,7 +862,10 @@ pub fn api_and_prefix(url: &url::Url) -> (String, String) {
     } else {
         format!("{origin}/{}", api.join("/"))
     };
-    let prefix: String = namespace.iter().map(|s| format!("{s}/")).collect();
+    let mut prefix = namespace.join("/");
+    if !prefix.is_empty() {
+        prefix.push('/');
+    }
     (api, prefix)
 }
 
@@ -882,7 +885,7 @@ mod tests {
 
     #[test]
     fn an_endpoint_path_is_a_namespace_or_the_api_root() {
-        let split = |u: &str| api_and_prefix(&url::Url::parse(u).unwrap());
+        let split = |u: &str| api_and_prefix(&url::Url::parse(u).expect("a URL"));
         let s = |a: &str, p: &str| (a.to_owned(), p.to_owned());
         assert_eq!(split("https://m.example"), s("https://m.example/v2", ""));
         assert_eq!(split("http://h:5000/"), s("http://h:5000/v2", ""));
