@@ -48,7 +48,7 @@ pub fn daemon_json(checks: &[RegistryCheck]) -> Emitted {
                 omitted.push(why);
                 continue;
             }
-            if m.endpoint.url.path().trim_matches('/') != "" {
+            if !m.endpoint.url.path().trim_matches('/').is_empty() {
                 omitted.push(format!(
                     "{}: Docker's registry-mirrors take no path (pull HOST/PATH/REPO:TAG by \
                      that name, or use containerd's hosts.toml)",
