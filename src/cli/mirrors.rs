@@ -21,8 +21,10 @@ pub const DEFAULT_TAG: &str = "docker.io/nvidia/cuda:12.4.1-base-ubuntu22.04";
 pub enum Command {
     /// Measure every configured endpoint (reachable, latency, throughput, staleness) and rank them
     Check(CheckArgs),
-    /// Write a starter mirrors.toml (at `--config`, else ./mirrors.toml) with the `--mirror` URLs given
+    /// Write a starter mirrors.toml (at `--config`, else the user-wide file; `--here`: ./mirrors.toml) with the `--mirror` URLs given
     Init(super::mirrors_init::InitArgs),
+    /// Add a mirror to the mirrors.toml in use (comments and layout kept)
+    Add(super::mirrors_add::AddArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -64,6 +66,7 @@ pub async fn run(ctx: &Ctx, cmd: &Command) -> Result<(), Error> {
     let args = match cmd {
         Command::Check(args) => args,
         Command::Init(args) => return super::mirrors_init::run(ctx, args),
+        Command::Add(args) => return super::mirrors_add::run(ctx, args),
     };
     let config = ctx.config()?;
     if config.path.is_none() && ctx.session.settings.mirrors.is_empty() {

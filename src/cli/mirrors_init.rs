@@ -1,6 +1,9 @@
-//! `cudaimg mirrors init [--force]`: writes a starter mirrors.toml (at `--config`, else
-//! `./mirrors.toml`), with the `--mirror` flags given as its mirrors and commented
-//! examples of the rest. An existing file is never overwritten without `--force`.
+//! `cudaimg mirrors init [--here] [--force]`: writes a starter mirrors.toml, with the
+//! `--mirror` flags given as its mirrors and commented examples of the rest. It goes where
+//! every later run finds it: `--config` (or `CUDAIMG_CONFIG`), else the user-wide
+//! `$XDG_CONFIG_HOME/cudaimg/mirrors.toml`, read from any directory; `--here` writes
+//! `./mirrors.toml` for one project instead. An existing file is never overwritten without
+//! `--force`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -15,6 +18,9 @@ pub struct InitArgs {
     /// Replace an existing file
     #[arg(long)]
     force: bool,
+    /// Write ./mirrors.toml (used only from this directory) instead of the user-wide file
+    #[arg(long)]
+    here: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -24,12 +30,22 @@ struct Written<'a> {
 }
 
 pub fn run(ctx: &Ctx, args: &InitArgs) -> Result<(), Error> {
-    let path = ctx
-        .session
-        .settings
-        .config_path
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("mirrors.toml"));
+    let path = match (&ctx.session.settings.config_path, args.here) {
+        (Some(p), _) => p.clone(),
+        (None, true) => PathBuf::from("mirrors.toml"),
+        (None, false) => cudaimg_config::user_config_path().ok_or_else(|| {
+            Error::Usage(
+                "neither XDG_CONFIG_HOME nor HOME is set, so there is no user-wide \
+                 mirrors.toml\nhint: write one here with `cudaimg mirrors init --here`, or \
+                 name it with `--config PATH`"
+                    .into(),
+            )
+        })?,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs_err::create_dir_all(dir)
+            .map_err(|e| Error::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    }
     // The flags, checked and grouped by registry exactly as a run would read them.
     let mut flags = Config::default();
     flags.add_mirror_flags(&ctx.session.settings.mirrors)?;
@@ -64,12 +80,23 @@ pub fn run(ctx: &Ctx, args: &InitArgs) -> Result<(), Error> {
             mirrors: count,
         });
     } else {
+        let scope = if path == std::path::Path::new("mirrors.toml") {
+            "used from this directory only"
+        } else if ctx.session.settings.config_path.is_some() {
+            "used where `--config` or CUDAIMG_CONFIG names it"
+        } else {
+            "used from every directory"
+        };
         emit(&format!(
-            "wrote {} ({count} mirror{}); next: `cudaimg mirrors check` ranks them, `cudaimg pull \
-             nvidia/cuda:TAG` uses them",
+            "wrote {} ({count} mirror{}; {scope})\nnext: `cudaimg mirrors check` ranks them, \
+             `cudaimg pull nvidia/cuda:TAG` uses them",
             path.display(),
             if count == 1 { "" } else { "s" }
         ));
+        // A ./mirrors.toml is read before the user-wide file: say so, or this one seems ignored.
+        if scope == "used from every directory" && std::path::Path::new("mirrors.toml").is_file() {
+            note!("note: ./mirrors.toml in this directory is read first, here");
+        }
     }
     Ok(())
 }
@@ -78,7 +105,7 @@ pub fn run(ctx: &Ctx, args: &InitArgs) -> Result<(), Error> {
 /// other registry a flag named.
 fn starter(flags: &Config) -> String {
     let mut text = String::from(
-        "# cudaimg's mirrors (written by `cudaimg mirrors init`; README, \"Mirrors\").\n\
+        "# cudaimg's mirrors (written by `cudaimg mirrors init`; README, \"mirrors.toml\").\n\
          # Per registry, as image references name it: its mirrors are tried in order; the\n\
          # official `endpoint` stays the authority on which digest a tag names, and is the\n\
          # last fallback. `capabilities = [\"pull\"]` limits a mirror to content by digest.\n",

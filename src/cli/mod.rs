@@ -29,6 +29,7 @@ mod lock;
 mod login;
 mod manifest;
 mod mirrors;
+mod mirrors_add;
 mod mirrors_init;
 pub mod output;
 mod progress;

@@ -99,10 +99,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     };
     let targets = targets(config, lock.as_ref(), &references)?;
     let session = &ctx.session;
-    let config_note = match &config.path {
-        Some(p) => format!("mirror configuration: {}", p.display()),
-        None => "no mirrors.toml found: each registry is pulled from its own host".to_owned(),
-    };
+    let config_note = config_note(config);
     let mut first_error = None;
     for (input, name, pin) in &targets {
         let started = Instant::now();
@@ -493,5 +490,24 @@ fn describe(by: ResolvedBy) -> &'static str {
         ResolvedBy::Mirrors => "mirrors only (the official registry was out of reach)",
         ResolvedBy::Digest => "the reference",
         ResolvedBy::Lock => "the lockfile",
+    }
+}
+
+/// The line that says which mirror configuration a pull uses, or where none was found.
+fn config_note(config: &cudaimg_config::Config) -> String {
+    if let Some(p) = &config.path {
+        format!("mirror configuration: {}", p.display())
+    } else {
+        {
+            let looked: Vec<String> = cudaimg_config::searched_locations()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            format!(
+                "no mirrors.toml found (looked for {}): each registry is pulled from its own \
+                 host; `cudaimg mirrors init --mirror URL` sets up mirrors for every directory",
+                looked.join(", ")
+            )
+        }
     }
 }

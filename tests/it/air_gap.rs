@@ -278,7 +278,7 @@ fn the_air_gapped_walkthrough_ends_with_docker_and_containerd_nodes_pulling() {
         "{daemon}"
     );
 
-    let stored = run_ok(&mut far.cudaimg().args(["--json", "images"]));
+    let stored = run_ok(far.cudaimg().args(["--json", "images"]));
     let stored = String::from_utf8_lossy(&stored.stdout);
     assert!(stored.contains(devel.tag.as_str()), "{stored}");
 }

@@ -134,20 +134,41 @@ fn mirrors_init_writes_a_starter_that_works_and_never_overwrites_without_force()
         &sandbox,
         &["--mirror", &mirror.url(), "mirrors", "init"],
     ));
+    // Issue 22 item 9: the user-wide file, not ./mirrors.toml, so every directory uses it.
+    let path = sandbox.config_home().join("cudaimg/mirrors.toml");
     assert!(
-        text(&out.stdout).contains("wrote mirrors.toml"),
+        text(&out.stdout).contains(&format!("wrote {}", path.display()))
+            && text(&out.stdout).contains("used from every directory"),
         "{}",
         text(&out.stdout)
     );
-    let path = sandbox.root().join("mirrors.toml");
+    assert!(!sandbox.root().join("mirrors.toml").exists());
     let written = std::fs::read_to_string(&path).unwrap();
     assert!(
         written.contains(&format!("{{ url = \"{}\" }}", mirror.url())),
         "{written}"
     );
+    // The README section it cites exists.
+    let cited = written
+        .split("README, \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the starter cites a README section");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme
+            .lines()
+            .any(|l| l.starts_with('#')
+                && l.trim_start_matches('#').trim().trim_matches('`') == cited),
+        "README has no section `{cited}`"
+    );
 
-    // It is found (./mirrors.toml) and used: the mirror answers with Docker Hub out of reach.
-    let out = run_ok(&mut bare(&sandbox, &["digest", &f.reference()]));
+    // It is found from another directory and used: the mirror answers with Docker Hub out
+    // of reach.
+    let elsewhere = sandbox.root().join("elsewhere/deeper");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let out = run_ok(bare(&sandbox, &["digest", &f.reference()]).current_dir(&elsewhere));
     assert_eq!(text(&out.stdout).trim(), f.top().digest);
 
     // A second init changes nothing without --force.
@@ -164,6 +185,168 @@ fn mirrors_init_writes_a_starter_that_works_and_never_overwrites_without_force()
     assert!(std::fs::read_to_string(&path)
         .unwrap()
         .contains("[registries.\"docker.io\"]"));
+
+    // `--here`: a project's own file, read before the user-wide one from this directory only.
+    let out = run_ok(&mut bare(&sandbox, &["mirrors", "init", "--here"]));
+    assert!(
+        text(&out.stdout).contains("used from this directory only"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(sandbox.root().join("mirrors.toml").is_file());
+}
+
+/// Issue 22 item 12: `mirrors add` edits the file runs read, keeps its comments, and is
+/// checked as the file is.
+#[test]
+fn mirrors_add_edits_the_file_in_use_keeping_comments_and_is_used() {
+    let f = fixture();
+    let mirror = TestRegistry::start();
+    Pusher::new(&mirror).push(&f);
+    let sandbox = Sandbox::new();
+    // No file at all: the user-wide one is created, and the next run uses it.
+    let out = run_ok(&mut bare(&sandbox, &["mirrors", "add", &mirror.url()]));
+    let path = sandbox.config_home().join("cudaimg/mirrors.toml");
+    assert!(
+        text(&out.stdout).contains(&path.display().to_string()),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run_ok(&mut bare(&sandbox, &["digest", &f.reference()]));
+    assert_eq!(text(&out.stdout).trim(), f.top().digest);
+
+    // A hand-written file: comments and order survive; `--first` goes before the rest.
+    let hand = "# my mirrors\n[registries.\"docker.io\"]\n# the fast one\nmirrors = [\n    \"https://a.example\",  # kept\n]\n\n[registries.\"nvcr.io\"]\nmirrors = []\n";
+    std::fs::write(&path, hand).unwrap();
+    run_ok(&mut bare(
+        &sandbox,
+        &["mirrors", "add", "https://b.example"],
+    ));
+    run_ok(&mut bare(
+        &sandbox,
+        &["mirrors", "add", "--first", "--pull-only", &mirror.url()],
+    ));
+    run_ok(&mut bare(
+        &sandbox,
+        &[
+            "mirrors",
+            "add",
+            "--insecure",
+            "ghcr.io=https://g.example:5000",
+        ],
+    ));
+    let edited = std::fs::read_to_string(&path).unwrap();
+    for kept in [
+        "# my mirrors",
+        "# the fast one",
+        "# kept",
+        "[registries.\"nvcr.io\"]",
+    ] {
+        assert!(edited.contains(kept), "{kept}: {edited}");
+    }
+    let parsed: toml::Value = toml::from_str(&edited).unwrap_or_else(|e| panic!("{e}: {edited}"));
+    let hub = parsed["registries"]["docker.io"]["mirrors"]
+        .as_array()
+        .unwrap();
+    let urls: Vec<String> = hub
+        .iter()
+        .map(|m| {
+            m.as_str()
+                .map_or_else(|| m["url"].as_str().unwrap().to_owned(), str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            mirror.url().as_str(),
+            "https://a.example",
+            "https://b.example"
+        ],
+        "{edited}"
+    );
+    assert_eq!(
+        hub[0]["capabilities"],
+        toml::Value::Array(vec!["pull".into()])
+    );
+    let ghcr = &parsed["registries"]["ghcr.io"];
+    assert_eq!(
+        ghcr["endpoint"].as_str(),
+        Some("https://ghcr.io"),
+        "{edited}"
+    );
+    assert_eq!(
+        ghcr["mirrors"][0]["insecure"].as_bool(),
+        Some(true),
+        "{edited}"
+    );
+
+    // Again: nothing changes, and it says so.
+    let out = run_ok(&mut bare(
+        &sandbox,
+        &["mirrors", "add", "https://b.example/"],
+    ));
+    assert!(
+        text(&out.stdout).contains("nothing changed"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), edited);
+
+    // Mistakes: a usage error naming the problem, and the file untouched.
+    for (bad, says) in [
+        ("ftp://m.example", "https://"),
+        ("https://user:secret@m.example", "credentials"),
+        ("not a host=https://m.example", "registry host"),
+    ] {
+        let out = run_fails(&mut bare(&sandbox, &["mirrors", "add", bad]));
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(says),
+            "{bad}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            !text(&out.stderr).contains("secret"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), edited);
+    }
+    // A broken file is named, not rewritten.
+    std::fs::write(&path, "[registries.docker.io]\n").unwrap();
+    let out = run_fails(&mut bare(
+        &sandbox,
+        &["mirrors", "add", "https://c.example"],
+    ));
+    assert!(
+        text(&out.stderr).contains("mirrors.toml:1"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "[registries.docker.io]\n"
+    );
+
+    // A linked file (dotfiles in a repository) is edited where it lives; the link stays.
+    let real = sandbox.root().join("dotfiles/mirrors.toml");
+    std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+    std::fs::write(&real, "# dotfile\n").unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&real, &path).unwrap();
+    run_ok(&mut bare(
+        &sandbox,
+        &["mirrors", "add", "https://d.example"],
+    ));
+    assert!(std::fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let dotfile = std::fs::read_to_string(&real).unwrap();
+    assert!(
+        dotfile.contains("# dotfile\n") && dotfile.contains("https://d.example"),
+        "{dotfile}"
+    );
 }
 
 fn login(sandbox: &Sandbox, host: &str, user: &str, password: &str) -> Output {

@@ -96,10 +96,16 @@ fn getting_started_runs_as_written() {
         stdout.contains("hello from the mirror"),
         "{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("wrote mirrors.toml"), "{stdout}");
+    // The file went where every directory finds it, and says so.
+    let file = sandbox.config_home().join("cudaimg/mirrors.toml");
+    assert!(
+        stdout.contains(&format!("wrote {}", file.display()))
+            && stdout.contains("used from every directory"),
+        "{stdout}"
+    );
     // Docker Hub was out of reach: the mirror's answer was taken, and said so.
     assert!(stderr.contains("mirror-asserted"), "{stderr}");
-    let written = std::fs::read_to_string(sandbox.root().join("mirrors.toml")).unwrap();
+    let written = std::fs::read_to_string(&file).unwrap();
     assert!(written.contains(&mirror.url()), "{written}");
     // Docker holds it under its official name.
     let inspect = docker.inspect(IMAGE);

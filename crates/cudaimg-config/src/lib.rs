@@ -455,10 +455,20 @@ fn is_loopback(host: &str) -> bool {
 
 fn default_locations() -> Vec<PathBuf> {
     let mut out = vec![PathBuf::from("mirrors.toml")];
-    if let Some(dir) = xdg_dir(EnvVars::XDG_CONFIG_HOME, ".config") {
-        out.push(dir.join("cudaimg").join("mirrors.toml"));
-    }
+    out.extend(user_config_path());
     out
+}
+
+/// The user-wide file, read from every directory: `$XDG_CONFIG_HOME/cudaimg/mirrors.toml`
+/// (`~/.config/cudaimg/mirrors.toml`). `mirrors init` and `mirrors add` write it by default.
+pub fn user_config_path() -> Option<PathBuf> {
+    xdg_dir(EnvVars::XDG_CONFIG_HOME, ".config").map(|d| d.join("cudaimg").join("mirrors.toml"))
+}
+
+/// Where a run looks for the file when neither `--config` nor `CUDAIMG_CONFIG` names one,
+/// in order: for messages that say where nothing was found.
+pub fn searched_locations() -> Vec<PathBuf> {
+    default_locations()
 }
 
 /// The default store: `$XDG_DATA_HOME/cudaimg`, or `~/.local/share/cudaimg`.
