@@ -69,32 +69,30 @@ pub fn run(ctx: &Ctx, args: &AddArgs) -> Result<(), Error> {
     let (added, position) = if let Some(at) = listed {
         (false, at)
     } else {
-        {
-            let mut entry = InlineTable::new();
-            entry.insert("url", Value::from(url.as_str()));
-            if args.insecure {
-                entry.insert("insecure", Value::from(true));
-            }
-            if args.pull_only {
-                entry.insert("capabilities", Value::Array(Array::from_iter(["pull"])));
-            }
-            let at = if args.first { 0 } else { mirrors.len() };
-            // One entry a line, as the starter writes them. What followed the last entry
-            // (`"https://a",  # the fast one`) stays on that entry's line.
-            let trailing = mirrors.trailing().as_str().unwrap_or_default().to_owned();
-            let prefix = if at == mirrors.len() && trailing.contains('\n') {
-                mirrors.set_trailing("\n");
-                format!("{trailing}    ")
-            } else {
-                if !trailing.contains('\n') {
-                    mirrors.set_trailing("\n");
-                }
-                "\n    ".to_owned()
-            };
-            mirrors.insert_formatted(at, Value::InlineTable(entry).decorated(prefix, ""));
-            mirrors.set_trailing_comma(true);
-            (true, at)
+        let mut entry = InlineTable::new();
+        entry.insert("url", Value::from(url.as_str()));
+        if args.insecure {
+            entry.insert("insecure", Value::from(true));
         }
+        if args.pull_only {
+            entry.insert("capabilities", Value::Array(Array::from_iter(["pull"])));
+        }
+        let at = if args.first { 0 } else { mirrors.len() };
+        // One entry a line, as the starter writes them. What followed the last entry
+        // (`"https://a",  # the fast one`) stays on that entry's line.
+        let trailing = mirrors.trailing().as_str().unwrap_or_default().to_owned();
+        let prefix = if at == mirrors.len() && trailing.contains('\n') {
+            mirrors.set_trailing("\n");
+            format!("{trailing}    ")
+        } else {
+            if !trailing.contains('\n') {
+                mirrors.set_trailing("\n");
+            }
+            "\n    ".to_owned()
+        };
+        mirrors.insert_formatted(at, Value::InlineTable(entry).decorated(prefix, ""));
+        mirrors.set_trailing_comma(true);
+        (true, at)
     };
     if added {
         let edited = doc.to_string();

@@ -498,16 +498,14 @@ fn config_note(config: &cudaimg_config::Config) -> String {
     if let Some(p) = &config.path {
         format!("mirror configuration: {}", p.display())
     } else {
-        {
-            let looked: Vec<String> = cudaimg_config::searched_locations()
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            format!(
-                "no mirrors.toml found (looked for {}): each registry is pulled from its own \
+        let looked: Vec<String> = cudaimg_config::searched_locations()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!(
+            "no mirrors.toml found (looked for {}): each registry is pulled from its own \
                  host; `cudaimg mirrors init --mirror URL` sets up mirrors for every directory",
-                looked.join(", ")
-            )
-        }
+            looked.join(", ")
+        )
     }
 }
