@@ -814,3 +814,101 @@ fn a_head_with_the_wrong_size_does_not_skip_the_blob() {
     let (bytes, _) = manifest_at(&dest.url(), "base/cuda", "head", None);
     assert_eq!(sha256(&bytes), s.digest);
 }
+
+/// Issue 22 item 4: a push through a proxy that buffers request bodies (nginx's default: a
+/// cut mid-body leaves the registry nothing, and the session's status says so), with no
+/// option set. Each blob's first body is cut at half: a sixteenth of the blob goes first, so
+/// a cut costs little, and the lesson (bodies of 8 MiB at most there) is reported, kept in
+/// the store, and used by the next push without a new cut being needed to learn it.
+#[test]
+fn a_push_through_a_buffering_proxy_loses_little_per_cut_with_no_option_set() {
+    let fx = fixture(Scale(0.02));
+    let s = stored(&fx);
+    let dest = TestRegistry::start();
+    let proxy = FaultProxy::start(&dest.url());
+    proxy.add(Fault::CutEachUpload {
+        percent: 50,
+        unsized_at: 256 << 10,
+    });
+    let target = format!("{}/base/cuda:buffered", proxy.host());
+    let report = s.push_json(&[&s.name, &target]);
+    assert_eq!(report["digest"], s.digest.as_str(), "{report:#}");
+    assert_cut_once_resumed_within_budget(&proxy, &report);
+    assert_eq!(report["body_limit"], 8 << 20, "{report:#}");
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains("buffers bodies"), "{warnings}");
+    // Byte-exact, as skopeo reads it from the registry itself.
+    let raw = run_ok(s.sandbox.skopeo().args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/base/cuda:buffered", dest.host()),
+    ]));
+    assert_eq!(raw.stdout, s.stored_blob(&s.digest));
+
+    // Kept in the store for this registry.
+    let kept: Value = serde_json::from_slice(
+        &std::fs::read(s.sandbox.store_dir().join("state/upload-limits.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kept[proxy.host()]["max_body"], 8 << 20, "{kept:#}");
+    // A later push there starts with it: no body over 8 MiB, and no new lesson to report.
+    proxy.clear_requests();
+    let report = s.push_json(&[
+        &s.name,
+        &format!("{}/other/cuda:buffered", proxy.host()),
+        "--mount-from",
+        "none/none",
+    ]);
+    assert_eq!(report["body_limit"], 8 << 20, "{report:#}");
+    assert!(
+        !report["warnings"].to_string().contains("buffers bodies"),
+        "{report:#}"
+    );
+    let largest = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/blobs/uploads/"))
+        .map(|r| r.request_bytes)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        largest <= (8 << 20) + (64 << 10),
+        "a body of {largest} bytes"
+    );
+}
+
+/// The other side of the lesson: a registry that keeps what arrived of a cut body (no
+/// buffering proxy) teaches nothing, and bodies stay large.
+#[test]
+fn a_cut_that_the_registry_kept_part_of_teaches_no_body_limit() {
+    let fx = fixture(Scale(0.02));
+    let s = stored(&fx);
+    let dest = TestRegistry::start();
+    let proxy = FaultProxy::start(&dest.url());
+    proxy.add(Fault::CutRequestAfter {
+        method: "PATCH".into(),
+        path_contains: "/blobs/uploads/".into(),
+        skip: 1,
+        bytes: 600 << 10,
+        forward: true,
+        times: 1,
+    });
+    let target = format!("{}/base/cuda:streamed", proxy.host());
+    let report = s.push_json(&[&s.name, &target]);
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .any(|r| r.faults.contains(&"CutRequestAfter")),
+        "{:#?}",
+        proxy.requests()
+    );
+    assert_eq!(report["digest"], s.digest.as_str(), "{report:#}");
+    assert_eq!(report["body_limit"], Value::Null, "{report:#}");
+    assert!(!s
+        .sandbox
+        .store_dir()
+        .join("state/upload-limits.json")
+        .exists());
+}

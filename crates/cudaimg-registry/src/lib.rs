@@ -18,4 +18,5 @@ pub use credentials::Credential;
 pub use error::{redact_url, Next, RegistryError};
 pub use upload::{
     BlobSource, BytesSource, FileSource, Mount, Pushed, UploadError, UploadOptions, UploadSession,
+    BUFFERED_CHUNK,
 };

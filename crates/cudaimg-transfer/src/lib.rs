@@ -6,6 +6,7 @@
 
 pub mod archive;
 mod blob;
+mod body_limits;
 mod copy;
 mod error;
 mod lock;

@@ -154,6 +154,10 @@ pub struct PushReport {
     pub bytes_uploaded: u64,
     pub destination_figures: DestinationFigures,
     pub warnings: Vec<String>,
+    /// The largest request body at the end, when this run or an earlier one found that the
+    /// path to the registry drops what a cut leaves of a body (a proxy that buffers them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_limit: Option<u64>,
     /// `copy`: what each source did, as `pull` reports it. Empty for `push`.
     pub sources: Vec<SourceReport>,
 }
@@ -653,7 +657,10 @@ where
     );
     let sent_total = Arc::new(AtomicU64::new(0));
     let upload = &upload;
-    let results: Vec<BlobReport> = stream::iter(plan.blobs.iter().cloned())
+    let registry = &dest.image.registry;
+    crate::body_limits::apply(store, registry, &options.upload);
+    let known_limit = options.upload.learned_cap();
+    let results: Result<Vec<BlobReport>, PushError> = stream::iter(plan.blobs.iter().cloned())
         .map(|desc| {
             let mounts = mount_candidates(store, dest, &desc.digest, extra_mounts, options);
             let mut opts = options.upload.clone();
@@ -699,7 +706,23 @@ where
         })
         .buffer_unordered(options.jobs.max(1))
         .try_collect()
-        .await?;
+        .await;
+    // Learned even from a push that failed: the next one starts with small bodies there.
+    crate::body_limits::remember(store, registry, &options.upload);
+    let results = results?;
+    let mut warnings = Vec::new();
+    if let Some(limit) = options
+        .upload
+        .learned_cap()
+        .filter(|_| known_limit.is_none())
+    {
+        warnings.push(format!(
+            "{registry} kept nothing of a cut request body (a proxy in front buffers bodies, \
+             as nginx does by default): bodies went in {} MiB from then on, and later pushes \
+             there start so (set `proxy_request_buffering off` on the proxy to lift it)",
+            limit >> 20
+        ));
+    }
 
     // Children by digest, then the top by the destination's tag (or digest).
     let manifest_err = |digest: &Digest| {
@@ -738,7 +761,6 @@ where
     reporter.manifest_pushed(&dest.image.to_string(), &plan.top.digest);
 
     // A hint for later mounts; failing to write it costs nothing but a future upload.
-    let mut warnings = Vec::new();
     let digests: Vec<Digest> = plan.blobs.iter().map(|d| d.digest.clone()).collect();
     let (s, reg, repo) = (
         store.clone(),
@@ -781,6 +803,7 @@ where
         blobs,
         destination_figures: figures,
         warnings,
+        body_limit: options.upload.learned_cap(),
         sources: Vec::new(),
     })
 }

@@ -153,7 +153,18 @@ pub struct UploadOptions {
     pub max_backoff: Duration,
     /// Called with each piece's length as it goes into a request body (re-sent bytes too).
     pub progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    /// The largest body the path to this registry is known to bear, shared by every upload
+    /// made with clones of these options (so one blob's lesson serves the rest of the run).
+    /// It starts at `u64::MAX`, or at what a caller remembers of the registry; it drops to
+    /// [`BUFFERED_CHUNK`] when a cut body left the registry nothing, which is what a proxy
+    /// that buffers request bodies (nginx's default) does: there, each cut costs the whole
+    /// body in flight, so bodies must be small.
+    pub body_cap: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// The body limit behind a proxy that buffers request bodies: a cut costs at most this,
+/// while a 1.4 GB layer still goes in ~175 requests.
+pub const BUFFERED_CHUNK: u64 = 8 * 1024 * 1024;
 
 impl Default for UploadOptions {
     fn default() -> Self {
@@ -168,7 +179,16 @@ impl Default for UploadOptions {
             backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(30),
             progress: None,
+            body_cap: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
         }
+    }
+}
+
+impl UploadOptions {
+    /// The body limit learned so far (see [`UploadOptions::body_cap`]); `None` while none was.
+    pub fn learned_cap(&self) -> Option<u64> {
+        let cap = self.body_cap.load(std::sync::atomic::Ordering::Relaxed);
+        (cap != u64::MAX).then_some(cap)
     }
 }
 

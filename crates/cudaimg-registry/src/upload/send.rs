@@ -38,6 +38,19 @@ pub(super) enum Step {
     Close,
 }
 
+/// The smallest first body of a session (see [`first_body`]).
+const FIRST_BODY_MIN: u64 = 1024 * 1024;
+
+/// The first body of a session: a sixteenth of the blob (at least 1 MiB), then `chunk`s.
+/// Until a body has gone through, nothing says whether the path buffers bodies and drops
+/// what a cut leaves (nginx does by default): a whole blob in one body would lose all that
+/// was sent of it. A small first body bounds that loss to a sixteenth, and its cut teaches
+/// the limit ([`super::BUFFERED_CHUNK`]) to every upload of the run. On a clean link it
+/// costs one request, as the POST, PATCH and PUT that skopeo sends cost three.
+fn first_body(size: u64, chunk: u64) -> u64 {
+    (size / 16).max(FIRST_BODY_MIN).min(chunk)
+}
+
 impl Step {
     /// The step at `offset` of a `size`-byte blob sent in bodies of at most `chunk`.
     pub(super) fn at(offset: u64, size: u64, chunk: u64) -> Step {
@@ -147,6 +160,10 @@ pub(super) struct Upload<'a, S: BlobSource> {
     source: &'a S,
     /// Largest body: the caller's, raised to the registry's `OCI-Chunk-Min-Length`.
     chunk: u64,
+    /// The run's learned limit (see [`super::UploadOptions::body_cap`]).
+    cap: Arc<std::sync::atomic::AtomicU64>,
+    /// Whether a body of this session has reached the registry yet.
+    through: bool,
     feed: Arc<Mutex<Feed<S::Reader>>>,
 }
 
@@ -179,31 +196,64 @@ impl<'a, S: BlobSource> Upload<'a, S> {
             size,
             source,
             chunk,
+            cap: options.body_cap.clone(),
+            through: false,
             feed,
         }
+    }
+
+    /// The largest body for the next request: the first one small (see [`first_body`]),
+    /// then `chunk`, never above the learned cap nor below the registry's minimum.
+    fn limit(&self) -> u64 {
+        let cap = self.cap.load(std::sync::atomic::Ordering::Relaxed);
+        let chunk = self.chunk.min(cap);
+        let limit = if self.through {
+            chunk
+        } else {
+            first_body(self.size, chunk)
+        };
+        limit.max(self.session.min_chunk.unwrap_or(0)).max(1)
     }
 
     /// Steps until the blob is committed, or a failure that is not passing.
     async fn run(&mut self, retry: &mut Retry<'_>, stats: &mut Stats) -> Result<(), UploadError> {
         let sent_before = stats.sent;
         loop {
-            let step = Step::at(self.session.offset, self.size, self.chunk);
+            let step = Step::at(self.session.offset, self.size, self.limit());
             let before = self.session.offset;
+            let sent_earlier = self.feed.lock().await.sent;
             let answer = self.send(step).await;
-            stats.sent = sent_before + self.feed.lock().await.sent;
+            let sent = self.feed.lock().await.sent;
+            stats.sent = sent_before + sent;
             match answer? {
                 Ok(()) if step.commits() => {
                     return verify(&self.feed, self.digest, self.size).await
                 }
-                Ok(()) if self.session.offset > before => retry.failures = 0,
+                Ok(()) if self.session.offset > before => {
+                    retry.failures = 0;
+                    self.through = true;
+                }
                 // Accepted, and the registry holds no more than before: a request that
                 // made no progress is a failure, within the retry limit, or a registry
                 // that answers every PATCH with `Range: 0-0` is sent the same chunk forever.
                 Ok(()) => retry.after(self.no_progress(step)).await?,
                 Err(e) => {
                     self.recover(e, retry, stats).await?;
+                    self.learn(before, sent - sent_earlier);
                 }
             }
+        }
+    }
+
+    /// After a failed body and the status that followed: when the registry holds nothing
+    /// more than before although a real part of the body went out, the path buffers bodies
+    /// (a streaming one keeps what arrived), and the run's bodies get small.
+    fn learn(&mut self, before: u64, sent_in_request: u64) {
+        if self.session.offset == before && sent_in_request >= FIRST_BODY_MIN / 4 {
+            self.cap
+                .fetch_min(super::BUFFERED_CHUNK, std::sync::atomic::Ordering::Relaxed);
+        } else if self.session.offset > before {
+            self.through = true;
         }
     }
 
@@ -287,7 +337,8 @@ impl<'a, S: BlobSource> Upload<'a, S> {
         RegistryError::Transfer {
             url: self.session.label(),
             reason: format!(
-                "it accepted {len} bytes at {start} and holds no more than before                  ({start} bytes): no progress"
+                "it accepted {len} bytes at {start} and holds no more than before \
+                 ({start} bytes): no progress"
             ),
         }
     }
@@ -315,5 +366,19 @@ mod tests {
         assert_eq!(Step::at(4, 10, 10), Step::Chunk(6));
         // An empty blob is only the closing PUT.
         assert_eq!(Step::at(0, 0, 10), Step::Close);
+    }
+
+    #[test]
+    fn the_first_body_is_a_sixteenth_of_the_blob_from_1_mib_up_to_the_chunk() {
+        const MIB: u64 = 1024 * 1024;
+        assert_eq!(super::first_body(512 * 1024, 128 * MIB), MIB);
+        assert_eq!(super::first_body(160 * MIB, 128 * MIB), 10 * MIB);
+        assert_eq!(super::first_body(4096 * MIB, 128 * MIB), 128 * MIB);
+        assert_eq!(super::first_body(4096 * MIB, 8 * MIB), 8 * MIB);
+        // A blob under the first body goes whole, in one PUT, as before.
+        assert_eq!(
+            Step::at(0, 512 * 1024, super::first_body(512 * 1024, 128 * MIB)),
+            Step::Whole(512 * 1024)
+        );
     }
 }
