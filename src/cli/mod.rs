@@ -140,6 +140,8 @@ enum Command {
     Digest(manifest::Args),
     /// Store a registry credential where `docker login` does (docker's config.json or its helper)
     Login(login::Args),
+    /// Remove a registry credential where `docker logout` does
+    Logout(login::LogoutArgs),
     /// Print a shell completion script: `cudaimg completions bash > /etc/bash_completion.d/cudaimg`
     Completions {
         #[arg(value_enum)]
@@ -298,6 +300,7 @@ pub fn main() -> ExitCode {
             Command::Manifest(args) => manifest::run(&ctx, &args, manifest::Print::Manifest).await,
             Command::Digest(args) => manifest::run(&ctx, &args, manifest::Print::Digest).await,
             Command::Login(args) => login::run(&ctx, &args),
+            Command::Logout(args) => login::logout(&ctx, &args),
             // Answered before the runtime starts.
             Command::Completions { .. } => Ok(()),
         }

@@ -572,3 +572,138 @@ fn login_uses_the_credential_helper_docker_is_configured_with() {
     let out = run_ok(bare(&sandbox, &["digest", &image]).env("PATH", &path));
     assert_eq!(text(&out.stdout).trim(), f.top().digest);
 }
+
+/// `script` runs `cudaimg ARGS` on a pseudo-terminal; each `(wait_for, answer)` is typed once
+/// the terminal shows `wait_for`. Returns the terminal's transcript and the exit status.
+fn on_a_terminal(
+    sandbox: &Sandbox,
+    args: &[&str],
+    dialogue: &[(&str, &str)],
+) -> (String, std::process::ExitStatus) {
+    use std::io::Read as _;
+    use std::sync::{Arc, Mutex};
+    let line = std::iter::once(common::cudaimg_binary().display().to_string())
+        .chain(["--store".into(), sandbox.store_dir().display().to_string()])
+        .chain(args.iter().map(|a| (*a).to_owned()))
+        .map(|w| format!("'{w}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = sandbox
+        .command("script")
+        .args(["-qefc", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    for (wait_for, answer) in dialogue {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !seen.lock().unwrap().contains(wait_for) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{wait_for}` on the terminal: {}",
+                seen.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        write!(stdin, "{answer}\r").unwrap();
+        stdin.flush().unwrap();
+    }
+    let status = child.wait().unwrap();
+    drop(stdin);
+    reader.join().unwrap();
+    let transcript = seen.lock().unwrap().clone();
+    (transcript, status)
+}
+
+/// Issue 22 item 12 and issue 23 item 14: `login` on a terminal asks for the user and the
+/// password (not echoed), `logout` removes the credential, a user name with `:` is refused,
+/// and a linked config.json stays a link.
+#[test]
+fn login_asks_on_a_terminal_logout_removes_and_links_and_colons_are_handled() {
+    const SECRET: &str = "tty-S3cret";
+    let f = fixture();
+    let private = TestRegistry::start_with_basic_auth("team", SECRET);
+    Pusher::new(&private).push(&f);
+    let image = format!("{}/{}", private.host(), f.reference());
+    let sandbox = Sandbox::new();
+    // A config.json kept elsewhere and linked, as dotfiles are.
+    let real = sandbox.root().join("dotfiles/docker.json");
+    std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+    std::fs::write(&real, "{\"credsStore\": \"\"}\n").unwrap();
+    std::fs::create_dir_all(sandbox.docker_config_dir()).unwrap();
+    let link = sandbox.docker_config_dir().join("config.json");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+
+    let (transcript, status) = on_a_terminal(
+        &sandbox,
+        &["login", &private.host()],
+        &[("Username for", "team"), ("Password for", SECRET)],
+    );
+    assert!(status.success(), "{transcript}");
+    assert!(
+        transcript.contains("stored the credential of team"),
+        "{transcript}"
+    );
+    assert!(
+        !transcript.contains(SECRET),
+        "the password was echoed: {transcript}"
+    );
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::read_to_string(&real).unwrap().contains("auths"));
+    // The stored credential works.
+    run_ok(&mut bare(
+        &sandbox,
+        &["pull", "--platform", "linux/amd64", &image],
+    ));
+
+    // logout: gone from the file (the link kept), and pulls are refused again.
+    let out = run_ok(&mut bare(&sandbox, &["logout", &private.host()]));
+    assert!(
+        text(&out.stdout).contains("removed the credential"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&real).unwrap()).unwrap();
+    assert_eq!(config["auths"], serde_json::json!({}), "{config}");
+    assert_eq!(config["credsStore"], "", "other keys are kept: {config}");
+    let out = run_ok(&mut bare(&sandbox, &["logout", &private.host()]));
+    assert!(
+        text(&out.stdout).contains("nothing changed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run_fails(&mut bare(&sandbox, &["manifest", &image]));
+    assert_ne!(out.status.code(), Some(0));
+
+    // A user name with `:` would read back as another user: refused, nothing written.
+    let before = std::fs::read(&real).unwrap();
+    let out = login(&sandbox, &private.host(), "te:am", SECRET);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("`:`"), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&real).unwrap(), before);
+}

@@ -106,27 +106,18 @@ pub enum Stored {
 /// rewritten whole by rename, mode 0600, its other keys kept). Errors never hold the secret.
 pub fn store(host: &str, username: &str, password: &str) -> Result<Stored, String> {
     use base64::Engine as _;
-    let path = docker_config_path()
-        .ok_or("neither DOCKER_CONFIG nor HOME is set: there is no docker config.json to write")?;
+    // `auth` is base64 of `user:password`, split at the first `:` by every reader (docker,
+    // skopeo, containerd, cudaimg): a user name with `:` would read back as another user.
+    if username.contains(':') {
+        return Err(
+            "a user name with `:` cannot be stored: docker's config.json keeps `user:password` \
+             and readers split it at the first `:` (use the registry's token user, or `--creds`)"
+                .into(),
+        );
+    }
+    let (path, mut config) = read_config()?;
     let key = docker_key(host);
-    let mut config: serde_json::Map<String, serde_json::Value> = match fs_err::read(&path) {
-        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => serde_json::Map::new(),
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            format!(
-                "{} is not a JSON object ({e}); fix or move it",
-                path.display()
-            )
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Map::new(),
-        Err(e) => return Err(e.to_string()),
-    };
-    let helper = config
-        .get("credHelpers")
-        .and_then(|h| h.get(&key).or_else(|| h.get(host)))
-        .or_else(|| config.get("credsStore"))
-        .and_then(serde_json::Value::as_str)
-        .filter(|h| !h.is_empty())
-        .map(str::to_owned);
+    let helper = helper_for(&config, host, &key);
     if let Some(helper) = helper {
         store_with_helper(&helper, &key, username, password)?;
         return Ok(Stored::Helper(helper));
@@ -145,6 +136,101 @@ pub fn store(host: &str, username: &str, password: &str) -> Result<Stored, Strin
     let text = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
     write_private(&path, &text).map_err(|e| e.to_string())?;
     Ok(Stored::File(path))
+}
+
+/// What [`erase`] removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Erased {
+    /// The `auths` entry of `config.json`, at this path.
+    File(std::path::PathBuf),
+    /// Through the credential helper `docker-credential-NAME erase`.
+    Helper(String),
+    /// `config.json` held no credential for the host (nothing was written).
+    Nothing(std::path::PathBuf),
+}
+
+/// Removes the credential for `host` as `docker logout` does: through its credential helper,
+/// else from `auths` (the file rewritten by rename, its other keys kept).
+pub fn erase(host: &str) -> Result<Erased, String> {
+    let (path, mut config) = read_config()?;
+    let key = docker_key(host);
+    if let Some(helper) = helper_for(&config, host, &key) {
+        let program = format!("docker-credential-{helper}");
+        let out = std::process::Command::new(&program)
+            .arg("erase")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                if let Some(mut stdin) = child.stdin.take() {
+                    stdin.write_all(key.as_bytes())?;
+                }
+                child.wait()
+            })
+            .map_err(|e| format!("cannot run `{program}` (docker's config.json names it): {e}"))?;
+        return if out.success() {
+            Ok(Erased::Helper(helper))
+        } else {
+            Err(format!("`{program} erase` failed ({out})"))
+        };
+    }
+    let removed = config
+        .get_mut("auths")
+        .and_then(serde_json::Value::as_object_mut)
+        .is_some_and(|auths| {
+            // Docker Hub is written under its legacy URL key; older files use the host.
+            let a = auths.remove(&key).is_some();
+            let b = auths.remove(host).is_some();
+            a || b
+        });
+    if !removed {
+        return Ok(Erased::Nothing(path));
+    }
+    let text = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
+    write_private(&path, &text).map_err(|e| e.to_string())?;
+    Ok(Erased::File(path))
+}
+
+/// docker's `config.json` as an object (empty when missing), and where it is.
+fn read_config() -> Result<
+    (
+        std::path::PathBuf,
+        serde_json::Map<String, serde_json::Value>,
+    ),
+    String,
+> {
+    let path = docker_config_path()
+        .ok_or("neither DOCKER_CONFIG nor HOME is set: there is no docker config.json to write")?;
+    let config = match fs_err::read(&path) {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => serde_json::Map::new(),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "{} is not a JSON object ({e}); fix or move it",
+                path.display()
+            )
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Map::new(),
+        Err(e) => return Err(e.to_string()),
+    };
+    Ok((path, config))
+}
+
+/// The credential helper `config.json` names for the host (`credHelpers`), else for every
+/// host (`credsStore`).
+fn helper_for(
+    config: &serde_json::Map<String, serde_json::Value>,
+    host: &str,
+    key: &str,
+) -> Option<String> {
+    config
+        .get("credHelpers")
+        .and_then(|h| h.get(key).or_else(|| h.get(host)))
+        .or_else(|| config.get("credsStore"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
 }
 
 /// `docker-credential-NAME store`, the credential on its stdin as the helper protocol says.
@@ -184,6 +270,15 @@ fn store_with_helper(
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use fs_err::os::unix::fs::OpenOptionsExt as _;
     use std::io::Write as _;
+    // A linked config.json (kept with dotfiles) is written where it lives, as docker does;
+    // the rename would otherwise replace the link with a file.
+    let resolved;
+    let path = if fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        resolved = fs_err::canonicalize(path)?;
+        resolved.as_path()
+    } else {
+        path
+    };
     let dir = path.parent().unwrap_or_else(|| std::path::Path::new("."));
     fs_err::create_dir_all(dir)?;
     let tmp = dir.join(format!(".config.json.cudaimg-{}", std::process::id()));
