@@ -21,6 +21,7 @@
 
 mod build;
 mod build_index;
+mod build_inputs;
 mod bundle;
 mod conveniences;
 mod cuda;
