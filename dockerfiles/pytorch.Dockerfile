@@ -12,6 +12,17 @@
 #   final   the `python` stage plus /opt/venv, NVIDIA_REQUIRE_CUDA and the OCI labels
 #
 # No `# syntax=` line: that would make BuildKit fetch a frontend image from a registry.
+#
+# Credentials never go into an ARG (the image's history records every arg a RUN uses):
+# the RUNs that reach the apt mirror and the pip index mount them as BuildKit secrets,
+# present only while that RUN runs and absent from every layer:
+#   cudaimg_apt_auth       an apt_auth.conf(5) entry for APT_MIRROR
+#                          (`machine http://host/path login USER password PASSWORD`)
+#   cudaimg_pip_index_url  the index URL with its credentials, read into pip's PIP_INDEX_URL
+# Each is optional; without it the RUN uses APT_MIRROR and PIP_INDEX_URL as they are.
+# `docker build --secret id=cudaimg_pip_index_url,src=FILE …` provides one. The classic
+# builder cannot mount secrets: `cudaimg build --builder classic` drops these `--mount`
+# options and refuses credentials.
 
 # The base, pinned by digest: docker.io/nvidia/cuda:TAG@sha256:…
 ARG BASE_IMAGE=docker.io/nvidia/cuda:12.4.1-base-ubuntu22.04
@@ -20,9 +31,12 @@ FROM ${BASE_IMAGE} AS python
 # Python minor version, e.g. 3.11.
 ARG PYTHON=3.10
 # Replaces the distribution's archive URL (archive/security.ubuntu.com, deb.debian.org)
-# in apt's sources, e.g. http://mirror.corp.example/ubuntu. Empty: leave them.
+# in apt's sources, e.g. http://mirror.corp.example/ubuntu. Empty: leave them. It is data,
+# never code: perl reads it from the environment, and an interpolated value is not parsed
+# again (sed's replacement would run `&`, `\1` and, after a `#`, its own commands).
 ARG APT_MIRROR=
-RUN set -eu; \
+RUN --mount=type=secret,id=cudaimg_apt_auth,required=false \
+    set -eu; \
     if command -v "python${PYTHON}" >/dev/null 2>&1 \
         && "python${PYTHON}" -c 'import venv, ensurepip' >/dev/null 2>&1; then \
         echo "python${PYTHON}: from the base image"; \
@@ -30,12 +44,14 @@ RUN set -eu; \
         if [ -n "${APT_MIRROR}" ]; then \
             for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do \
                 if [ -f "$f" ]; then \
-                    sed -i -E "s#https?://(archive|security)\.ubuntu\.com/ubuntu/?#${APT_MIRROR}#g; s#https?://deb\.debian\.org/debian/?#${APT_MIRROR}#g" "$f"; \
+                    APT_MIRROR="${APT_MIRROR}" perl -pi -e 's#https?://(?:archive|security)\.ubuntu\.com/ubuntu/?#$ENV{APT_MIRROR}#g; s#https?://deb\.debian\.org/debian/?#$ENV{APT_MIRROR}#g' "$f"; \
                 fi; \
             done; \
         fi; \
-        apt-get update; \
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        auth=; \
+        if [ -f /run/secrets/cudaimg_apt_auth ]; then auth=/run/secrets/cudaimg_apt_auth; fi; \
+        apt-get ${auth:+-o "Dir::Etc::netrc=$auth"} update; \
+        DEBIAN_FRONTEND=noninteractive apt-get ${auth:+-o "Dir::Etc::netrc=$auth"} install -y --no-install-recommends \
             "python${PYTHON}" "python${PYTHON}-venv" ca-certificates; \
         rm -rf /var/lib/apt/lists/*; \
         echo "python${PYTHON}: from the OS packages"; \
@@ -65,14 +81,23 @@ ARG PIP_INDEX_URL=https://download.pytorch.org/whl/cu124
 # 1: install from the wheelhouse (the build context) only, no index at all.
 ARG PIP_NO_INDEX=0
 COPY . /tmp/wheelhouse/
-RUN set -eu; \
+# pip reads the index from PIP_INDEX_URL in its environment, never from its command line
+# (which any user's `ps` shows while it runs); `set -f`: EXTRA_PACKAGES is split into
+# words, never expanded as file names.
+RUN --mount=type=secret,id=cudaimg_pip_index_url,required=false \
+    set -euf; \
     "python${PYTHON}" -m venv /opt/venv; \
     if [ "${PIP_NO_INDEX}" = 1 ]; then \
-        from="--no-index --find-links /tmp/wheelhouse"; \
+        unset PIP_INDEX_URL; \
+        set -- --no-index --find-links /tmp/wheelhouse; \
     else \
-        from="--index-url ${PIP_INDEX_URL}"; \
+        if [ -f /run/secrets/cudaimg_pip_index_url ]; then \
+            PIP_INDEX_URL=$(cat /run/secrets/cudaimg_pip_index_url); \
+        fi; \
+        export PIP_INDEX_URL; \
+        set --; \
     fi; \
-    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check $from \
+    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check "$@" \
         "torch==${TORCH_PIN:-$TORCH}" ${EXTRA_PACKAGES}; \
     /opt/venv/bin/python -c 'import sys, torch; print("torch", torch.__version__, "CUDA", torch.version.cuda); sys.exit(0 if torch.version.cuda == sys.argv[1] else "torch is built for CUDA %s, not %s" % (torch.version.cuda, sys.argv[1]))' "${TORCH_CUDA}"; \
     if [ "${CUDA_FLAVOR}" = devel ] && command -v nvcc >/dev/null 2>&1; then \

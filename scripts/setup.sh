@@ -37,11 +37,12 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 # pypiserver: the real package index on loopback that the `cudaimg build --pip-index-url`
-# test installs through. From PyPI; a failure here only makes that test print SKIPPED.
-if ! command -v pypi-server >/dev/null 2>&1; then
-    python3 -m pip install --quiet pypiserver 2>/dev/null \
-        || python3 -m pip install --quiet --break-system-packages pypiserver \
-        || echo "setup: pypiserver not installed; the package-index build test will be skipped" >&2
+# test installs through; its `passlib` extra reads the htpasswd file of the test whose index
+# wants a password. From PyPI; a failure here only makes those tests print SKIPPED.
+if ! command -v pypi-server >/dev/null 2>&1 || ! python3 -c 'import passlib' 2>/dev/null; then
+    python3 -m pip install --quiet 'pypiserver[passlib]' 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages 'pypiserver[passlib]' \
+        || echo "setup: pypiserver not installed; the package-index build tests will be skipped" >&2
 fi
 # The engines' chroot (~1 min and ~400 MB the first time; then a no-op). The tests of those
 # engines fail as root or in CI without it, so a failure here stops the setup.

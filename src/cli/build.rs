@@ -11,11 +11,19 @@
 //! 4. runs `docker build` with the template (`dockerfiles/pytorch.Dockerfile`, compiled
 //!    in): `BuildKit` (`DOCKER_BUILDKIT=1`) when the CLI can do it, the classic builder
 //!    otherwise or with `--builder classic`; its output streams as progress lines.
+//!    Credentials in `--pip-index-url` or `--apt-mirror` reach it only as `BuildKit` secrets
+//!    (files in a private directory, removed after the build), never as build args, so no
+//!    image, command line or plan holds them; the classic builder cannot mount secrets and
+//!    is refused with them ([`cudaimg_build::urls`]).
 //! 5. with `--push`, brings the result into the store (base layers kept as pulled, see
 //!    [`cudaimg_handover::from_docker`]) and pushes it to its name's registry.
 //!
 //! In a matrix, invalid cells are skipped with their reason and a failing cell does not stop
 //! the rest; the summary lists every cell; the exit is 1 if any build failed.
+//!
+//! `--bake FILE` builds nothing: it plans every cell (pulling each base to pin its digest,
+//! unless `--dry-run`) and writes the bake file with the template and an empty context
+//! beside it, for `docker buildx bake` to run from any directory.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,6 +33,7 @@ use cudaimg_build::compat::Py;
 use cudaimg_build::matrix::{self, Cell, Matrix};
 use cudaimg_build::plan::{self, Base, Options, Plan};
 use cudaimg_build::python::Finder;
+use cudaimg_build::urls::{BuildUrl, UrlError};
 use cudaimg_config::Config;
 use cudaimg_cuda::image::ImageEnv;
 use cudaimg_cuda::CudaTag;
@@ -86,8 +95,9 @@ pub struct Args {
     /// Build every cell of a matrix file (builds.toml)
     #[arg(long, value_name = "FILE", conflicts_with_all = ["base", "torch", "python", "cuda_wheels"])]
     matrix: Option<PathBuf>,
-    /// Write the valid cells as a docker-bake file (HCL; JSON if FILE ends in .json)
-    #[arg(long, value_name = "FILE")]
+    /// Write the valid cells as a docker-bake file (HCL; JSON if FILE ends in .json), the
+    /// template and an empty context beside it; build nothing
+    #[arg(long, value_name = "FILE", conflicts_with = "push")]
     bake: Option<PathBuf>,
     /// Which builder runs the build
     #[arg(long, value_enum, default_value_t = Builder::Auto)]
@@ -132,8 +142,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                 .extra_packages
                 .clone()
                 .unwrap_or(m.extra_packages.clone()),
-            pip_index_url: args.pip_index_url.clone().or(m.pip_index_url.clone()),
-            apt_mirror: args.apt_mirror.clone().or(m.apt_mirror.clone()),
+            pip_index_url: pip_index(args.pip_index_url.as_ref().or(m.pip_index_url.as_ref()))?,
+            apt_mirror: apt_mirror(args.apt_mirror.as_ref().or(m.apt_mirror.as_ref()))?,
             wheelhouse: args.wheelhouse.is_some(),
             ..Options::default()
         };
@@ -148,8 +158,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         let opts = Options {
             tag: args.tag.clone(),
             extra_packages: args.extra_packages.clone().unwrap_or_default(),
-            pip_index_url: args.pip_index_url.clone(),
-            apt_mirror: args.apt_mirror.clone(),
+            pip_index_url: pip_index(args.pip_index_url.as_ref())?,
+            apt_mirror: apt_mirror(args.apt_mirror.as_ref())?,
             wheelhouse: args.wheelhouse.is_some(),
             ..Options::default()
         };
@@ -163,6 +173,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             )));
         }
     }
+    if let Some(tag) = &opts.tag {
+        check_tag(tag)?;
+    }
     opts.extra_packages = opts.extra_packages.trim().to_owned();
     opts.pytorch_index = std::env::var(cudaimg_static::EnvVars::CUDAIMG_PYTORCH_INDEX)
         .ok()
@@ -171,10 +184,15 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
 
     let mut outcomes = Vec::new();
     let mut plans = Vec::new();
-    let builder = if args.dry_run {
+    // `--bake` writes the file for `docker buildx bake` to build: nothing is built here.
+    let builder = if args.dry_run || args.bake.is_some() {
         None
     } else {
-        Some(choose_builder(&args)?)
+        let b = choose_builder(&args)?;
+        if b == Builder::Classic {
+            refuse_credentials_without_secrets(&args, &opts)?;
+        }
+        Some(b)
     };
     for cell in &cells {
         let label = cell.to_string();
@@ -209,7 +227,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         }
         // 2. The base: from the store (dry run) or pulled through the mirrors.
         // A dry run never creates or changes a store.
-        let store = if args.dry_run {
+        let store_only = args.dry_run;
+        let store = if store_only {
             match ctx.existing_store() {
                 Ok(s) => Some(s),
                 Err(Error::Store(cudaimg_store::StoreError::Missing(_))) => None,
@@ -218,7 +237,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         } else {
             Some(ctx.store()?.clone())
         };
-        let base = if args.dry_run {
+        let base = if store_only {
             let stored = match &store {
                 Some(s) => stored_base(s, &name, &tag)?,
                 None => None,
@@ -246,7 +265,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             }
             Err(r) => return Err(Error::Refused(r)),
         };
-        print_plan(ctx, &plan, args.dry_run && base.digest.is_none());
+        print_plan(
+            ctx,
+            &plan,
+            args.dry_run && base.digest.is_none(),
+            &network(&args, &opts),
+        );
         plans.push(plan.clone());
         let Some(builder) = builder else {
             outcomes.push(Outcome {
@@ -260,7 +284,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         };
         // 3 and 4.
         let Some(store) = &store else { continue };
-        match build(ctx, &args, builder, store, &plan).await {
+        match build(ctx, &args, &opts, builder, store, &plan).await {
             Ok(()) => outcomes.push(Outcome {
                 cell: label,
                 status: "built",
@@ -276,8 +300,24 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         }
     }
     if let Some(path) = &args.bake {
-        write_bake(path, &plans, args.wheelhouse.as_deref())?;
-        note!("wrote {} with {} target(s)", path.display(), plans.len());
+        let written = write_bake(path, &plans, args.wheelhouse.as_deref())?;
+        note!(
+            "wrote {} with {} target(s), and beside it {}; nothing was built: `docker buildx \
+             bake -f {}` builds them",
+            path.display(),
+            plans.len(),
+            written.join(", "),
+            path.display()
+        );
+        if plans.iter().any(|p| !p.secrets.is_empty()) {
+            note!(
+                "note: the bake file reads the credentials from the environment when bake runs: \
+                 export {}=THE_INDEX_URL_WITH_CREDENTIALS and {}='machine … login … password …' \
+                 (never written to the file)",
+                BAKE_ENV_PIP,
+                BAKE_ENV_APT
+            );
+        }
     }
     summary(ctx, &outcomes, matrix_mode);
     let failures = outcomes.iter().filter(|o| o.status == "failed").count();
@@ -288,6 +328,61 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+fn url_error(e: &UrlError) -> Error {
+    Error::Usage(format!("{e}\nhint: {}", e.hint))
+}
+
+fn pip_index(input: Option<&String>) -> Result<Option<BuildUrl>, Error> {
+    input
+        .map(|u| BuildUrl::pip_index(u).map_err(|e| url_error(&e)))
+        .transpose()
+}
+
+fn apt_mirror(input: Option<&String>) -> Result<Option<BuildUrl>, Error> {
+    input
+        .map(|u| BuildUrl::apt_mirror(u).map_err(|e| url_error(&e)))
+        .transpose()
+}
+
+/// `--tag` (or the matrix's `repository`) must be a reference `docker build -t` takes: a
+/// repository, or a repository with its tag; a digest names content, not a build's result.
+fn check_tag(tag: &str) -> Result<(), Error> {
+    let r = cudaimg_oci::reference::ImageRef::parse(tag)?;
+    if r.digest.is_some() {
+        return Err(Error::Usage(format!(
+            "`--tag {}` names a digest: a build's result is named by a tag, and its digest is \
+             known only once it is built\nhint: give a repository (`team/torch`) or a \
+             repository and tag (`team/torch:dev`)",
+            cudaimg_oci::text::shown(tag)
+        )));
+    }
+    Ok(())
+}
+
+/// The classic builder cannot mount `BuildKit` secrets, and any other way of handing it the
+/// credentials would write them into the image: refused, naming the builders that can.
+fn refuse_credentials_without_secrets(args: &Args, opts: &Options) -> Result<(), Error> {
+    let pip = opts
+        .pip_index_url
+        .as_ref()
+        .filter(|u| u.has_credentials() && args.wheelhouse.is_none());
+    let apt = opts.apt_mirror.as_ref().filter(|u| u.has_credentials());
+    let Some((flag, url)) = pip
+        .map(|u| ("--pip-index-url", u))
+        .or(apt.map(|u| ("--apt-mirror", u)))
+    else {
+        return Ok(());
+    };
+    Err(Error::Usage(format!(
+        "{flag} {} carries credentials, which reach a build only as BuildKit secrets, and the \
+         classic builder cannot mount them (as a build arg they would be in the image's history)\n\
+         hint: build with BuildKit: `--builder buildkit` with Debian's 20.10 CLI \
+         (`--docker /usr/bin/docker`) or a CLI with the buildx plugin; or give the URL without \
+         credentials",
+        url.shown
+    )))
 }
 
 fn skipped(cell: &str, reason: String) -> Outcome {
@@ -408,7 +503,7 @@ async fn pull_base(
     describe(store, name, tag, &image)
 }
 
-fn print_plan(ctx: &Ctx, p: &Plan, unpinned: bool) {
+fn print_plan(ctx: &Ctx, p: &Plan, unpinned: bool, network: &Network) {
     if ctx.json {
         return;
     }
@@ -432,6 +527,10 @@ fn print_plan(ctx: &Ctx, p: &Plan, unpinned: bool) {
         p.checked.python, p.checked.python_source
     ));
     emit(&format!("  driver:   {}", p.driver.text));
+    emit(&format!("  network:  {}", network.why));
+    for c in &p.credentials {
+        emit(&format!("  secret:   {c}"));
+    }
     for (k, v) in &p.build_args {
         emit(&format!("  --build-arg {k}={v}"));
     }
@@ -487,19 +586,126 @@ fn choose_builder(args: &Args) -> Result<Builder, Error> {
     Ok(Builder::Classic)
 }
 
-fn loopback(url: &str) -> bool {
-    let host = url
-        .split("://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_default();
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]")
+/// `docker build --network`, and why, as the plan prints it.
+struct Network {
+    mode: Option<String>,
+    why: String,
+}
+
+/// Whether `url`'s host is this machine: it resolves, and every address it resolves to is
+/// loopback. How the name is spelled decides nothing (`localhost.attacker.example` is a
+/// remote host like any other), and a name that does not resolve is not loopback.
+fn on_loopback(url: &BuildUrl) -> bool {
+    use std::net::ToSocketAddrs;
+    let Some((host, port)) = url.host_port() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match (host, port).to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// `--network` as given, else `host` when an index or mirror the build reaches is on this
+/// machine's loopback (the build's own network could not reach it), else the engine's
+/// default. A remote host never gets the host's network.
+fn network(args: &Args, opts: &Options) -> Network {
+    if let Some(n) = &args.network {
+        return Network {
+            mode: Some(n.clone()),
+            why: format!("{n} (--network)"),
+        };
+    }
+    let pip = opts
+        .pip_index_url
+        .as_ref()
+        .filter(|_| args.wheelhouse.is_none())
+        .map(|u| ("the pip index", u));
+    let apt = opts.apt_mirror.as_ref().map(|u| ("the apt mirror", u));
+    for (what, url) in pip.into_iter().chain(apt) {
+        if on_loopback(url) {
+            let host = url.host_port().map(|(h, _)| h).unwrap_or_default();
+            return Network {
+                mode: Some("host".to_owned()),
+                why: format!("host ({what}'s host {host} resolves only to loopback)"),
+            };
+        }
+    }
+    Network {
+        mode: None,
+        why: "the engine's default (no index or mirror on loopback)".to_owned(),
+    }
+}
+
+/// The `docker build` command of `plan`, its template, context and secret files written
+/// into `work`. It is printed as run: it holds no secret, only the files' names.
+fn docker_build(
+    args: &Args,
+    opts: &Options,
+    builder: Builder,
+    plan: &Plan,
+    work: &WorkDir,
+) -> Result<Command, Error> {
+    let dockerfile = work.0.join("pytorch.Dockerfile");
+    let template = match builder {
+        Builder::Classic => cudaimg_build::classic_template(),
+        _ => cudaimg_build::TEMPLATE.to_owned(),
+    };
+    fs_err::write(&dockerfile, template).map_err(|e| Error::Setup(e.to_string()))?;
+    let context = if let Some(w) = &args.wheelhouse {
+        w.clone()
+    } else {
+        let empty = work.0.join("context");
+        fs_err::create_dir(&empty).map_err(|e| Error::Setup(e.to_string()))?;
+        empty
+    };
+    let mut cmd = Command::new(&args.docker);
+    cmd.arg("build")
+        .arg("-f")
+        .arg(&dockerfile)
+        .arg("-t")
+        .arg(&plan.image);
+    if let Some(n) = &network(args, opts).mode {
+        cmd.arg("--network").arg(n);
+    }
+    match builder {
+        Builder::Classic => {
+            cmd.env("DOCKER_BUILDKIT", "0");
+        }
+        _ => {
+            cmd.env("DOCKER_BUILDKIT", "1").arg("--progress=plain");
+        }
+    }
+    // The secret's content is in a file named on the command line, never on it.
+    for secret in &plan.secrets {
+        let file = work.0.join(secret.id);
+        write_private(&file, &secret.value)?;
+        cmd.arg("--secret")
+            .arg(format!("id={},src={}", secret.id, file.display()));
+    }
+    for (k, v) in &plan.build_args {
+        cmd.arg("--build-arg").arg(format!("{k}={v}"));
+    }
+    cmd.arg(&context);
+    note!(
+        "running {}",
+        std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| cudaimg_oci::text::shown(&a.to_string_lossy()).to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(cmd)
 }
 
 async fn build(
     ctx: &Ctx,
     args: &Args,
+    opts: &Options,
     builder: Builder,
     store: &Store,
     plan: &Plan,
@@ -526,43 +732,10 @@ async fn build(
     );
     let plan = plan.clone().with_local_base(&local);
 
-    // 4. docker build, template and context on disk.
-    let work = tempdir()?;
-    let dockerfile = work.join("pytorch.Dockerfile");
-    fs_err::write(&dockerfile, cudaimg_build::TEMPLATE).map_err(|e| Error::Setup(e.to_string()))?;
-    let context = if let Some(w) = &args.wheelhouse {
-        w.clone()
-    } else {
-        let empty = work.join("context");
-        fs_err::create_dir(&empty).map_err(|e| Error::Setup(e.to_string()))?;
-        empty
-    };
-    let mut cmd = Command::new(&args.docker);
-    cmd.arg("build")
-        .arg("-f")
-        .arg(&dockerfile)
-        .arg("-t")
-        .arg(&plan.image);
-    let network = args.network.clone().or_else(|| {
-        plan.arg("PIP_INDEX_URL")
-            .filter(|u| loopback(u) && args.wheelhouse.is_none())
-            .map(|_| "host".to_owned())
-    });
-    if let Some(n) = &network {
-        cmd.arg("--network").arg(n);
-    }
-    match builder {
-        Builder::Classic => {
-            cmd.env("DOCKER_BUILDKIT", "0");
-        }
-        _ => {
-            cmd.env("DOCKER_BUILDKIT", "1").arg("--progress=plain");
-        }
-    }
-    for (k, v) in &plan.build_args {
-        cmd.arg("--build-arg").arg(format!("{k}={v}"));
-    }
-    cmd.arg(&context);
+    // 4. docker build, template, context and secrets on disk, in a directory only this
+    // user can read, removed when the build ends.
+    let work = WorkDir::new()?;
+    let cmd = docker_build(args, opts, builder, &plan, &work)?;
     note!(
         "building {} with {} on {}",
         plan.image,
@@ -574,6 +747,7 @@ async fn build(
         loaded.engine
     );
     let tail = run_streaming(ctx, cmd).await?;
+    drop(work);
     if let Some(code) = tail.0 {
         return Err(Error::Failed {
             what: format!(
@@ -659,14 +833,44 @@ async fn push(
     Ok(())
 }
 
-fn tempdir() -> Result<PathBuf, Error> {
-    let dir = std::env::temp_dir().join(format!(
-        "cudaimg-build-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    fs_err::create_dir_all(&dir).map_err(|e| Error::Setup(e.to_string()))?;
-    Ok(dir)
+/// The build's scratch directory (template, empty context, secret files): mode 0700, and
+/// removed on drop, so no secret file outlives the build, whatever way it ends.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new() -> Result<WorkDir, Error> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!(
+            "cudaimg-build-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        fs_err::create_dir(&dir).map_err(|e| Error::Setup(e.to_string()))?;
+        let work = WorkDir(dir);
+        fs_err::set_permissions(&work.0, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::Setup(e.to_string()))?;
+        Ok(work)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs_err::remove_dir_all(&self.0);
+    }
+}
+
+/// A file only this user can read (a secret's content for `docker build --secret`).
+fn write_private(path: &Path, content: &str) -> Result<(), Error> {
+    use fs_err::os::unix::fs::OpenOptionsExt;
+    use std::io::Write;
+    let mut f = fs_err::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    f.write_all(content.as_bytes())
+        .map_err(|e| Error::Setup(e.to_string()))
 }
 
 /// Runs docker, each output line a progress line on stderr (unless `-q`); returns the exit
@@ -728,10 +932,62 @@ async fn run_streaming(ctx: &Ctx, mut cmd: Command) -> Result<(Option<i32>, Vec<
     .map_err(|e| Error::Setup(e.to_string()))?
 }
 
-fn write_bake(path: &Path, plans: &[Plan], wheelhouse: Option<&Path>) -> Result<(), Error> {
+/// The environment variables a bake file reads its secrets from (never their values).
+const BAKE_ENV_PIP: &str = "CUDAIMG_PIP_INDEX_URL";
+const BAKE_ENV_APT: &str = "CUDAIMG_APT_AUTH";
+
+/// `--bake FILE`: the bake file, and beside it what it needs (the template, an empty
+/// context unless `--wheelhouse`), so it works outside the source checkout. `docker buildx
+/// bake` resolves a target's paths against the directory it runs in, not the file's, so
+/// the file names them under a variable, `CUDAIMG_BAKE_DIR`, whose default is the file's
+/// directory: bake runs from anywhere, and a moved directory sets the variable. Returns
+/// what was written beside the file.
+fn write_bake(
+    path: &Path,
+    plans: &[Plan],
+    wheelhouse: Option<&Path>,
+) -> Result<Vec<String>, Error> {
+    let setup = |e: std::io::Error| Error::Setup(e.to_string());
     let json = path.extension().is_some_and(|e| e == "json");
-    let context = wheelhouse.map_or_else(|| "wheelhouse".to_owned(), |w| w.display().to_string());
-    let text = matrix::bake(plans, &context, cudaimg_build::TEMPLATE_PATH, json);
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs_err::create_dir_all(parent).map_err(setup)?;
+    let dir = fs_err::canonicalize(parent).map_err(setup)?;
+    let dir_text = dir.to_str().ok_or_else(|| {
+        Error::Usage(format!(
+            "the bake file's directory `{}` is not UTF-8, which a bake file cannot name",
+            dir.display()
+        ))
+    })?;
+    let mut written = Vec::new();
+    let template = dir.join(matrix::BAKE_TEMPLATE);
+    write_atomic(&template, cudaimg_build::TEMPLATE)?;
+    written.push(matrix::BAKE_TEMPLATE.to_owned());
+    let context = if let Some(w) = wheelhouse {
+        let w = fs_err::canonicalize(w).map_err(setup)?;
+        matrix::BakeContext::Absolute(w.display().to_string())
+    } else {
+        fs_err::create_dir_all(dir.join(matrix::BAKE_CONTEXT)).map_err(setup)?;
+        written.push(format!("{}/ (empty)", matrix::BAKE_CONTEXT));
+        matrix::BakeContext::BesideFile
+    };
+    let text = matrix::bake(
+        plans,
+        &matrix::BakeLayout {
+            dir: dir_text,
+            context,
+            pip_env: BAKE_ENV_PIP,
+            apt_env: BAKE_ENV_APT,
+        },
+        json,
+    );
+    write_atomic(path, &text)?;
+    Ok(written)
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<(), Error> {
     let partial = path.with_extension("partial");
     fs_err::write(&partial, text).map_err(|e| Error::Setup(e.to_string()))?;
     fs_err::rename(&partial, path).map_err(|e| Error::Setup(e.to_string()))?;

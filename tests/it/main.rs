@@ -22,6 +22,7 @@
 mod air_gap;
 mod build;
 mod build_index;
+mod build_inputs;
 mod bundle;
 mod conveniences;
 mod cuda;

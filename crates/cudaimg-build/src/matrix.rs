@@ -155,51 +155,120 @@ fn hcl_string(s: &str) -> String {
     out
 }
 
-/// The valid cells as a docker-bake file. `context` is the build context (the wheelhouse
-/// directory, or an empty one) and `dockerfile` the template, both as bake should see them.
-pub fn bake(plans: &[Plan], context: &str, dockerfile: &str, json: bool) -> String {
+/// The template's file name beside a bake file.
+pub const BAKE_TEMPLATE: &str = "pytorch.Dockerfile";
+/// The empty build context's directory beside a bake file.
+pub const BAKE_CONTEXT: &str = "context";
+/// The variable a bake file's paths are under; its default is the file's directory.
+pub const BAKE_DIR_VAR: &str = "CUDAIMG_BAKE_DIR";
+
+/// Where the build context of a bake file is.
+#[derive(Debug, Clone)]
+pub enum BakeContext {
+    /// The empty [`BAKE_CONTEXT`] beside the file.
+    BesideFile,
+    /// A wheelhouse, by its absolute path.
+    Absolute(String),
+}
+
+/// What a bake file's paths and secrets are made of.
+#[derive(Debug, Clone)]
+pub struct BakeLayout<'a> {
+    /// The bake file's directory, absolute: the default of [`BAKE_DIR_VAR`].
+    pub dir: &'a str,
+    pub context: BakeContext,
+    /// The environment variables bake reads the secrets from when it runs.
+    pub pip_env: &'a str,
+    pub apt_env: &'a str,
+}
+
+/// A bake string: HCL's and JSON's own escapes, and `$${` for a literal `${`, which both
+/// would otherwise read as an interpolation (bake's JSON is HCL's JSON syntax).
+fn bake_literal(s: &str) -> String {
+    s.replace("${", "$${").replace("%{", "%%{")
+}
+
+/// The valid cells as a docker-bake file (`json`: bake's JSON form, else HCL). Paths are
+/// `${CUDAIMG_BAKE_DIR}/…`: bake resolves relative paths against the directory it runs
+/// in, not the file's. A cell with credentials gets `secret` entries read from the
+/// environment when bake runs: the file holds no credential.
+pub fn bake(plans: &[Plan], layout: &BakeLayout<'_>, json: bool) -> String {
+    let var = |rest: &str| format!("${{{BAKE_DIR_VAR}}}/{rest}");
+    let context = match &layout.context {
+        BakeContext::BesideFile => var(BAKE_CONTEXT),
+        BakeContext::Absolute(p) => bake_literal(p),
+    };
+    let dockerfile = var(BAKE_TEMPLATE);
+    let secrets = |p: &Plan| -> Vec<String> {
+        p.secrets
+            .iter()
+            .map(|s| {
+                let env = if s.id == crate::urls::PIP_SECRET {
+                    layout.pip_env
+                } else {
+                    layout.apt_env
+                };
+                format!("id={},env={env}", s.id)
+            })
+            .collect()
+    };
     if json {
         let mut targets = serde_json::Map::new();
         for p in plans {
             let args: serde_json::Map<String, serde_json::Value> = p
                 .build_args
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .map(|(k, v)| (k.clone(), bake_literal(v).into()))
                 .collect();
-            targets.insert(
-                target_name(p),
-                serde_json::json!({
-                    "context": context,
-                    "dockerfile": dockerfile,
-                    "tags": [p.image],
-                    "args": args,
-                }),
-            );
+            let mut target = serde_json::json!({
+                "context": context,
+                "dockerfile": dockerfile,
+                "tags": [bake_literal(&p.image)],
+                "args": args,
+            });
+            let s = secrets(p);
+            if !s.is_empty() {
+                target["secret"] = s.into();
+            }
+            targets.insert(target_name(p), target);
         }
         let names: Vec<String> = plans.iter().map(target_name).collect();
         let doc = serde_json::json!({
+            "variable": {BAKE_DIR_VAR: {"default": bake_literal(layout.dir)}},
             "group": {"default": {"targets": names}},
             "target": targets,
         });
         return serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n";
     }
-    let mut out = String::from(
+    let mut out = format!(
         "# Written by `cudaimg build --matrix … --bake`: every valid cell of the matrix, each\n\
-         # base pinned by digest. Invalid cells are left out (cudaimg's summary says why).\n\n",
+         # base pinned by digest. Invalid cells are left out (cudaimg's summary says why).\n\
+         # The template and the build context are beside this file; `docker buildx bake -f\n\
+         # FILE` runs from any directory (set {BAKE_DIR_VAR} if this directory moves).\n\n\
+         variable \"{BAKE_DIR_VAR}\" {{\n  default = {}\n}}\n\n",
+        hcl_string(layout.dir)
     );
     let names: Vec<String> = plans.iter().map(|p| hcl_string(&target_name(p))).collect();
     out.push_str(&format!(
         "group \"default\" {{\n  targets = [{}]\n}}\n",
         names.join(", ")
     ));
+    // The paths are interpolations on purpose: only the variable's name is unescaped.
+    let interpolated = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
     for p in plans {
         out.push_str(&format!(
-            "\ntarget {} {{\n  context    = {}\n  dockerfile = {}\n  tags       = [{}]\n  args = {{\n",
+            "\ntarget {} {{\n  context    = {}\n  dockerfile = {}\n  tags       = [{}]\n",
             hcl_string(&target_name(p)),
-            hcl_string(context),
-            hcl_string(dockerfile),
+            interpolated(&context),
+            interpolated(&dockerfile),
             hcl_string(&p.image)
         ));
+        let s = secrets(p);
+        if !s.is_empty() {
+            let s: Vec<String> = s.iter().map(|x| hcl_string(x)).collect();
+            out.push_str(&format!("  secret     = [{}]\n", s.join(", ")));
+        }
+        out.push_str("  args = {\n");
         for (k, v) in &p.build_args {
             out.push_str(&format!("    {k} = {}\n", hcl_string(v)));
         }

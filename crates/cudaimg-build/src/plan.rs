@@ -14,6 +14,7 @@ use cudaimg_cuda::{driver, CudaTag, CudaVersion, Flavor};
 use serde::Serialize;
 
 use crate::compat::{self, Checked, Py, Refusal, Request};
+use crate::urls::{BuildUrl, Secret};
 
 /// The repository results go to when `--tag` names none.
 pub const DEFAULT_REPOSITORY: &str = "cudaimg/torch";
@@ -61,8 +62,10 @@ pub struct Options {
     pub tag: Option<String>,
     /// Extra pip packages, space-separated.
     pub extra_packages: String,
-    pub pip_index_url: Option<String>,
-    pub apt_mirror: Option<String>,
+    /// `--pip-index-url`, credentials held apart ([`crate::urls`]).
+    pub pip_index_url: Option<BuildUrl>,
+    /// `--apt-mirror`, likewise.
+    pub apt_mirror: Option<BuildUrl>,
     /// Install from the wheelhouse (the build context) only.
     pub wheelhouse: bool,
     /// `PyTorch`'s index root when not [`PYTORCH_INDEX`] (`CUDAIMG_PYTORCH_INDEX`).
@@ -92,7 +95,16 @@ pub struct Plan {
     pub checked: Checked,
     pub driver: DriverNeed,
     pub template: &'static str,
+    /// No credentials in any value ([`crate::urls`]): they are printed, passed on the command
+    /// line and recorded in the image's history.
     pub build_args: Vec<(String, String)>,
+    /// What reaches the build as a `BuildKit` secret, as it may be shown: `pip index
+    /// http://user:***@host/simple/ (secret cudaimg_pip_index_url)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<String>,
+    /// Their contents, for `docker build --secret` only: never serialized or printed.
+    #[serde(skip)]
+    pub secrets: Vec<Secret>,
 }
 
 /// The name of the result, by the scheme above.
@@ -156,10 +168,29 @@ pub fn plan(
     })?;
     let driver = driver_need(base, &checked);
     let image = image_name(opts.tag.as_deref(), &base.tag, &checked);
-    let index = opts
+    let index = opts.pip_index_url.as_ref().map_or_else(
+        || pytorch_index(opts.pytorch_index.as_deref(), &checked.variant),
+        |u| u.public.clone(),
+    );
+    let mut credentials = Vec::new();
+    let mut secrets = Vec::new();
+    // With a wheelhouse, pip reads no index: its credentials are not needed.
+    let pip = opts
         .pip_index_url
-        .clone()
-        .unwrap_or_else(|| pytorch_index(opts.pytorch_index.as_deref(), &checked.variant));
+        .as_ref()
+        .filter(|_| !opts.wheelhouse)
+        .and_then(|u| Some((u, u.pip_secret()?)));
+    let apt = opts
+        .apt_mirror
+        .as_ref()
+        .and_then(|u| Some((u, u.apt_secret()?)));
+    for (what, (url, secret)) in [("pip index", pip), ("apt mirror", apt)]
+        .into_iter()
+        .filter_map(|(w, x)| Some((w, x?)))
+    {
+        credentials.push(format!("{what} {} (secret {})", url.shown, secret.id));
+        secrets.push(secret);
+    }
     let build_args = vec![
         ("BASE_IMAGE".to_owned(), base.pinned()),
         ("BASE_NAME".to_owned(), base.name.clone()),
@@ -186,7 +217,10 @@ pub fn plan(
         ),
         (
             "APT_MIRROR".to_owned(),
-            opts.apt_mirror.clone().unwrap_or_default(),
+            opts.apt_mirror
+                .as_ref()
+                .map(|u| u.public.clone())
+                .unwrap_or_default(),
         ),
     ];
     Ok(Plan {
@@ -198,6 +232,8 @@ pub fn plan(
         driver,
         template: crate::TEMPLATE_PATH,
         build_args,
+        credentials,
+        secrets,
     })
 }
 

@@ -3,26 +3,13 @@
 use std::path::Path;
 
 use cudaimg_build::plan::{self, Options};
+use cudaimg_build::urls::redacted;
 
 /// The build's platform's architecture as wheel names spell it.
 fn wheel_arch() -> &'static str {
     match std::env::consts::ARCH {
         "aarch64" => "aarch64",
         _ => "x86_64",
-    }
-}
-
-/// A URL as it may be shown: any `user:password@` replaced.
-fn redacted(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let end = rest.find('/').unwrap_or(rest.len());
-            match rest[..end].rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://***@{host}{}", &rest[end..]),
-                None => url.to_owned(),
-            }
-        }
-        None => url.to_owned(),
     }
 }
 
@@ -48,11 +35,16 @@ pub(super) async fn read_index(
             wheel_arch(),
         ));
     }
-    let root = opts.pip_index_url.clone().unwrap_or_else(|| {
-        opts.pytorch_index
-            .clone()
-            .unwrap_or_else(|| plan::PYTORCH_INDEX.to_owned())
-    });
+    // cudaimg's own request carries the index's credentials (reqwest sends a URL's
+    // `user:password@` as Basic auth); what is shown has the password as `***`.
+    let root = opts.pip_index_url.as_ref().map_or_else(
+        || {
+            opts.pytorch_index
+                .clone()
+                .unwrap_or_else(|| plan::PYTORCH_INDEX.to_owned())
+        },
+        |u| u.full().to_owned(),
+    );
     let url = format!("{}/torch/", root.trim_end_matches('/'));
     let shown = redacted(&url);
     let fetched = async {
