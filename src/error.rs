@@ -66,6 +66,9 @@ pub enum Error {
     /// `import`: a bundle that cannot be read, or whose assumptions do not hold.
     #[error(transparent)]
     Import(#[from] cudaimg_sync::bundle::import::ImportError),
+    /// `import ARCHIVE`: an image archive that cannot be read or stored.
+    #[error(transparent)]
+    Archive(#[from] cudaimg_transfer::archive_in::ArchiveError),
     /// `sync --to`: the bundle could not be written.
     #[error("cannot write the bundle")]
     Bundle(#[from] cudaimg_sync::bundle::BundleError),
@@ -157,6 +160,10 @@ impl Error {
             )) => exit::USAGE,
             Error::Import(cudaimg_sync::bundle::import::ImportError::Name { .. }) => exit::USAGE,
             Error::Import(_) => exit::FAILURE,
+            Error::Archive(cudaimg_transfer::archive_in::ArchiveError::NotAnArchive { .. }) => {
+                exit::USAGE
+            }
+            Error::Archive(_) => exit::FAILURE,
             Error::Bundle(cudaimg_sync::bundle::BundleError::PartSizeTooSmall { .. }) => {
                 exit::USAGE
             }
@@ -221,6 +228,7 @@ impl Error {
             Error::Store(e) => e.hint(),
             Error::Serve(e) => e.hint(),
             Error::Import(e) => e.hint(),
+            Error::Archive(e) => e.hint(),
             Error::Bundle(e) => e.hint(),
             Error::Pull(e) => e.hint(),
             Error::Push(e) => e.hint(),

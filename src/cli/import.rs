@@ -1,5 +1,7 @@
 //! `cudaimg import DIR [--to HOST[:PORT][/PREFIX]]`: a bundle (written by `cudaimg sync
-//! --to DIR`) into a registry, through the push path, or into the local store. The work is
+//! --to DIR`) into a registry, through the push path, or into the local store. A file
+//! instead of a directory is an image archive (`docker save`, oci-archive), which goes into
+//! the store ([`super::import_archive`]). The work is
 //! in cudaimg-sync's `bundle::import`; this prints the outcome of each image, the parts to
 //! send again, and the images to retry, and ends non-zero when anything failed.
 
@@ -18,9 +20,13 @@ use super::{emit, emit_json, human_bytes, Ctx};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The bundle directory: `bundle.json` and its `part-*.tar` files
-    #[arg(value_name = "DIR")]
+    /// The bundle directory (`bundle.json` and its `part-*.tar` files), or an image archive
+    /// (`docker save`, `skopeo copy … oci-archive:`, `cudaimg export`) to store
+    #[arg(value_name = "DIR|ARCHIVE")]
     dir: PathBuf,
+    /// An archive's images go under this name [default: the names it records]
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     /// Push into this registry: `docker.io/nvidia/cuda:T` goes to `HOST/PREFIX/nvidia/cuda:T`
     /// [default: import into the local store]
     #[arg(long, value_name = "HOST[:PORT][/PREFIX]")]
@@ -30,6 +36,21 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
+    if fs_err::metadata(&args.dir).is_ok_and(|m| !m.is_dir()) {
+        if args.to.is_some() {
+            return Err(Error::Usage(format!(
+                "`{}` is an archive: it goes into the store, not `--to` a registry\nhint: \
+                 `cudaimg import {0}`, then `cudaimg push NAME HOST/REPO:TAG`",
+                args.dir.display()
+            )));
+        }
+        return super::import_archive::run(ctx, &args.dir, args.name.clone()).await;
+    }
+    if args.name.is_some() {
+        return Err(Error::Usage(
+            "`--name` is for an archive; a bundle's images keep their own names".into(),
+        ));
+    }
     let bundle =
         Bundle::open(&args.dir).map_err(cudaimg_sync::bundle::import::ImportError::from)?;
     let started = Instant::now();

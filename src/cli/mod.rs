@@ -23,6 +23,7 @@ mod export;
 mod gc;
 mod images;
 mod import;
+mod import_archive;
 mod inspect;
 mod load;
 mod lock;

@@ -20,6 +20,7 @@
 )]
 
 mod air_gap;
+mod archive_import;
 mod build;
 mod build_index;
 mod build_inputs;

@@ -5,6 +5,7 @@
 //! [`cudaimg_oci::progress::Reporter`].
 
 pub mod archive;
+pub mod archive_in;
 mod blob;
 mod body_limits;
 mod copy;
