@@ -1,9 +1,9 @@
 //! Turning engine events into what a person sees: indicatif bars on a terminal, plain
 //! lines otherwise (CI logs), nothing under `--quiet`.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -31,12 +31,14 @@ impl Mode {
         }
     }
 
-    pub fn reporter(self) -> Box<dyn Reporter> {
-        match self {
+    /// The display of this mode, its events counted into `tally` on the way.
+    pub fn reporter(self, tally: Arc<Tally>) -> Box<dyn Reporter> {
+        let shown: Box<dyn Reporter> = match self {
             Mode::Bars => Box::new(Bars::new()),
             Mode::Lines { verbose } => Box::new(Lines { verbose }),
             Mode::Quiet => Box::new(Silent),
-        }
+        };
+        Box::new(Counted { shown, tally })
     }
 
     /// A byte counter for long local work (verify); drawn only as a bar.
@@ -53,6 +55,147 @@ impl Mode {
             }
             _ => ProgressBar::hidden(),
         }
+    }
+}
+
+/// What the run's transfers kept so far, whatever is shown: for the one line Ctrl-C prints
+/// ("3 of 9 blobs kept in STORE").
+#[derive(Default)]
+pub struct Tally {
+    inner: Mutex<TallyInner>,
+}
+
+#[derive(Default)]
+struct TallyInner {
+    /// The image being pulled and how many blobs it has.
+    pulling: Option<(String, usize)>,
+    /// Its blobs in the store: there already, or verified and committed in this run.
+    kept: HashSet<Digest>,
+    /// Bytes of blobs begun and not finished: the partial downloads a next run resumes.
+    partial: HashMap<Digest, u64>,
+    /// A push: where to, and how many blobs.
+    pushing: Option<(String, usize)>,
+    pushed: HashSet<Digest>,
+}
+
+impl Tally {
+    fn with(&self, f: impl FnOnce(&mut TallyInner)) {
+        if let Ok(mut t) = self.inner.lock() {
+            f(&mut t);
+        }
+    }
+
+    /// The line for an interrupted run; `store`: where the store is, if it exists.
+    pub fn interrupted(&self, store: Option<&str>) -> String {
+        let Ok(t) = self.inner.lock() else {
+            return "interrupted".into();
+        };
+        let again = "run the same command again to resume";
+        if let Some((dest, blobs)) = &t.pushing {
+            return format!(
+                "interrupted: {} of {blobs} blobs are at {dest}; {again}",
+                t.pushed.len()
+            );
+        }
+        let Some((name, blobs)) = &t.pulling else {
+            return "interrupted".into();
+        };
+        let partial: u64 = t.partial.values().sum();
+        let partial = if partial > 0 {
+            format!(" (and {} of partial downloads)", human_bytes(partial))
+        } else {
+            String::new()
+        };
+        format!(
+            "interrupted: {} of {blobs} blobs of {name} kept in {}{partial}; {again}",
+            t.kept.len(),
+            store.unwrap_or("the store")
+        )
+    }
+}
+
+/// Passes every event on to what is shown, and counts it into the [`Tally`].
+struct Counted {
+    shown: Box<dyn Reporter>,
+    tally: Arc<Tally>,
+}
+
+impl Reporter for Counted {
+    fn resolved(
+        &self,
+        name: &str,
+        digest: &Digest,
+        platform: &Platform,
+        total: u64,
+        to_fetch: u64,
+    ) {
+        self.tally.with(|t| {
+            t.pulling = Some((name.to_owned(), 0));
+            t.kept.clear();
+            t.partial.clear();
+        });
+        self.shown.resolved(name, digest, platform, total, to_fetch);
+    }
+    fn planned(&self, blobs: usize) {
+        self.tally.with(|t| {
+            if let Some((_, n)) = &mut t.pulling {
+                *n = blobs;
+            }
+        });
+        self.shown.planned(blobs);
+    }
+    fn blob_cached(&self, digest: &Digest, size: u64) {
+        self.tally.with(|t| {
+            t.kept.insert(digest.clone());
+        });
+        self.shown.blob_cached(digest, size);
+    }
+    fn blob_started(&self, digest: &Digest, size: u64, offset: u64, source: &str) {
+        self.tally.with(|t| {
+            t.partial.insert(digest.clone(), offset);
+        });
+        self.shown.blob_started(digest, size, offset, source);
+    }
+    fn blob_progress(&self, digest: &Digest, bytes: u64) {
+        self.tally.with(|t| {
+            *t.partial.entry(digest.clone()).or_default() += bytes;
+        });
+        self.shown.blob_progress(digest, bytes);
+    }
+    fn blob_finished(&self, digest: &Digest) {
+        self.tally.with(|t| {
+            t.partial.remove(digest);
+            t.kept.insert(digest.clone());
+        });
+        self.shown.blob_finished(digest);
+    }
+    fn push_planned(&self, name: &str, destination: &str, blobs: usize, total: u64) {
+        self.tally.with(|t| {
+            t.pushing = Some((destination.to_owned(), blobs));
+            t.pushed.clear();
+        });
+        self.shown.push_planned(name, destination, blobs, total);
+    }
+    fn upload_started(&self, digest: &Digest, size: u64) {
+        self.shown.upload_started(digest, size);
+    }
+    fn upload_progress(&self, digest: &Digest, bytes: u64) {
+        self.shown.upload_progress(digest, bytes);
+    }
+    fn upload_finished(&self, digest: &Digest, size: u64, how: &str) {
+        self.tally.with(|t| {
+            t.pushed.insert(digest.clone());
+        });
+        self.shown.upload_finished(digest, size, how);
+    }
+    fn manifest_pushed(&self, reference: &str, digest: &Digest) {
+        self.shown.manifest_pushed(reference, digest);
+    }
+    fn notice(&self, line: &str) {
+        self.shown.notice(line);
+    }
+    fn source_failed(&self, source: &str, what: &str, error: &(dyn std::error::Error + 'static)) {
+        self.shown.source_failed(source, what, error);
     }
 }
 

@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(value_name = "REFERENCE", required_unless_present = "locked")]
     references: Vec<String>,
     /// Platform to pull from a multi-platform image [default: the host's]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = crate::cli::known_platform)]
     platform: Option<String>,
     /// Pull every platform of a multi-platform image, attestations included, and keep its
     /// manifest list or index byte-exact (for `push` and `export --format oci-archive`)
@@ -106,7 +106,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let mut first_error = None;
     for (input, name, pin) in &targets {
         let started = Instant::now();
-        let reporter = ctx.progress.reporter();
+        let reporter = ctx.reporter();
         let target = PullTarget {
             input,
             name,
@@ -116,7 +116,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         if args.all_platforms {
             let pulled = pull_all(ctx, &target, reporter, &config_note).await;
             if let Err(e) = pulled {
-                failed(ctx, input, e, targets.len(), &mut first_error)?;
+                failed(ctx, input, e, None, targets.len(), &mut first_error)?;
             }
             continue;
         }
@@ -126,10 +126,15 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             Some(to) => match super::load::hand_over(to, &args.engine, ctx.store()?).await {
                 Ok(h) => Some(h),
                 Err((loaded, e)) => {
-                    if ctx.json {
-                        emit_json(&serde_json::json!({ "reference": input, "loaded": loaded }));
-                    }
-                    failed(ctx, input, e.into(), targets.len(), &mut first_error)?;
+                    let e = e.into();
+                    failed(
+                        ctx,
+                        input,
+                        e,
+                        Some(&loaded),
+                        targets.len(),
+                        &mut first_error,
+                    )?;
                     continue;
                 }
             },
@@ -155,9 +160,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                     continue;
                 };
                 let (loaded, outcome) = loaded(ctx, handover, streamed, &report).await?;
-                print(ctx, &report, secs, Some(&loaded));
+                // A load that failed fails the run: alone, its report is the document the
+                // run's error object goes into.
+                let hold = outcome.is_err() && targets.len() == 1;
+                print(ctx, &report, secs, Some((&loaded, hold)));
                 if let Err(e) = outcome {
-                    failed(ctx, input, e.into(), targets.len(), &mut first_error)?;
+                    failed(ctx, input, e.into(), None, targets.len(), &mut first_error)?;
                 }
             }
             // The other references are still pulled; the first failure decides the exit.
@@ -166,10 +174,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                     note!("{config_note}");
                 }
                 let e = with_suggestions(ctx, name, e).await;
-                if targets.len() == 1 {
-                    loaded_json(ctx, input, &e, streamed.as_ref().map(|(l, _)| l));
-                }
-                failed(ctx, input, e, targets.len(), &mut first_error)?;
+                let loaded = streamed.as_ref().map(|(l, _)| l);
+                failed(ctx, input, e, loaded, targets.len(), &mut first_error)?;
             }
         }
     }
@@ -182,20 +188,25 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     }
 }
 
-/// A reference that failed: the error itself when it was the only one; otherwise reported
-/// (a JSON record under `--json`) and kept, the first deciding the exit, while the other
-/// references are still pulled.
+/// A reference that failed. The only one: the run's error, which the top-level handler
+/// reports (under `--json` with the reference, and what became of `--load`, in its
+/// document). One of several: reported now, as a JSON record too under `--json`, and kept,
+/// the first deciding the exit, while the other references are still pulled.
 fn failed(
     ctx: &Ctx,
     input: &str,
     e: Error,
+    loaded: Option<&Loaded>,
     references: usize,
     first_error: &mut Option<Error>,
 ) -> Result<(), Error> {
     if references == 1 {
+        if let (true, Some(loaded)) = (ctx.json, loaded) {
+            super::hold_json(&serde_json::json!({ "reference": input, "loaded": loaded }));
+        }
         return Err(e);
     }
-    failed_json(ctx, input, &e);
+    failed_json(ctx, input, &e, loaded);
     super::report_error(&e);
     first_error.get_or_insert(e);
     Ok(())
@@ -220,20 +231,6 @@ async fn loaded(
     Ok(handover.load(&image).await)
 }
 
-/// `--load` was asked of a pull that failed: under `--json`, the record says what became of
-/// the load too (several references get theirs from `failed`).
-fn loaded_json(ctx: &Ctx, input: &str, e: &Error, loaded: Option<&Loaded>) {
-    if let (true, Some(loaded)) = (ctx.json, loaded) {
-        emit_json(&serde_json::json!({
-            "reference": input,
-            "error": e.to_string(),
-            "hint": e.hint(),
-            "exit_code": e.exit_code(),
-            "loaded": loaded,
-        }));
-    }
-}
-
 /// A "no such tag" with the nearest tags of the registry's list as its hint.
 async fn with_suggestions(ctx: &Ctx, name: &Canonical, e: cudaimg_transfer::PullError) -> Error {
     if !e.is_not_found() {
@@ -251,14 +248,14 @@ async fn with_suggestions(ctx: &Ctx, name: &Canonical, e: cudaimg_transfer::Pull
 }
 
 /// Under `--json` with several references, a failed one gets a record too, so a reader of
-/// stdout sees one document per reference: `{"reference", "error", "hint", "exit_code"}`.
-fn failed_json(ctx: &Ctx, input: &str, e: &Error) {
+/// stdout sees one document per reference: `{"reference", "error": {...}, "loaded"}`, the
+/// error object as the run's own failure has it.
+fn failed_json(ctx: &Ctx, input: &str, e: &Error, loaded: Option<&Loaded>) {
     if ctx.json {
         emit_json(&serde_json::json!({
             "reference": input,
-            "error": e.to_string(),
-            "hint": e.hint(),
-            "exit_code": e.exit_code(),
+            "error": e.to_json(),
+            "loaded": loaded,
         }));
     }
 }
@@ -306,7 +303,7 @@ fn record_locations(store: &cudaimg_store::Store, r: &PullReport) {
     }
 }
 
-fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
+fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<(&Loaded, bool)>) {
     for w in &r.warnings {
         note!("warning: {w}");
     }
@@ -333,9 +330,13 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
     }
     if ctx.json {
         match (serde_json::to_value(r), loaded) {
-            (Ok(mut v), Some(l)) => {
+            (Ok(mut v), Some((l, hold))) => {
                 v["loaded"] = serde_json::to_value(l).unwrap_or_default();
-                emit_json(&v);
+                if hold {
+                    super::hold_json(&v);
+                } else {
+                    emit_json(&v);
+                }
             }
             _ => emit_json(r),
         }
@@ -360,7 +361,7 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
         human_bytes(r.bytes_downloaded),
         r.manifest_source
     ));
-    if let Some(l) = loaded {
+    if let Some((l, _)) = loaded {
         super::load::print(l);
     }
 }

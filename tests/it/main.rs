@@ -22,6 +22,7 @@
 mod build;
 mod build_index;
 mod bundle;
+mod cli_output;
 mod conveniences;
 mod cuda;
 mod docker;
