@@ -6,10 +6,11 @@
 
 use cudaimg_test_support as common;
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{dead_endpoint, run_fails, run_ok, CudaSpec, Fixture, FixtureStore, Flavor};
-use common::{Pusher, Sandbox, TestRegistry};
+use common::{dead_endpoint, run_fails, run_ok, Arch, Fault, FaultProxy, Fixture, Flavor};
+use common::{MediaTypes, Pusher, Sandbox, Scale, TestRegistry};
 use serde_json::Value;
 
 fn text(b: &[u8]) -> String {
@@ -221,4 +222,73 @@ fn doctor_under_json_puts_its_findings_and_error_in_one_document_and_nothing_hum
     let err = text(&out.stderr);
     assert!(!err.contains("above"), "{err}");
     assert!(!err.contains("ok,"), "{err}");
+}
+
+/// Waits (60 s at most) until the blob `digest`'s partial download holds `bytes`.
+fn wait_for_partial(store: &std::path::Path, bytes: u64, digest: &str) {
+    let path = store
+        .join("ingest")
+        .join(format!("{}.partial", &digest[7..]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&path).map_or(0, |m| m.len()) < bytes {
+        assert!(
+            Instant::now() < deadline,
+            "the partial file never reached {bytes} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ctrl_c_says_in_one_line_what_is_kept_and_exits_130() {
+    let registry = TestRegistry::start();
+    let fx = Fixture::cuda("12.4.1", Flavor::Runtime, MediaTypes::Docker, Scale(0.005));
+    Pusher::new(&registry).push(&fx);
+    let big = fx.largest_layer(Arch::Amd64).digest.clone();
+    let slow = FaultProxy::start(&registry.url());
+    slow.add(Fault::Throttle {
+        bytes_per_sec: 1_000_000,
+    });
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&slow.url(), &[]);
+    let reference = fx.reference();
+    let pull = [
+        "--json",
+        "pull",
+        "--platform",
+        "linux/amd64",
+        reference.as_str(),
+    ];
+    let child = sandbox
+        .cli(&config, &pull)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_partial(&sandbox.store_dir(), 500_000, &big);
+    run_ok(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("interrupted")).collect();
+    assert_eq!(said.len(), 1, "{err}");
+    let line = said[0];
+    let store = sandbox.store_dir().display().to_string();
+    assert!(line.contains(&store), "{line}");
+    assert!(line.contains("run the same command again"), "{line}");
+    // "K of N blobs": N is the image's config and layers.
+    let blobs = fx.platform(Arch::Amd64).layers.len() + 1;
+    assert!(line.contains(&format!(" of {blobs} blobs")), "{line}");
+    // Under --json the interruption is the run's error object too.
+    let (_, e) = error_object(&out);
+    assert_eq!(e["kind"], "interrupted", "{e}");
+
+    // What it said is true: the same command again resumes, and finishes.
+    slow.clear();
+    let out = run_ok(&mut sandbox.cli(&config, &pull));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        r["bytes_downloaded"].as_u64().unwrap() < fx.image_bytes(Arch::Amd64),
+        "{r}"
+    );
 }
