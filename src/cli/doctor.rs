@@ -91,15 +91,18 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
             emit_json(&report);
         }
     } else {
+        // Findings and fixes wrap under themselves at the terminal's width: every word of
+        // a fix stays readable, none is cut.
         for f in &findings {
-            emit(&format!(
-                "{:4}  {:14}  {}",
-                f.status.as_str(),
-                f.check,
-                f.message
-            ));
+            let lead = format!("{:4}  {:14}  ", f.status.as_str(), f.check);
+            for line in super::width::hanging(&lead, &f.message, ctx.columns) {
+                emit(&line);
+            }
             if let Some(fix) = &f.fix {
-                emit(&format!("{:4}  {:14}  fix: {fix}", "", ""));
+                let lead = format!("{:4}  {:14}  fix: ", "", "");
+                for line in super::width::hanging(&lead, fix, ctx.columns) {
+                    emit(&line);
+                }
             }
         }
         emit(&format!(

@@ -343,6 +343,8 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<(&Loaded, bool)>) 
         return;
     }
     let cached = r.layers.iter().filter(|l| l.cached).count();
+    // Fitted to the terminal: a digest goes under its label rather than wrap mid-digest.
+    let emit = |line: &str| fit_emit(ctx, line);
     emit(&r.canonical.to_string());
     emit(&format!("  digest:   {}", r.digest));
     if let Some(i) = &r.index_digest {
@@ -400,6 +402,7 @@ fn print_all(ctx: &Ctx, r: &PullAllReport, secs: f64) {
         emit_json(r);
         return;
     }
+    let emit = |line: &str| fit_emit(ctx, line);
     emit(&r.canonical.to_string());
     if let Some(i) = &r.index_digest {
         emit(&format!("  index:    {i}"));
@@ -429,6 +432,13 @@ fn print_all(ctx: &Ctx, r: &PullAllReport, secs: f64) {
         human_bytes(r.bytes_downloaded),
         r.manifest_source
     ));
+}
+
+/// A line of the report, fitted to the terminal's width (see `width::fit_line`).
+fn fit_emit(ctx: &Ctx, line: &str) {
+    for l in super::width::fit_line(line, ctx.columns) {
+        emit(&l);
+    }
 }
 
 /// Where the digest came from. A registry with no mirrors.toml entry is the official one

@@ -7,8 +7,9 @@
 //! fitting off, as docker's flag of that name does.
 //!
 //! Names are shortened from the left (`…4.1-devel-ubuntu22.04`): the end of a tag (its
-//! version, flavor and OS) is what tells images apart. Digests are shortened as docker
-//! does, to `sha256:` and 12 hex digits. Free text (a doctor finding, an environment
+//! version, flavor and OS) is what tells images apart. Digests in tables are shortened as
+//! docker shows image IDs, to 12 hex digits; in reports they stay whole, on a line of
+//! their own. Free text (a doctor finding, an environment
 //! variable) is wrapped, not cut: every word of a fix must stay readable.
 
 use std::io::IsTerminal as _;
@@ -55,12 +56,10 @@ pub(crate) fn shorten_left(s: &str, max: usize) -> String {
     format!("…{tail}")
 }
 
-/// A digest as docker shows it when space is short: the algorithm and 12 hex digits.
+/// A digest as docker shows an image ID when space is short: its first 12 hex digits.
 pub(crate) fn short_digest(d: &str) -> String {
-    match d.split_once(':') {
-        Some((alg, hex)) => format!("{alg}:{}", hex.get(..12).unwrap_or(hex)),
-        None => d.get(..19).unwrap_or(d).to_owned(),
-    }
+    let hex = d.split_once(':').map_or(d, |(_, hex)| hex);
+    hex.get(..12).unwrap_or(hex).to_owned()
 }
 
 /// `text` broken into lines of at most `max` columns, at spaces (or after commas, for
@@ -130,6 +129,37 @@ pub(crate) fn hanging(first: &str, text: &str, max: Option<usize>) -> Vec<String
         .collect()
 }
 
+/// One line of `label: value` output (`  digest:   sha256:…`) fitted to `max`: as it is when
+/// it fits; else the value wrapped beside its label, or, when one of its words (a digest)
+/// cannot fit there, on lines of its own under the label, indented. Nothing is cut: a
+/// digest stays whole, to be copied.
+pub(crate) fn fit_line(line: &str, max: Option<usize>) -> Vec<String> {
+    let Some(max) = max else {
+        return vec![line.to_owned()];
+    };
+    if width(line) <= max {
+        return vec![line.to_owned()];
+    }
+    let indent = line.len() - line.trim_start().len();
+    let body = &line[indent..];
+    // A label is short and ends with `: `; a digest's `sha256:` is no label.
+    let (head, rest) = match body.find(": ") {
+        Some(i) if i < 24 => (&line[..=indent + i], body[i + 1..].trim_start()),
+        _ => (&line[..indent], body),
+    };
+    let first = format!("{head} ");
+    let longest = rest.split(' ').map(width).max().unwrap_or(0);
+    if width(&first) + longest <= max {
+        return hanging(&first, rest, Some(max));
+    }
+    let mut out = Vec::new();
+    if !head.trim().is_empty() {
+        out.push(head.trim_end().to_owned());
+    }
+    out.extend(hanging(&" ".repeat(indent + 4), rest, Some(max)));
+    out
+}
+
 /// How a column gives way when the table is too wide.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fit {
@@ -139,7 +169,8 @@ pub(crate) enum Fit {
     Left,
     /// Digests: docker's short form.
     Digest,
-    /// Free text in the last column: wrapped under itself.
+    /// Text wrapped under itself at spaces and commas (a list of platforms, a message);
+    /// the last column takes whatever width is left.
     Wrap,
 }
 
@@ -197,6 +228,19 @@ pub(crate) fn table(columns: &[Column], rows: &[Vec<String>], max: Option<usize>
                     }
                     widths[i] = natural(&rows, i);
                 }
+            }
+        }
+        // Then lists, to their longest item, one under the other.
+        for (i, c) in columns.iter().enumerate() {
+            if c.fit == Fit::Wrap && i + 1 < columns.len() && total(&widths) > max {
+                let longest = rows
+                    .iter()
+                    .filter_map(|r| r.get(i))
+                    .flat_map(|cell| words(cell))
+                    .map(|w| width(w.trim()))
+                    .max()
+                    .unwrap_or(0);
+                widths[i] = longest.max(width(c.header)).min(widths[i]);
             }
         }
         // Then names, the widest first, down to what still tells them apart.

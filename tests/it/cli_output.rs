@@ -9,7 +9,8 @@ use cudaimg_test_support as common;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{dead_endpoint, run_fails, run_ok, Arch, Fault, FaultProxy, Fixture, Flavor};
+use common::{dead_endpoint, run_fails, run_ok, Arch, CudaSpec, Fault, FaultProxy, Fixture};
+use common::{FixtureStore, Flavor};
 use common::{MediaTypes, Pusher, Sandbox, Scale, TestRegistry};
 use serde_json::Value;
 
@@ -291,4 +292,102 @@ fn ctrl_c_says_in_one_line_what_is_kept_and_exits_130() {
         r["bytes_downloaded"].as_u64().unwrap() < fx.image_bytes(Arch::Amd64),
         "{r}"
     );
+}
+
+/// Every line of `out`'s stdout in at most `cols` characters (not bytes: `…` is one).
+fn assert_fits(what: &str, out: &Output, cols: usize) {
+    let s = text(&out.stdout);
+    assert!(!s.trim().is_empty(), "{what}: no output");
+    for l in s.lines() {
+        assert!(
+            l.chars().count() <= cols,
+            "{what}: a line of {} columns:\n{l}\n--- all of it\n{s}",
+            l.chars().count()
+        );
+    }
+}
+
+#[test]
+fn tables_and_reports_fit_80_columns_and_a_multi_arch_image_is_one_row() {
+    let fx = FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Base));
+    let registry = TestRegistry::start();
+    Pusher::new(&registry).push(&fx);
+    let sandbox = Sandbox::new();
+    // A dead mirror too: doctor has a failing check, with its long fix, to print.
+    let config = sandbox.write_hub_config(&registry.url(), &[&dead_endpoint()]);
+    let reference = fx.reference();
+    let at80 = |args: &[&str]| {
+        let mut cmd = sandbox.cli(&config, args);
+        cmd.env("COLUMNS", "80");
+        cmd
+    };
+    let out = run_ok(&mut at80(&["pull", "--all-platforms", &reference]));
+    assert_fits("pull --all-platforms", &out, 80);
+    let out = run_ok(&mut at80(&[
+        "pull",
+        "--platform",
+        "linux/arm64",
+        &reference,
+    ]));
+    assert_fits("pull", &out, 80);
+    // The digest stays whole, to be copied: on a line of its own.
+    let arm64 = &fx.platform(Arch::Arm64).manifest.digest;
+    assert!(
+        text(&out.stdout).contains(arm64.as_str()),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run_ok(&mut at80(&["images"]));
+    assert_fits("images", &out, 80);
+    let shown = text(&out.stdout);
+    // One row (a continuation line starts blank), its platforms listed in it.
+    let rows: Vec<&str> = shown
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with(' '))
+        .collect();
+    assert_eq!(rows.len(), 1, "one row for the whole image:\n{shown}");
+    assert!(
+        shown.contains("linux/amd64,") && shown.contains("linux/arm64"),
+        "{shown}"
+    );
+    // Shortened from the left: the tag's end is what tells images apart.
+    let os = reference.rsplit('-').next().unwrap();
+    assert!(rows[0].starts_with('…'), "{shown}");
+    assert!(rows[0].split("  ").next().unwrap().ends_with(os), "{shown}");
+    // Piped with no COLUMNS, and with --no-trunc: whole names, for scripts.
+    for mut cmd in [
+        sandbox.cli(&config, &["images"]),
+        at80(&["--no-trunc", "images"]),
+    ] {
+        let out = run_ok(&mut cmd);
+        assert!(
+            text(&out.stdout).contains(&format!("docker.io/{reference}")),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+
+    let out = run_ok(&mut at80(&[
+        "inspect",
+        "--platform",
+        "linux/amd64",
+        &reference,
+    ]));
+    assert_fits("inspect", &out, 80);
+    let amd64 = &fx.platform(Arch::Amd64);
+    for l in &amd64.layers {
+        assert!(
+            text(&out.stdout).contains(&l.digest),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+
+    let out = run_ok(&mut at80(&["tags", "nvidia/cuda"]));
+    assert_fits("tags", &out, 80);
+    let out = at80(&["doctor"]).output().unwrap();
+    assert_fits("doctor", &out, 80);
+    assert!(text(&out.stdout).contains("fix:"), "{}", text(&out.stdout));
 }
