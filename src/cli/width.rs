@@ -147,7 +147,8 @@ pub(crate) fn fit_line(line: &str, max: Option<usize>) -> Vec<String> {
         Some(i) if i < 24 => (&line[..=indent + i], body[i + 1..].trim_start()),
         _ => (&line[..indent], body),
     };
-    let first = format!("{head} ");
+    // Beside the label, the value keeps the column the label's padding gave it.
+    let first = line[..line.len() - rest.len()].to_owned();
     let longest = rest.split(' ').map(width).max().unwrap_or(0);
     if width(&first) + longest <= max {
         return hanging(&first, rest, Some(max));

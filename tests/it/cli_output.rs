@@ -391,3 +391,153 @@ fn tables_and_reports_fit_80_columns_and_a_multi_arch_image_is_one_row() {
     assert_fits("doctor", &out, 80);
     assert!(text(&out.stdout).contains("fix:"), "{}", text(&out.stdout));
 }
+
+/// What a terminal shows of `raw` (a pty's bytes): escape sequences dropped, one entry per
+/// line drawn (a bar redrawn in place is a line each time).
+fn drawn_lines(raw: &[u8]) -> Vec<String> {
+    let raw = text(raw);
+    let mut plain = String::new();
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next_if_eq(&'[').is_some() {
+                // CSI: parameters, then one final byte in @..~.
+                while let Some(n) = chars.next() {
+                    if ('@'..='~').contains(&n) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        plain.push(c);
+    }
+    // A terminal of 80 columns wraps what runs past them; indicatif pads the lines it
+    // prints to whole rows. A row whose last column holds text that the next row goes on
+    // with is a line the terminal wrapped: kept whole, so that its width shows.
+    let mut lines = Vec::new();
+    for segment in plain.split(['\r', '\n']) {
+        let chars: Vec<char> = segment.chars().collect();
+        let rows: Vec<String> = chars.chunks(80).map(|r| r.iter().collect()).collect();
+        let mut line = String::new();
+        for (i, row) in rows.iter().enumerate() {
+            line.push_str(row);
+            let goes_on = row.chars().count() == 80
+                && !row.ends_with(' ')
+                && rows.get(i + 1).is_some_and(|n| !n.starts_with(' '));
+            if !goes_on {
+                lines.push(std::mem::take(&mut line).trim_end().to_owned());
+            }
+        }
+        lines.push(line.trim_end().to_owned());
+    }
+    lines.retain(|l| !l.trim().is_empty());
+    lines
+}
+
+#[test]
+fn bars_at_80_columns_keep_the_tag_end_align_and_rate_only_this_runs_bytes() {
+    let registry = TestRegistry::start();
+    let fx = Fixture::cuda("12.4.1", Flavor::Runtime, MediaTypes::Docker, Scale(0.005));
+    Pusher::new(&registry).push(&fx);
+    let big = fx.largest_layer(Arch::Amd64).clone();
+    let slow = FaultProxy::start(&registry.url());
+    // 1 MB/s: a rate above 2 MiB/s is one the link cannot have given.
+    slow.add(Fault::Throttle {
+        bytes_per_sec: 1_000_000,
+    });
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&slow.url(), &[]);
+    let reference = fx.reference();
+    // A first run stopped half-way through the big layer: the next one resumes it.
+    let mut child = sandbox
+        .cli(
+            &config,
+            &["-q", "pull", "--platform", "linux/amd64", &reference],
+        )
+        .spawn()
+        .unwrap();
+    wait_for_partial(&sandbox.store_dir(), big.size / 2, &big.digest);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The resumed pull on an 80-column terminal (a pty, as `script` gives).
+    let line = format!(
+        "stty cols 80 rows 40; exec '{}' --config '{}' --store '{}' pull --platform linux/amd64 '{}'",
+        common::cudaimg_binary().display(),
+        config.display(),
+        sandbox.store_dir().display(),
+        reference
+    );
+    let out =
+        run_ok(
+            sandbox
+                .command("script")
+                .env("TERM", "xterm")
+                .args(["-qfec", &line, "/dev/null"]),
+        );
+    let lines = drawn_lines(&out.stdout);
+    let bars: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(" [") && l.contains("] "))
+        .collect();
+    assert!(!bars.is_empty(), "no bars drawn:\n{}", lines.join("\n"));
+    for l in &lines {
+        assert!(
+            l.chars().count() <= 80,
+            "a line of {} columns:\n{l}",
+            l.chars().count()
+        );
+    }
+    // Every bar starts and ends in the same columns.
+    let starts: std::collections::BTreeSet<usize> = bars
+        .iter()
+        .map(|l| l.chars().position(|c| c == '[').unwrap())
+        .collect();
+    let ends: std::collections::BTreeSet<usize> = bars
+        .iter()
+        .map(|l| l.chars().count() - l.chars().rev().position(|c| c == ']').unwrap())
+        .collect();
+    let mut distinct: Vec<&str> = bars.iter().map(|b| b.as_str()).collect();
+    distinct.dedup();
+    let distinct = distinct.join("\n");
+    assert_eq!(starts.len(), 1, "ragged bars {starts:?}:\n{distinct}");
+    assert_eq!(ends.len(), 1, "ragged bars {ends:?}:\n{distinct}");
+    // The image's bar names it by the end of its tag, not cut mid-OS.
+    let os = reference.rsplit('-').next().unwrap();
+    assert!(
+        bars.iter()
+            .any(|l| l.starts_with('…') && l.contains(&format!("-{os} ["))),
+        "{}",
+        lines.join("\n")
+    );
+    // Rates are shown (the big layer takes seconds), so the checks below check something.
+    assert!(
+        bars.iter().any(|l| l.contains("/s")),
+        "no rate shown:\n{}",
+        lines.join("\n")
+    );
+    for l in &bars {
+        // No rate for a blob of a few bytes; none faster than the link.
+        let words: Vec<&str> = l.split_whitespace().collect();
+        if let Some(at) = words.iter().position(|w| w.ends_with("/s")) {
+            // `4.02 MiB/6.67 MiB`: the unit of the blob's size follows the `/` word.
+            let slash = words
+                .iter()
+                .position(|w| w.contains('/') && !w.ends_with("/s"));
+            let size_unit = slash.and_then(|k| words.get(k + 1)).copied();
+            assert!(
+                !matches!(size_unit, Some("B" | "KiB")),
+                "a rate for a tiny blob: {l}"
+            );
+            let number: f64 = words[at - 1].parse().unwrap();
+            let mib = match words[at] {
+                "B/s" => number / 1048576.0,
+                "KiB/s" => number / 1024.0,
+                "MiB/s" => number,
+                _ => number * 1024.0,
+            };
+            assert!(mib <= 2.0, "a rate the 1 MB/s link cannot give: {l}");
+        }
+    }
+}
