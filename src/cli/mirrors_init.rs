@@ -78,7 +78,7 @@ pub fn run(ctx: &Ctx, args: &InitArgs) -> Result<(), Error> {
 /// other registry a flag named.
 fn starter(flags: &Config) -> String {
     let mut text = String::from(
-        "# cudaimg's mirrors (written by `cudaimg mirrors init`; README, \"Mirrors\").\n\
+        "# cudaimg's mirrors (written by `cudaimg mirrors init`; README, section \"mirrors.toml\").\n\
          # Per registry, as image references name it: its mirrors are tried in order; the\n\
          # official `endpoint` stays the authority on which digest a tag names, and is the\n\
          # last fallback. `capabilities = [\"pull\"]` limits a mirror to content by digest.\n",

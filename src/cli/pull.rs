@@ -126,7 +126,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             Some(to) => match super::load::hand_over(to, &args.engine, ctx.store()?).await {
                 Ok(h) => Some(h),
                 Err((loaded, e)) => {
-                    let e = e.into();
+                    let e = engine_unreached(ctx, input, name, &platform, e.into());
                     failed(
                         ctx,
                         input,
@@ -210,6 +210,53 @@ fn failed(
     super::report_error(&e);
     first_error.get_or_insert(e);
     Ok(())
+}
+
+/// `--load` with no engine to reach: the engine is reached before any download, so the
+/// engine's hint ("the image stays in the cudaimg store", true for `load`) is made true
+/// for this pull: what the store holds of the image, where the store is, and what to run.
+fn engine_unreached(
+    ctx: &Ctx,
+    input: &str,
+    name: &Canonical,
+    platform: &Platform,
+    e: Error,
+) -> Error {
+    let Some(hint) = e.hint() else {
+        return e;
+    };
+    let base = hint
+        .split("; the image stays in the cudaimg store")
+        .next()
+        .unwrap_or(&hint)
+        .to_owned();
+    let store = ctx.existing_store().ok();
+    let root = store.as_ref().map_or_else(
+        || "the store".to_owned(),
+        |s| s.root().display().to_string(),
+    );
+    let stored = store
+        .as_ref()
+        .and_then(|s| {
+            s.image(&name.image.to_string(), Some(platform))
+                .ok()
+                .flatten()
+        })
+        .is_some();
+    let then = if stored {
+        format!(
+            "; the image is in {root}: `cudaimg load {input}` hands it over once the engine runs"
+        )
+    } else {
+        format!(
+            "; nothing was downloaded (the engine is reached first): `cudaimg pull {input}` \
+             without `--load` stores it in {root}, and `cudaimg load {input}` hands it over later"
+        )
+    };
+    Error::WithHint {
+        inner: Box::new(e),
+        hint: format!("{base}{then}"),
+    }
 }
 
 /// What `--load` did: streamed while the pull ran; else (no image was chosen to stream)

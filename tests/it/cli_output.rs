@@ -541,3 +541,109 @@ fn bars_at_80_columns_keep_the_tag_end_align_and_rate_only_this_runs_bytes() {
         }
     }
 }
+
+#[test]
+fn pull_load_with_no_engine_says_what_the_store_really_holds() {
+    let fx = FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Base));
+    let registry = TestRegistry::start();
+    Pusher::new(&registry).push(&fx);
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&registry.url(), &[]);
+    let reference = fx.reference();
+    let nowhere = format!("unix://{}", sandbox.root().join("no-docker.sock").display());
+    let load = [
+        "pull",
+        "--platform",
+        "linux/amd64",
+        "--load",
+        reference.as_str(),
+    ];
+    let store = sandbox.store_dir().display().to_string();
+
+    let out = run_fails(sandbox.cli(&config, &load).env("DOCKER_HOST", &nowhere));
+    let err = text(&out.stderr);
+    assert!(!err.contains("stays in the cudaimg store"), "{err}");
+    assert!(
+        err.contains("nothing was downloaded") && err.contains(&store),
+        "{err}"
+    );
+    // True: the store holds no image.
+    let images = run_ok(&mut sandbox.cli(&config, &["--json", "images"]));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&images.stdout).unwrap(),
+        serde_json::json!([])
+    );
+
+    // Once stored, the hint says so, and names the command that hands it over.
+    run_ok(&mut sandbox.cli(
+        &config,
+        &["-q", "pull", "--platform", "linux/amd64", &reference],
+    ));
+    let out = run_fails(sandbox.cli(&config, &load).env("DOCKER_HOST", &nowhere));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("the image is in {store}")) && err.contains("cudaimg load"),
+        "{err}"
+    );
+}
+
+/// The README's section headings (`## mirrors.toml` -> `mirrors.toml`).
+fn readme_sections() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    readme
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches('#').trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_starter_mirrors_toml_cites_a_readme_section_that_exists() {
+    let sandbox = Sandbox::new();
+    let path = sandbox.root().join("written.toml");
+    run_ok(
+        sandbox
+            .cudaimg()
+            .arg("--config")
+            .arg(&path)
+            .args(["mirrors", "init"]),
+    );
+    let written = std::fs::read_to_string(&path).unwrap();
+    let repo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/mirrors.toml")).unwrap();
+    let sections = readme_sections();
+    for (what, file) in [
+        ("mirrors init", &written),
+        ("the repo's mirrors.toml", &repo),
+    ] {
+        let cited: Vec<&str> = file
+            .lines()
+            .filter(|l| l.contains("README"))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        // The file `mirrors init` writes points at the README; the repo's may, or not.
+        assert!(
+            !cited.is_empty() || what != "mirrors init",
+            "{what} cites no README section:\n{file}"
+        );
+        for c in cited {
+            assert!(
+                sections.iter().any(|s| s == c),
+                "{what} cites README section {c:?}, which does not exist"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_help_shows_the_default_paths_as_written() {
+    let out = run_ok(Sandbox::new().cudaimg().arg("--help"));
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("`$XDG_CONFIG_HOME/cudaimg/mirrors.toml`"),
+        "{help}"
+    );
+    assert!(help.contains("`$XDG_DATA_HOME/cudaimg`"), "{help}");
+    assert!(!help.contains("$`"), "{help}");
+}
