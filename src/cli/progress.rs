@@ -292,10 +292,13 @@ const RATE_WINDOW: Duration = Duration::from_secs(5);
 /// A blob smaller than this is done in a blink: no rate is shown for it.
 const MIN_RATED: u64 = 1 << 20;
 
+/// When the first byte came, and the bytes of the last [`RATE_WINDOW`], each with its time.
+type Samples = (Option<Instant>, std::collections::VecDeque<(Instant, u64)>);
+
 /// Bytes transferred in this run, over a sliding window: what a bar's rate is made of.
 #[derive(Default)]
 struct Window {
-    samples: Mutex<(Option<Instant>, std::collections::VecDeque<(Instant, u64)>)>,
+    samples: Mutex<Samples>,
 }
 
 impl Window {

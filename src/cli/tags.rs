@@ -276,7 +276,7 @@ fn print(ctx: &Ctx, l: &Listing) {
             .map(|t| {
                 vec![
                     t.tag.clone(),
-                    t.cuda_version.to_string(),
+                    t.cuda_version.clone(),
                     format!("{}{}", if t.tensorrt { "tensorrt-" } else { "" }, t.flavor),
                     if t.cudnn.is_some() {
                         t.cudnn.to_string()

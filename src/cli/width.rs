@@ -77,7 +77,7 @@ pub(crate) fn wrap(text: &str, max: usize) -> Vec<String> {
         if !line.trim().is_empty() {
             lines.push(line.trim_end().to_owned());
         }
-        line = word.trim_start().to_owned();
+        word.trim_start().clone_into(&mut line);
         while width(&line) > max {
             let head: String = line.chars().take(max).collect();
             line = line.chars().skip(max).collect();

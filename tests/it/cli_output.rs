@@ -189,7 +189,7 @@ fn sync_without_an_action_names_every_choice() {
         "sync.toml",
         "[[images]]\nreference = \"nvidia/cuda:12.4.1-base-ubuntu22.04\"\n",
     );
-    let out = run_fails(&mut offline(&sandbox, &["sync"]).arg(&spec));
+    let out = run_fails(offline(&sandbox, &["sync"]).arg(&spec));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
@@ -402,7 +402,7 @@ fn drawn_lines(raw: &[u8]) -> Vec<String> {
         if c == '\u{1b}' {
             if chars.next_if_eq(&'[').is_some() {
                 // CSI: parameters, then one final byte in @..~.
-                while let Some(n) = chars.next() {
+                for n in chars.by_ref() {
                     if ('@'..='~').contains(&n) {
                         break;
                     }
@@ -532,7 +532,7 @@ fn bars_at_80_columns_keep_the_tag_end_align_and_rate_only_this_runs_bytes() {
             );
             let number: f64 = words[at - 1].parse().unwrap();
             let mib = match words[at] {
-                "B/s" => number / 1048576.0,
+                "B/s" => number / 1_048_576.0,
                 "KiB/s" => number / 1024.0,
                 "MiB/s" => number,
                 _ => number * 1024.0,
