@@ -23,6 +23,19 @@ pub mod exit {
     pub const CORRUPT: u8 = 3;
     /// The image does not exist: no source has it, or it is not in the store.
     pub const NOT_FOUND: u8 = 4;
+    /// Ctrl-C (SIGINT) stopped the run; what was stored is kept (128 + SIGINT, as shells say).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// The word for an exit code in `--json`'s error objects.
+pub fn kind_of(code: u8) -> &'static str {
+    match code {
+        exit::USAGE => "usage",
+        exit::CORRUPT => "corrupt",
+        exit::NOT_FOUND => "not_found",
+        exit::INTERRUPTED => "interrupted",
+        _ => "failure",
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +139,28 @@ impl From<PullError> for Error {
 }
 
 impl Error {
+    /// One word for the kind of failure, as `--json`'s error object says it: one per exit
+    /// code, so a script can branch on either.
+    pub fn kind(&self) -> &'static str {
+        kind_of(self.exit_code())
+    }
+
+    /// The error as `--json` prints it: `{"kind", "message", "causes", "hint", "exit_code"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let shown = self.shown();
+        let causes: Vec<String> =
+            std::iter::successors(std::error::Error::source(shown), |e| e.source())
+                .map(ToString::to_string)
+                .collect();
+        serde_json::json!({
+            "kind": self.kind(),
+            "message": shown.to_string(),
+            "causes": causes,
+            "hint": self.hint(),
+            "exit_code": self.exit_code(),
+        })
+    }
+
     /// The error whose message and causes are shown: the wrapped one of a
     /// [`Error::WithHint`], which only brings its own hint.
     pub fn shown(&self) -> &Error {

@@ -476,7 +476,7 @@ async fn pull_base(
 ) -> Result<Base, Error> {
     let canonical = config.canonicalize(input)?;
     let platform = Platform::host();
-    let reporter = ctx.progress.reporter();
+    let reporter = ctx.reporter();
     let report = ctx
         .session
         .pull(
@@ -825,7 +825,7 @@ async fn push(
     }
     let started = std::time::Instant::now();
     let reporter: std::sync::Arc<dyn cudaimg_oci::progress::Reporter> =
-        std::sync::Arc::from(ctx.progress.reporter());
+        std::sync::Arc::from(ctx.reporter());
     let report =
         cudaimg_transfer::push(store, &name, None, &dest, &options, reporter.clone()).await;
     drop(reporter);

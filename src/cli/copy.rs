@@ -22,6 +22,7 @@ pub struct Args {
     #[arg(
         long,
         value_name = "OS/ARCH[/VARIANT]",
+        value_parser = crate::cli::known_platform,
         conflicts_with = "all_platforms"
     )]
     platform: Option<String>,
@@ -63,7 +64,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         stall: Duration::from_secs(args.stall_timeout),
     };
     let started = Instant::now();
-    let reporter: Arc<dyn cudaimg_oci::progress::Reporter> = Arc::from(ctx.progress.reporter());
+    let reporter: Arc<dyn cudaimg_oci::progress::Reporter> = Arc::from(ctx.reporter());
     let report = cudaimg_transfer::copy(
         &src,
         ctx.store()?,

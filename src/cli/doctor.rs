@@ -78,22 +78,31 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         fail: count(Status::Fail),
     };
     if ctx.json {
-        emit_json(&Report {
+        let report = Report {
             image: image.as_ref().map(|i| i.name.as_str()),
             driver: &probes.driver,
             findings: &findings,
             summary,
-        });
+        };
+        // A failing run's findings and its error object make one document.
+        if summary.fail > 0 {
+            super::hold_json(&report);
+        } else {
+            emit_json(&report);
+        }
     } else {
+        // Findings and fixes wrap under themselves at the terminal's width: every word of
+        // a fix stays readable, none is cut.
         for f in &findings {
-            emit(&format!(
-                "{:4}  {:14}  {}",
-                f.status.as_str(),
-                f.check,
-                f.message
-            ));
+            let lead = format!("{:4}  {:14}  ", f.status.as_str(), f.check);
+            for line in super::width::hanging(&lead, &f.message, ctx.columns) {
+                emit(&line);
+            }
             if let Some(fix) = &f.fix {
-                emit(&format!("{:4}  {:14}  fix: {fix}", "", ""));
+                let lead = format!("{:4}  {:14}  fix: ", "", "");
+                for line in super::width::hanging(&lead, fix, ctx.columns) {
+                    emit(&line);
+                }
             }
         }
         emit(&format!(
@@ -102,11 +111,18 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         ));
     }
     if summary.fail > 0 {
+        let mut failing: Vec<&str> = findings
+            .iter()
+            .filter(|f| f.status == Status::Fail)
+            .map(|f| f.check)
+            .collect();
+        failing.dedup();
         return Err(Error::Failed {
+            // The checks by name: true under `--json` too, where no table is "above".
             what: format!(
-                "doctor found {} problem{} (`fail` above)",
-                summary.fail,
-                if summary.fail == 1 { "" } else { "s" }
+                "doctor found {}: {}",
+                super::words::counted(summary.fail, "problem"),
+                failing.join(", ")
             ),
             code: exit::FAILURE,
         });

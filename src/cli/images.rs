@@ -1,8 +1,11 @@
 //! `cudaimg images`: what the store holds, and how much the images share.
 //!
-//! A whole multi-platform image (`pull --all-platforms`) shows as one `index` row (its index
-//! digest, every blob of every child) followed by a row per platform, each with the shared
-//! index digest; attestations are counted in the index row's manifests, not shown alone.
+//! A whole multi-platform image (`pull --all-platforms`) shows as one row: its index digest,
+//! the platforms stored under it (`linux/amd64,linux/arm64`), every blob of every child;
+//! attestations are counted in its manifests, not shown alone. Under `--json` the index and
+//! each platform stay records of their own (`index`, `index_digest` tie them together).
+//! The table fits the terminal (see `width`): names are shortened from the left, digests
+//! to docker's 12 hex digits; piped with no `COLUMNS`, every value is whole.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +16,7 @@ use cudaimg_oci::digest::Digest;
 use cudaimg_oci::manifest::Manifest;
 use cudaimg_store::{Store, StoreError};
 
+use super::width::{table, Column, Fit};
 use super::{emit, emit_json, human_bytes, Ctx};
 
 #[derive(Debug, Serialize)]
@@ -57,32 +61,68 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
         note!("the store at {} holds no images", store.root().display());
         return Ok(());
     }
-    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
-    emit(&format!(
-        "{:<w$}  {:<19}  {:<14}  {:>10}  {:>10}  LAYERS",
-        "NAME", "DIGEST", "PLATFORM", "SIZE", "SHARED"
-    ));
-    for r in &rows {
-        let platform = match (&r.platform, r.index) {
-            (_, true) => "(index)",
-            (Some(p), false) => p.as_str(),
-            (None, false) => "-",
-        };
-        emit(&format!(
-            "{:<w$}  {:<19}  {:<14}  {:>10}  {:>10}  {}",
-            r.name,
-            r.digest.get(..19).unwrap_or(&r.digest),
-            platform,
-            human_bytes(r.size),
-            human_bytes(r.shared),
-            match (r.broken, r.manifests) {
-                (true, _) => "BROKEN (see `cudaimg verify`)".to_owned(),
-                (false, Some(n)) => format!("{n} manifests"),
-                (false, None) => r.layers.to_string(),
-            }
-        ));
+    let columns = [
+        Column::new("NAME", Fit::Left),
+        Column::new("DIGEST", Fit::Digest),
+        Column::new("PLATFORMS", Fit::Wrap),
+        Column::right("SIZE"),
+        Column::right("SHARED"),
+        Column::new("LAYERS", Fit::Keep),
+    ];
+    let cells: Vec<Vec<String>> = shown_rows(&rows)
+        .into_iter()
+        .map(|(r, platforms)| {
+            vec![
+                r.name.clone(),
+                r.digest.clone(),
+                platforms,
+                human_bytes(r.size),
+                human_bytes(r.shared),
+                match (r.broken, r.manifests) {
+                    (true, _) => "BROKEN (see `cudaimg verify`)".to_owned(),
+                    (false, Some(n)) => format!("{n} manifests"),
+                    (false, None) => r.layers.to_string(),
+                },
+            ]
+        })
+        .collect();
+    for line in table(&columns, &cells, ctx.columns) {
+        emit(&line);
     }
     Ok(())
+}
+
+/// The rows a person reads: a whole multi-platform image is its index's row alone, with
+/// the platforms stored under it listed (`linux/amd64,linux/arm64`), as one image it is;
+/// every other entry is a row of its own platform.
+fn shown_rows(rows: &[Row]) -> Vec<(&Row, String)> {
+    let mut shown = Vec::new();
+    for r in rows {
+        if r.index {
+            let mut platforms: Vec<&str> = rows
+                .iter()
+                .filter(|p| {
+                    !p.index && p.name == r.name && p.index_digest.as_ref() == Some(&r.digest)
+                })
+                .filter_map(|p| p.platform.as_deref())
+                .collect();
+            platforms.dedup();
+            let platforms = if platforms.is_empty() {
+                "(index)".to_owned()
+            } else {
+                platforms.join(",")
+            };
+            shown.push((r, platforms));
+            continue;
+        }
+        let under_index = rows
+            .iter()
+            .any(|i| i.index && i.name == r.name && r.index_digest.as_ref() == Some(&i.digest));
+        if !under_index {
+            shown.push((r, r.platform.clone().unwrap_or_else(|| "-".into())));
+        }
+    }
+    shown
 }
 
 fn rows(store: &Store) -> Result<Vec<Row>, Error> {

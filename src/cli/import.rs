@@ -75,7 +75,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let options = ImportOptions {
         push: args.send.options(),
     };
-    let reporter: Arc<dyn cudaimg_oci::progress::Reporter> = Arc::from(ctx.progress.reporter());
+    let reporter: Arc<dyn cudaimg_oci::progress::Reporter> = Arc::from(ctx.reporter());
     let report = import(&bundle, store, &target, &options, reporter.clone()).await;
     drop(reporter);
     let report = report?;
@@ -116,7 +116,12 @@ fn print(ctx: &Ctx, r: &ImportReport, secs: f64) {
         }
     }
     if ctx.json {
-        emit_json(r);
+        // A failed import fails the run: its report and error object make one document.
+        if r.ok() {
+            emit_json(r);
+        } else {
+            super::hold_json(r);
+        }
         return;
     }
     for i in r.images.iter().filter(|i| i.status == "imported") {

@@ -97,12 +97,19 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     if ctx.json {
         emit_json(&out);
     } else {
-        print(&out);
+        print(&out, ctx.columns);
     }
     Ok(())
 }
 
-fn print(i: &Inspection) {
+/// The image as text, fitted to `columns`: long values (`NVIDIA_REQUIRE_CUDA`) wrap,
+/// digests go whole under their label.
+fn print(i: &Inspection, columns: Option<usize>) {
+    let emit = |line: &str| {
+        for l in super::width::fit_line(line, columns) {
+            emit(&l);
+        }
+    };
     emit(&i.name);
     emit(&format!("  digest:     {}", i.digest));
     if let Some(d) = &i.index_digest {

@@ -76,7 +76,13 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
 fn finish(ctx: &Ctx, done: (Loaded, Result<(), LoadError>)) -> Result<(), Error> {
     let (loaded, outcome) = done;
     if ctx.json {
-        emit_json(&serde_json::json!({ "loaded": loaded }));
+        let doc = serde_json::json!({ "loaded": loaded });
+        // A failed load is the run's error: one document with its error object.
+        if outcome.is_err() {
+            super::hold_json(&doc);
+        } else {
+            emit_json(&doc);
+        }
     } else if outcome.is_ok() {
         print(&loaded);
     }

@@ -29,7 +29,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut results = Vec::with_capacity(names.len());
     for name in &names {
-        let reporter = ctx.progress.reporter();
+        let reporter = ctx.reporter();
         let locked = match ctx.session.lock(name, reporter.as_ref()).await {
             Ok(locked) => locked,
             // `lock` requires the official registry unless `--trust-mirrors`: the error

@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(value_name = "REFERENCE")]
     reference: String,
     /// The manifest of this platform, chosen from the list or index the reference names
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = crate::cli::known_platform)]
     platform: Option<String>,
     /// Refuse a tag's digest that the official registry did not confirm
     #[arg(long)]
@@ -50,7 +50,7 @@ pub async fn run(ctx: &Ctx, args: &Args, print: Print) -> Result<(), Error> {
     let config = ctx.config()?;
     let name = config.canonicalize(&args.reference)?;
     let platform: Option<Platform> = args.platform.as_deref().map(str::parse).transpose()?;
-    let reporter = ctx.progress.reporter();
+    let reporter = ctx.reporter();
     let sources = ctx.session.sources(&name)?;
     let resolved = ctx
         .session

@@ -41,7 +41,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "REFERENCE", default_value = DEFAULT_TAG)]
     tag: String,
     /// Platform of the image whose blob is measured [default: the host's]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = crate::cli::known_platform)]
     platform: Option<String>,
     /// The blob measured is the image's largest layer up to this many bytes, else its config
     #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024)]

@@ -43,11 +43,13 @@ mod sync;
 mod tag;
 mod tags;
 mod verify;
+mod width;
 mod words;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
 
@@ -63,7 +65,7 @@ use cudaimg_transfer::{Session, Settings};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Mirror configuration file [default: ./mirrors.toml, then $`XDG_CONFIG_HOME/cudaimg/mirrors.toml`]
+    /// Mirror configuration file [default: ./mirrors.toml, then `$XDG_CONFIG_HOME/cudaimg/mirrors.toml`]
     #[arg(long, global = true, env = cudaimg_static::EnvVars::CUDAIMG_CONFIG, value_name = "PATH")]
     config: Option<PathBuf>,
     /// A mirror to try first, no file needed: `URL` mirrors Docker Hub, `HOST=URL` another
@@ -74,12 +76,15 @@ pub struct Cli {
     /// (visible in `ps`: prefer `cudaimg login`, which stores it as docker does)
     #[arg(long, global = true, value_name = "USER:PASS")]
     creds: Option<String>,
-    /// The local OCI image layout [default: $`XDG_DATA_HOME/cudaimg`]
+    /// The local OCI image layout [default: `$XDG_DATA_HOME/cudaimg`]
     #[arg(long, global = true, env = cudaimg_static::EnvVars::CUDAIMG_STORE, value_name = "DIR")]
     store: Option<PathBuf>,
-    /// Print machine-readable JSON on stdout
+    /// Print machine-readable JSON on stdout; a failure is a JSON `error` object there too
     #[arg(long, global = true)]
     json: bool,
+    /// Never shorten names, digests or text to fit the terminal (`COLUMNS`, else its width)
+    #[arg(long, global = true)]
+    no_trunc: bool,
     /// Print no progress
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
@@ -157,7 +162,7 @@ pub(crate) struct ImageArgs {
     #[arg(value_name = "REFERENCE")]
     pub reference: String,
     /// Which platform, when the store holds several for this name [default: the host's]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = crate::cli::known_platform)]
     pub platform: Option<String>,
 }
 
@@ -173,6 +178,59 @@ impl ImageArgs {
     }
 }
 
+/// Operating systems and architectures images are built for (Go's `GOOS` and `GOARCH`,
+/// which the OCI image spec uses), and the names `uname -m` gives that `Platform` maps.
+const KNOWN_OS: &[&str] = &[
+    "linux",
+    "windows",
+    "darwin",
+    "freebsd",
+    "netbsd",
+    "openbsd",
+    "solaris",
+    "illumos",
+    "aix",
+    "android",
+    "ios",
+    "plan9",
+    "dragonfly",
+    "js",
+    "wasip1",
+];
+const KNOWN_ARCH: &[&str] = &[
+    "amd64", "arm64", "arm", "386", "ppc64le", "ppc64", "s390x", "riscv64", "mips64le", "mips64",
+    "mipsle", "mips", "loong64", "wasm", "x86_64", "x86-64", "aarch64", "i386", "armhf", "armel",
+];
+
+/// `--platform`'s value checked when the command line is read: a typo (`linux/amd46`) is a
+/// usage error (exit 2) with the nearest known name, not a platform no image has, found
+/// only after the manifest was fetched.
+pub(crate) fn known_platform(s: &str) -> Result<String, String> {
+    let p: cudaimg_oci::platform::Platform = s.parse().map_err(|e| format!("{e}"))?;
+    let mut parts = s.split('/');
+    let (os, arch) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let nearest = |word: &str, known: &[&str]| {
+        cudaimg_cuda::known::nearest(word, known.iter().copied(), 1)
+            .first()
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_default()
+    };
+    if !KNOWN_OS.contains(&os) {
+        return Err(format!(
+            "`{os}` is not an operating system images are built for{}",
+            nearest(os, KNOWN_OS)
+        ));
+    }
+    if !KNOWN_ARCH.contains(&arch) {
+        return Err(format!(
+            "`{arch}` is not an architecture images are built for{} (nvidia/cuda has \
+             `linux/amd64` and `linux/arm64`)",
+            nearest(arch, KNOWN_ARCH)
+        ));
+    }
+    Ok(p.to_string())
+}
+
 /// What the commands share: how to print, and the run's one [`Session`] (configuration,
 /// HTTP clients, source memory, store), built from the resolved [`Settings`].
 pub(crate) struct Ctx {
@@ -180,9 +238,18 @@ pub(crate) struct Ctx {
     pub json: bool,
     pub verbose: bool,
     pub progress: progress::Mode,
+    /// The columns human output on stdout fits into; `None`: no limit (see `width`).
+    pub columns: Option<usize>,
+    /// What transfers have kept so far, for the line Ctrl-C prints.
+    pub tally: Arc<progress::Tally>,
 }
 
 impl Ctx {
+    /// The progress reporter of one transfer: the chosen display, counted for Ctrl-C.
+    pub fn reporter(&self) -> Box<dyn cudaimg_oci::progress::Reporter> {
+        self.progress.reporter(self.tally.clone())
+    }
+
     pub fn config(&self) -> Result<&Config, Error> {
         Ok(self.session.config()?)
     }
@@ -232,19 +299,25 @@ impl Cli {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return parse_failed(&e),
+    };
+    let json = cli.json;
     if let Some(c) = &cli.creds {
         // The value is a secret: the message never echoes it.
         if !c
             .split_once(':')
             .is_some_and(|(u, p)| !u.is_empty() && !p.is_empty())
         {
-            report_error(&Error::Usage(
-                "--creds must be `USER:PASS` (both non-empty)\nhint: or store the credential \
-                 once: `printf '%s' \"$TOKEN\" | cudaimg login HOST -u USER --password-stdin`"
-                    .into(),
-            ));
-            return ExitCode::from(exit::USAGE);
+            return failed(
+                &Error::Usage(
+                    "--creds must be `USER:PASS` (both non-empty)\nhint: or store the credential \
+                     once: `printf '%s' \"$TOKEN\" | cudaimg login HOST -u USER --password-stdin`"
+                        .into(),
+                ),
+                json,
+            );
         }
     }
     if let Command::Completions { shell } = &cli.command {
@@ -263,6 +336,8 @@ pub fn main() -> ExitCode {
         json: cli.json,
         verbose: cli.verbose > 0,
         progress: progress::Mode::choose(cli.quiet, cli.verbose, std::io::stderr().is_terminal()),
+        columns: width::columns(cli.no_trunc),
+        tally: Arc::default(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -270,51 +345,182 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            note!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FAILURE);
+            return failed(
+                &Error::Setup(format!("cannot start the async runtime: {e}")),
+                json,
+            )
         }
     };
+    // `serve` stops on Ctrl-C by itself, gracefully and with exit 0.
+    let interruptible = !matches!(cli.command, Command::Serve(_));
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Pull(args) => pull::run(&ctx, args).await,
-            Command::Push(args) => push::run(&ctx, args).await,
-            Command::Copy(args) => copy::run(&ctx, args).await,
-            Command::Lock(args) => lock::run(&ctx, args).await,
-            Command::Images => images::run(&ctx),
-            Command::Inspect(args) => inspect::run(&ctx, &args),
-            Command::Verify(args) => verify::run(&ctx, &args).await,
-            Command::Load(args) => load::run(&ctx, &args).await,
-            Command::Tag(args) => tag::run(&ctx, &args),
-            Command::Export(args) => export::run(&ctx, args).await,
-            Command::Rm(args) => rm::run(&ctx, &args),
-            Command::Gc(args) => gc::run(&ctx, &args).await,
-            Command::Explain(args) => explain::run(&ctx, &args),
-            Command::Tags(args) => tags::run(&ctx, &args).await,
-            Command::Doctor(args) => doctor::run(&ctx, &args).await,
-            Command::Mirrors(cmd) => mirrors::run(&ctx, &cmd).await,
-            Command::RunConfig(args) => run_config::run(&ctx, &args).await,
-            Command::Build(args) => build::run(&ctx, *args).await,
-            Command::Serve(args) => serve::run(&ctx, &args).await,
-            Command::Sync(args) => sync::run(&ctx, &args).await,
-            Command::Inventory(args) => sync::inventory(&ctx, &args).await,
-            Command::Import(args) => import::run(&ctx, args).await,
-            Command::Manifest(args) => manifest::run(&ctx, &args, manifest::Print::Manifest).await,
-            Command::Digest(args) => manifest::run(&ctx, &args, manifest::Print::Digest).await,
-            Command::Login(args) => login::run(&ctx, &args),
-            Command::Logout(args) => login::logout(&ctx, &args),
-            // Answered before the runtime starts.
-            Command::Completions { .. } => Ok(()),
+        let command = run(&ctx, cli.command);
+        if !interruptible {
+            return Some(command.await);
+        }
+        tokio::select! {
+            r = command => Some(r),
+            // The command is dropped here, its bars cleared; blobs and partial downloads
+            // already written stay in the store for the next run.
+            _ = tokio::signal::ctrl_c() => None,
         }
     });
-    match result {
-        Ok(()) => ExitCode::from(exit::OK),
-        // stdout's reader left (`| head`): it has what it wanted, so this is not an error.
-        Err(_) if output::stdout_closed() => ExitCode::from(exit::OK),
-        Err(e) => {
-            report_error(&e);
-            ExitCode::from(e.exit_code())
+    let code = match result {
+        None => interrupted(&ctx),
+        Some(Ok(())) => {
+            if let Some(held) = take_held() {
+                emit_json(&held);
+            }
+            ExitCode::from(exit::OK)
         }
+        // stdout's reader left (`| head`): it has what it wanted, so this is not an error.
+        Some(Err(_)) if output::stdout_closed() => ExitCode::from(exit::OK),
+        Some(Err(e)) => failed(&e, json),
+    };
+    // Blocking work still running (a blob being hashed) must not hold the exit.
+    runtime.shutdown_background();
+    code
+}
+
+async fn run(ctx: &Ctx, command: Command) -> Result<(), Error> {
+    match command {
+        Command::Pull(args) => pull::run(ctx, args).await,
+        Command::Push(args) => push::run(ctx, args).await,
+        Command::Copy(args) => copy::run(ctx, args).await,
+        Command::Lock(args) => lock::run(ctx, args).await,
+        Command::Images => images::run(ctx),
+        Command::Inspect(args) => inspect::run(ctx, &args),
+        Command::Verify(args) => verify::run(ctx, &args).await,
+        Command::Load(args) => load::run(ctx, &args).await,
+        Command::Tag(args) => tag::run(ctx, &args),
+        Command::Export(args) => export::run(ctx, args).await,
+        Command::Rm(args) => rm::run(ctx, &args),
+        Command::Gc(args) => gc::run(ctx, &args).await,
+        Command::Explain(args) => explain::run(ctx, &args),
+        Command::Tags(args) => tags::run(ctx, &args).await,
+        Command::Doctor(args) => doctor::run(ctx, &args).await,
+        Command::Mirrors(cmd) => mirrors::run(ctx, &cmd).await,
+        Command::RunConfig(args) => run_config::run(ctx, &args).await,
+        Command::Build(args) => build::run(ctx, *args).await,
+        Command::Serve(args) => serve::run(ctx, &args).await,
+        Command::Sync(args) => sync::run(ctx, &args).await,
+        Command::Inventory(args) => sync::inventory(ctx, &args).await,
+        Command::Import(args) => import::run(ctx, args).await,
+        Command::Manifest(args) => manifest::run(ctx, &args, manifest::Print::Manifest).await,
+        Command::Digest(args) => manifest::run(ctx, &args, manifest::Print::Digest).await,
+        Command::Login(args) => login::run(ctx, &args),
+        Command::Logout(args) => login::logout(ctx, &args),
+        // Answered before the runtime starts.
+        Command::Completions { .. } => Ok(()),
     }
+}
+
+/// The run's failure, said once: the message, its causes and hint on stderr, and under
+/// `--json` one `{"error": {...}}` object on stdout (added to the document the command left
+/// with [`hold_json`], if any). Every command's failure ends here, so none can forget it.
+fn failed(e: &Error, json: bool) -> ExitCode {
+    report_error(e);
+    if json {
+        emit_error_json(e.to_json());
+    }
+    ExitCode::from(e.exit_code())
+}
+
+/// Ctrl-C: one line saying what the store kept and how to go on, and exit 130.
+fn interrupted(ctx: &Ctx) -> ExitCode {
+    let store = ctx
+        .existing_store()
+        .ok()
+        .map(|s| s.root().display().to_string());
+    let line = ctx.tally.interrupted(store.as_deref());
+    note!("{}", cudaimg_oci::text::shown_lines(&line));
+    if ctx.json {
+        emit_error_json(serde_json::json!({
+            "kind": crate::error::kind_of(exit::INTERRUPTED),
+            "message": line,
+            "causes": [],
+            "hint": null,
+            "exit_code": exit::INTERRUPTED,
+        }));
+    }
+    ExitCode::from(exit::INTERRUPTED)
+}
+
+/// Whether `--json` is on the command line (before a `--`), for errors clap finds before
+/// there is a [`Cli`] to ask.
+fn json_asked() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// clap's own answer: help and version as clap prints them; a usage error as clap prints
+/// it, exit 2, and under `--json` as the error object every other failure gets.
+fn parse_failed(e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    if !e.use_stderr() {
+        // `--help`, `--version`: not failures.
+        return ExitCode::from(exit::OK);
+    }
+    if json_asked() {
+        let text = e.render().to_string();
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty()).peekable();
+        let mut message = lines
+            .next()
+            .unwrap_or("the command line is wrong")
+            .trim_start_matches("error: ")
+            .to_owned();
+        // The indented lines under it (the arguments missing) are part of the message.
+        while let Some(l) = lines.next_if(|l| l.starts_with(' ')) {
+            message = format!("{} {}", message.trim_end_matches(':'), l.trim());
+        }
+        // What clap adds after its message: a tip, the usage line.
+        let rest: Vec<&str> = lines
+            .map(str::trim)
+            .filter(|l| !l.starts_with("For more information"))
+            .collect();
+        emit_error_json(serde_json::json!({
+            "kind": crate::error::kind_of(exit::USAGE),
+            "message": message,
+            "causes": [],
+            "hint": (!rest.is_empty()).then(|| rest.join("; ")),
+            "exit_code": exit::USAGE,
+        }));
+    }
+    ExitCode::from(exit::USAGE)
+}
+
+/// Under `--json`, a result a command printed only because it fails (doctor's findings,
+/// verify's problems): kept until the run ends, and printed then as one document with the
+/// run's `error` object in it, so that stdout holds one document that says both.
+static HELD: Mutex<Option<serde_json::Value>> = Mutex::new(None);
+
+/// Keeps `value` (a JSON object) as the document the run's error goes into; see [`HELD`].
+/// A value that is not an object is printed at once.
+pub(crate) fn hold_json(value: &impl serde::Serialize) {
+    match serde_json::to_value(value) {
+        Ok(v @ serde_json::Value::Object(_)) => {
+            if let Ok(mut held) = HELD.lock() {
+                if let Some(earlier) = held.replace(v) {
+                    emit_json(&earlier);
+                }
+            }
+        }
+        Ok(v) => emit_json(&v),
+        Err(e) => note!("error: cannot encode the result as JSON: {e}"),
+    }
+}
+
+fn take_held() -> Option<serde_json::Value> {
+    HELD.lock().ok().and_then(|mut h| h.take())
+}
+
+/// `{"error": error}`, added to the held document if there is one.
+fn emit_error_json(error: serde_json::Value) {
+    let mut doc = take_held().unwrap_or_else(|| serde_json::json!({}));
+    doc["error"] = error;
+    emit_json(&doc);
 }
 
 pub(crate) fn report_error(e: &Error) {

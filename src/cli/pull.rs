@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(value_name = "REFERENCE", required_unless_present = "locked")]
     references: Vec<String>,
     /// Platform to pull from a multi-platform image [default: the host's]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = crate::cli::known_platform)]
     platform: Option<String>,
     /// Pull every platform of a multi-platform image, attestations included, and keep its
     /// manifest list or index byte-exact (for `push` and `export --format oci-archive`)
@@ -103,7 +103,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let mut first_error = None;
     for (input, name, pin) in &targets {
         let started = Instant::now();
-        let reporter = ctx.progress.reporter();
+        let reporter = ctx.reporter();
         let target = PullTarget {
             input,
             name,
@@ -113,7 +113,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         if args.all_platforms {
             let pulled = pull_all(ctx, &target, reporter, &config_note).await;
             if let Err(e) = pulled {
-                failed(ctx, input, e, targets.len(), &mut first_error)?;
+                failed(ctx, input, e, None, targets.len(), &mut first_error)?;
             }
             continue;
         }
@@ -123,10 +123,15 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             Some(to) => match super::load::hand_over(to, &args.engine, ctx.store()?).await {
                 Ok(h) => Some(h),
                 Err((loaded, e)) => {
-                    if ctx.json {
-                        emit_json(&serde_json::json!({ "reference": input, "loaded": loaded }));
-                    }
-                    failed(ctx, input, e.into(), targets.len(), &mut first_error)?;
+                    let e = engine_unreached(ctx, input, name, &platform, e.into());
+                    failed(
+                        ctx,
+                        input,
+                        e,
+                        Some(&loaded),
+                        targets.len(),
+                        &mut first_error,
+                    )?;
                     continue;
                 }
             },
@@ -152,9 +157,12 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                     continue;
                 };
                 let (loaded, outcome) = loaded(ctx, handover, streamed, &report).await?;
-                print(ctx, &report, secs, Some(&loaded));
+                // A load that failed fails the run: alone, its report is the document the
+                // run's error object goes into.
+                let hold = outcome.is_err() && targets.len() == 1;
+                print(ctx, &report, secs, Some((&loaded, hold)));
                 if let Err(e) = outcome {
-                    failed(ctx, input, e.into(), targets.len(), &mut first_error)?;
+                    failed(ctx, input, e.into(), None, targets.len(), &mut first_error)?;
                 }
             }
             // The other references are still pulled; the first failure decides the exit.
@@ -163,10 +171,8 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                     note!("{config_note}");
                 }
                 let e = with_suggestions(ctx, name, e).await;
-                if targets.len() == 1 {
-                    loaded_json(ctx, input, &e, streamed.as_ref().map(|(l, _)| l));
-                }
-                failed(ctx, input, e, targets.len(), &mut first_error)?;
+                let loaded = streamed.as_ref().map(|(l, _)| l);
+                failed(ctx, input, e, loaded, targets.len(), &mut first_error)?;
             }
         }
     }
@@ -179,23 +185,75 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     }
 }
 
-/// A reference that failed: the error itself when it was the only one; otherwise reported
-/// (a JSON record under `--json`) and kept, the first deciding the exit, while the other
-/// references are still pulled.
+/// A reference that failed. The only one: the run's error, which the top-level handler
+/// reports (under `--json` with the reference, and what became of `--load`, in its
+/// document). One of several: reported now, as a JSON record too under `--json`, and kept,
+/// the first deciding the exit, while the other references are still pulled.
 fn failed(
     ctx: &Ctx,
     input: &str,
     e: Error,
+    loaded: Option<&Loaded>,
     references: usize,
     first_error: &mut Option<Error>,
 ) -> Result<(), Error> {
     if references == 1 {
+        if let (true, Some(loaded)) = (ctx.json, loaded) {
+            super::hold_json(&serde_json::json!({ "reference": input, "loaded": loaded }));
+        }
         return Err(e);
     }
-    failed_json(ctx, input, &e);
+    failed_json(ctx, input, &e, loaded);
     super::report_error(&e);
     first_error.get_or_insert(e);
     Ok(())
+}
+
+/// `--load` with no engine to reach: the engine is reached before any download, so the
+/// engine's hint ("the image stays in the cudaimg store", true for `load`) is made true
+/// for this pull: what the store holds of the image, where the store is, and what to run.
+fn engine_unreached(
+    ctx: &Ctx,
+    input: &str,
+    name: &Canonical,
+    platform: &Platform,
+    e: Error,
+) -> Error {
+    let Some(hint) = e.hint() else {
+        return e;
+    };
+    let base = hint
+        .split("; the image stays in the cudaimg store")
+        .next()
+        .unwrap_or(&hint)
+        .to_owned();
+    let store = ctx.existing_store().ok();
+    let root = store.as_ref().map_or_else(
+        || "the store".to_owned(),
+        |s| s.root().display().to_string(),
+    );
+    let stored = store
+        .as_ref()
+        .and_then(|s| {
+            s.image(&name.image.to_string(), Some(platform))
+                .ok()
+                .flatten()
+        })
+        .is_some();
+    let then = if stored {
+        format!(
+            "; the image is in {root}: `cudaimg load {input}` hands it over once the engine runs"
+        )
+    } else {
+        format!(
+            "; nothing was downloaded (the engine is reached first): `cudaimg pull {input}` \
+             without `--load` stores it in {root}, and `cudaimg load {input}` hands it over later"
+        )
+    };
+    Error::WithHint {
+        inner: Box::new(e),
+        hint: format!("{base}{then}"),
+    }
 }
 
 /// What `--load` did: streamed while the pull ran; else (no image was chosen to stream)
@@ -217,20 +275,6 @@ async fn loaded(
     Ok(handover.load(&image).await)
 }
 
-/// `--load` was asked of a pull that failed: under `--json`, the record says what became of
-/// the load too (several references get theirs from `failed`).
-fn loaded_json(ctx: &Ctx, input: &str, e: &Error, loaded: Option<&Loaded>) {
-    if let (true, Some(loaded)) = (ctx.json, loaded) {
-        emit_json(&serde_json::json!({
-            "reference": input,
-            "error": e.to_string(),
-            "hint": e.hint(),
-            "exit_code": e.exit_code(),
-            "loaded": loaded,
-        }));
-    }
-}
-
 /// A "no such tag" with the nearest tags of the registry's list as its hint.
 async fn with_suggestions(ctx: &Ctx, name: &Canonical, e: cudaimg_transfer::PullError) -> Error {
     if !e.is_not_found() {
@@ -248,14 +292,14 @@ async fn with_suggestions(ctx: &Ctx, name: &Canonical, e: cudaimg_transfer::Pull
 }
 
 /// Under `--json` with several references, a failed one gets a record too, so a reader of
-/// stdout sees one document per reference: `{"reference", "error", "hint", "exit_code"}`.
-fn failed_json(ctx: &Ctx, input: &str, e: &Error) {
+/// stdout sees one document per reference: `{"reference", "error": {...}, "loaded"}`, the
+/// error object as the run's own failure has it.
+fn failed_json(ctx: &Ctx, input: &str, e: &Error, loaded: Option<&Loaded>) {
     if ctx.json {
         emit_json(&serde_json::json!({
             "reference": input,
-            "error": e.to_string(),
-            "hint": e.hint(),
-            "exit_code": e.exit_code(),
+            "error": e.to_json(),
+            "loaded": loaded,
         }));
     }
 }
@@ -303,7 +347,7 @@ fn record_locations(store: &cudaimg_store::Store, r: &PullReport) {
     }
 }
 
-fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
+fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<(&Loaded, bool)>) {
     for w in &r.warnings {
         note!("warning: {w}");
     }
@@ -330,15 +374,21 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
     }
     if ctx.json {
         match (serde_json::to_value(r), loaded) {
-            (Ok(mut v), Some(l)) => {
+            (Ok(mut v), Some((l, hold))) => {
                 v["loaded"] = serde_json::to_value(l).unwrap_or_default();
-                emit_json(&v);
+                if hold {
+                    super::hold_json(&v);
+                } else {
+                    emit_json(&v);
+                }
             }
             _ => emit_json(r),
         }
         return;
     }
     let cached = r.layers.iter().filter(|l| l.cached).count();
+    // Fitted to the terminal: a digest goes under its label rather than wrap mid-digest.
+    let emit = |line: &str| fit_emit(ctx, line);
     emit(&r.canonical.to_string());
     emit(&format!("  digest:   {}", r.digest));
     if let Some(i) = &r.index_digest {
@@ -357,7 +407,7 @@ fn print(ctx: &Ctx, r: &PullReport, secs: f64, loaded: Option<&Loaded>) {
         human_bytes(r.bytes_downloaded),
         r.manifest_source
     ));
-    if let Some(l) = loaded {
+    if let Some((l, _)) = loaded {
         super::load::print(l);
     }
 }
@@ -396,6 +446,7 @@ fn print_all(ctx: &Ctx, r: &PullAllReport, secs: f64) {
         emit_json(r);
         return;
     }
+    let emit = |line: &str| fit_emit(ctx, line);
     emit(&r.canonical.to_string());
     if let Some(i) = &r.index_digest {
         emit(&format!("  index:    {i}"));
@@ -425,6 +476,13 @@ fn print_all(ctx: &Ctx, r: &PullAllReport, secs: f64) {
         human_bytes(r.bytes_downloaded),
         r.manifest_source
     ));
+}
+
+/// A line of the report, fitted to the terminal's width (see `width::fit_line`).
+fn fit_emit(ctx: &Ctx, line: &str) {
+    for l in super::width::fit_line(line, ctx.columns) {
+        emit(&l);
+    }
 }
 
 /// Where the digest came from. A registry with no mirrors.toml entry is the official one

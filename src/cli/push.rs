@@ -22,7 +22,7 @@ pub struct Args {
     destination: String,
     /// Which platform, when the store holds several single-platform entries for the name
     /// [default: a multi-arch entry, else the host's]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = crate::cli::known_platform)]
     platform: Option<String>,
     #[command(flatten)]
     pub send: SendArgs,
@@ -94,7 +94,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let platform: Option<Platform> = args.platform.as_deref().map(str::parse).transpose()?;
     let dest = destination(config, &args.destination, ctx.session.http()?)?;
     let started = Instant::now();
-    let reporter: Arc<dyn cudaimg_oci::progress::Reporter> = Arc::from(ctx.progress.reporter());
+    let reporter: Arc<dyn cudaimg_oci::progress::Reporter> = Arc::from(ctx.reporter());
     let report = cudaimg_transfer::push(
         ctx.store()?,
         &name,

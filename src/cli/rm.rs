@@ -11,7 +11,7 @@ pub struct Args {
     #[arg(required = true, value_name = "REFERENCE")]
     references: Vec<String>,
     /// Remove only this platform's entry [default: every platform]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = crate::cli::known_platform)]
     platform: Option<String>,
 }
 

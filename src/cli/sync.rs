@@ -16,13 +16,15 @@ use super::output::{FinishError, Output, OutputError};
 use super::{emit, emit_json, human_bytes, Ctx};
 
 #[derive(Debug, clap::Args)]
+// What to do with the selection: one of these at least, each named when none is given.
+#[command(group(clap::ArgGroup::new("action").required(true).multiple(true).args(["plan", "to"])))]
 pub struct Args {
     /// The sync spec: `[[images]]` entries of references, CUDA selectors, or tag patterns
     #[arg(value_name = "SPEC")]
     spec: PathBuf,
     /// Print what would be carried (images, digests, platforms, blobs, bytes), and what the
     /// far side is assumed to hold
-    #[arg(long, required_unless_present = "to")]
+    #[arg(long)]
     plan: bool,
     /// Write the bundle into DIR: tar parts of whole blobs, each verifiable and importable
     /// alone, and `bundle.json` naming every part, image and blob (reproducible: the same
@@ -101,7 +103,7 @@ impl Args {
 }
 
 pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
-    let reporter = ctx.progress.reporter();
+    let reporter = ctx.reporter();
     let prepared = cudaimg_sync::prepare(
         &ctx.session,
         &args.spec,
@@ -162,7 +164,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     if !ctx.json {
         print(&out);
     }
-    let reporter = ctx.progress.reporter();
+    let reporter = ctx.reporter();
     let written = cudaimg_sync::bundle::write(
         ctx.store()?,
         &plan,

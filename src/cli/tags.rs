@@ -11,6 +11,7 @@ use cudaimg_cuda::{eol, tag, CudaTag, Flavor};
 use cudaimg_mirrors::sources::Role;
 use cudaimg_oci::progress::Silent;
 
+use super::width::{fit_line, hanging, shorten_left, table, Column, Fit};
 use super::{emit, emit_json, Ctx};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -200,7 +201,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     if ctx.json {
         emit_json(&listing);
     } else {
-        print(&listing);
+        print(ctx, &listing);
     }
     Ok(())
 }
@@ -251,7 +252,7 @@ pub(crate) async fn list(
     (result, official_down)
 }
 
-fn print(l: &Listing) {
+fn print(ctx: &Ctx, l: &Listing) {
     note!(
         "{}: {} from {} ({}); {} match",
         l.repository,
@@ -261,30 +262,39 @@ fn print(l: &Listing) {
         l.tags.len()
     );
     if !l.tags.is_empty() {
-        let width = l.tags.iter().map(|t| t.tag.len()).max().unwrap_or(3).max(3);
-        emit(&format!(
-            "{:width$}  {:8}  {:15}  {:6}  {:12}  EOL",
-            "TAG", "CUDA", "FLAVOR", "CUDNN", "OS"
-        ));
-        for t in &l.tags {
-            let flavor = format!("{}{}", if t.tensorrt { "tensorrt-" } else { "" }, t.flavor);
-            emit(&format!(
-                "{:width$}  {:8}  {:15}  {:6}  {:12}  {}",
-                t.tag,
-                t.cuda_version,
-                flavor,
-                if t.cudnn.is_some() {
-                    t.cudnn.to_string()
-                } else {
-                    "-".into()
-                },
-                t.os.as_deref().unwrap_or("-"),
-                match t.eol {
-                    Some(true) => "yes",
-                    Some(false) => "no",
-                    None => "?",
-                }
-            ));
+        let columns = [
+            Column::new("TAG", Fit::Left),
+            Column::new("CUDA", Fit::Keep),
+            Column::new("FLAVOR", Fit::Keep),
+            Column::new("CUDNN", Fit::Keep),
+            Column::new("OS", Fit::Keep),
+            Column::new("EOL", Fit::Keep),
+        ];
+        let rows: Vec<Vec<String>> = l
+            .tags
+            .iter()
+            .map(|t| {
+                vec![
+                    t.tag.clone(),
+                    t.cuda_version.clone(),
+                    format!("{}{}", if t.tensorrt { "tensorrt-" } else { "" }, t.flavor),
+                    if t.cudnn.is_some() {
+                        t.cudnn.to_string()
+                    } else {
+                        "-".into()
+                    },
+                    t.os.as_deref().unwrap_or("-").to_owned(),
+                    match t.eol {
+                        Some(true) => "yes",
+                        Some(false) => "no",
+                        None => "?",
+                    }
+                    .to_owned(),
+                ]
+            })
+            .collect();
+        for line in table(&columns, &rows, ctx.columns) {
+            emit(&line);
         }
     }
     let mut unknown: Vec<&String> = l.tags.iter().flat_map(|t| &t.unknown).collect();
@@ -296,10 +306,12 @@ fn print(l: &Listing) {
     if let Some(u) = &l.unparsed {
         for t in u {
             // Registry data: control characters would reach the terminal.
-            emit(&format!(
-                "{}  (not an nvidia/cuda tag)",
-                cudaimg_oci::text::shown(t)
-            ));
+            let tag = cudaimg_oci::text::shown(t).to_string();
+            let tag = match ctx.columns {
+                Some(c) => shorten_left(&tag, c.saturating_sub(26)),
+                None => tag,
+            };
+            emit(&format!("{tag}  (not an nvidia/cuda tag)"));
         }
     } else if l.skipped > 0 {
         note!(
@@ -310,9 +322,16 @@ fn print(l: &Listing) {
         );
     }
     if let Some(r) = &l.recommended {
-        emit(&format!("recommended: {}:{}", l.repository, r.tag));
+        for line in fit_line(
+            &format!("recommended: {}:{}", l.repository, r.tag),
+            ctx.columns,
+        ) {
+            emit(&line);
+        }
         for why in &r.reasons {
-            emit(&format!("  {why}"));
+            for line in hanging("  ", why, ctx.columns) {
+                emit(&line);
+            }
         }
     } else {
         note!("no tag matches the filters");

@@ -22,7 +22,12 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         .map_err(|e| Error::Setup(format!("verification was interrupted: {e}")))?
         .map_err(broken_index)?;
     if ctx.json {
-        emit_json(&report);
+        // Problems fail the run: the report and its error object make one document.
+        if report.problems.is_empty() {
+            emit_json(&report);
+        } else {
+            super::hold_json(&report);
+        }
     } else {
         emit(&format!(
             "checked {} ({}) and {} in {}",

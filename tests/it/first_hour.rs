@@ -855,23 +855,28 @@ fn json_outputs_plurals_and_pull_load_without_an_engine() {
         .into_iter::<Value>()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(docs.len(), 2, "{}", stdout(&out));
+    // One per reference, then the run's own error object, as every failure under --json.
+    assert_eq!(docs.len(), 3, "{}", stdout(&out));
     assert_eq!(docs[0]["reference"], good);
     assert_eq!(
         docs[1]["reference"],
         "nvidia/cuda:12.4.1-runtime-ubuntu24.04"
     );
-    assert_eq!(docs[1]["exit_code"], 4, "{}", docs[1]);
+    let e = &docs[1]["error"];
+    assert_eq!(e["exit_code"], 4, "{}", docs[1]);
+    assert_eq!(e["kind"], "not_found", "{}", docs[1]);
     assert!(
-        docs[1]["error"].as_str().unwrap().contains("no tag"),
+        e["message"].as_str().unwrap().contains("no tag"),
         "{}",
         docs[1]
     );
     assert!(
-        docs[1]["hint"].as_str().unwrap().contains("did you mean"),
+        e["hint"].as_str().unwrap().contains("did you mean"),
         "{}",
         docs[1]
     );
+    assert_eq!(docs[2]["error"]["exit_code"], 4, "{}", docs[2]);
+    assert_eq!(out.status.code(), Some(4));
 
     // export --json: JSON.
     let file = sandbox.root().join("cuda.tar");

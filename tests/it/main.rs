@@ -25,6 +25,7 @@ mod build;
 mod build_index;
 mod build_inputs;
 mod bundle;
+mod cli_output;
 mod conveniences;
 mod cuda;
 mod docker;

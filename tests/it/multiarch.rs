@@ -150,7 +150,7 @@ fn all_platforms_keeps_the_index_and_every_child_for_skopeo_images_verify_gc_exp
     let raw = run_ok(sandbox.skopeo().args(["inspect", "--raw", &layout]));
     assert_eq!(raw.stdout, att.index.bytes);
 
-    // images: the index row, then one row per platform with the shared index digest.
+    // images --json: the index row, then one row per platform with the shared index digest.
     let rows = cli_json(&sandbox, &config, &["images"]);
     let rows: Vec<&Value> = rows.as_array().unwrap().iter().collect();
     assert_eq!(rows.len(), 3, "{rows:?}");
@@ -170,8 +170,10 @@ fn all_platforms_keeps_the_index_and_every_child_for_skopeo_images_verify_gc_exp
     }
     let table = run_ok(&mut sandbox.cli(&config, &["images"]));
     let table = String::from_utf8_lossy(&table.stdout);
+    // The table: one row for the whole image, its platforms listed (issue 22 item 10).
+    assert_eq!(table.lines().count(), 2, "{table}");
     assert!(
-        table.contains("(index)") && table.contains("4 manifests"),
+        table.contains("linux/amd64,linux/arm64/v8") && table.contains("4 manifests"),
         "{table}"
     );
 

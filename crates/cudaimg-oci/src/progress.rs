@@ -17,6 +17,10 @@ pub trait Reporter: Send + Sync {
         _to_fetch: u64,
     ) {
     }
+    /// The image's blobs (config and layers, of every platform pulled): how many, stored
+    /// or not. Said once, right after [`Reporter::resolved`], so that a reader can tell how
+    /// much of the image an interrupted run left in the store.
+    fn planned(&self, _blobs: usize) {}
     /// A blob is already in the store.
     fn blob_cached(&self, _digest: &Digest, _size: u64) {}
     /// A download attempt starts at `offset` (0 unless resumed) from `source`.

@@ -48,4 +48,7 @@ impl EnvVars {
     pub const HOME: &'static str = "HOME";
     /// Where `doctor` looks for `nvidia-smi` and the container toolkit's binaries.
     pub const PATH: &'static str = "PATH";
+    /// The width human output fits into (tables, progress bars); else the terminal's, and
+    /// no limit when stdout is not a terminal.
+    pub const COLUMNS: &'static str = "COLUMNS";
 }

@@ -284,6 +284,7 @@ impl Session {
             img.content_size(),
             plan.to_fetch,
         );
+        reporter.planned(plan.blobs.len());
         for d in plan.blobs.iter().filter(|d| !plan.missing.contains(d)) {
             reporter.blob_cached(&d.digest, d.size);
         }

@@ -135,6 +135,7 @@ impl Session {
             .map_or(&children[0].manifest.digest, |i| &i.digest);
         let total: u64 = plan.blobs.iter().map(|d| d.size).sum();
         reporter.resolved(&image.to_string(), top_digest, &shown, total, plan.to_fetch);
+        reporter.planned(plan.blobs.len());
         for d in plan.blobs.iter().filter(|d| !plan.missing.contains(d)) {
             reporter.blob_cached(&d.digest, d.size);
         }
