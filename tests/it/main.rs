@@ -31,6 +31,7 @@ mod faults;
 mod first_hour;
 mod getting_started;
 mod harness;
+mod hostile;
 mod import;
 mod input_safety;
 mod loaded;
