@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::error::Error;
 use cudaimg_oci::digest::Digest;
 use cudaimg_oci::manifest::Manifest;
+use cudaimg_oci::text::shown;
 use cudaimg_store::{Store, StoreError};
 
 use super::{emit, emit_json, human_bytes, Ctx};
@@ -57,7 +58,14 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
         note!("the store at {} holds no images", store.root().display());
         return Ok(());
     }
-    let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+    // Names, digests and platforms come from index.json, which any tool may have written:
+    // printed escaped, so that none of them hands control characters to the terminal.
+    let w = rows
+        .iter()
+        .map(|r| shown(&r.name).to_string().chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     emit(&format!(
         "{:<w$}  {:<19}  {:<14}  {:>10}  {:>10}  LAYERS",
         "NAME", "DIGEST", "PLATFORM", "SIZE", "SHARED"
@@ -65,13 +73,14 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
     for r in &rows {
         let platform = match (&r.platform, r.index) {
             (_, true) => "(index)",
-            (Some(p), false) => p.as_str(),
+            (Some(p), false) => &shown(p).to_string(),
             (None, false) => "-",
         };
+        let digest = r.digest.get(..19).unwrap_or(&r.digest);
         emit(&format!(
             "{:<w$}  {:<19}  {:<14}  {:>10}  {:>10}  {}",
-            r.name,
-            r.digest.get(..19).unwrap_or(&r.digest),
+            shown(&r.name).to_string(),
+            shown(digest).to_string(),
             platform,
             human_bytes(r.size),
             human_bytes(r.shared),

@@ -304,3 +304,37 @@ fn a_bundle_json_with_200k_entries_is_checked_in_linear_time() {
     let took = start.elapsed();
     assert!(took < Duration::from_secs(10), "{took:?}: {err}");
 }
+
+/// `images` prints names, digests and platforms from index.json, which any tool may have
+/// written: a terminal escape or a bell in any of them reaches the terminal escaped.
+#[test]
+fn images_prints_control_characters_of_a_hostile_index_escaped() {
+    let sandbox = Sandbox::new();
+    let store = sandbox.store_dir();
+    std::fs::create_dir_all(store.join("blobs/sha256")).unwrap();
+    std::fs::write(
+        store.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": "sha256:\u{1b}[2J\u{7}",
+            "size": 3,
+            "platform": {"os": "linux\u{1b}]0;pwned\u{7}", "architecture": "amd64"},
+            "annotations": {
+                "org.opencontainers.image.ref.name": "x/y:\u{1b}[31mRED\u{1b}[0m"
+            }
+        }]
+    });
+    std::fs::write(store.join("index.json"), index.to_string()).unwrap();
+    let mut cmd = sandbox.cudaimg();
+    cmd.arg("--store").arg(&store).arg("images");
+    let out = run_bounded(&mut cmd, Duration::from_secs(20));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("x/y:\\u{1b}[31mRED"), "{text}");
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+}
