@@ -1063,3 +1063,62 @@ fn import_takes_platforms_and_media_types_from_the_manifest_not_bundle_json() {
         "the registry keeps the type the manifest was PUT with"
     );
 }
+
+/// Issue 23: a registry (the fault proxy in front of a real one) that answers every blob
+/// `HEAD` with `200` and a `Content-Length` that is not the blob's. The blobs a bundle
+/// assumes the far side holds are looked for by size as well: they are missing, and the
+/// import stops before anything is pushed, as push does (push::a_head_with_the_wrong_size_does_not_skip_the_blob).
+#[test]
+fn an_import_does_not_take_a_head_with_the_wrong_size_as_an_assumed_blob_being_there() {
+    use cudaimg_sync::plan::BlobKind;
+    let devel = devel_amd64();
+    let mut near = near(&[&devel]);
+    let full = near.plan(&Exclusions::default());
+    // The far side is said (by an inventory) to hold the config and layers.
+    let mut exclude = Exclusions::default();
+    exclude.add(
+        AssumedFrom::Inventory {
+            sha256: "0".repeat(64),
+            of: "the far registry".into(),
+        },
+        full.blobs
+            .iter()
+            .filter(|b| matches!(b.kind, BlobKind::Config | BlobKind::Layer))
+            .map(|b| b.digest.clone()),
+    );
+    let plan = near.plan(&exclude);
+    assert!(!plan.assumed.is_empty());
+    let dir = near.sandbox.root().join("bundle");
+    near.write(&plan, &dir, None);
+    near.seal();
+
+    let registry = TestRegistry::start_with_basic_auth(USER, PASS);
+    let proxy = FaultProxy::start(&registry.url());
+    proxy.add(Fault::Status {
+        path_contains: "/blobs/sha256:".into(),
+        status: 200,
+        retry_after: None,
+        times: common::proxy::ALWAYS,
+    });
+    let far = far_with(registry, Some(&proxy.host()));
+    let out = run_fails(&mut far.cli(&["import", dir.to_str().unwrap(), "--to", &proxy.host()]));
+    let err = stderr(&out);
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .any(|r| r.method == "HEAD" && r.faults == ["Status"]),
+        "the fault never fired"
+    );
+    assert!(
+        err.contains("the bundle assumes the destination holds"),
+        "{err}"
+    );
+    assert!(err.contains(plan.assumed[0].digest.as_str()), "{err}");
+    let writes: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET" && r.method != "HEAD")
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+}

@@ -440,8 +440,10 @@ async fn check_assumed_in_registry(
                         Err(e) => return Err(check_error(d, dest, e)),
                     }
                 } else {
+                    // Only at its size: a registry that answers every HEAD with 200 and
+                    // another length does not hold it (push compares the same way).
                     match dest.client.blob_exists(repo, d).await {
-                        Ok(found) => found.is_some(),
+                        Ok(found) => found == Some(info.size),
                         Err(e) => return Err(check_error(d, dest, e)),
                     }
                 };
