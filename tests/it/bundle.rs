@@ -1067,7 +1067,8 @@ fn import_takes_platforms_and_media_types_from_the_manifest_not_bundle_json() {
 /// Issue 23: a registry (the fault proxy in front of a real one) that answers every blob
 /// `HEAD` with `200` and a `Content-Length` that is not the blob's. The blobs a bundle
 /// assumes the far side holds are looked for by size as well: they are missing, and the
-/// import stops before anything is pushed, as push does (push::a_head_with_the_wrong_size_does_not_skip_the_blob).
+/// import stops before anything is pushed, as push does
+/// (`push::a_head_with_the_wrong_size_does_not_skip_the_blob`).
 #[test]
 fn an_import_does_not_take_a_head_with_the_wrong_size_as_an_assumed_blob_being_there() {
     use cudaimg_sync::plan::BlobKind;

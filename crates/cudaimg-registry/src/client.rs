@@ -625,7 +625,11 @@ impl RegistryClient {
         url: &Url,
         build: impl Fn(&Client) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
-        self.send_with(&self.writes, scope, url, build).await
+        let resp = self.send_with(&self.writes, scope, url, build).await?;
+        if resp.status().is_redirection() {
+            return Err(refused_write_redirect(&resp));
+        }
+        Ok(resp)
     }
 
     async fn send_with(
@@ -694,6 +698,10 @@ impl RegistryClient {
             .send()
             .await
             .map_err(|e| RegistryError::from_reqwest(url, e))?;
+        // Only writes stream a body.
+        if resp.status().is_redirection() {
+            return Err(refused_write_redirect(&resp));
+        }
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -769,16 +777,42 @@ fn refused_redirect(from: &Url, location: Option<&str>) -> String {
         to.port().map(|p| format!(":{p}")).unwrap_or_default()
     );
     if same_origin(from, &to) {
-        return format!(
-            " (a redirect within the registry's origin, not followed: more than \
-             {MAX_REDIRECTS} redirects, or an upload whose streamed body cannot be sent again)"
-        );
+        return format!(" (more than {MAX_REDIRECTS} redirects)");
     }
     format!(
-        " (a redirect to another origin, `{origin}`, not followed: a write (PUT, PATCH, POST, \
-         DELETE) goes to the registry's own origin only, and an endpoint marked insecure is \
-         read from its own origin only; nothing was written there)"
+        " (a redirect to another origin, `{origin}`, not followed for an endpoint marked \
+         insecure: its certificate checks are off for its own origin only)"
     )
+}
+
+/// A write answered with a redirect that the writes' policy did not follow: one to another
+/// origin (never followed), or one within it that could not be (a streamed body is sent once).
+fn refused_write_redirect(resp: &Response) -> RegistryError {
+    let from = resp.url();
+    let location = header_str(resp, LOCATION.as_str());
+    let status = resp.status().as_u16();
+    let reason = match location.as_deref().and_then(|l| from.join(l).ok()) {
+        Some(to) if is_http(&to) && !same_origin(from, &to) => format!(
+            "it redirected a write (HTTP {status}) to another origin, `{}://{}{}`: writes go \
+             to the registry's own origin only, so it was not followed and nothing was written \
+             there",
+            to.scheme(),
+            to.host_str().unwrap_or(""),
+            to.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Some(to) if is_http(&to) => format!(
+            "it redirected a write (HTTP {status}) within its origin, which was not followed \
+             (more than {MAX_REDIRECTS} redirects, or an upload body that cannot be sent twice)"
+        ),
+        _ => format!(
+            "it redirected a write (HTTP {status}){}",
+            refused_redirect(from, location.as_deref())
+        ),
+    };
+    RegistryError::BadResponse {
+        url: redact_url(from),
+        reason,
+    }
 }
 
 pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {
