@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::error::Error;
 use cudaimg_oci::digest::Digest;
 use cudaimg_oci::manifest::Manifest;
+use cudaimg_oci::text::shown;
 use cudaimg_store::{Store, StoreError};
 
 use super::width::{table, Column, Fit};
@@ -73,9 +74,11 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
         .into_iter()
         .map(|(r, platforms)| {
             vec![
-                r.name.clone(),
+                // Names and platforms come from index.json, which any tool may have
+                // written: escaped, so none hands control characters to the terminal.
+                shown(&r.name).to_string(),
                 r.digest.clone(),
-                platforms,
+                shown(&platforms).to_string(),
                 human_bytes(r.size),
                 human_bytes(r.shared),
                 match (r.broken, r.manifests) {

@@ -99,9 +99,9 @@ fn print(ctx: &Ctx, r: &ImportReport, secs: f64) {
     for p in &r.bad_parts {
         note!(
             "error: part {} cannot be used: {}\nhint: send it again: {}",
-            p.file,
-            p.reason,
-            p.path.display()
+            shown(&p.file),
+            shown(&p.reason),
+            shown(&p.path.display().to_string())
         );
     }
     for i in r.failed() {

@@ -908,3 +908,218 @@ fn a_bundle_of_one_platform_of_a_multiarch_tag_imports_into_distribution_and_a_s
     assert_eq!(rows[0]["index_digest"], runtime.top().digest.as_str());
     assert_eq!(rows[0]["broken"], false);
 }
+
+/// A single-platform bundle written to `dir` from a sealed near side, and its bundle.json.
+fn one_image_bundle(dir_name: &str) -> (Near, PathBuf, Value) {
+    let devel = devel_amd64();
+    let mut near = near(&[&devel]);
+    let plan = near.plan(&Exclusions::default());
+    let dir = near.sandbox.root().join(dir_name);
+    near.write(&plan, &dir, None);
+    near.seal();
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("bundle.json")).unwrap()).unwrap();
+    (near, dir, file)
+}
+
+fn rewrite_bundle_json(dir: &Path, file: &Value) {
+    std::fs::write(dir.join("bundle.json"), serde_json::to_vec(file).unwrap()).unwrap();
+}
+
+/// Issue 23: `import` stored whatever names bundle.json gave. A name that is not an image
+/// reference (`/etc/passwd`, one with `..` and terminal escapes) is refused before anything
+/// is stored, with the name escaped in the message.
+#[test]
+fn import_refuses_names_that_are_not_image_references_and_stores_nothing() {
+    let (_near, dir, file) = one_image_bundle("bundle");
+    for bad in ["/etc/passwd", "../../../x:\x1b[31mRED\x1b[0m\x07"] {
+        let mut lying = file.clone();
+        lying["plan"]["images"][0]["name"] = Value::from(bad);
+        rewrite_bundle_json(&dir, &lying);
+        let store_side = far_with(TestRegistry::start(), None);
+        let out = run_fails(&mut store_side.cli(&["import", dir.to_str().unwrap()]));
+        let err = stderr(&out);
+        assert!(err.contains("is not a valid image reference"), "{err}");
+        assert!(err.contains("hint:"), "{err}");
+        assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains('\x1b'));
+        let index = store_side.sandbox.store_dir().join("index.json");
+        if let Ok(bytes) = std::fs::read(&index) {
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["manifests"].as_array().map_or(0, Vec::len), 0, "{v:#}");
+        }
+        // Into a registry likewise: nothing is pushed.
+        let far = far();
+        let out = run_fails(&mut far.cli(&[
+            "import",
+            dir.to_str().unwrap(),
+            "--to",
+            &far.registry.host(),
+        ]));
+        let err = stderr(&out);
+        assert!(err.contains("is not a valid image reference"), "{err}");
+        assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+        let writes: Vec<_> = far
+            .registry
+            .requests()
+            .into_iter()
+            .filter(|r| r.method != "GET" && r.method != "HEAD")
+            .collect();
+        assert!(writes.is_empty(), "{writes:?}");
+    }
+}
+
+/// Issue 23: platforms and media types come from the verified manifest and config, never
+/// from bundle.json. A bundle.json that says `windows/s390x` for a linux/amd64 image, and
+/// calls its image manifest an index (image and blob), imports into a store and a registry
+/// as what the bytes are.
+#[test]
+fn import_takes_platforms_and_media_types_from_the_manifest_not_bundle_json() {
+    let (_near, dir, file) = one_image_bundle("bundle");
+    let top = file["plan"]["images"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let name = file["plan"]["images"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let manifest = {
+        let bundle = cudaimg_sync::bundle::Bundle::open(&dir).unwrap();
+        bundle
+            .read_small(&cudaimg_oci::digest::Digest::parse(&top).unwrap(), 1 << 22)
+            .unwrap()
+    };
+    let real_type = serde_json::from_slice::<Value>(&manifest).unwrap()["mediaType"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut lying = file.clone();
+    lying["plan"]["images"][0]["platforms"] = serde_json::json!(["windows/s390x"]);
+    lying["plan"]["images"][0]["media_type"] =
+        Value::from("application/vnd.oci.image.index.v1+json");
+    for b in lying["plan"]["blobs"].as_array_mut().unwrap() {
+        if b["digest"] == top.as_str() {
+            b["kind"] = Value::from("index");
+            b["media_type"] = Value::from("application/vnd.oci.image.index.v1+json");
+        }
+    }
+    rewrite_bundle_json(&dir, &lying);
+
+    let store_side = far_with(TestRegistry::start(), None);
+    let report = json(&run_ok(&mut store_side.cli(&[
+        "--json",
+        "import",
+        dir.to_str().unwrap(),
+    ])));
+    assert_eq!(statuses(&report), ["imported"], "{report:#}");
+    assert_eq!(
+        report["images"][0]["platforms"],
+        serde_json::json!(["linux/amd64"]),
+        "{report:#}"
+    );
+    let index_json =
+        std::fs::read_to_string(store_side.sandbox.store_dir().join("index.json")).unwrap();
+    assert!(
+        !index_json.contains("windows") && !index_json.contains("s390x"),
+        "{index_json}"
+    );
+    let index: Value = serde_json::from_str(&index_json).unwrap();
+    let entries: Vec<&Value> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["annotations"]["org.opencontainers.image.ref.name"] == name.as_str())
+        .collect();
+    assert_eq!(entries.len(), 1, "{index:#}");
+    assert_eq!(entries[0]["mediaType"], real_type.as_str(), "{index:#}");
+    assert_eq!(entries[0]["platform"]["os"], "linux", "{index:#}");
+    assert_eq!(entries[0]["platform"]["architecture"], "amd64", "{index:#}");
+    run_ok(&mut store_side.cli(&["verify"]));
+
+    // Into a registry: the manifest goes in as its own media type, byte-exact.
+    let far = far();
+    let report = far.import(&dir, &far.registry.host());
+    assert_eq!(statuses(&report), ["imported"], "{report:#}");
+    let reference = name.strip_prefix("docker.io/").unwrap();
+    assert_eq!(far.raw(reference), manifest);
+    let (repo, tag) = reference.split_once(':').unwrap();
+    let resp = reqwest::blocking::Client::new()
+        .get(format!("{}/v2/{repo}/manifests/{tag}", far.registry.url()))
+        .basic_auth(USER, Some(PASS))
+        .header(
+            "Accept",
+            "application/vnd.docker.distribution.manifest.v2+json, \
+             application/vnd.oci.image.manifest.v1+json, \
+             application/vnd.oci.image.index.v1+json, \
+             application/vnd.docker.distribution.manifest.list.v2+json",
+        )
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        real_type,
+        "the registry keeps the type the manifest was PUT with"
+    );
+}
+
+/// Issue 23: a registry (the fault proxy in front of a real one) that answers every blob
+/// `HEAD` with `200` and a `Content-Length` that is not the blob's. The blobs a bundle
+/// assumes the far side holds are looked for by size as well: they are missing, and the
+/// import stops before anything is pushed, as push does
+/// (`push::a_head_with_the_wrong_size_does_not_skip_the_blob`).
+#[test]
+fn an_import_does_not_take_a_head_with_the_wrong_size_as_an_assumed_blob_being_there() {
+    use cudaimg_sync::plan::BlobKind;
+    let devel = devel_amd64();
+    let mut near = near(&[&devel]);
+    let full = near.plan(&Exclusions::default());
+    // The far side is said (by an inventory) to hold the config and layers.
+    let mut exclude = Exclusions::default();
+    exclude.add(
+        AssumedFrom::Inventory {
+            sha256: "0".repeat(64),
+            of: "the far registry".into(),
+        },
+        full.blobs
+            .iter()
+            .filter(|b| matches!(b.kind, BlobKind::Config | BlobKind::Layer))
+            .map(|b| b.digest.clone()),
+    );
+    let plan = near.plan(&exclude);
+    assert!(!plan.assumed.is_empty());
+    let dir = near.sandbox.root().join("bundle");
+    near.write(&plan, &dir, None);
+    near.seal();
+
+    let registry = TestRegistry::start_with_basic_auth(USER, PASS);
+    let proxy = FaultProxy::start(&registry.url());
+    proxy.add(Fault::Status {
+        path_contains: "/blobs/sha256:".into(),
+        status: 200,
+        retry_after: None,
+        times: common::proxy::ALWAYS,
+    });
+    let far = far_with(registry, Some(&proxy.host()));
+    let out = run_fails(&mut far.cli(&["import", dir.to_str().unwrap(), "--to", &proxy.host()]));
+    let err = stderr(&out);
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .any(|r| r.method == "HEAD" && r.faults == ["Status"]),
+        "the fault never fired"
+    );
+    assert!(
+        err.contains("the bundle assumes the destination holds"),
+        "{err}"
+    );
+    assert!(err.contains(plan.assumed[0].digest.as_str()), "{err}");
+    let writes: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET" && r.method != "HEAD")
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+}

@@ -35,6 +35,7 @@ mod faults;
 mod first_hour;
 mod getting_started;
 mod harness;
+mod hostile;
 mod import;
 mod input_safety;
 mod loaded;

@@ -912,3 +912,49 @@ fn a_cut_that_the_registry_kept_part_of_teaches_no_body_limit() {
         .join("state/upload-limits.json")
         .exists());
 }
+
+/// Issue 23: a registry (the fault proxy in front of a real one) that answers a write with
+/// `307` to another host: the manifest `PUT`, an upload's `POST`, a chunk's `PATCH` and the
+/// closing `PUT`. The other host is a second proxy of the same registry, so a followed
+/// redirect would succeed there; writes stay on the registry's origin instead: the push
+/// fails, saying why, and the other host sees no write.
+#[test]
+fn a_write_redirected_to_another_host_fails_the_push_and_is_not_sent_there() {
+    let fx = fixture(Scale(0.004));
+    let s = stored(&fx);
+    for (method, path) in [
+        ("PUT", "/manifests/"),
+        ("POST", "/blobs/uploads/"),
+        ("PATCH", "/blobs/uploads/"),
+        ("PUT", "/blobs/uploads/"),
+    ] {
+        let dest = TestRegistry::start();
+        let front = FaultProxy::start(&dest.url());
+        let elsewhere = FaultProxy::start(&dest.url());
+        front.add(Fault::RedirectWrites {
+            method: method.into(),
+            path_contains: path.into(),
+            to: elsewhere.url(),
+        });
+        let target = format!("{}/base/cuda:redirected", front.host());
+        let out = run_fails(&mut s.cli(&["push", &s.name, &target, "--chunk-size", "1M"]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            front
+                .requests()
+                .iter()
+                .any(|r| r.method == method && r.faults == ["RedirectWrites"]),
+            "{method} {path}: the fault never fired"
+        );
+        assert!(
+            stderr.contains("another origin") && stderr.contains(&elsewhere.host()),
+            "{method} {path}: {stderr}"
+        );
+        let writes: Vec<_> = elsewhere
+            .requests()
+            .into_iter()
+            .filter(|r| r.method != "GET" && r.method != "HEAD")
+            .collect();
+        assert!(writes.is_empty(), "{method} {path}: {writes:?}");
+    }
+}

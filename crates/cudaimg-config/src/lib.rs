@@ -12,6 +12,7 @@
 
 pub mod lockfile;
 
+use cudaimg_static::regular;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -229,9 +230,11 @@ impl Config {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = fs_err::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let text = regular::read_capped_to_string(path, regular::MAX_TEXT_FILE).map_err(|e| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source: e.into(),
+            }
         })?;
         Self::parse(&text, path)
     }

@@ -81,7 +81,10 @@ impl LockError {
 impl Lockfile {
     /// Loads `path`; a missing file is an empty lockfile when `missing_ok`.
     pub fn load(path: &Path, missing_ok: bool) -> Result<Self, LockError> {
-        let text = match fs_err::read_to_string(path) {
+        let text = match cudaimg_static::regular::read_capped_to_string(
+            path,
+            cudaimg_static::regular::MAX_TEXT_FILE,
+        ) {
             Ok(t) => t,
             Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Lockfile {
@@ -89,10 +92,10 @@ impl Lockfile {
                     images: BTreeMap::new(),
                 })
             }
-            Err(source) => {
+            Err(e) => {
                 return Err(LockError::Read {
                     path: path.to_owned(),
-                    source,
+                    source: e.into(),
                 })
             }
         };

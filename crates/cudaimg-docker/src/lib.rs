@@ -169,7 +169,10 @@ fn context_host() -> Result<Option<String>, DockerError> {
     {
         name
     } else {
-        let Ok(text) = fs_err::read_to_string(dir.join("config.json")) else {
+        let Ok(text) = cudaimg_static::regular::read_capped_to_string(
+            &dir.join("config.json"),
+            cudaimg_static::regular::MAX_TEXT_FILE,
+        ) else {
             return Ok(None);
         };
         let config: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -191,7 +194,11 @@ fn context_host() -> Result<Option<String>, DockerError> {
         name: name.clone(),
         reason: why,
     };
-    let text = fs_err::read_to_string(&meta).map_err(|e| missing(e.to_string()))?;
+    let text = cudaimg_static::regular::read_capped_to_string(
+        &meta,
+        cudaimg_static::regular::MAX_TEXT_FILE,
+    )
+    .map_err(|e| missing(e.to_string()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| missing(format!("{}: {e}", meta.display())))?;
     value

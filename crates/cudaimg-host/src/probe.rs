@@ -239,16 +239,11 @@ pub fn parse_proc_version(text: &str) -> Option<DriverVersion> {
         .and_then(DriverVersion::parse)
 }
 
+/// A FIFO or device named like a config file would block the read forever; `/proc` files
+/// report size 0, so the cap counts what is read.
 fn read_small(path: &Path) -> Result<String, String> {
-    let meta = fs_err::metadata(path).map_err(|e| e.to_string())?;
-    // A FIFO or device named like a config file would block the read forever.
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(format!("larger than {MAX_CONFIG_BYTES} bytes"));
-    }
-    fs_err::read_to_string(path).map_err(|e| e.to_string())
+    cudaimg_static::regular::read_capped_to_string(path, MAX_CONFIG_BYTES)
+        .map_err(|e| e.to_string())
 }
 
 /// What Docker's `daemon.json` says.

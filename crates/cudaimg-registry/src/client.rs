@@ -6,7 +6,10 @@
 //! Redirects (blob CDNs) are followed by reqwest, which drops `Authorization` whenever the
 //! host, port or scheme changes; credentials never leave the endpoint they belong to. Only
 //! `http` and `https` targets are followed; an endpoint marked insecure follows redirects
-//! within its own origin only. A redirect that is not followed is reported with its reason.
+//! within its own origin only. Writes (`PUT`, `PATCH`, `POST`, `DELETE`) follow redirects
+//! within the registry's origin only, whatever the endpoint: a manifest re-sent to another
+//! host would be reported as pushed. A redirect that is not followed is reported with its
+//! reason.
 
 use std::time::Duration;
 
@@ -34,6 +37,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct HttpClients {
     verified: Client,
     insecure: Client,
+    /// For writes (`PUT`, `PATCH`, `POST`, `DELETE`): redirects are followed only within the
+    /// origin of the request. reqwest's policy sees URLs, not methods, hence clients of their
+    /// own; and a write sent elsewhere (a manifest `PUT` re-sent to another host by a 307)
+    /// would report as pushed what the registry never received.
+    writes_verified: Client,
+    writes_insecure: Client,
     /// Manifests are small: a manifest request that takes longer than the stall timeout is
     /// stuck. Blob bodies have no total limit; the engine ends them when they stall.
     manifest_timeout: Duration,
@@ -103,10 +112,31 @@ impl HttpClients {
                     }
                 }))
                 .build()?,
+            writes_verified: base().redirect(same_origin_only()).build()?,
+            writes_insecure: base()
+                .danger_accept_invalid_certs(true)
+                .redirect(same_origin_only())
+                .build()?,
             manifest_timeout: stall_timeout,
             explicit: None,
         })
     }
+}
+
+/// Follows a redirect only while it stays on the origin (scheme, host, port) of the first
+/// request; anything else is stopped and its 3xx answer reaches the caller as an error.
+fn same_origin_only() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| same_origin(first, attempt.url()));
+        if same && attempt.previous().len() < MAX_REDIRECTS {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
 }
 
 /// A client for one endpoint.
@@ -118,6 +148,8 @@ pub struct RegistryClient {
     /// A namespace the endpoint keeps the registry's repositories under (`mirror/`), or "".
     prefix: String,
     http: Client,
+    /// [`HttpClients`]' client for writes, of the same TLS setting as `http`.
+    writes: Client,
     /// For token realms on other hosts, which the endpoint's `insecure` does not cover.
     verified: Client,
     manifest_timeout: Duration,
@@ -180,10 +212,10 @@ impl RegistryClient {
     /// A client for the endpoint at `url` (scheme, host, optional path prefix). `insecure`
     /// skips TLS certificate checks; only the user's configuration ever sets it.
     pub fn new(url: &url::Url, insecure: bool, clients: &HttpClients) -> Self {
-        let http = if insecure {
-            clients.insecure.clone()
+        let (http, writes) = if insecure {
+            (clients.insecure.clone(), clients.writes_insecure.clone())
         } else {
-            clients.verified.clone()
+            (clients.verified.clone(), clients.writes_verified.clone())
         };
         let (api, prefix) = api_and_prefix(url);
         let client = RegistryClient {
@@ -191,6 +223,7 @@ impl RegistryClient {
             api,
             prefix,
             http,
+            writes,
             verified: clients.verified.clone(),
             manifest_timeout: clients.manifest_timeout,
             auth: Auth::new(authority(url), url.scheme() == "https"),
@@ -610,11 +643,36 @@ impl RegistryClient {
         url: &Url,
         build: impl Fn(&Client) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
+        self.send_with(&self.http, scope, url, build).await
+    }
+
+    /// [`Self::send_scoped`] for a write (`PUT`, `POST`, `DELETE`): a redirect is followed
+    /// only within the request's origin.
+    pub(crate) async fn send_write_scoped(
+        &self,
+        scope: &str,
+        url: &Url,
+        build: impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        let resp = self.send_with(&self.writes, scope, url, build).await?;
+        if resp.status().is_redirection() {
+            return Err(refused_write_redirect(&resp));
+        }
+        Ok(resp)
+    }
+
+    async fn send_with(
+        &self,
+        client: &Client,
+        scope: &str,
+        url: &Url,
+        build: impl Fn(&Client) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
         let scope = scope.to_owned();
         let mut authorization: Option<HeaderValue> = self.auth.cached(&scope);
         let mut answered = false;
         loop {
-            let mut req = build(&self.http);
+            let mut req = build(client);
             if let Some(h) = &authorization {
                 req = req.header(AUTH_HEADER, h.clone());
             }
@@ -669,6 +727,10 @@ impl RegistryClient {
             .send()
             .await
             .map_err(|e| RegistryError::from_reqwest(url, e))?;
+        // Only writes stream a body.
+        if resp.status().is_redirection() {
+            return Err(refused_write_redirect(&resp));
+        }
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
@@ -681,9 +743,9 @@ impl RegistryClient {
         })
     }
 
-    /// The endpoint's HTTP client, for requests built outside this module.
-    pub(crate) fn http(&self) -> &Client {
-        &self.http
+    /// The endpoint's client for writes, whose redirects stay on the request's origin.
+    pub(crate) fn writes(&self) -> &Client {
+        &self.writes
     }
 
     /// Uses `credential` for this endpoint instead of looking one up in docker's config.json
@@ -750,6 +812,36 @@ fn refused_redirect(from: &Url, location: Option<&str>) -> String {
         " (a redirect to another origin, `{origin}`, not followed for an endpoint marked \
          insecure: its certificate checks are off for its own origin only)"
     )
+}
+
+/// A write answered with a redirect that the writes' policy did not follow: one to another
+/// origin (never followed), or one within it that could not be (a streamed body is sent once).
+fn refused_write_redirect(resp: &Response) -> RegistryError {
+    let from = resp.url();
+    let location = header_str(resp, LOCATION.as_str());
+    let status = resp.status().as_u16();
+    let reason = match location.as_deref().and_then(|l| from.join(l).ok()) {
+        Some(to) if is_http(&to) && !same_origin(from, &to) => format!(
+            "it redirected a write (HTTP {status}) to another origin, `{}://{}{}`: writes go \
+             to the registry's own origin only, so it was not followed and nothing was written \
+             there",
+            to.scheme(),
+            to.host_str().unwrap_or(""),
+            to.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Some(to) if is_http(&to) => format!(
+            "it redirected a write (HTTP {status}) within its origin, which was not followed \
+             (more than {MAX_REDIRECTS} redirects, or an upload body that cannot be sent twice)"
+        ),
+        _ => format!(
+            "it redirected a write (HTTP {status}){}",
+            refused_redirect(from, location.as_deref())
+        ),
+    };
+    RegistryError::BadResponse {
+        url: redact_url(from),
+        reason,
+    }
 }
 
 pub(crate) fn same_origin(a: &Url, b: &Url) -> bool {

@@ -203,17 +203,18 @@ fn read_config() -> Result<
 > {
     let path = docker_config_path()
         .ok_or("neither DOCKER_CONFIG nor HOME is set: there is no docker config.json to write")?;
-    let config = match fs_err::read(&path) {
-        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => serde_json::Map::new(),
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            format!(
-                "{} is not a JSON object ({e}); fix or move it",
-                path.display()
-            )
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Map::new(),
-        Err(e) => return Err(e.to_string()),
-    };
+    let config =
+        match cudaimg_static::regular::read_capped(&path, cudaimg_static::regular::MAX_TEXT_FILE) {
+            Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => serde_json::Map::new(),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{} is not a JSON object ({e}); fix or move it",
+                    path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Map::new(),
+            Err(e) => return Err(e.to_string()),
+        };
     Ok((path, config))
 }
 

@@ -313,14 +313,22 @@ fn tls_acceptor(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, ServeErro
         path: path.clone(),
         reason,
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .and_then(Iterator::collect)
+    // Read here, not by rustls-pki-types' file readers: the paths are the user's, and a FIFO
+    // or a link to `/dev/zero` must be refused, not read until memory runs out.
+    let read = |path: &PathBuf| {
+        cudaimg_static::regular::read_capped(path, cudaimg_static::regular::MAX_TEXT_FILE)
+            .map_err(|e| bad(path, e.to_string()))
+    };
+    let cert_pem = read(&files.cert)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| bad(&files.cert, e.to_string()))?;
     if certs.is_empty() {
         return Err(bad(&files.cert, "it holds no certificate".into()));
     }
+    let key_pem = read(&files.key)?;
     let key =
-        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad(&files.key, e.to_string()))?;
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(&files.key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

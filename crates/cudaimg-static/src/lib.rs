@@ -1,6 +1,12 @@
 //! Every environment variable cudaimg reads, as a documented constant, in one place (as uv's
 //! `EnvVars`). Code reads a variable only through one of these names, so this file is the
 //! complete list; the README's "Environment" section is written from it.
+//!
+//! [`regular`]: the one way a file that a user or a peer names is opened and read (a
+//! regular file, checked before any read, through a cap), at the bottom of the layers so
+//! that every crate that reads such a file can use it.
+
+pub mod regular;
 
 /// The names of the environment variables cudaimg reads.
 pub struct EnvVars;

@@ -192,7 +192,8 @@ pub fn add_have(exclude: &mut Exclusions, path: &Path) -> Result<(), SyncError> 
         path: path.to_owned(),
         reason,
     };
-    let bytes = fs_err::read(path).map_err(|e| bad(e.to_string()))?;
+    let bytes = cudaimg_static::regular::read_capped(path, crate::bundle::MAX_BUNDLE_JSON)
+        .map_err(|e| bad(e.to_string()))?;
     let inv: Inventory = serde_json::from_slice(&bytes)
         .map_err(|e| bad(format!("it is not a cudaimg inventory ({e})")))?;
     if inv.format != FORMAT {
@@ -237,7 +238,8 @@ pub fn add_since(exclude: &mut Exclusions, dir: &Path) -> Result<(), SyncError> 
         path: file.clone(),
         reason,
     };
-    let bytes = fs_err::read(&file).map_err(|e| bad(e.to_string()))?;
+    let bytes = cudaimg_static::regular::read_capped(&file, crate::bundle::MAX_BUNDLE_JSON)
+        .map_err(|e| bad(e.to_string()))?;
     let bundle: Bundle = serde_json::from_slice(&bytes)
         .map_err(|e| bad(format!("it is not a cudaimg bundle's bundle.json ({e})")))?;
     let name = dir.file_name().map_or_else(

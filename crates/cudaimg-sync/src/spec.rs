@@ -228,9 +228,13 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 impl Spec {
     pub fn load(path: &Path) -> Result<Spec, SpecError> {
-        let text = fs_err::read_to_string(path).map_err(|source| SpecError::Read {
+        let text = cudaimg_static::regular::read_capped_to_string(
+            path,
+            cudaimg_static::regular::MAX_TEXT_FILE,
+        )
+        .map_err(|e| SpecError::Read {
             path: path.to_owned(),
-            source,
+            source: e.into(),
         })?;
         Spec::parse(&text, path)
     }

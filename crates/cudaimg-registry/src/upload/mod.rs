@@ -30,7 +30,10 @@
 //! ([`RegistryError::TokenRenewed`]), and the upload continues from the session's status.
 //! Upload `Location`s are resolved against the endpoint and must stay on its origin: a session
 //! on another host would get either this endpoint's credentials or the blob without them, and
-//! neither is ours to decide, so it is refused ([`RegistryError::BadResponse`]).
+//! neither is ours to decide, so it is refused ([`RegistryError::BadResponse`]). For the same
+//! reason every write goes through the endpoint's client for writes, which follows a redirect
+//! (a 307 or 308 re-sends the body) only within the registry's origin: one elsewhere is an
+//! error, never a write that reports success for bytes the registry did not get.
 
 use std::future::Future;
 use std::io;
@@ -311,7 +314,7 @@ impl RegistryClient {
             self.name(from)
         );
         let resp = self
-            .send_scoped(&scope, &url, |c| {
+            .send_write_scoped(&scope, &url, |c| {
                 c.post(url.clone())
                     .header(CONTENT_LENGTH, 0)
                     .timeout(REQUEST_TIMEOUT)
@@ -335,7 +338,7 @@ impl RegistryClient {
             self.name(repo)
         ))?;
         let resp = self
-            .send_scoped(&self.push_scope(repo), &url, |c| {
+            .send_write_scoped(&self.push_scope(repo), &url, |c| {
                 c.post(url.clone())
                     .header(CONTENT_LENGTH, 0)
                     .timeout(REQUEST_TIMEOUT)
@@ -398,7 +401,7 @@ impl RegistryClient {
     pub async fn cancel_upload(&self, session: &UploadSession) -> Result<(), RegistryError> {
         let url = session.location.clone();
         let resp = self
-            .send_scoped(&self.push_scope(&session.repo), &url, |c| {
+            .send_write_scoped(&self.push_scope(&session.repo), &url, |c| {
                 c.delete(url.clone()).timeout(REQUEST_TIMEOUT)
             })
             .await?;
@@ -437,7 +440,7 @@ impl RegistryClient {
         }
         // Small and in memory: sent again after a challenge, unlike blob bodies.
         let resp = self
-            .send_scoped(&self.push_scope(repo), &url, |c| {
+            .send_write_scoped(&self.push_scope(repo), &url, |c| {
                 c.put(url.clone())
                     .header(CONTENT_TYPE, media_type)
                     .body(bytes.to_vec())
@@ -513,7 +516,7 @@ impl RegistryClient {
         }
         let url = session.location.clone();
         let request = self
-            .http()
+            .writes()
             .patch(url.clone())
             .header(CONTENT_TYPE, OCTET_STREAM)
             .header(CONTENT_RANGE, format!("{start}-{}", start + len - 1))
@@ -554,7 +557,7 @@ impl RegistryClient {
         let mut url = session.location.clone();
         url.query_pairs_mut().append_pair("digest", digest.as_str());
         let request = self
-            .http()
+            .writes()
             .put(url.clone())
             .header(CONTENT_TYPE, OCTET_STREAM)
             .header(CONTENT_LENGTH, len)

@@ -27,9 +27,11 @@ use super::read::{Bundle, PartProblem, PartSource};
 use crate::plan::{AssumedFrom, BlobKind, PlannedImage};
 use cudaimg_config::Config;
 use cudaimg_oci::digest::Digest;
-use cudaimg_oci::manifest::{self, Descriptor, Manifest, MAX_MANIFEST_BYTES};
+use cudaimg_oci::manifest::{self, Descriptor, ImageConfig, Manifest, MAX_MANIFEST_BYTES};
+use cudaimg_oci::platform::Platform;
 use cudaimg_oci::progress::Reporter;
 use cudaimg_oci::reference::ImageRef;
+use cudaimg_oci::text::shown;
 use cudaimg_registry::{BlobSource, HttpClients, RegistryError, UploadError};
 use cudaimg_store::{NamedImage, Store};
 use cudaimg_transfer::{send_plan, Destination, PushDoc, PushError, PushOptions, PushPlan};
@@ -132,14 +134,42 @@ pub enum ImportError {
         #[source]
         source: Box<RegistryError>,
     },
-    #[error("`{name}` cannot be mapped under `{target}`: {reason}")]
+    #[error(
+        "`{}` cannot be mapped under `{}`: {reason}",
+        shown(name),
+        shown(target)
+    )]
     Name {
         name: String,
         target: String,
         reason: String,
     },
+    /// bundle.json names an image by something that is not a canonical image reference.
+    #[error("bundle.json names an image that cannot be imported: {reason}; nothing was imported")]
+    BadName { reason: String },
     #[error(transparent)]
     Store(#[from] cudaimg_store::StoreError),
+}
+
+/// Every image name in the plan must be a canonical reference, as `cudaimg sync` writes
+/// them (`docker.io/nvidia/cuda:TAG`): a name is stored and pushed as it is, so a path, a
+/// `..` or a terminal escape from a tampered bundle.json must not get that far.
+fn check_names(plan: &crate::plan::Plan) -> Result<(), ImportError> {
+    for image in &plan.images {
+        let r = ImageRef::parse(&image.name).map_err(|e| ImportError::BadName {
+            reason: e.to_string(),
+        })?;
+        if r.to_string() != image.name || r.tag.is_none() {
+            return Err(ImportError::BadName {
+                reason: format!(
+                    "`{}` is not a canonical reference with a tag (`{}`)",
+                    shown(&image.name),
+                    shown(&r.to_string())
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn describe(from: Option<&AssumedFrom>) -> String {
@@ -186,6 +216,11 @@ impl ImportError {
                     .into(),
             ),
             ImportError::Name { .. } => Some("give `--to HOST[:PORT][/PREFIX]`".into()),
+            ImportError::BadName { .. } => Some(
+                "bundle.json was changed after `cudaimg sync` wrote it, or something else wrote \
+                 it: write the bundle again with `cudaimg sync SPEC --to DIR`"
+                    .into(),
+            ),
             ImportError::Bundle(e) => e.hint(),
             ImportError::Store(e) => e.hint(),
         }
@@ -275,6 +310,7 @@ pub async fn import(
     options: &ImportOptions,
     reporter: Arc<dyn Reporter>,
 ) -> Result<ImportReport, ImportError> {
+    check_names(&bundle.file.plan)?;
     let problems: Vec<PartProblem> = {
         let b = bundle.clone();
         tokio::task::spawn_blocking(move || b.check_parts(&|_| {}))
@@ -404,8 +440,10 @@ async fn check_assumed_in_registry(
                         Err(e) => return Err(check_error(d, dest, e)),
                     }
                 } else {
+                    // Only at its size: a registry that answers every HEAD with 200 and
+                    // another length does not hold it (push compares the same way).
                     match dest.client.blob_exists(repo, d).await {
-                        Ok(found) => found.is_some(),
+                        Ok(found) => found == Some(info.size),
                         Err(e) => return Err(check_error(d, dest, e)),
                     }
                 };
@@ -467,7 +505,8 @@ fn outcome(image: &PlannedImage, destination: String) -> ImageOutcome {
         name: image.name.clone(),
         destination,
         digest: image.digest.clone(),
-        platforms: image.platforms.clone(),
+        // Filled in from the verified manifests once imported; bundle.json's are claims.
+        platforms: Vec::new(),
         upstream: image.upstream.clone(),
         status: "failed",
         blobs_sent: 0,
@@ -562,24 +601,27 @@ async fn to_registry(
             });
             continue;
         }
-        let (bytes, media_type) = if let Some((b, mt)) = found.manifests.get(d) {
-            (
-                b.clone(),
-                mt.clone().unwrap_or_else(|| info.media_type.clone()),
-            )
+        let (bytes, served_as) = if let Some((b, mt)) = found.manifests.get(d) {
+            (b.clone(), mt.clone())
         } else {
             match bundle.read_small(d, MAX_MANIFEST_BYTES) {
-                Ok(b) => (b, info.media_type.clone()),
+                Ok(b) => (b, None),
                 Err(e) => return fail(o, format!("cannot read manifest {d}: {e}"), None),
             }
         };
-        let media_type = if media_type.is_empty() {
-            serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| manifest::OCI_MANIFEST.to_owned())
-        } else {
-            media_type
+        // What a manifest is comes from its verified bytes (and, for one fetched from the
+        // destination, the type it was served as), never from bundle.json: a manifest PUT
+        // as another type is stored broken.
+        let media_type = match manifest::parse(&bytes, served_as.as_deref()) {
+            Ok(Manifest::Index(i)) => i.media_type,
+            Ok(Manifest::Image(m)) => m.media_type,
+            Err(e) => {
+                return fail(
+                    o,
+                    format!("blob {d}, a manifest in bundle.json's plan, is not one: {e}"),
+                    Some("write the bundle again with `cudaimg sync SPEC --to DIR`".into()),
+                )
+            }
         };
         docs.push(PushDoc {
             bytes,
@@ -595,12 +637,13 @@ async fn to_registry(
         );
     };
     let top = docs.remove(top_at);
+    let platforms = platforms_of(bundle, &top.bytes);
     blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
     let plan = PushPlan {
         top,
         children: docs,
         blobs,
-        platforms: image.platforms.clone(),
+        platforms: platforms.clone(),
     };
     let upload = |desc: Descriptor, mounts: Vec<String>, opts: cudaimg_registry::UploadOptions| {
         let source = bundle.source(&desc.digest);
@@ -649,6 +692,7 @@ async fn to_registry(
             let f = &r.destination_figures;
             ImageOutcome {
                 status: "imported",
+                platforms,
                 blobs_sent: f.uploaded,
                 blobs_mounted: f.mounted,
                 blobs_present: f.skipped,
@@ -728,6 +772,7 @@ async fn to_store(
     match name_in_store(store, image, infos) {
         Ok(()) => ImageOutcome {
             status: "imported",
+            platforms: stored_platforms(store, &image.name),
             ..o
         },
         Err(e) => {
@@ -811,6 +856,45 @@ fn name_in_store(
         )?;
     }
     Ok(())
+}
+
+/// The platforms of a manifest in the bundle, from its verified bytes: an index's entries,
+/// or an image manifest's config (empty when the config is not carried).
+fn platforms_of(bundle: &Bundle, bytes: &[u8]) -> Vec<String> {
+    let mut out = match manifest::parse(bytes, None) {
+        Ok(Manifest::Index(i)) => i.platforms(),
+        Ok(Manifest::Image(m)) => bundle
+            .read_small(&m.config.digest, MAX_MANIFEST_BYTES)
+            .ok()
+            .and_then(|c| serde_json::from_slice::<ImageConfig>(&c).ok())
+            .map(|c| {
+                vec![Platform {
+                    os: c.os,
+                    architecture: c.architecture,
+                    variant: c.variant,
+                }
+                .to_string()]
+            })
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The platforms the store now names `name` with, as it read them from the stored configs.
+fn stored_platforms(store: &Store, name: &str) -> Vec<String> {
+    let mut out: Vec<String> = store
+        .list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.name.as_deref() == Some(name) && !e.is_index)
+        .filter_map(|e| e.platform.map(|p| p.to_string()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Writes one blob into the store from its part(s), continuing a partial write; the store

@@ -6,7 +6,7 @@
 //! what it sends and refuses to commit other bytes, a store write commits only a blob that
 //! matches its digest, and [`Bundle::read_small`] checks manifests before they are used.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -18,7 +18,9 @@ use super::{
     MAX_BUNDLE_JSON, PART_FORMAT, PART_INDEX,
 };
 use cudaimg_oci::digest::{Digest, Hasher};
+use cudaimg_oci::text::shown;
 use cudaimg_registry::BlobSource;
+use cudaimg_static::regular::{self, FileError};
 
 /// An opened bundle directory.
 #[derive(Debug, Clone)]
@@ -37,59 +39,81 @@ pub struct PartProblem {
 }
 
 impl Bundle {
-    /// Reads `DIR/bundle.json`.
+    /// Reads `DIR/bundle.json`: a regular file (a FIFO or a link to a device is refused
+    /// before any read) of at most [`MAX_BUNDLE_JSON`] bytes read.
     pub fn open(dir: &Path) -> Result<Bundle, BundleError> {
         let path = dir.join(BUNDLE_JSON);
         let not = |reason: String| BundleError::NotABundle {
             path: path.clone(),
             reason,
         };
-        let meta = match fs_err::metadata(&path) {
-            Ok(m) => m,
+        let bytes = match regular::read_capped(&path, MAX_BUNDLE_JSON) {
+            Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(not(format!("there is no {BUNDLE_JSON}")))
             }
-            Err(e) => return Err(e.into()),
+            Err(FileError::NotRegular { what, .. }) => {
+                return Err(not(format!(
+                    "its {BUNDLE_JSON} is {what}, not a regular file, and is not read"
+                )))
+            }
+            Err(FileError::TooLarge { .. }) => {
+                return Err(not(format!(
+                    "it holds more than a bundle.json can be ({MAX_BUNDLE_JSON} bytes)"
+                )))
+            }
+            Err(FileError::Io(e)) => return Err(e.into()),
         };
-        if meta.len() > MAX_BUNDLE_JSON {
-            return Err(not(format!(
-                "it is {} bytes, more than a bundle.json can be ({MAX_BUNDLE_JSON})",
-                meta.len()
-            )));
-        }
-        let bytes = fs_err::read(&path)?;
+        Self::from_json(dir, &bytes)
+    }
+
+    /// A bundle in `dir` whose `bundle.json` holds `bytes`: parsed and checked (part names
+    /// are plain file names, pieces lie in listed parts and cover their blob), nothing read.
+    /// Linear in the number of entries: a hostile `bundle.json` is large, not slow.
+    pub fn from_json(dir: &Path, bytes: &[u8]) -> Result<Bundle, BundleError> {
+        let path = dir.join(BUNDLE_JSON);
+        let not = |reason: String| BundleError::NotABundle {
+            path: path.clone(),
+            reason,
+        };
         let format: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| not(format!("it is not JSON ({e})")))?;
+            serde_json::from_slice(bytes).map_err(|e| not(format!("it is not JSON ({e})")))?;
         if format["format"] != FORMAT {
             return Err(not(format!(
                 "its format is {}, this cudaimg reads {FORMAT}",
-                format["format"]
+                shown(&format["format"].to_string())
             )));
         }
-        let file: BundleFile = serde_json::from_slice(&bytes).map_err(|e| not(format!("{e}")))?;
+        let file: BundleFile =
+            serde_json::from_slice(bytes).map_err(|e| not(shown(&e.to_string()).to_string()))?;
+        let mut parts = HashSet::with_capacity(file.parts.len());
         for r in &file.parts {
             if r.file.contains('/') || r.file.starts_with('.') || r.file.is_empty() {
                 return Err(not(format!(
                     "part name `{}` is not a plain file name",
-                    r.file
+                    shown(&r.file)
                 )));
             }
+            parts.insert(r.file.as_str());
         }
         // Pieces name listed parts only (never a path of their own), and cover their blob
         // from its first byte to its last, in order.
         for b in &file.blobs {
             let mut at = 0u64;
             for p in &b.pieces {
-                if !file.parts.iter().any(|r| r.file == p.part) {
+                if !parts.contains(p.part.as_str()) {
                     return Err(not(format!(
                         "blob {} lies in `{}`, which is not one of its parts",
-                        b.digest, p.part
+                        b.digest,
+                        shown(&p.part)
                     )));
                 }
                 if p.start != at {
                     return Err(not(format!("the pieces of blob {} leave a gap", b.digest)));
                 }
-                at += p.size;
+                at = at.checked_add(p.size).ok_or_else(|| {
+                    not(format!("the pieces of blob {} overflow its size", b.digest))
+                })?;
             }
             if at != b.size {
                 return Err(not(format!(
@@ -139,9 +163,15 @@ impl Bundle {
 
     fn check_part(&self, r: &PartRecord, on_bytes: &(dyn Fn(u64) + Sync)) -> Result<(), String> {
         let path = self.part_path(&r.file);
-        let mut f = match fs_err::File::open(&path) {
+        let f = match regular::open_regular(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err("it is missing".into()),
+            Err(FileError::NotRegular { what, .. }) => {
+                return Err(format!(
+                    "it is {what}, not a regular file, and is not read (send it again as a \
+                     plain file)"
+                ))
+            }
             Err(e) => return Err(format!("it cannot be read ({e})")),
         };
         let len = f.metadata().map_err(|e| e.to_string())?.len();
@@ -149,7 +179,8 @@ impl Bundle {
             Ok(i) if i.bundle != self.file.id => {
                 return Err(format!(
                     "it is part {} of another bundle ({}), not of this one",
-                    i.file, i.bundle
+                    shown(&i.file),
+                    shown(&i.bundle)
                 ))
             }
             _ => {}
@@ -160,12 +191,23 @@ impl Bundle {
                 r.size
             ));
         }
+        // What is read is counted, whatever the size said: a file can grow while it is read.
         let mut h = Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
+        let mut read = 0u64;
+        let mut f = f.take(r.size.saturating_add(1));
         loop {
             let n = f.read(&mut buf).map_err(|e| e.to_string())?;
             if n == 0 {
                 break;
+            }
+            read += n as u64;
+            if read > r.size {
+                return Err(format!(
+                    "it holds more than the {} bytes bundle.json says (it changed while it was \
+                     read)",
+                    r.size
+                ));
             }
             h.update(&buf[..n]);
             on_bytes(n as u64);
@@ -175,7 +217,7 @@ impl Bundle {
             return Err(format!(
                 "its sha256 is {}, bundle.json says {} (damaged in transfer)",
                 d.hex(),
-                r.sha256
+                shown(&r.sha256)
             ));
         }
         Ok(())
@@ -198,7 +240,7 @@ impl Bundle {
         }
         let mut out = Vec::new();
         for p in &loc.pieces {
-            let mut f = fs_err::File::open(self.part_path(&p.part))?;
+            let mut f = regular::open_regular(&self.part_path(&p.part))?;
             f.seek(SeekFrom::Start(p.offset))?;
             f.take(p.size).read_to_end(&mut out)?;
         }
@@ -229,7 +271,7 @@ pub fn read_part_index(path: &Path) -> Result<PartIndex, BundleError> {
         path: path.to_path_buf(),
         reason,
     };
-    let mut f = fs_err::File::open(path)?;
+    let mut f = regular::open_regular(path).map_err(io::Error::from)?;
     let mut head = [0u8; 512];
     f.read_exact(&mut head)
         .map_err(|_| not("it is shorter than a tar header".into()))?;
@@ -274,9 +316,9 @@ impl PartSource {
                 continue;
             }
             let skip = offset.saturating_sub(*start);
-            let mut f = tokio::fs::File::open(path).await.map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))
-            })?;
+            // Opened without blocking (a FIFO is refused): the part was checked, but it is
+            // opened again here and may have been swapped since.
+            let mut f = tokio::fs::File::from_std(regular::open_regular(path)?.into_file());
             f.seek(SeekFrom::Start(at + skip)).await?;
             out = Box::pin(out.chain(f.take(size - skip)));
         }

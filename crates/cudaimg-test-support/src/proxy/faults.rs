@@ -54,6 +54,14 @@ pub(super) fn request_faults(
                     .header("Location", location),
             )
         }
+        Fault::RedirectWrites {
+            method: m,
+            path_contains,
+            to,
+        } if m == method && target.contains(path_contains.as_str()) => Some(
+            Local::new(307, "text/plain", Vec::new(), Some(fault.name()))
+                .header("Location", format!("{}{target}", to.trim_end_matches('/'))),
+        ),
         Fault::ServeManifest {
             path_contains,
             body,

@@ -181,6 +181,16 @@ pub enum Fault {
         forward: bool,
         times: usize,
     },
+    /// Answers requests with `method` whose target contains `path_contains` with `307
+    /// Location: {to}{target}` (path and query kept), without contacting upstream: a registry
+    /// that sends writes (a manifest `PUT`, an upload's `POST`, `PATCH` or closing `PUT`) to
+    /// another host. A 307 asks the client to send the same method and body there.
+    /// Persistent.
+    RedirectWrites {
+        method: String,
+        path_contains: String,
+        to: String,
+    },
     /// Rewrites the `Location` header of every response to point at `to`
     /// (`http://HOST:PORT`), keeping path and query: a registry that sends uploads to another
     /// host. Persistent.
@@ -211,6 +221,7 @@ impl Fault {
             Fault::IgnoreRange { .. } => "IgnoreRange",
             Fault::Throttle { .. } => "Throttle",
             Fault::RedirectBlobs { .. } => "RedirectBlobs",
+            Fault::RedirectWrites { .. } => "RedirectWrites",
             Fault::RequireBasic { .. } => "RequireBasic",
             Fault::Refuse => "Refuse",
             Fault::ServeManifest { .. } => "ServeManifest",

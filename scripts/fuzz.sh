@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs each fuzz target in fuzz/ for a bounded time (FUZZ_SECONDS, default 60), with
+# cargo-fuzz on the nightly toolchain; installs cargo-fuzz if it is missing. A crash, a
+# panic, a leak past libFuzzer's limits or an input slower than FUZZ_TIMEOUT seconds (default
+# 10) fails the script, leaving the input under fuzz/artifacts/TARGET/.
+#
+# No sanitizer: the workspace forbids `unsafe`, so AddressSanitizer has nothing of ours to
+# check, and it doubles the build. Panics, hangs and runaway memory are what these targets
+# look for, and libFuzzer catches those by itself.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+
+seconds="${FUZZ_SECONDS:-60}"
+timeout_s="${FUZZ_TIMEOUT:-10}"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install --locked cargo-fuzz
+fi
+
+for target in $(cargo +nightly fuzz list); do
+    echo "fuzz: $target for ${seconds}s"
+    mkdir -p "corpus/$target"
+    # New inputs go to corpus/ (not kept in git); seeds/ holds a few valid ones to start from.
+    cargo +nightly fuzz run --sanitizer none "$target" "corpus/$target" "seeds/$target" -- \
+        -max_total_time="$seconds" -timeout="$timeout_s" -rss_limit_mb=2048
+done
