@@ -77,7 +77,7 @@ pub fn run(ctx: &Ctx) -> Result<(), Error> {
                 // Names and platforms come from index.json, which any tool may have
                 // written: escaped, so none hands control characters to the terminal.
                 shown(&r.name).to_string(),
-                r.digest.clone(),
+                shown(&r.digest).to_string(),
                 shown(&platforms).to_string(),
                 human_bytes(r.size),
                 human_bytes(r.shared),
