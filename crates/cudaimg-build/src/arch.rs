@@ -169,4 +169,102 @@ mod tests {
         assert_eq!(variants_for(Some((2, 14)), cap("sm_70")), ["cu126"]);
         assert_eq!(variants_for(Some((2, 14)), cap("sm_120")), ["cu130", "cu132"]);
     }
+
+    #[test]
+    fn a_cell_names_the_variant_and_base_that_run() {
+        let v = |s: &str| cudaimg_cuda::CudaVersion::parse(s).unwrap();
+        let sm70 = ComputeCap::new(7, 0);
+        let m = check_cell(v("13.0.3"), "2.14.0", "cu130", sm70).unwrap_err();
+        assert!(m.message.contains("no kernels") && m.message.contains("serves sm_75"), "{m:?}");
+        assert!(m.hint.starts_with("`--cuda-wheels cu126` on a CUDA 12.x base"), "{m:?}");
+        let ok = check_cell(v("13.0.3"), "2.14", "cu130", ComputeCap::new(9, 0)).unwrap();
+        assert!(ok.contains("carry its kernels"), "{ok}");
+        let m = check_cell(v("12.6.3"), "2.7.1", "cu126", ComputeCap::new(12, 0)).unwrap_err();
+        assert!(m.hint.contains("cu128"), "{m:?}");
+    }
+}
+
+/// Why a build cell cannot run on a GPU, and what can.
+#[derive(Debug, Clone)]
+pub struct Mismatch {
+    pub message: String,
+    /// The wheel variants (and base) that would, as a hint.
+    pub hint: String,
+}
+
+/// Whether a build of torch `torch` from `variant` wheels on a CUDA `base` base runs on a GPU
+/// of capability `gpu`: the base's toolkit (its libraries, `nvcc`) and the wheels' kernels.
+/// `Ok` is the line `build --dry-run` prints.
+pub fn check_cell(
+    base: cudaimg_cuda::CudaVersion,
+    torch: &str,
+    variant: &str,
+    gpu: ComputeCap,
+) -> Result<String, Mismatch> {
+    use cudaimg_cuda::arch::{newest_major_for, toolkit_verdict, ToolkitVerdict};
+    let minor = crate::compat::TorchVersion::parse(torch).map(|t| t.minor);
+    let wheels = wheel_arch(variant, minor);
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    match toolkit_verdict(base, gpu) {
+        ToolkitVerdict::TooOld { min } => problems.push(format!(
+            "the base's CUDA {base} serves {} and newer (CUDA 13 dropped Maxwell, Pascal and \
+             Volta)",
+            min.sm()
+        )),
+        ToolkitVerdict::TooNew { max } => notes.push(format!(
+            "CUDA {base} has native code up to {} only (PTX JIT for the rest)",
+            max.sm()
+        )),
+        ToolkitVerdict::Supported => notes.push(format!("CUDA {base} has code for it")),
+        ToolkitVerdict::Unknown => notes.push(format!("CUDA {base} is not in the table")),
+    }
+    match wheels {
+        Some(w) if w.runs_on(gpu) => notes.insert(
+            0,
+            format!("torch {torch}'s {variant} wheels carry its kernels ({})", w.describe()),
+        ),
+        Some(w) => problems.insert(
+            0,
+            format!(
+                "torch {torch}'s {variant} wheels have no kernels for it (they carry {})",
+                w.describe()
+            ),
+        ),
+        None => notes.insert(
+            0,
+            format!("{variant}'s architectures are not in cudaimg's table: not checked"),
+        ),
+    }
+    if problems.is_empty() {
+        return Ok(format!("{}: {}", gpu.describe(), notes.join("; ")));
+    }
+    let can = variants_for(minor, gpu);
+    let newest = newest_major_for(gpu);
+    let hint = match can.first() {
+        Some(v) => {
+            let major = crate::compat::variant_cuda(v).map(|c| c.major);
+            let base_hint = match (major, newest) {
+                (Some(m), _) if m != base.major => format!(
+                    " on a CUDA {m}.x base (`cudaimg tags nvidia/cuda --cuda {m}`)"
+                ),
+                _ => String::new(),
+            };
+            format!(
+                "`--cuda-wheels {v}`{base_hint}: torch {torch}'s wheels with {} kernels: {}",
+                gpu.sm(),
+                can.join(", ")
+            )
+        }
+        None => format!(
+            "no torch {torch} wheels carry {} kernels; variants that do (other torch \
+             releases): {}",
+            gpu.sm(),
+            variants_for(None, gpu).join(", ")
+        ),
+    };
+    Err(Mismatch {
+        message: format!("{}: {}", gpu.describe(), problems.join("; and ")),
+        hint,
+    })
 }
