@@ -399,7 +399,11 @@ async fn gpu_targets(asked: &[String]) -> Result<Vec<GpuTarget>, Error> {
         }
         out.push(GpuTarget {
             cap,
-            what: format!("GPU {} ({}) of this host", g.index.unwrap_or(u32::try_from(i).unwrap_or(u32::MAX)), g.name),
+            what: format!(
+                "GPU {} ({}) of this host",
+                g.index.unwrap_or(u32::try_from(i).unwrap_or(u32::MAX)),
+                g.name
+            ),
             asked: false,
         });
     }
@@ -414,7 +418,12 @@ fn check_gpus(plan: &Plan, gpus: &[GpuTarget]) -> Result<Vec<String>, Error> {
     };
     let mut lines = Vec::new();
     for g in gpus {
-        match cudaimg_build::arch::check_cell(base, &plan.checked.torch, &plan.checked.variant, g.cap) {
+        match cudaimg_build::arch::check_cell(
+            base,
+            &plan.checked.torch,
+            &plan.checked.variant,
+            g.cap,
+        ) {
             Ok(line) => lines.push(format!("{line} ({})", g.what)),
             Err(m) if g.asked => {
                 return Err(Error::Usage(format!(
@@ -435,7 +444,12 @@ fn check_gpus(plan: &Plan, gpus: &[GpuTarget]) -> Result<Vec<String>, Error> {
                     m.message,
                     m.hint
                 );
-                lines.push(format!("{} ({}): will not run: {}", g.cap.describe(), g.what, m.message));
+                lines.push(format!(
+                    "{} ({}): will not run: {}",
+                    g.cap.describe(),
+                    g.what,
+                    m.message
+                ));
             }
         }
     }

@@ -269,7 +269,11 @@ fn gpu_arch_refuses_a_cell_without_kernels_for_it_and_names_the_variant_that_has
             "sm_70",
         ],
     ));
-    assert!(stdout(&out).contains("gpu-arch: sm_70 (Volta)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("gpu-arch: sm_70 (Volta)"),
+        "{}",
+        stdout(&out)
+    );
 
     // Bad input: what is wrong, and how to write it.
     let mut args = cuda13.to_vec();
@@ -289,7 +293,9 @@ fn gpu_arch_refuses_a_cell_without_kernels_for_it_and_names_the_variant_that_has
     );
     assert!(err.contains("`--cuda-wheels cu126`"), "{err}");
     assert!(
-        stdout(&out).contains("gpu-arch: sm_70 (Volta) (GPU 0 (Tesla V100-SXM2-16GB) of this host): will not run"),
+        stdout(&out).contains(
+            "gpu-arch: sm_70 (Volta) (GPU 0 (Tesla V100-SXM2-16GB) of this host): will not run"
+        ),
         "{}",
         stdout(&out)
     );

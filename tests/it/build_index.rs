@@ -242,7 +242,10 @@ fn explain_sources_prints_each_tables_date_and_sources() {
         shown.contains("build_cuda_sh: pytorch/pytorch .ci/manywheel/build_cuda.sh"),
         "{shown}"
     );
-    assert!(shown.contains("arch_notes: NVIDIA CUDA Toolkit release notes"), "{shown}");
+    assert!(
+        shown.contains("arch_notes: NVIDIA CUDA Toolkit release notes"),
+        "{shown}"
+    );
     assert!(
         shown.contains("release_md: pytorch/pytorch RELEASE.md"),
         "{shown}"

@@ -131,14 +131,14 @@ pub fn wheel_arch(variant: &str, torch: Option<(u32, u32)>) -> Option<&'static W
 /// The variants of torch `torch` (a minor) whose wheels run on `gpu`, oldest CUDA first; with
 /// no torch row, every variant of the table that does.
 pub fn variants_for(torch: Option<(u32, u32)>, gpu: ComputeCap) -> Vec<String> {
-    let candidates: Vec<String> = match torch.and_then(crate::compat::release) {
-        Some(rel) => rel.variants.clone(),
-        None => {
+    let candidates: Vec<String> = torch.and_then(crate::compat::release).map_or_else(
+        || {
             let mut all: Vec<String> = table().rows.iter().map(|r| r.variant.clone()).collect();
             all.dedup();
             all
-        }
-    };
+        },
+        |rel| rel.variants.clone(),
+    );
     candidates
         .into_iter()
         .filter(|v| wheel_arch(v, torch).is_some_and(|a| a.runs_on(gpu)))
@@ -146,6 +146,8 @@ pub fn variants_for(torch: Option<(u32, u32)>, gpu: ComputeCap) -> Vec<String> {
 }
 
 #[cfg(test)]
+// Tests: a missing row stops the test, which is its message.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -164,10 +166,17 @@ mod tests {
         let cu130 = wheel_arch("cu130", Some((2, 10))).unwrap();
         assert!(!cu130.runs_on(cap("sm_70")));
         assert!(cu130.runs_on(cap("sm_121")), "PTX 12.0 JITs for 12.1");
-        assert!(!wheel_arch("cu128", Some((2, 7))).unwrap().runs_on(cap("sm_70")));
-        assert!(wheel_arch("cu128", Some((2, 8))).unwrap().runs_on(cap("sm_70")));
+        assert!(!wheel_arch("cu128", Some((2, 7)))
+            .unwrap()
+            .runs_on(cap("sm_70")));
+        assert!(wheel_arch("cu128", Some((2, 8)))
+            .unwrap()
+            .runs_on(cap("sm_70")));
         assert_eq!(variants_for(Some((2, 14)), cap("sm_70")), ["cu126"]);
-        assert_eq!(variants_for(Some((2, 14)), cap("sm_120")), ["cu130", "cu132"]);
+        assert_eq!(
+            variants_for(Some((2, 14)), cap("sm_120")),
+            ["cu130", "cu132"]
+        );
     }
 
     #[test]
@@ -175,8 +184,15 @@ mod tests {
         let v = |s: &str| cudaimg_cuda::CudaVersion::parse(s).unwrap();
         let sm70 = ComputeCap::new(7, 0);
         let m = check_cell(v("13.0.3"), "2.14.0", "cu130", sm70).unwrap_err();
-        assert!(m.message.contains("no kernels") && m.message.contains("serves sm_75"), "{m:?}");
-        assert!(m.hint.starts_with("`--cuda-wheels cu126` on a CUDA 12.x base"), "{m:?}");
+        assert!(
+            m.message.contains("no kernels") && m.message.contains("serves sm_75"),
+            "{m:?}"
+        );
+        assert!(
+            m.hint
+                .starts_with("`--cuda-wheels cu126` on a CUDA 12.x base"),
+            "{m:?}"
+        );
         let ok = check_cell(v("13.0.3"), "2.14", "cu130", ComputeCap::new(9, 0)).unwrap();
         assert!(ok.contains("carry its kernels"), "{ok}");
         let m = check_cell(v("12.6.3"), "2.7.1", "cu126", ComputeCap::new(12, 0)).unwrap_err();
@@ -222,7 +238,10 @@ pub fn check_cell(
     match wheels {
         Some(w) if w.runs_on(gpu) => notes.insert(
             0,
-            format!("torch {torch}'s {variant} wheels carry its kernels ({})", w.describe()),
+            format!(
+                "torch {torch}'s {variant} wheels carry its kernels ({})",
+                w.describe()
+            ),
         ),
         Some(w) => problems.insert(
             0,
@@ -245,9 +264,9 @@ pub fn check_cell(
         Some(v) => {
             let major = crate::compat::variant_cuda(v).map(|c| c.major);
             let base_hint = match (major, newest) {
-                (Some(m), _) if m != base.major => format!(
-                    " on a CUDA {m}.x base (`cudaimg tags nvidia/cuda --cuda {m}`)"
-                ),
+                (Some(m), _) if m != base.major => {
+                    format!(" on a CUDA {m}.x base (`cudaimg tags nvidia/cuda --cuda {m}`)")
+                }
                 _ => String::new(),
             };
             format!(

@@ -66,7 +66,7 @@ impl ComputeCap {
             (8, 9) => "Ada Lovelace",
             (8, _) => "Ampere",
             (9, _) => "Hopper",
-            (10 | 11 | 12, _) => "Blackwell",
+            (10..=12, _) => "Blackwell",
             _ => return None,
         })
     }
@@ -136,7 +136,9 @@ pub fn toolkit_verdict(cuda: CudaVersion, gpu: ComputeCap) -> ToolkitVerdict {
     match toolkit(cuda) {
         None => ToolkitVerdict::Unknown,
         Some(t) if gpu < t.min => ToolkitVerdict::TooOld { min: t.min },
-        Some(t) if gpu > t.max && !t.max.cubin_runs_on(gpu) => ToolkitVerdict::TooNew { max: t.max },
+        Some(t) if gpu > t.max && !t.max.cubin_runs_on(gpu) => {
+            ToolkitVerdict::TooNew { max: t.max }
+        }
         Some(_) => ToolkitVerdict::Supported,
     }
 }
@@ -152,6 +154,8 @@ pub fn newest_major_for(gpu: ComputeCap) -> Option<u32> {
 }
 
 #[cfg(test)]
+// Tests: a missing row stops the test, which is its message.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -163,7 +167,9 @@ mod tests {
         assert_eq!(ComputeCap::parse("sm_120"), Some(ComputeCap::new(12, 0)));
         assert_eq!(ComputeCap::parse("sm_90a"), Some(ComputeCap::new(9, 0)));
         assert_eq!(ComputeCap::parse("12.1"), Some(ComputeCap::new(12, 1)));
-        for bad in ["", "sm_", "sm_7", "7", "seven", "7.", "1234", "[N/A]", "7.0.1"] {
+        for bad in [
+            "", "sm_", "sm_7", "7", "seven", "7.", "1234", "[N/A]", "7.0.1",
+        ] {
             assert_eq!(ComputeCap::parse(bad), None, "{bad}");
         }
         assert_eq!(ComputeCap::new(12, 0).sm(), "sm_120");
@@ -178,7 +184,10 @@ mod tests {
             toolkit_verdict(v("13.0.1"), volta),
             ToolkitVerdict::TooOld { .. }
         ));
-        assert_eq!(toolkit_verdict(v("12.9.1"), volta), ToolkitVerdict::Supported);
+        assert_eq!(
+            toolkit_verdict(v("12.9.1"), volta),
+            ToolkitVerdict::Supported
+        );
         assert_eq!(
             toolkit_verdict(v("13.0.1"), ComputeCap::new(7, 5)),
             ToolkitVerdict::Supported

@@ -170,7 +170,10 @@ pub async fn probe_driver() -> DriverProbe {
             }
         }
     };
-    match run_smi(&smi, DRIVER_QUERY).await.and_then(|t| parse_smi(&t)) {
+    match run_smi(&smi, DRIVER_QUERY)
+        .await
+        .and_then(|t| parse_smi(&t))
+    {
         Ok(mut gpus) if !gpus.is_empty() => {
             let caps = run_smi(&smi, ARCH_QUERY)
                 .await
@@ -222,7 +225,10 @@ pub async fn probe_driver() -> DriverProbe {
 const DRIVER_QUERY: &[&str] = &["--query-gpu=driver_version,name", "--format=csv,noheader"];
 /// Each GPU's compute capability: a query of its own, so that a driver too old for the
 /// `compute_cap` field (before R510) still gives the driver and the names.
-const ARCH_QUERY: &[&str] = &["--query-gpu=index,name,compute_cap", "--format=csv,noheader"];
+const ARCH_QUERY: &[&str] = &[
+    "--query-gpu=index,name,compute_cap",
+    "--format=csv,noheader",
+];
 
 async fn run_smi(path: &Path, args: &[&str]) -> Result<String, String> {
     let child = tokio::process::Command::new(path)
@@ -259,7 +265,12 @@ async fn run_smi(path: &Path, args: &[&str]) -> Result<String, String> {
 pub fn parse_arch(text: &str) -> Result<Vec<(u32, ComputeCap)>, String> {
     let mut out = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let bad = || format!("unexpected output `{}`", line.chars().take(200).collect::<String>());
+        let bad = || {
+            format!(
+                "unexpected output `{}`",
+                line.chars().take(200).collect::<String>()
+            )
+        };
         let (index, rest) = line.split_once(',').ok_or_else(bad)?;
         let (_, cap) = rest.rsplit_once(',').ok_or_else(bad)?;
         let index = index.trim().parse().map_err(|_| bad())?;
@@ -450,7 +461,10 @@ mod tests {
     fn compute_capabilities() {
         let caps = parse_arch("0, Tesla V100-SXM2-16GB, 7.0\n1, NVIDIA GeForce RTX 5090, 12.0\n")
             .expect("parses");
-        assert_eq!(caps, [(0, ComputeCap::new(7, 0)), (1, ComputeCap::new(12, 0))]);
+        assert_eq!(
+            caps,
+            [(0, ComputeCap::new(7, 0)), (1, ComputeCap::new(12, 0))]
+        );
         assert!(parse_arch("0, Tesla K80, [N/A]").is_err());
         // An old driver's fake answering the driver query to everything.
         assert!(parse_arch("470.82.01, Tesla T4").is_err());

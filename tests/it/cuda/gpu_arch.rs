@@ -1,6 +1,6 @@
 //! `doctor`'s GPU architecture check, on hosts faked by an `nvidia-smi` on PATH that answers
-//! both of doctor's queries as the real one does: a Tesla V100 (sm_70), an A100 (sm_80) and
-//! an RTX 5090 (sm_120), against CUDA 12 and 13 images and a torch image's wheel variant.
+//! both of doctor's queries as the real one does: a Tesla V100 (`sm_70`), an A100 (`sm_80`)
+//! and an RTX 5090 (`sm_120`), against CUDA 12 and 13 images and a torch image's wheel variant.
 
 use super::{findings, has, json_of, stderr, Host};
 use common::{run_fails, CudaSpec, FixtureStore, Flavor, Pusher, TestRegistry};
@@ -14,15 +14,12 @@ use super::common;
 /// `--query-gpu=index,name,compute_cap` print them.
 pub(super) fn gpu_host(driver: &str, gpus: &[(&str, &str)]) -> Host {
     let mut host = Host::new();
-    let names: String = gpus
-        .iter()
-        .map(|(name, _)| format!("{driver}, {name}\\n"))
-        .collect();
-    let caps: String = gpus
-        .iter()
-        .enumerate()
-        .map(|(i, (name, cap))| format!("{i}, {name}, {cap}\\n"))
-        .collect();
+    let mut names = String::new();
+    let mut caps = String::new();
+    for (i, (name, cap)) in gpus.iter().enumerate() {
+        names.push_str(&format!("{driver}, {name}\\n"));
+        caps.push_str(&format!("{i}, {name}, {cap}\\n"));
+    }
     host.env.retain(|(k, _)| k != "CUDAIMG_NVIDIA_SMI");
     host.program(
         "nvidia-smi",
@@ -69,7 +66,10 @@ fn doctor_fails_a_volta_gpu_on_a_cuda_13_image_and_names_a_12_base_and_cu126() {
     let fail = arch_fail(&r);
     let message = fail["message"].as_str().unwrap();
     assert!(message.contains("Tesla V100-SXM2-16GB"), "{message}");
-    assert!(message.contains("CUDA 13 serves sm_75 and newer"), "{message}");
+    assert!(
+        message.contains("CUDA 13 serves sm_75 and newer"),
+        "{message}"
+    );
     assert!(message.contains("Maxwell, Pascal and Volta"), "{message}");
     let fix = fail["fix"].as_str().unwrap();
     assert!(fix.contains("CUDA 12.x base"), "{fix}");
@@ -79,10 +79,7 @@ fn doctor_fails_a_volta_gpu_on_a_cuda_13_image_and_names_a_12_base_and_cu126() {
 
     // A CUDA 12 image runs on it.
     let r = host.json(&["doctor", "12.9.1-runtime-ubuntu24.04"]);
-    assert!(
-        has(&findings(&r, "gpu-arch"), "ok", "CUDA 12.9.1"),
-        "{r:#}"
-    );
+    assert!(has(&findings(&r, "gpu-arch"), "ok", "CUDA 12.9.1"), "{r:#}");
     assert_eq!(r["summary"]["fail"], 0, "{r:#}");
 }
 
@@ -90,15 +87,24 @@ fn doctor_fails_a_volta_gpu_on_a_cuda_13_image_and_names_a_12_base_and_cu126() {
 fn doctor_passes_an_ampere_gpu_on_a_cuda_13_image() {
     let host = gpu_host(
         "580.95.05",
-        &[("NVIDIA A100-SXM4-80GB", "8.0"), ("NVIDIA A100-SXM4-80GB", "8.0")],
+        &[
+            ("NVIDIA A100-SXM4-80GB", "8.0"),
+            ("NVIDIA A100-SXM4-80GB", "8.0"),
+        ],
     );
     let r = host.json(&["doctor", "13.0.3-runtime-ubuntu24.04"]);
     let arch = findings(&r, "gpu-arch");
-    assert!(has(&arch, "ok", "GPUs 0, 1 (NVIDIA A100-SXM4-80GB"), "{r:#}");
+    assert!(
+        has(&arch, "ok", "GPUs 0, 1 (NVIDIA A100-SXM4-80GB"),
+        "{r:#}"
+    );
     assert!(has(&arch, "ok", "CUDA 13.0.3"), "{r:#}");
     assert_eq!(r["summary"]["fail"], 0, "{r:#}");
     let text = super::stdout(&common::run_ok(&mut host.cmd(&["doctor"])));
-    assert!(text.contains("compute capability 8.0: sm_80, Ampere"), "{text}");
+    assert!(
+        text.contains("compute capability 8.0: sm_80, Ampere"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -140,7 +146,11 @@ fn doctor_fails_a_blackwell_gpu_on_a_cu126_torch_image_and_names_cu128() {
     );
     let r = old.json(&["doctor"]);
     assert!(
-        has(&findings(&r, "gpu-arch"), "warn", "compute capabilities are unknown"),
+        has(
+            &findings(&r, "gpu-arch"),
+            "warn",
+            "compute capabilities are unknown"
+        ),
         "{r:#}"
     );
 }

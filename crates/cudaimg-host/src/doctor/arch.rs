@@ -46,7 +46,10 @@ pub(super) fn findings(p: &super::Probes, image: Option<&ImageSubject>, out: &mu
     for (i, g) in gpus.iter().enumerate() {
         let Some(cap) = g.compute_cap else { continue };
         let index = g.index.unwrap_or(u32::try_from(i).unwrap_or(u32::MAX));
-        match kinds.iter_mut().find(|(k, c, _)| k.name == g.name && *c == cap) {
+        match kinds
+            .iter_mut()
+            .find(|(k, c, _)| k.name == g.name && *c == cap)
+        {
             Some((_, _, indexes)) => indexes.push(index),
             None => kinds.push((g, cap, vec![index])),
         }
@@ -68,11 +71,7 @@ fn who(gpu: &Gpu, cap: ComputeCap, indexes: &[u32]) -> String {
         if ids.len() == 1 { "" } else { "s" },
         ids.join(", "),
         gpu.name,
-        cap.sm()
-            + &cap
-                .family()
-                .map(|f| format!(", {f}"))
-                .unwrap_or_default()
+        cap.sm() + &cap.family().map(|f| format!(", {f}")).unwrap_or_default()
     )
 }
 
@@ -113,10 +112,13 @@ fn major_verdict(major: u32, cap: ComputeCap) -> String {
         return "unknown (no row in cudaimg's table)".into();
     };
     let version = |a: (u32, u32)| CudaVersion::new(a.0, a.1, None);
-    let first_ok = rows.iter().find(|a| {
-        cuda_arch::toolkit_verdict(version(a.from), cap) == ToolkitVerdict::Supported
-    });
-    match (first_ok, cuda_arch::toolkit_verdict(version(last.from), cap)) {
+    let first_ok = rows
+        .iter()
+        .find(|a| cuda_arch::toolkit_verdict(version(a.from), cap) == ToolkitVerdict::Supported);
+    match (
+        first_ok,
+        cuda_arch::toolkit_verdict(version(last.from), cap),
+    ) {
         (Some(a), _) if a.from == rows[0].from => "yes".into(),
         (Some(a), _) => format!("yes, from {}.{}", a.from.0, a.from.1),
         (None, ToolkitVerdict::TooOld { min }) => format!(
@@ -124,10 +126,9 @@ fn major_verdict(major: u32, cap: ComputeCap) -> String {
             min.sm(),
             last.source
         ),
-        (None, ToolkitVerdict::TooNew { max }) => format!(
-            "only through PTX JIT (newest native code: {})",
-            max.sm()
-        ),
+        (None, ToolkitVerdict::TooNew { max }) => {
+            format!("only through PTX JIT (newest native code: {})", max.sm())
+        }
         (None, _) => "unknown".into(),
     }
 }
@@ -204,16 +205,34 @@ fn image_findings(who: &str, cap: ComputeCap, image: &ImageSubject, out: &mut Ve
                      without PTX fails) (from {source})",
                     max.sm()
                 ),
-                Some("use a base of a CUDA release that knows the GPU (`cudaimg tags nvidia/cuda`)".into()),
+                Some(
+                    "use a base of a CUDA release that knows the GPU (`cudaimg tags nvidia/cuda`)"
+                        .into(),
+                ),
             )),
             ToolkitVerdict::Unknown => out.push(finding(
                 CHECK,
                 Status::Warn,
-                format!("{who}: CUDA {version} is not in cudaimg's architecture table: not checked"),
+                format!(
+                    "{who}: CUDA {version} is not in cudaimg's architecture table: not checked"
+                ),
                 None,
             )),
         }
     }
+    wheel_findings(who, cap, image, torch, torch_minor, out);
+}
+
+/// A torch image's wheel variant against the GPU.
+fn wheel_findings(
+    who: &str,
+    cap: ComputeCap,
+    image: &ImageSubject,
+    torch: Option<(String, String)>,
+    torch_minor: Option<(u32, u32)>,
+    out: &mut Vec<Finding>,
+) {
+    let name = &image.name;
     let Some((torch_version, variant)) = torch else {
         return;
     };
