@@ -18,6 +18,12 @@
 //! 5. with `--push`, brings the result into the store (base layers kept as pulled, see
 //!    [`cudaimg_handover::from_docker`]) and pushes it to its name's registry.
 //!
+//! Every cell is also checked against the GPUs it is for (`--gpu-arch`, else this host's,
+//! read through `nvidia-smi`): the base's CUDA and the wheels' architectures
+//! ([`cudaimg_build::arch`]). An asked architecture they cannot serve refuses the cell (exit
+//! 2, naming the wheel variant and base that can); a detected one is a warning; `--dry-run`
+//! prints the check.
+//!
 //! In a matrix, invalid cells are skipped with their reason and a failing cell does not stop
 //! the rest; the summary lists every cell; the exit is 1 if any build failed.
 //!
@@ -35,6 +41,7 @@ use cudaimg_build::plan::{self, Base, Options, Plan};
 use cudaimg_build::python::Finder;
 use cudaimg_build::urls::{BuildUrl, UrlError};
 use cudaimg_config::Config;
+use cudaimg_cuda::arch::ComputeCap;
 use cudaimg_cuda::image::ImageEnv;
 use cudaimg_cuda::CudaTag;
 use cudaimg_docker::DockerEngine;
@@ -92,6 +99,11 @@ pub struct Args {
     /// Check and print the plan; pull nothing, build nothing
     #[arg(long)]
     dry_run: bool,
+    /// The GPU architectures the image is for (`sm_90`, `9.0`; repeatable or a comma list): a
+    /// cell whose base or wheels have no code for one is refused [default: the host's GPUs,
+    /// where a mismatch is a warning]
+    #[arg(long = "gpu-arch", value_name = "sm_XY", value_delimiter = ',')]
+    gpu_arch: Vec<String>,
     /// Build every cell of a matrix file (builds.toml)
     #[arg(long, value_name = "FILE", conflicts_with_all = ["base", "torch", "python", "cuda_wheels"])]
     matrix: Option<PathBuf>,
@@ -181,6 +193,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         .ok()
         .filter(|v| !v.is_empty());
     opts.index = read_index(args.wheelhouse.as_deref(), &opts).await;
+    let gpus = gpu_targets(&args.gpu_arch).await?;
 
     let mut outcomes = Vec::new();
     let mut plans = Vec::new();
@@ -218,12 +231,21 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             tag: tag.clone(),
             pythons: guess,
         };
-        if let Err(r) = plan_cell(&pre, cell, &opts) {
-            if matrix_mode {
+        match plan_cell(&pre, cell, &opts) {
+            Err(r) if matrix_mode => {
                 outcomes.push(skipped(&label, format!("{r}; {}", r.hint())));
                 continue;
             }
-            return Err(Error::Refused(r));
+            Err(r) => return Err(Error::Refused(r)),
+            // Refused for an asked architecture before any network traffic too.
+            Ok(p) => match check_gpus(&p, &gpus) {
+                Err(e) if matrix_mode => {
+                    outcomes.push(skipped(&label, e.to_string()));
+                    continue;
+                }
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            },
         }
         // 2. The base: from the store (dry run) or pulled through the mirrors.
         // A dry run never creates or changes a store.
@@ -257,13 +279,21 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
                 Err(e) => return Err(e),
             }
         };
-        let plan = match plan_cell(&base, cell, &opts) {
+        let mut plan = match plan_cell(&base, cell, &opts) {
             Ok(p) => p,
             Err(r) if matrix_mode => {
                 outcomes.push(skipped(&label, format!("{r}; {}", r.hint())));
                 continue;
             }
             Err(r) => return Err(Error::Refused(r)),
+        };
+        plan.gpu_arch = match check_gpus(&plan, &gpus) {
+            Ok(lines) => lines,
+            Err(e) if matrix_mode => {
+                outcomes.push(skipped(&label, e.to_string()));
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         print_plan(
             ctx,
@@ -328,6 +358,102 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// A GPU a build is for: asked with `--gpu-arch`, or found on this host.
+struct GpuTarget {
+    cap: ComputeCap,
+    /// `--gpu-arch sm_70`, or `GPU 0 (Tesla V100-SXM2-16GB)`.
+    what: String,
+    asked: bool,
+}
+
+/// `--gpu-arch`'s architectures, else the host's GPUs (none without `nvidia-smi`).
+async fn gpu_targets(asked: &[String]) -> Result<Vec<GpuTarget>, Error> {
+    let mut out: Vec<GpuTarget> = Vec::new();
+    for a in asked.iter().map(|a| a.trim()) {
+        let cap = ComputeCap::parse(a).ok_or_else(|| {
+            Error::Usage(format!(
+                "`--gpu-arch {}` is not a GPU architecture\nhint: write a compute capability \
+                 as `sm_90` or `9.0` (`nvidia-smi --query-gpu=compute_cap --format=csv` prints \
+                 it)",
+                cudaimg_oci::text::shown(a)
+            ))
+        })?;
+        if !out.iter().any(|t| t.cap == cap) {
+            out.push(GpuTarget {
+                cap,
+                what: format!("--gpu-arch {}", cap.sm()),
+                asked: true,
+            });
+        }
+    }
+    if !out.is_empty() {
+        return Ok(out);
+    }
+    let probe = cudaimg_host::probe::probe_driver().await;
+    for (i, g) in probe.gpus().iter().enumerate() {
+        let Some(cap) = g.compute_cap else { continue };
+        if out.iter().any(|t| t.cap == cap) {
+            continue;
+        }
+        out.push(GpuTarget {
+            cap,
+            what: format!(
+                "GPU {} ({}) of this host",
+                g.index.unwrap_or(u32::try_from(i).unwrap_or(u32::MAX)),
+                g.name
+            ),
+            asked: false,
+        });
+    }
+    Ok(out)
+}
+
+/// Each GPU against the plan's base and wheels: the lines `--dry-run` prints; an asked
+/// architecture they cannot serve refuses the cell (exit 2), a detected one warns.
+fn check_gpus(plan: &Plan, gpus: &[GpuTarget]) -> Result<Vec<String>, Error> {
+    let Some(base) = cudaimg_cuda::CudaVersion::parse(&plan.base_cuda) else {
+        return Ok(Vec::new());
+    };
+    let mut lines = Vec::new();
+    for g in gpus {
+        match cudaimg_build::arch::check_cell(
+            base,
+            &plan.checked.torch,
+            &plan.checked.variant,
+            g.cap,
+        ) {
+            Ok(line) => lines.push(format!("{line} ({})", g.what)),
+            Err(m) if g.asked => {
+                return Err(Error::Usage(format!(
+                    "{} cannot run on {} ({}): {}\nhint: {}",
+                    plan.image,
+                    g.cap.sm(),
+                    g.what,
+                    m.message,
+                    m.hint
+                )))
+            }
+            Err(m) => {
+                note!(
+                    "warning: {} will not run on {}: {}; for it: {} (`--gpu-arch` makes this \
+                     a refusal)",
+                    plan.image,
+                    g.what,
+                    m.message,
+                    m.hint
+                );
+                lines.push(format!(
+                    "{} ({}): will not run: {}",
+                    g.cap.describe(),
+                    g.what,
+                    m.message
+                ));
+            }
+        }
+    }
+    Ok(lines)
 }
 
 fn url_error(e: &UrlError) -> Error {
@@ -527,6 +653,9 @@ fn print_plan(ctx: &Ctx, p: &Plan, unpinned: bool, network: &Network) {
         p.checked.python, p.checked.python_source
     ));
     emit(&format!("  driver:   {}", p.driver.text));
+    for a in &p.gpu_arch {
+        emit(&format!("  gpu-arch: {a}"));
+    }
     emit(&format!("  network:  {}", network.why));
     for c in &p.credentials {
         emit(&format!("  secret:   {c}"));

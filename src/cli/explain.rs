@@ -39,6 +39,7 @@ struct TableSources {
 fn sources(ctx: &Ctx) {
     let cuda = cudaimg_cuda::data::tables();
     let torch = cudaimg_build::table::table();
+    let arch = cudaimg_build::arch::table();
     let tables = [
         TableSources {
             table: "CUDA: minimum drivers, newest patch of each minor, OS families",
@@ -55,6 +56,15 @@ fn sources(ctx: &Ctx) {
             sources: torch.sources.clone(),
             overridden_by: "the package index `build` installs from (--pip-index-url, \
                             --wheelhouse, or download.pytorch.org/whl/torch/)",
+        },
+        TableSources {
+            table: "GPU architectures: the compute capabilities each torch wheel variant has \
+                    kernels for (the toolkits' are the `arch_*` sources of the CUDA table)",
+            file: "crates/cudaimg-build/data/wheel-arch.toml",
+            date: arch.date.clone(),
+            sources: arch.sources.clone(),
+            overridden_by: "nothing yet: wheels do not list their architectures where cudaimg \
+                            reads them; a refresh is a change of this file",
         },
     ];
     for t in &tables {

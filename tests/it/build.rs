@@ -199,6 +199,108 @@ fn a_dry_run_plans_name_args_driver_and_warns_about_cuda_twice_on_runtime() {
     assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
 }
 
+/// A fake `nvidia-smi` answering doctor's and build's two queries for one GPU, in a
+/// directory to put first on PATH.
+fn fake_smi(sandbox: &Sandbox, name: &str, cap: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let smi = sandbox.write(
+        "gpu-bin/nvidia-smi",
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n  --query-gpu=driver_version,name) echo '580.95.05, {name}' ;;\n  \
+             --query-gpu=index,name,compute_cap) echo '0, {name}, {cap}' ;;\n  *) exit 2 ;;\nesac\n"
+        ),
+    );
+    std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        smi.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[test]
+fn gpu_arch_refuses_a_cell_without_kernels_for_it_and_names_the_variant_that_has_them() {
+    let (sandbox, config) = offline();
+    let cuda13 = [
+        "build",
+        "--dry-run",
+        "--base",
+        "nvidia/cuda:13.0.3-runtime-ubuntu24.04",
+        "--torch",
+        "2.14",
+    ];
+    // Asked for a Volta: CUDA 13 and the cu130 wheels have no code for it.
+    let mut args = cuda13.to_vec();
+    args.extend(["--gpu-arch", "sm_90,sm_70"]);
+    let out = run_fails(&mut sandbox.cli(&config, &args));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cannot run on sm_70"), "{err}");
+    assert!(err.contains("cu130 wheels have no kernels"), "{err}");
+    assert!(
+        err.contains("hint: `--cuda-wheels cu126` on a CUDA 12.x base"),
+        "{err}"
+    );
+    assert!(!sandbox.store_dir().exists());
+
+    // A Hopper is served: the dry run shows the check.
+    let mut args = cuda13.to_vec();
+    args.extend(["--gpu-arch", "9.0"]);
+    let plan = stdout(&run_ok(&mut sandbox.cli(&config, &args)));
+    assert!(
+        plan.contains("gpu-arch: sm_90 (Hopper): torch 2.14's cu130 wheels carry its kernels"),
+        "{plan}"
+    );
+    assert!(plan.contains("(--gpu-arch sm_90)"), "{plan}");
+
+    // On a CUDA 12 base with cu126 wheels the Volta runs.
+    let out = run_ok(&mut sandbox.cli(
+        &config,
+        &[
+            "build",
+            "--dry-run",
+            "--base",
+            "nvidia/cuda:12.6.3-runtime-ubuntu24.04",
+            "--torch",
+            "2.14",
+            "--cuda-wheels",
+            "cu126",
+            "--gpu-arch",
+            "sm_70",
+        ],
+    ));
+    assert!(
+        stdout(&out).contains("gpu-arch: sm_70 (Volta)"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Bad input: what is wrong, and how to write it.
+    let mut args = cuda13.to_vec();
+    args.extend(["--gpu-arch", "volta"]);
+    let out = run_fails(&mut sandbox.cli(&config, &args));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`--gpu-arch volta` is not a GPU architecture"));
+
+    // Not asked, only detected on this host (a V100 behind a fake nvidia-smi): a warning
+    // naming the variant, and the plan goes on.
+    let path = fake_smi(&sandbox, "Tesla V100-SXM2-16GB", "7.0");
+    let out = run_ok(sandbox.cli(&config, &cuda13).env("PATH", path));
+    let err = stderr(&out);
+    assert!(
+        err.contains("will not run on GPU 0 (Tesla V100-SXM2-16GB) of this host"),
+        "{err}"
+    );
+    assert!(err.contains("`--cuda-wheels cu126`"), "{err}");
+    assert!(
+        stdout(&out).contains(
+            "gpu-arch: sm_70 (Volta) (GPU 0 (Tesla V100-SXM2-16GB) of this host): will not run"
+        ),
+        "{}",
+        stdout(&out)
+    );
+}
+
 #[test]
 fn a_matrix_skips_invalid_cells_with_reasons_and_bake_enumerates_the_valid_ones() {
     let (sandbox, config) = offline();

@@ -233,6 +233,19 @@ fn explain_sources_prints_each_tables_date_and_sources() {
         shown.contains("(crates/cudaimg-build/data/torch.toml), dated 2026-12-07"),
         "{shown}"
     );
+    // The architecture tables: the wheels' own file, and the toolkits' rows in cuda.toml.
+    assert!(
+        shown.contains("(crates/cudaimg-build/data/wheel-arch.toml), dated 2026-12-07"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("build_cuda_sh: pytorch/pytorch .ci/manywheel/build_cuda.sh"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("arch_notes: NVIDIA CUDA Toolkit release notes"),
+        "{shown}"
+    );
     assert!(
         shown.contains("release_md: pytorch/pytorch RELEASE.md"),
         "{shown}"

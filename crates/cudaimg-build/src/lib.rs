@@ -3,6 +3,7 @@
 //! - [`compat`]: the one place with the torch → `cuXYZ` wheel variants → Python table and the
 //!   OS → Python table, each row with its source; and the rules that refuse an impossible
 //!   combination with the nearest valid ones.
+//! - [`arch`]: the GPU architectures each `cuXYZ` wheel variant has kernels for.
 //! - [`python`]: which Python a stored base already carries (read from its layers).
 //! - [`plan`]: one build: the base pinned by digest, the template, its build args and labels,
 //!   the resulting name, the driver it needs, the warnings.
@@ -13,6 +14,7 @@
 //!
 //! No network and no Docker here: the binary pulls, hands over and runs `docker build`.
 
+pub mod arch;
 pub mod compat;
 pub mod index;
 pub mod matrix;

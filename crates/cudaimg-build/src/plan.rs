@@ -105,6 +105,10 @@ pub struct Plan {
     /// Their contents, for `docker build --secret` only: never serialized or printed.
     #[serde(skip)]
     pub secrets: Vec<Secret>,
+    /// The GPU architectures checked (`--gpu-arch`, or the host's GPUs): one line each, as
+    /// [`crate::arch::check_cell`] says it; filled in by the caller, which knows the GPUs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gpu_arch: Vec<String>,
 }
 
 /// The name of the result, by the scheme above.
@@ -234,6 +238,7 @@ pub fn plan(
         build_args,
         credentials,
         secrets,
+        gpu_arch: Vec::new(),
     })
 }
 

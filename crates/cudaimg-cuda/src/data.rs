@@ -1,6 +1,6 @@
 //! The compiled-in CUDA tables, `data/cuda.toml`: minimum drivers, the newest patch of each
-//! minor, OS families newer than the tag list; each group of rows with its source and the
-//! date it was checked. A refresh is a data change.
+//! minor, OS families newer than the tag list, the GPU architectures of each toolkit; each
+//! group of rows with its source and the date it was checked. A refresh is a data change.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -17,6 +17,16 @@ struct File {
     driver: Vec<Group<(String, String)>>,
     latest: Vec<Group<(String, u32)>>,
     os: Vec<Os>,
+    arch: Vec<Arch>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Arch {
+    from: String,
+    min: String,
+    max: String,
+    source: String,
+    checked: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +62,8 @@ pub struct Tables {
     pub latest_patch: Vec<Row<u32>>,
     /// OS family → (first CUDA version, source).
     pub os: Vec<(String, String, String)>,
+    /// The GPU architectures of each toolkit release, oldest release first.
+    pub arch: Vec<crate::arch::ToolkitArch>,
 }
 
 fn minor(s: &str) -> Result<(u32, u32), String> {
@@ -92,7 +104,26 @@ pub fn parse(text: &str) -> Result<Tables, String> {
             .ok_or_else(|| format!("unknown source `{}`", o.source))?;
         os.push((o.name, o.first, format!("{source} (checked {})", o.checked)));
     }
+    let mut arch = Vec::new();
+    for a in f.arch {
+        let source = f
+            .sources
+            .get(&a.source)
+            .ok_or_else(|| format!("unknown source `{}`", a.source))?;
+        let cap = |s: &str| {
+            crate::arch::ComputeCap::parse(s)
+                .ok_or_else(|| format!("`{s}` is not a compute capability"))
+        };
+        arch.push(crate::arch::ToolkitArch {
+            from: minor(&a.from)?,
+            min: cap(&a.min)?,
+            max: cap(&a.max)?,
+            source: format!("{source} (checked {})", a.checked),
+        });
+    }
+    arch.sort_by_key(|a| a.from);
     Ok(Tables {
+        arch,
         min_driver: rows(f.driver, &f.sources)?,
         latest_patch: rows(f.latest, &f.sources)?,
         date: f.date,
@@ -118,5 +149,6 @@ mod tests {
         assert!(t.min_driver.windows(2).all(|w| w[0].key < w[1].key));
         assert_eq!(t.date, crate::eol::AS_OF);
         assert!(t.os.iter().any(|o| o.0 == "ubuntu26.04"));
+        assert!(t.arch.iter().any(|a| a.from == (13, 0)));
     }
 }

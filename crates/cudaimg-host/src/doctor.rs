@@ -13,6 +13,8 @@
 
 use serde::Serialize;
 
+mod arch;
+
 use crate::probe::{Cdi, DaemonJson, DriverProbe};
 use cudaimg_cuda::driver::{self, brand_of, Compatibility, HostFacts, RequireOutcome, Requirement};
 use cudaimg_cuda::image::ImageEnv;
@@ -38,7 +40,7 @@ impl Status {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
-    /// What was checked: `driver`, `image`, `docker`, `nvidia-runtime`, `mirrors`.
+    /// What was checked: `driver`, `gpu-arch`, `image`, `docker`, `nvidia-runtime`, `mirrors`.
     pub check: &'static str,
     pub status: Status,
     pub message: String,
@@ -94,6 +96,15 @@ impl ImageSource {
 }
 
 impl ImageSubject {
+    /// The torch `build` installed (its labels): the version and the wheel variant.
+    fn torch(&self) -> Option<(String, String)> {
+        let get = |k: &str| self.labels.get(k).filter(|v| !v.is_empty()).cloned();
+        Some((
+            get("io.cudaimg.torch.version")?,
+            get("io.cudaimg.torch.variant")?,
+        ))
+    }
+
     fn version(&self) -> Option<CudaVersion> {
         self.env
             .as_ref()
@@ -151,6 +162,7 @@ pub struct Probes {
 pub fn findings(p: &Probes, image: Option<&ImageSubject>) -> Vec<Finding> {
     let mut out = Vec::new();
     driver_findings(p, &mut out);
+    arch::findings(p, image, &mut out);
     if let Some(i) = image {
         if let Some(built) = built_with(&i.labels) {
             let text = format!("{}: {built}", i.name);
@@ -166,7 +178,9 @@ pub fn findings(p: &Probes, image: Option<&ImageSubject>) -> Vec<Finding> {
 
 fn driver_findings(p: &Probes, out: &mut Vec<Finding>) {
     match &p.driver {
-        DriverProbe::Smi { driver, gpus, path } => {
+        DriverProbe::Smi {
+            driver, gpus, path, ..
+        } => {
             let names: Vec<&str> = gpus.iter().map(|g| g.name.as_str()).collect();
             out.push(finding(
                 "driver",

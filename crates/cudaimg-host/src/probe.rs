@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use cudaimg_cuda::arch::ComputeCap;
 use cudaimg_cuda::DriverVersion;
 
 use cudaimg_static::EnvVars;
@@ -46,6 +47,12 @@ pub const TOOLKIT_BINARIES: &[&str] = &[
 pub struct Gpu {
     pub name: String,
     pub driver: DriverVersion,
+    /// Its index (`nvidia-smi -i`, `CUDA_VISIBLE_DEVICES`), from the architecture query.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    /// Its compute capability (`9.0`); `None` when `nvidia-smi` did not report it (drivers
+    /// before R510 have no `compute_cap` field).
+    pub compute_cap: Option<ComputeCap>,
 }
 
 /// What the driver probes found.
@@ -57,6 +64,9 @@ pub enum DriverProbe {
         path: PathBuf,
         driver: DriverVersion,
         gpus: Vec<Gpu>,
+        /// Why the compute capabilities are unknown, when they are.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        compute_cap_error: Option<String>,
     },
     /// No `nvidia-smi`, but the kernel module's version file names a driver.
     Proc {
@@ -126,7 +136,8 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Finds the driver: `nvidia-smi --query-gpu=driver_version,name --format=csv,noheader`,
-/// else `/proc/driver/nvidia/version`.
+/// else `/proc/driver/nvidia/version`; and each GPU's compute capability
+/// (`--query-gpu=index,name,compute_cap`).
 pub async fn probe_driver() -> DriverProbe {
     let proc_path = env_path(ENV_PROC_DRIVER_VERSION, PROC_DRIVER_VERSION);
     let proc_driver = read_small(&proc_path)
@@ -159,12 +170,44 @@ pub async fn probe_driver() -> DriverProbe {
             }
         }
     };
-    match run_smi(&smi).await {
-        Ok(gpus) if !gpus.is_empty() => DriverProbe::Smi {
-            path: smi,
-            driver: gpus[0].driver.clone(),
-            gpus,
-        },
+    match run_smi(&smi, DRIVER_QUERY)
+        .await
+        .and_then(|t| parse_smi(&t))
+    {
+        Ok(mut gpus) if !gpus.is_empty() => {
+            let caps = run_smi(&smi, ARCH_QUERY)
+                .await
+                .and_then(|t| parse_arch(&t))
+                .and_then(|caps| {
+                    if caps.len() == gpus.len() {
+                        Ok(caps)
+                    } else {
+                        Err(format!(
+                            "`{}` listed {} GPUs, the driver query {}",
+                            ARCH_QUERY.join(" "),
+                            caps.len(),
+                            gpus.len()
+                        ))
+                    }
+                });
+            let compute_cap_error = match caps {
+                Ok(caps) => {
+                    // Both queries list the GPUs in the same (PCI bus) order.
+                    for (g, (index, cap)) in gpus.iter_mut().zip(caps) {
+                        g.index = Some(index);
+                        g.compute_cap = Some(cap);
+                    }
+                    None
+                }
+                Err(e) => Some(e),
+            };
+            DriverProbe::Smi {
+                path: smi,
+                driver: gpus[0].driver.clone(),
+                gpus,
+                compute_cap_error,
+            }
+        }
         Ok(_) => DriverProbe::SmiFailed {
             path: smi,
             message: "it listed no GPU".into(),
@@ -178,9 +221,18 @@ pub async fn probe_driver() -> DriverProbe {
     }
 }
 
-async fn run_smi(path: &Path) -> Result<Vec<Gpu>, String> {
+/// The driver and the GPUs' names.
+const DRIVER_QUERY: &[&str] = &["--query-gpu=driver_version,name", "--format=csv,noheader"];
+/// Each GPU's compute capability: a query of its own, so that a driver too old for the
+/// `compute_cap` field (before R510) still gives the driver and the names.
+const ARCH_QUERY: &[&str] = &[
+    "--query-gpu=index,name,compute_cap",
+    "--format=csv,noheader",
+];
+
+async fn run_smi(path: &Path, args: &[&str]) -> Result<String, String> {
     let child = tokio::process::Command::new(path)
-        .args(["--query-gpu=driver_version,name", "--format=csv,noheader"])
+        .args(args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -205,7 +257,31 @@ async fn run_smi(path: &Path) -> Result<Vec<Gpu>, String> {
             .collect();
         return Err(format!("it exited with {}: {first}", out.status));
     }
-    parse_smi(&stdout)
+    Ok(stdout.into_owned())
+}
+
+/// Lines of `INDEX, NAME, COMPUTE_CAP` (`0, Tesla V100-SXM2-16GB, 7.0`). A GPU name may hold
+/// commas, so the index is the first field and the capability the last.
+pub fn parse_arch(text: &str) -> Result<Vec<(u32, ComputeCap)>, String> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let bad = || {
+            format!(
+                "unexpected output `{}`",
+                line.chars().take(200).collect::<String>()
+            )
+        };
+        let (index, rest) = line.split_once(',').ok_or_else(bad)?;
+        let (_, cap) = rest.rsplit_once(',').ok_or_else(bad)?;
+        let index = index.trim().parse().map_err(|_| bad())?;
+        let cap = ComputeCap::parse(cap)
+            .ok_or_else(|| format!("`{}` is not a compute capability", cap.trim()))?;
+        out.push((index, cap));
+        if out.len() > 256 {
+            return Err("it listed more than 256 GPUs".into());
+        }
+    }
+    Ok(out)
 }
 
 /// Lines of `DRIVER, NAME`.
@@ -220,6 +296,8 @@ pub fn parse_smi(text: &str) -> Result<Vec<Gpu>, String> {
         gpus.push(Gpu {
             name: name.trim().to_owned(),
             driver,
+            index: None,
+            compute_cap: None,
         });
         if gpus.len() > 256 {
             return Err("it listed more than 256 GPUs".into());
@@ -372,6 +450,19 @@ mod tests {
         assert!(parse_smi("").expect("empty is no GPU").is_empty());
         assert!(parse_smi("No devices were found").is_err());
         assert!(parse_smi("abc, Tesla T4").is_err());
+    }
+
+    #[test]
+    fn compute_capabilities() {
+        let caps = parse_arch("0, Tesla V100-SXM2-16GB, 7.0\n1, NVIDIA GeForce RTX 5090, 12.0\n")
+            .expect("parses");
+        assert_eq!(
+            caps,
+            [(0, ComputeCap::new(7, 0)), (1, ComputeCap::new(12, 0))]
+        );
+        assert!(parse_arch("0, Tesla K80, [N/A]").is_err());
+        // An old driver's fake answering the driver query to everything.
+        assert!(parse_arch("470.82.01, Tesla T4").is_err());
     }
 
     #[test]

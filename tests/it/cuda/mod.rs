@@ -682,3 +682,4 @@ fn compose_validates(dir: &Path, yaml: &str) -> String {
 
 mod checks;
 mod engine;
+mod gpu_arch;

@@ -37,8 +37,11 @@ fn smi(driver: &str, name: &str) -> DriverProbe {
         gpus: vec![Gpu {
             name: name.into(),
             driver: driver.clone(),
+            index: Some(0),
+            compute_cap: None,
         }],
         driver,
+        compute_cap_error: None,
     }
 }
 
