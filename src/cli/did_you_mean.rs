@@ -46,9 +46,20 @@ pub(crate) fn precheck(input: &str, name: &Canonical) -> Result<(), Error> {
     }
     .docker_form();
     if !has_tag(input) {
-        let published: Vec<CudaTag> = known::published()
+        // The tags NVIDIA published, and the runtime of each minor's newest patch on the
+        // current Ubuntu releases: the published list is a snapshot, while the version
+        // table (which `explain` reads too) knows the releases since.
+        let newest_runtimes: Vec<String> = eol::latest_patches()
+            .flat_map(|v| ["ubuntu24.04", "ubuntu22.04"].map(|os| format!("{v}-runtime-{os}")))
+            .collect();
+        let mut published: Vec<CudaTag> = known::published()
             .filter_map(|t| CudaTag::parse(t).ok())
             .collect();
+        published.extend(
+            newest_runtimes
+                .iter()
+                .filter_map(|t| CudaTag::parse(t).ok()),
+        );
         let mut newest = published;
         choose::sort(&mut newest);
         let recommended = choose::recommend(&newest, &Filter::default());

@@ -311,7 +311,12 @@ fn pull_refuses_tags_that_cannot_exist_before_any_request_and_suggests_real_ones
             "not an Ubuntu release",
             "did you mean `nvidia/cuda:12.4.1-runtime-ubuntu22.04`",
         ),
-        ("nvidia/cuda", "names no tag", "did you mean `nvidia/cuda:"),
+        // Issue 22 item 8: the newest supported runtime the tables know, a CUDA 13 one.
+        (
+            "nvidia/cuda",
+            "names no tag",
+            "did you mean `nvidia/cuda:13.",
+        ),
         (
             "nvidia/cuda:latest",
             "no `latest` tag",

@@ -54,6 +54,11 @@ pub fn latest_patch(v: CudaVersion) -> Option<CudaVersion> {
         .map(|((major, minor), patch)| CudaVersion::new(major, minor, Some(patch)))
 }
 
+/// The newest patch of every minor NVIDIA built images of, oldest first.
+pub fn latest_patches() -> impl Iterator<Item = CudaVersion> {
+    latest_patch_rows().map(|((major, minor), patch)| CudaVersion::new(major, minor, Some(patch)))
+}
+
 /// Support of CUDA `v` by the tables; `image_says_eol` is the image's own
 /// `NVIDIA_CUDA_END_OF_LIFE=1`, when the image is at hand.
 pub fn support(v: CudaVersion, image_says_eol: bool) -> Support {
