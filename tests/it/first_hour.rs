@@ -664,7 +664,7 @@ fn progress_bars_fit_80_and_120_column_terminals() {
             let ends_whole = tail.ends_with("/s")
                 || tail
                     .rsplit_once(" eta ")
-                    .is_some_and(|(_, d)| !d.contains(' '));
+                    .is_some_and(|(_, d)| !d.trim().contains(' '));
             assert!(
                 starts_whole && ends_whole,
                 "a bar line wraps at {cols} columns:\n{row}\n{bars:#?}"
