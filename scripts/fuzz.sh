@@ -17,10 +17,21 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz
 fi
 
-for target in $(cargo +nightly fuzz list); do
+# cargo-fuzz passes nightly-only flags to rustc. A machine without the nightly toolchain (and
+# no route to rustup's servers to fetch it: CI reaches crates.io only) builds on stable with
+# RUSTC_BOOTSTRAP=1, which lets stable accept them; the targets are the same either way.
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+    toolchain=(+nightly)
+else
+    echo "fuzz: no nightly toolchain here; building on stable with RUSTC_BOOTSTRAP=1"
+    export RUSTC_BOOTSTRAP=1
+    toolchain=()
+fi
+
+for target in $(cargo "${toolchain[@]}" fuzz list); do
     echo "fuzz: $target for ${seconds}s"
     mkdir -p "corpus/$target"
     # New inputs go to corpus/ (not kept in git); seeds/ holds a few valid ones to start from.
-    cargo +nightly fuzz run --sanitizer none "$target" "corpus/$target" "seeds/$target" -- \
+    cargo "${toolchain[@]}" fuzz run --sanitizer none "$target" "corpus/$target" "seeds/$target" -- \
         -max_total_time="$seconds" -timeout="$timeout_s" -rss_limit_mb=2048
 done
