@@ -647,3 +647,17 @@ fn the_help_shows_the_default_paths_as_written() {
     assert!(help.contains("`$XDG_DATA_HOME/cudaimg`"), "{help}");
     assert!(!help.contains("$`"), "{help}");
 }
+
+/// Issue 22 item 8: `explain` of a tag whose CUDA the driver table has, on an OS family the
+/// tables know, says one thing: a minimum driver and a support verdict, never "not in the
+/// table" beside "a current release".
+#[test]
+fn explain_of_a_current_ubi10_tag_is_consistent() {
+    let sandbox = Sandbox::new();
+    let out = run_ok(&mut offline(&sandbox, &["explain", "13.2.1-base-ubi10"]));
+    let said = text(&out.stdout);
+    assert!(!said.contains("not in the table"), "{said}");
+    assert!(!said.contains("unknown"), "{said}");
+    assert!(said.contains("min driver:  5"), "{said}");
+    assert!(said.contains("Red Hat UBI 10"), "{said}");
+}
