@@ -133,12 +133,12 @@ fn unpack_as_layout(archive: &Path, dir: &Path) -> Result<ArchiveKind, ArchiveEr
         path: archive.to_owned(),
         source,
     };
-    // A FIFO, a device or a directory is refused before a byte is read from it.
-    let meta = fs_err::metadata(archive).map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(not_archive(archive, "it is not a regular file"));
-    }
-    let file = fs_err::File::open(archive).map_err(read_err)?;
+    // A FIFO, a device or a directory is refused before a byte is read from it (checked on
+    // the opened descriptor, so nothing can be swapped in between).
+    let file = cudaimg_static::regular::open_regular(archive).map_err(|e| match e {
+        cudaimg_static::regular::FileError::Io(source) => read_err(source),
+        other => not_archive(archive, other.to_string()),
+    })?;
     let mut tar = tar::Archive::new(std::io::BufReader::new(file));
     // Links of the legacy layout: archive path → the path it names, resolved later.
     let mut links: HashMap<PathBuf, PathBuf> = HashMap::new();
@@ -245,27 +245,15 @@ struct LegacyEntry {
     layers: Vec<String>,
 }
 
-/// Reads at most `cap` bytes of a regular file in the unpacked archive.
+/// Reads a regular file of the unpacked archive, at most `cap` bytes of it.
 fn read_capped(archive: &Path, file: &Path, cap: u64) -> Result<Vec<u8>, ArchiveError> {
-    let mut bytes = Vec::new();
-    fs_err::File::open(file)
-        .map_err(|source| ArchiveError::Read {
+    cudaimg_static::regular::read_capped(file, cap).map_err(|e| match e {
+        cudaimg_static::regular::FileError::Io(source) => ArchiveError::Read {
             path: archive.to_owned(),
             source,
-        })?
-        .take(cap + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| ArchiveError::Read {
-            path: archive.to_owned(),
-            source,
-        })?;
-    if bytes.len() as u64 > cap {
-        return Err(not_archive(
-            archive,
-            format!("`{}` is over {cap} bytes", file.display()),
-        ));
-    }
-    Ok(bytes)
+        },
+        other => not_archive(archive, other.to_string()),
+    })
 }
 
 /// Rewrites a legacy `docker save` layout in `dir` as an OCI layout (see the module docs).
