@@ -323,6 +323,43 @@ const SOME_TAGS: &[&str] = &[
     "my-own-build",
 ];
 
+/// Issue 24: what the registry's tag list shows wins over the tables: a CUDA release and an
+/// OS family the tables lack are reported as seen in the registry, not as unknown.
+#[test]
+fn tags_report_what_the_tables_lack_as_seen_in_the_registry() {
+    let fx = runtime();
+    let official = registry_with_tags(
+        &fx,
+        &[
+            "12.4.1-runtime-ubuntu22.04",
+            "13.9.1-runtime-ubuntu24.04",
+            "13.0.3-runtime-ubuntu28.04",
+        ],
+    );
+    let host = Host::new().with_hub(&official.url(), &[]);
+    let out = host.cmd(&["tags", REPO]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let notes = String::from_utf8_lossy(&out.stderr);
+    assert!(notes.contains("CUDA 13.9"), "{notes}");
+    assert!(notes.contains("ubuntu28.04"), "{notes}");
+    assert!(notes.contains("seen in the registry"), "{notes}");
+    assert!(!notes.contains("treated as unknown"), "{notes}");
+    let all = host.json(&["tags", REPO]);
+    let listed = all["tags"].as_array().unwrap();
+    let new = listed
+        .iter()
+        .find(|t| t["tag"] == "13.9.1-runtime-ubuntu24.04")
+        .unwrap();
+    assert!(
+        new["unknown"].to_string().contains("seen in the registry"),
+        "{new}"
+    );
+}
+
 #[test]
 fn tags_are_filtered_sorted_and_one_is_recommended() {
     let fx = runtime();
