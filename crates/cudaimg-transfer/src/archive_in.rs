@@ -368,7 +368,6 @@ fn into_blobs(archive: &Path, blobs: &Path, file: &Path) -> Result<Descriptor, A
         source,
     };
     let mut hasher = Hasher::new();
-    let mut size = 0u64;
     let mut f = fs_err::File::open(file).map_err(io)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -377,9 +376,8 @@ fn into_blobs(archive: &Path, blobs: &Path, file: &Path) -> Result<Descriptor, A
             break;
         }
         hasher.update(&buf[..n]);
-        size += n as u64;
     }
-    let (digest, _) = hasher.finish();
+    let (digest, size) = hasher.finish();
     let to = blobs.join(digest.hex());
     if !to.exists() {
         fs_err::hard_link(file, &to).map_err(io)?;
