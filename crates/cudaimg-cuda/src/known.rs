@@ -18,7 +18,7 @@ pub fn published() -> impl Iterator<Item = &'static str> {
 }
 
 /// Edit distance (insertions, deletions, substitutions) between two ASCII-ish strings.
-fn distance(a: &str, b: &str) -> usize {
+pub fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

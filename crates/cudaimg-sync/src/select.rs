@@ -318,7 +318,7 @@ fn nearest(selector: &Selector, tags: &[String]) -> String {
         .collect();
     let by_distance = |want: &str, have: BTreeSet<String>| -> String {
         let mut have: Vec<String> = have.into_iter().collect();
-        have.sort_by_key(|h| distance(want, h));
+        have.sort_by_key(|h| cudaimg_cuda::known::distance(want, h));
         have.truncate(6);
         have.join(", ")
     };
@@ -345,22 +345,6 @@ fn nearest(selector: &Selector, tags: &[String]) -> String {
     some.sort_unstable();
     some.truncate(8);
     format!("the tags include {}", some.join(", "))
-}
-
-/// Edit distance, for ordering suggestions.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 /// The set of one image as its manifests say, for a plan: nothing is downloaded but
