@@ -4,7 +4,6 @@
 //! layout. The URL takes `--mirror`'s form and rules; the edited text must load as a run
 //! would load it before it replaces the file (by rename, so a reader never sees half).
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, Value};
@@ -98,7 +97,8 @@ pub fn run(ctx: &Ctx, args: &AddArgs) -> Result<(), Error> {
         let edited = doc.to_string();
         // What is written must load as a run loads it; a failure here is a bug of this edit.
         Config::parse(&edited, &path)?;
-        write_replacing(&path, &edited)?;
+        cudaimg_static::regular::replace(&path, edited.as_bytes(), 0o666)
+            .map_err(|e| Error::Setup(format!("cannot write {}: {e}", path.display())))?;
     }
     if ctx.json {
         emit_json(&Report {
@@ -203,37 +203,6 @@ fn entry_url(v: &Value) -> Option<String> {
         _ => return None,
     };
     Some(raw.trim_end_matches('/').to_owned())
-}
-
-/// Writes `text` beside `path`, then renames it over: a reader sees the old file or the new.
-fn write_replacing(path: &Path, text: &str) -> Result<(), Error> {
-    // A linked file (dotfiles kept in a repository) is edited where it lives; the rename
-    // would otherwise replace the link with a file.
-    let resolved;
-    let path = if fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        resolved = fs_err::canonicalize(path).map_err(|e| Error::Setup(e.to_string()))?;
-        resolved.as_path()
-    } else {
-        path
-    };
-    let fail = |e: std::io::Error| Error::Setup(format!("cannot write {}: {e}", path.display()));
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = PathBuf::from(name);
-    let written = fs_err::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(text.as_bytes())?;
-            f.sync_all()
-        })
-        .and_then(|()| fs_err::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = fs_err::remove_file(&tmp);
-        return Err(fail(e));
-    }
-    Ok(())
 }
 
 fn ordinal(n: usize) -> String {

@@ -134,7 +134,7 @@ pub fn store(host: &str, username: &str, password: &str) -> Result<Stored, Strin
     };
     auths.insert(key, serde_json::json!({ "auth": auth }));
     let text = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
-    write_private(&path, &text).map_err(|e| e.to_string())?;
+    cudaimg_static::regular::replace(&path, &text, 0o600).map_err(|e| e.to_string())?;
     Ok(Stored::File(path))
 }
 
@@ -189,7 +189,7 @@ pub fn erase(host: &str) -> Result<Erased, String> {
         return Ok(Erased::Nothing(path));
     }
     let text = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
-    write_private(&path, &text).map_err(|e| e.to_string())?;
+    cudaimg_static::regular::replace(&path, &text, 0o600).map_err(|e| e.to_string())?;
     Ok(Erased::File(path))
 }
 
@@ -265,35 +265,6 @@ fn store_with_helper(
         // Only its exit status: its output could hold the secret.
         Err(format!("`{program} store` failed ({status})"))
     }
-}
-
-/// Writes `bytes` to `path` by rename from a sibling temporary file created mode 0600.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use fs_err::os::unix::fs::OpenOptionsExt as _;
-    use std::io::Write as _;
-    // A linked config.json (kept with dotfiles) is written where it lives, as docker does;
-    // the rename would otherwise replace the link with a file.
-    let resolved;
-    let path = if fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        resolved = fs_err::canonicalize(path)?;
-        resolved.as_path()
-    } else {
-        path
-    };
-    let dir = path.parent().unwrap_or_else(|| std::path::Path::new("."));
-    fs_err::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".config.json.cudaimg-{}", std::process::id()));
-    let mut f = fs_err::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    let written = f.write_all(bytes).and_then(|()| f.sync_all());
-    if let Err(e) = written.and_then(|()| fs_err::rename(&tmp, path)) {
-        let _ = fs_err::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

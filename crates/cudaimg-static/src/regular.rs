@@ -131,6 +131,43 @@ pub fn read_capped_to_string(path: &Path, cap: u64) -> Result<String, FileError>
 /// far above any real one, far below what would exhaust memory.
 pub const MAX_TEXT_FILE: u64 = 64 << 20;
 
+/// Replaces the file at `path` with `bytes`, as a user's configuration is rewritten: the
+/// bytes go to a sibling temporary file created with `mode` (masked by the umask, as any
+/// create is), synced, then renamed over, so a reader sees the old file or the new, never
+/// half. A symlink is written where it points (dotfiles kept in a repository, as docker
+/// follows a linked `config.json`): the rename would otherwise replace the link with a file.
+pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write as _;
+    let resolved;
+    let path = if fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        resolved = fs_err::canonicalize(path)?;
+        resolved.as_path()
+    } else {
+        path
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs_err::create_dir_all(dir)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.cudaimg-{}", std::process::id()));
+    let written = fs_err::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| fs_err::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs_err::remove_file(&tmp);
+    }
+    written
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
