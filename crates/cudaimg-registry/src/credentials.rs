@@ -155,26 +155,8 @@ pub fn erase(host: &str) -> Result<Erased, String> {
     let (path, mut config) = read_config()?;
     let key = docker_key(host);
     if let Some(helper) = helper_for(&config, host, &key) {
-        let program = format!("docker-credential-{helper}");
-        let out = std::process::Command::new(&program)
-            .arg("erase")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write as _;
-                if let Some(mut stdin) = child.stdin.take() {
-                    stdin.write_all(key.as_bytes())?;
-                }
-                child.wait()
-            })
-            .map_err(|e| format!("cannot run `{program}` (docker's config.json names it): {e}"))?;
-        return if out.success() {
-            Ok(Erased::Helper(helper))
-        } else {
-            Err(format!("`{program} erase` failed ({out})"))
-        };
+        tell_helper(&helper, "erase", key.as_bytes())?;
+        return Ok(Erased::Helper(helper));
     }
     let removed = config
         .get_mut("auths")
@@ -241,19 +223,26 @@ fn store_with_helper(
     username: &str,
     password: &str,
 ) -> Result<(), String> {
+    let body = serde_json::json!({ "ServerURL": key, "Username": username, "Secret": password });
+    tell_helper(helper, "store", body.to_string().as_bytes())
+}
+
+/// `docker-credential-NAME VERB` with `input` on its stdin (the helper protocol's `store`
+/// and `erase`), its output discarded: only its exit status is reported, since its output
+/// could hold the secret.
+fn tell_helper(helper: &str, verb: &str, input: &[u8]) -> Result<(), String> {
     use std::io::Write as _;
     let program = format!("docker-credential-{helper}");
     let mut child = std::process::Command::new(&program)
-        .arg("store")
+        .arg(verb)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot run `{program}` (docker's config.json names it): {e}"))?;
-    let body = serde_json::json!({ "ServerURL": key, "Username": username, "Secret": password });
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(body.to_string().as_bytes())
+            .write_all(input)
             .map_err(|e| format!("cannot talk to `{program}`: {e}"))?;
     }
     let status = child
@@ -262,8 +251,7 @@ fn store_with_helper(
     if status.success() {
         Ok(())
     } else {
-        // Only its exit status: its output could hold the secret.
-        Err(format!("`{program} store` failed ({status})"))
+        Err(format!("`{program} {verb}` failed ({status})"))
     }
 }
 
