@@ -228,6 +228,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
             name: name.clone(),
             digest: None,
             cuda: tag.version,
+            requires_cuda: None,
             tag: tag.clone(),
             pythons: guess,
         };
@@ -588,6 +589,7 @@ fn describe(
         name: name.to_owned(),
         digest: Some(image.digest.to_string()),
         cuda: env.version().unwrap_or(tag.version),
+        requires_cuda: env.requirement().and_then(|r| r.cuda()),
         tag: tag.clone(),
         pythons: finder.found(),
     })

@@ -139,11 +139,20 @@ pub(crate) struct Explanation {
     pub unknown: Vec<String>,
     pub contains: Vec<String>,
     pub nvcc: bool,
-    /// The driver for full compatibility with this CUDA minor.
+    /// The CUDA minor the driver must support: the stored image's `NVIDIA_REQUIRE_CUDA`
+    /// (`cuda>=X.Y`) when the store holds the image, else the tag's.
+    pub driver_cuda: String,
+    /// Where `driver_cuda` comes from: `image` or `tag`.
+    pub driver_cuda_from: &'static str,
+    /// The driver for full compatibility with `driver_cuda`.
     pub min_driver: Option<String>,
     /// The oldest driver that runs it with minor-version compatibility (CUDA 11 and later).
     pub minor_compat_driver: Option<String>,
-    pub driver_source: &'static str,
+    pub driver_source: String,
+    /// The stored image's driver-branch alternatives (forward compatibility on the brands
+    /// they name), as its `NVIDIA_REQUIRE_CUDA` writes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub driver_branches: Vec<String>,
     pub eol: Option<bool>,
     pub eol_reasons: Vec<String>,
     pub eol_as_of: &'static str,
@@ -182,12 +191,47 @@ pub(crate) fn explain(s: &Subject, stored: Option<StoredFacts>) -> Explanation {
             );
         }
     }
-    if driver::min_driver(v).is_none() {
+    // The image's own requirement is what the container runtime checks: it beats the tag.
+    let requirement = stored.as_ref().and_then(|i| i.env.requirement());
+    let (need, need_from) = match requirement.as_ref().and_then(driver::Requirement::cuda) {
+        Some(c) => (c.minor_only(), "image"),
+        None => (v.minor_only(), "tag"),
+    };
+    if need_from == "image" && need != v.minor_only() {
         notes.push(format!(
-            "CUDA {} is not in the driver table (newest known: {}): the minimum driver is unknown",
-            v.minor_only(),
-            driver::newest_known()
+            "the stored image's NVIDIA_REQUIRE_CUDA asks the driver for CUDA {need}, not the \
+             tag's {}: the driver minimum follows the image",
+            v.minor_only()
         ));
+    }
+    let min = driver::min_driver(need);
+    let driver_source = match (need_from, &min) {
+        ("image", Some(_)) => format!(
+            "the stored image's NVIDIA_REQUIRE_CUDA (cuda>={need}), with the driver for \
+             CUDA {need} from: {}",
+            driver::SOURCE
+        ),
+        ("image", None) => format!(
+            "the stored image's NVIDIA_REQUIRE_CUDA (cuda>={need}): a driver whose CUDA \
+             version (nvidia-smi's `CUDA Version`) is {need} or newer"
+        ),
+        _ => driver::SOURCE.to_owned(),
+    };
+    if min.is_none() {
+        notes.push(if need_from == "image" {
+            format!(
+                "the stored image needs a driver that supports CUDA {need} (nvidia-smi shows \
+                 `CUDA Version: {need}` or newer); which driver version that is, the driver \
+                 table does not say (newest known: {})",
+                driver::newest_known()
+            )
+        } else {
+            format!(
+                "CUDA {need} is not in the driver table (newest known: {}): the minimum driver \
+                 is unknown until the image is pulled (its NVIDIA_REQUIRE_CUDA says)",
+                driver::newest_known()
+            )
+        });
     }
     Explanation {
         tag: t.tag.clone(),
@@ -203,9 +247,15 @@ pub(crate) fn explain(s: &Subject, stored: Option<StoredFacts>) -> Explanation {
         unknown: t.unknown.clone(),
         contains: t.contents(),
         nvcc: t.has_nvcc(),
-        min_driver: driver::min_driver(v).map(|d| d.to_string()),
-        minor_compat_driver: minor_compat_driver(v).map(|d| d.to_string()),
-        driver_source: driver::SOURCE,
+        driver_cuda: need.to_string(),
+        driver_cuda_from: need_from,
+        min_driver: min.map(|d| d.to_string()),
+        minor_compat_driver: minor_compat_driver(need).map(|d| d.to_string()),
+        driver_source,
+        driver_branches: requirement
+            .as_ref()
+            .map(driver::Requirement::branch_alternatives)
+            .unwrap_or_default(),
         eol: support.eol,
         eol_reasons: support.reasons,
         eol_as_of: support.as_of,
@@ -249,12 +299,18 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     if ctx.json {
         emit_json(&e);
     } else {
-        print(&e);
+        print(&e, ctx.columns);
     }
     Ok(())
 }
 
-fn print(e: &Explanation) {
+/// The human form, each line fitted to `columns` (long notes wrap under their label).
+fn print(e: &Explanation, columns: Option<usize>) {
+    let emit = |line: &str| {
+        for l in super::width::fit_line(line, columns) {
+            emit(&l);
+        }
+    };
     emit(&e.reference);
     emit(&format!("  CUDA:        {}", e.cuda_version));
     emit(&format!(
@@ -287,15 +343,19 @@ fn print(e: &Explanation) {
             }
         ));
     }
-    let minor = e
-        .cuda_version
-        .split('.')
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(".");
+    let minor = &e.driver_cuda;
+    let from = if e.driver_cuda_from == "image" {
+        ", the image's NVIDIA_REQUIRE_CUDA"
+    } else {
+        ""
+    };
     match &e.min_driver {
         Some(d) => emit(&format!(
-            "  min driver:  {d} (full compatibility with CUDA {minor})"
+            "  min driver:  {d} (full compatibility with CUDA {minor}{from})"
+        )),
+        None if e.driver_cuda_from == "image" => emit(&format!(
+            "  min driver:  one for CUDA {minor} (the image's NVIDIA_REQUIRE_CUDA; no row in the \
+             driver table)"
         )),
         None => emit("  min driver:  unknown (not in the table)"),
     }
@@ -307,6 +367,9 @@ fn print(e: &Explanation) {
         emit(&format!(
             "               {m} with minor-version compatibility (no PTX JIT of newer code)"
         ));
+    }
+    for b in &e.driver_branches {
+        emit(&format!("               or {b} (forward compatibility)"));
     }
     let eol = match e.eol {
         Some(true) => "yes",

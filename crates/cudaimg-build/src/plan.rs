@@ -41,6 +41,9 @@ pub struct Base {
     pub tag: CudaTag,
     /// `CUDA_VERSION` from the image's environment, else the tag's version.
     pub cuda: CudaVersion,
+    /// The CUDA the image's own `NVIDIA_REQUIRE_CUDA` asks of the driver (`cuda>=X.Y`), once
+    /// the image is read; it beats `cuda` for what the driver must support.
+    pub requires_cuda: Option<CudaVersion>,
     /// Pythons found in its layers.
     pub pythons: Vec<Py>,
 }
@@ -131,8 +134,13 @@ pub fn image_name(tag: Option<&str>, base: &CudaTag, c: &Checked) -> String {
 
 fn driver_need(base: &Base, c: &Checked) -> DriverNeed {
     let mut need = c.wheels_cuda.minor_only();
-    if c.flavor == Flavor::Devel && base.cuda.minor_only() > need {
-        need = base.cuda.minor_only();
+    // A devel image's nvcc builds for the base's CUDA, which the runtime checks through the
+    // base's own requirement when it has one.
+    let base_needs = base.requires_cuda.unwrap_or(base.cuda).minor_only();
+    let mut from_base = false;
+    if c.flavor == Flavor::Devel && base_needs > need {
+        need = base_needs;
+        from_base = base.requires_cuda.is_some();
     }
     let minimum = driver::min_driver(need).map(|d| d.as_str().to_owned());
     let require = format!("cuda>={need}");
@@ -145,6 +153,11 @@ fn driver_need(base: &Base, c: &Checked) -> DriverNeed {
         ),
         (Some(m), None) => format!("needs an NVIDIA driver >= {m} (CUDA {need})"),
         _ => format!("needs a driver for CUDA {need} (not in cudaimg's driver table)"),
+    };
+    let text = if from_base {
+        format!("{text}; CUDA {need} is what the base image's NVIDIA_REQUIRE_CUDA asks")
+    } else {
+        text
     };
     DriverNeed {
         minimum,
@@ -274,9 +287,31 @@ mod tests {
             name: format!("docker.io/nvidia/cuda:{tag}"),
             digest: Some(format!("sha256:{}", "a".repeat(64))),
             cuda: t.version,
+            requires_cuda: None,
             tag: t,
             pythons: vec![],
         }
+    }
+
+    #[test]
+    fn a_devel_bases_own_requirement_sets_the_driver_it_needs() {
+        // A 12.4.1 devel base whose NVIDIA_REQUIRE_CUDA asks for 12.6: 560.28.03 (NVIDIA's
+        // release notes), not 12.4's 550.54.14.
+        let mut b = base("12.4.1-cudnn-devel-ubuntu22.04");
+        b.requires_cuda = CudaVersion::parse("12.6");
+        let p = plan(&b, "2.5.1", None, None, &Options::default()).unwrap();
+        assert_eq!(p.driver.minimum.as_deref(), Some("560.28.03"));
+        assert_eq!(p.arg("NVIDIA_REQUIRE_CUDA"), Some("cuda>=12.6"));
+        assert!(
+            p.driver.text.contains("base image's NVIDIA_REQUIRE_CUDA"),
+            "{}",
+            p.driver.text
+        );
+        // A runtime base: torch brings its own CUDA, so the wheels' decide.
+        let mut b = base("12.4.1-runtime-ubuntu22.04");
+        b.requires_cuda = CudaVersion::parse("12.6");
+        let p = plan(&b, "2.5.1", Some("3.11"), None, &Options::default()).unwrap();
+        assert_eq!(p.driver.minimum.as_deref(), Some("550.54.14"));
     }
 
     #[test]

@@ -230,6 +230,17 @@ impl Requirement {
             .and_then(|c| CudaVersion::parse(&c.value))
     }
 
+    /// The alternatives that name a driver branch rather than a CUDA version
+    /// (`brand=tesla,driver>=535,driver<536`): forward compatibility on the GPU brands they
+    /// name, as written.
+    pub fn branch_alternatives(&self) -> Vec<String> {
+        self.alternatives
+            .iter()
+            .filter(|alt| alt.iter().any(|c| c.key == "driver"))
+            .map(|alt| render(alt))
+            .collect()
+    }
+
     /// Checks the requirement as the container runtime would.
     pub fn check(&self, host: &HostFacts<'_>) -> RequireOutcome {
         let driver_cuda = driver_cuda(host.driver);
@@ -316,6 +327,26 @@ mod tests {
     }
     fn d(s: &str) -> DriverVersion {
         DriverVersion::parse(s).expect(s)
+    }
+
+    #[test]
+    fn branch_alternatives_are_those_that_name_a_driver() {
+        let r = Requirement::parse(
+            "cuda>=12.4 brand=tesla,driver>=470,driver<471 brand=nvidia,driver>=535,driver<536",
+        )
+        .expect("NVIDIA's form");
+        assert_eq!(r.cuda(), Some(v("12.4")));
+        assert_eq!(
+            r.branch_alternatives(),
+            [
+                "brand=tesla,driver>=470,driver<471",
+                "brand=nvidia,driver>=535,driver<536"
+            ]
+        );
+        assert!(Requirement::parse("cuda>=13.9")
+            .expect("a bare cuda>=")
+            .branch_alternatives()
+            .is_empty());
     }
 
     #[test]

@@ -301,6 +301,70 @@ fn explain_takes_the_stored_images_word() {
         .starts_with("cuda>=13.0"));
 }
 
+/// Issue 24: with the image stored, the driver minimum follows the image's own
+/// `NVIDIA_REQUIRE_CUDA`, which the container runtime checks, not the tag.
+#[test]
+fn explain_takes_the_driver_minimum_from_the_stored_images_requirement() {
+    // A 12.4.1 tag whose image asks for CUDA 12.6, and a CUDA release the table lacks.
+    let asks_more = FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Base).env(
+        "NVIDIA_REQUIRE_CUDA",
+        "cuda>=12.6 brand=tesla,driver>=535,driver<536",
+    ));
+    let unknown = FixtureStore::shared().cuda(&CudaSpec::new("13.9.1", Flavor::Base).env(
+        "NVIDIA_REQUIRE_CUDA",
+        "cuda>=13.9 brand=tesla,driver>=580,driver<581",
+    ));
+    let official = TestRegistry::start();
+    let pusher = Pusher::new(&official);
+    pusher.push(&asks_more);
+    pusher.push(&unknown);
+    let host = Host::new().with_hub(&official.url(), &[]);
+
+    let before = host.json(&["explain", &asks_more.tag]);
+    // NVIDIA's release notes: CUDA 12.4 GA needs 550.54.14 on Linux, 12.6 GA 560.28.03.
+    assert_eq!(before["min_driver"], "550.54.14", "{before}");
+    assert_eq!(before["driver_cuda_from"], "tag");
+    host.pull(&asks_more.reference());
+    let after = host.json(&["explain", &asks_more.tag]);
+    assert_eq!(after["driver_cuda"], "12.6", "{after}");
+    assert_eq!(after["driver_cuda_from"], "image");
+    assert_eq!(after["min_driver"], "560.28.03");
+    assert_eq!(
+        after["driver_branches"][0],
+        "brand=tesla,driver>=535,driver<536"
+    );
+    assert!(after["driver_source"]
+        .as_str()
+        .unwrap()
+        .contains("NVIDIA_REQUIRE_CUDA (cuda>=12.6)"));
+
+    let before = host.json(&["explain", &unknown.tag]);
+    assert_eq!(before["min_driver"], Value::Null, "{before}");
+    assert!(before["notes"]
+        .to_string()
+        .contains("until the image is pulled"));
+    host.pull(&unknown.reference());
+    let after = host.json(&["explain", &unknown.tag]);
+    assert_eq!(after["driver_cuda"], "13.9", "{after}");
+    assert_eq!(after["driver_cuda_from"], "image");
+    assert_eq!(after["min_driver"], Value::Null);
+    assert!(after["notes"].to_string().contains("supports CUDA 13.9"));
+    // The words, at 80 columns.
+    let out = host
+        .cmd(&["explain", &unknown.tag])
+        .env("COLUMNS", "80")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("one for CUDA 13.9"), "{text}");
+    assert!(
+        text.contains("or brand=tesla,driver>=580,driver<581"),
+        "{text}"
+    );
+    assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+}
+
 // ---------------------------------------------------------------------------------------
 // tags
 // ---------------------------------------------------------------------------------------
