@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::error::Error;
+use cudaimg_cuda::CudaTag;
 use cudaimg_registry::RegistryClient;
 use cudaimg_sync::inventory::Inventory;
 use cudaimg_sync::plan::{AssumedFrom, Plan};
@@ -74,6 +75,9 @@ struct PlanOutput<'a> {
     assumed_bytes: u64,
     plan: &'a Plan,
     warnings: &'a [String],
+    /// What cudaimg's tables lack about the CUDA tags selected (a newer release, a new OS
+    /// family), reported as seen in the registry's tag list: `explain` calls them unknown.
+    seen_in_registry: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -142,7 +146,12 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
             }
         })
         .collect();
+    let seen_in_registry = seen_in_registry(&prepared.selection.entries);
+    for s in &seen_in_registry {
+        note!("{s}");
+    }
     let out = PlanOutput {
+        seen_in_registry,
         spec: args.spec.display().to_string(),
         entries: &prepared.selection.entries,
         images,
@@ -200,6 +209,28 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// The facts the tables lack about the CUDA tags the entries selected from tag lists, each
+/// once, in the order first met.
+fn seen_in_registry(entries: &[EntryReport]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let tags = entries
+        .iter()
+        .filter(|e| {
+            e.repository
+                .as_deref()
+                .is_some_and(|r| r.ends_with("/cuda"))
+        })
+        .flat_map(|e| &e.selected)
+        .filter_map(|r| r.rsplit_once(':').map(|(_, tag)| tag))
+        .filter_map(|tag| CudaTag::parse(tag).ok());
+    for fact in tags.flat_map(|t| t.seen_in_registry()) {
+        if !out.contains(&fact) {
+            out.push(fact);
+        }
+    }
+    out
 }
 
 fn print(o: &PlanOutput) {

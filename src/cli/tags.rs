@@ -186,7 +186,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
                 os: t.os.clone(),
                 rc: t.rc,
                 eol: eol::support(t.version, false).eol,
-                unknown: t.unknown.iter().map(|u| seen_in_registry(u)).collect(),
+                unknown: t.seen_in_registry(),
             })
             .collect(),
         skipped: unparsed.len(),
@@ -335,14 +335,5 @@ fn print(ctx: &Ctx, l: &Listing) {
         }
     } else {
         note!("no tag matches the filters");
-    }
-}
-
-/// A tag from the registry's own list exists, whatever cudaimg's tables say: what they lack
-/// (a newer CUDA, a new OS family) is reported as seen in the registry, not as unknown.
-fn seen_in_registry(note: &str) -> String {
-    match note.strip_suffix("; treated as unknown") {
-        Some(fact) => format!("{fact}; seen in the registry's tag list, so NVIDIA built it"),
-        None => note.to_owned(),
     }
 }

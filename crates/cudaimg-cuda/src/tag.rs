@@ -526,6 +526,21 @@ impl CudaTag {
         out
     }
 
+    /// What the tables lack about a tag read from a registry's own tag list (a newer CUDA,
+    /// a new OS family): the tag exists, so each is reported as seen there, not as unknown.
+    pub fn seen_in_registry(&self) -> Vec<String> {
+        const UNKNOWN: &str = "; treated as unknown";
+        self.unknown
+            .iter()
+            .map(|note| match note.strip_suffix(UNKNOWN) {
+                Some(fact) => {
+                    format!("{fact}; seen in the registry's tag list, so NVIDIA built it")
+                }
+                None => note.clone(),
+            })
+            .collect()
+    }
+
     /// Facts worth telling about this tag that are not errors.
     pub fn notes(&self) -> Vec<String> {
         let mut out = self.unknown.clone();

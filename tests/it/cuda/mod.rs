@@ -422,6 +422,31 @@ fn tags_report_what_the_tables_lack_as_seen_in_the_registry() {
         new["unknown"].to_string().contains("seen in the registry"),
         "{new}"
     );
+
+    // `sync` says the same of the tags it selects from that list, and nothing of the rest.
+    let spec = host.sandbox.write(
+        "sync.toml",
+        "[[images]]\nrepository = \"nvidia/cuda\"\ncuda = \">=13.9\"\n",
+    );
+    let plan = host.json(&["sync", spec.to_str().unwrap(), "--plan"]);
+    let seen = plan["seen_in_registry"].as_array().unwrap();
+    assert_eq!(seen.len(), 1, "{plan}");
+    assert!(seen[0].as_str().unwrap().contains("CUDA 13.9"), "{plan}");
+    assert!(
+        seen[0].as_str().unwrap().contains("seen in the registry"),
+        "{plan}"
+    );
+    let out = host
+        .cmd(&["sync", spec.to_str().unwrap(), "--plan"])
+        .output()
+        .unwrap();
+    let notes = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{notes}");
+    assert!(
+        notes.contains("CUDA 13.9") && notes.contains("seen in the registry"),
+        "{notes}"
+    );
+    assert!(!notes.contains("ubuntu28.04"), "{notes}");
 }
 
 #[test]
