@@ -121,9 +121,7 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let prepared = prepared?;
     let plan = prepared.plan();
     let warnings = &prepared.selection.warnings;
-    for w in warnings {
-        note!("warning: {w}");
-    }
+    let seen_in_registry = tell(warnings, &prepared.selection.entries);
     let carried: std::collections::BTreeMap<_, _> =
         plan.blobs.iter().map(|b| (&b.digest, b.size)).collect();
     let images: Vec<ImageLine> = plan
@@ -146,10 +144,6 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
             }
         })
         .collect();
-    let seen_in_registry = seen_in_registry(&prepared.selection.entries);
-    for s in &seen_in_registry {
-        note!("{s}");
-    }
     let out = PlanOutput {
         seen_in_registry,
         spec: args.spec.display().to_string(),
@@ -209,6 +203,19 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// Notes the selection's warnings and what the tables lack about the tags it selected;
+/// returns the latter for `--json`.
+fn tell(warnings: &[String], entries: &[EntryReport]) -> Vec<String> {
+    for w in warnings {
+        note!("warning: {w}");
+    }
+    let seen = seen_in_registry(entries);
+    for s in &seen {
+        note!("{s}");
+    }
+    seen
 }
 
 /// The facts the tables lack about the CUDA tags the entries selected from tag lists, each
