@@ -106,6 +106,8 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
+    /// The gate for a server listening on `local`; warns (to `log`) when passwords would
+    /// cross the network in the clear.
     pub(crate) fn new(
         access: &Access,
         https: bool,
@@ -115,6 +117,13 @@ impl Gate {
         let mut secret = [0u8; 32];
         aws_lc_rs::rand::fill(&mut secret)
             .map_err(|_| crate::ServeError::Random("the system's random source failed".into()))?;
+        if !https && !local.ip().is_loopback() {
+            log(&format!(
+                "warning: passwords will cross the network in the clear: {local} is not a \
+                 loopback address and serving is plain HTTP (`--tls-cert` and `--tls-key` \
+                 serve HTTPS)"
+            ));
+        }
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Ok(Gate {
             users: Arc::new(access.users.clone()),
@@ -174,7 +183,11 @@ impl Gate {
             return Login::Limited(wait);
         }
         let print = fingerprint(&user, &password);
-        let known = self.verified.lock().ok().and_then(|v| v.get(&user).copied());
+        let known = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|v| v.get(&user).copied());
         if known.is_some_and(|k| constant_time::verify_slices_are_equal(&k, &print).is_ok()) {
             return Login::Ok(user);
         }
@@ -208,8 +221,7 @@ impl Gate {
         let map = self.failures.lock().ok()?;
         let f = map.get(&client)?;
         let elapsed = f.since.elapsed();
-        (f.count >= FAILURES_ALLOWED && elapsed < FAILURE_WINDOW)
-            .then(|| FAILURE_WINDOW - elapsed)
+        (f.count >= FAILURES_ALLOWED && elapsed < FAILURE_WINDOW).then(|| FAILURE_WINDOW - elapsed)
     }
 
     fn count_failure(&self, client: IpAddr, peer: IpAddr) {
@@ -357,9 +369,7 @@ fn basic_credentials(req: &Request) -> Option<(String, String)> {
 fn bearer(req: &Request) -> Option<&str> {
     let value = &req.authorization.as_ref()?.0;
     let (scheme, rest) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(rest.trim())
+    scheme.eq_ignore_ascii_case("bearer").then_some(rest.trim())
 }
 
 fn fingerprint(user: &str, password: &str) -> [u8; 32] {
@@ -440,7 +450,10 @@ mod tests {
         assert!(g.locked(client_key(b)).is_some());
         assert!(g.locked(client_key(c)).is_none());
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("an address");
-        assert_eq!(client_key(mapped), "10.0.0.1".parse::<IpAddr>().ok().unwrap_or(mapped));
+        assert_eq!(
+            client_key(mapped),
+            "10.0.0.1".parse::<IpAddr>().ok().unwrap_or(mapped)
+        );
     }
 
     #[test]

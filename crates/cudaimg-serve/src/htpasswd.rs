@@ -69,15 +69,16 @@ impl Htpasswd {
             path: path.to_owned(),
             reason: "it is not UTF-8 text".into(),
         })?;
-        Self::parse(&text).map_err(|(line, reason, not_bcrypt)| HtpasswdError::Line {
-            path: path.to_owned(),
-            line,
-            reason,
-            not_bcrypt,
-        })?
-        .ok_or_else(|| HtpasswdError::Empty {
-            path: path.to_owned(),
-        })
+        Self::parse(&text)
+            .map_err(|(line, reason, not_bcrypt)| HtpasswdError::Line {
+                path: path.to_owned(),
+                line,
+                reason,
+                not_bcrypt,
+            })?
+            .ok_or_else(|| HtpasswdError::Empty {
+                path: path.to_owned(),
+            })
     }
 
     /// `None` when no line names a user; `Err((line, reason, not_bcrypt))` for a bad line.
@@ -147,7 +148,12 @@ mod tests {
 
     fn entry(user: &str, pass: &str, version: bcrypt::Version) -> String {
         let parts = bcrypt::hash_with_result(pass, 4).map_err(|e| e.to_string());
-        format!("{user}:{}", parts.unwrap_or_else(|e| panic!("{e}")).format_for_version(version))
+        format!(
+            "{user}:{}",
+            parts
+                .unwrap_or_else(|e| panic!("{e}"))
+                .format_for_version(version)
+        )
     }
 
     #[test]

@@ -264,11 +264,6 @@ impl Server {
                     addr: addr.to_owned(),
                     source,
                 })?;
-                if tls.is_none() && !local.ip().is_loopback() {
-                    (opts.log)(&format!(
-                        "warning: passwords will cross the network in the clear: {local} is                          not a loopback address and serving is plain HTTP (`--tls-cert` and                          `--tls-key` serve HTTPS)"
-                    ));
-                }
                 let log = Arc::clone(&opts.log);
                 Some(auth::Gate::new(access, tls.is_some(), local, log)?)
             }
