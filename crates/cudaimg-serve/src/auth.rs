@@ -220,8 +220,8 @@ impl Gate {
     fn locked(&self, client: IpAddr) -> Option<Duration> {
         let map = self.failures.lock().ok()?;
         let f = map.get(&client)?;
-        let elapsed = f.since.elapsed();
-        (f.count >= FAILURES_ALLOWED && elapsed < FAILURE_WINDOW).then(|| FAILURE_WINDOW - elapsed)
+        let left = FAILURE_WINDOW.checked_sub(f.since.elapsed())?;
+        (f.count >= FAILURES_ALLOWED && !left.is_zero()).then_some(left)
     }
 
     fn count_failure(&self, client: IpAddr, peer: IpAddr) {

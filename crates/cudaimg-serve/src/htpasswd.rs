@@ -129,16 +129,14 @@ impl Htpasswd {
     /// threads. An unknown user costs the same as a known one, so timing does not tell
     /// which names exist.
     pub fn verify(&self, user: &str, password: &str) -> bool {
-        match self.users.get(user) {
-            Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
-            None => {
-                // Some user's hash, whose answer is ignored: the same cost as a real check.
-                if let Some(hash) = self.users.values().next() {
-                    let _ = bcrypt::verify(password, hash);
-                }
-                false
-            }
+        if let Some(hash) = self.users.get(user) {
+            return bcrypt::verify(password, hash).unwrap_or(false);
         }
+        // Some user's hash, whose answer is ignored: the same cost as a real check.
+        if let Some(hash) = self.users.values().next() {
+            let _ = bcrypt::verify(password, hash);
+        }
+        false
     }
 }
 
