@@ -185,7 +185,9 @@ impl Error {
             Error::Store(StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. }) => exit::CORRUPT,
             Error::Store(StoreError::Missing(_)) => exit::NOT_FOUND,
             Error::Refused(_) => exit::USAGE,
-            Error::Serve(cudaimg_serve::ServeError::Tls { .. }) => exit::USAGE,
+            Error::Serve(
+                cudaimg_serve::ServeError::Tls { .. } | cudaimg_serve::ServeError::Htpasswd(_),
+            ) => exit::USAGE,
             Error::Serve(cudaimg_serve::ServeError::Store(
                 StoreError::Corrupt(_) | StoreError::BlobCorrupt { .. },
             )) => exit::CORRUPT,

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
-use cudaimg_serve::{Options, Server, TlsFiles};
+use cudaimg_serve::auth::{Access, Mode};
+use cudaimg_serve::htpasswd::Htpasswd;
+use cudaimg_serve::{Options, ServeError, Server, TlsFiles};
 
 use super::{emit, emit_json, Ctx};
 
@@ -37,10 +39,23 @@ pub struct Args {
     #[arg(long, default_value_t = 30, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     client_timeout: u64,
+    /// Clients must log in as a user of this htpasswd file (bcrypt entries, as `htpasswd -B`
+    /// writes) [default: no login; anyone who can connect reads the store]
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// How clients log in: `basic` (credentials on every request) or `token` (the Docker
+    /// token flow: a short-lived token from this server's own `/token`)
+    #[arg(long, value_enum, requires = "htpasswd", value_name = "MODE")]
+    auth: Option<AuthMode>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AuthMode {
+    Basic,
+    Token,
 }
 
 pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
-    let store = ctx.existing_store()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert: cert.clone(),
@@ -48,12 +63,26 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         }),
         _ => None,
     };
+    // The users before the store: a bad htpasswd file is named even where no store is yet.
+    let access = match &args.htpasswd {
+        Some(file) => Some(Access {
+            users: Htpasswd::load(file).map_err(ServeError::from)?,
+            mode: match args.auth {
+                Some(AuthMode::Token) => Mode::Token,
+                Some(AuthMode::Basic) | None => Mode::Basic,
+            },
+        }),
+        None => None,
+    };
+    let auth = access.as_ref().map(|a| a.mode.name());
+    let store = ctx.existing_store()?;
     let opts = Options {
         verify_reads: args.verify_reads,
         max_connections: args.max_connections,
         max_per_client: usize::try_from(args.max_connections_per_client).unwrap_or(usize::MAX),
         client_timeout: Duration::from_secs(args.client_timeout),
         tls: tls.clone(),
+        access,
         access_log: ctx.verbose,
         log: std::sync::Arc::new(|line: &str| note!("{line}")),
     };
@@ -70,10 +99,12 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
             "store": root,
             "tls": tls.is_some(),
             "verify_reads": args.verify_reads,
+            "auth": auth,
         }));
     } else {
+        let login = auth.map_or(String::new(), |a| format!(", {a} auth"));
         emit(&format!(
-            "serving {} read-only at {scheme}://{addr} (Ctrl-C stops)",
+            "serving {} read-only at {scheme}://{addr}{login} (Ctrl-C stops)",
             root.display()
         ));
     }

@@ -22,6 +22,21 @@ pub struct Request {
     /// `Content-Length` > 0 or any `Transfer-Encoding`: a body this server does not read.
     pub has_body: bool,
     pub range: Option<String>,
+    /// `Host`, for the token realm's URL.
+    pub host: Option<String>,
+    /// `Authorization`, redacted from `Debug`.
+    pub authorization: Option<Secret>,
+}
+
+/// A credential from a request: its `Debug` prints nothing of it, so no log or panic
+/// message can carry it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -61,6 +76,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed, HeadError> {
     let mut close = req.version != Some(1);
     let mut has_body = false;
     let mut range = None;
+    let (mut host, mut authorization) = (None, None);
     for h in req.headers.iter() {
         let value = String::from_utf8_lossy(h.value);
         let value = value.trim();
@@ -83,6 +99,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed, HeadError> {
             } else {
                 Some(String::new())
             };
+        } else if h.name.eq_ignore_ascii_case("host") {
+            host = Some(value.to_owned());
+        } else if h.name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(Secret(value.to_owned()));
         }
     }
     Ok(Parsed::Done(
@@ -92,6 +112,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed, HeadError> {
             close,
             has_body,
             range: range.filter(|r| !r.is_empty()),
+            host,
+            authorization,
         },
         len,
     ))
@@ -161,11 +183,13 @@ impl Head {
             200 => "OK",
             206 => "Partial Content",
             400 => "Bad Request",
+            401 => "Unauthorized",
             404 => "Not Found",
             405 => "Method Not Allowed",
             408 => "Request Timeout",
             413 => "Content Too Large",
             416 => "Range Not Satisfiable",
+            429 => "Too Many Requests",
             431 => "Request Header Fields Too Large",
             500 => "Internal Server Error",
             503 => "Service Unavailable",

@@ -5,6 +5,8 @@
 //!   Docker Hub's, `?ns=HOST` is containerd's choice of registry, `/v2/HOST/REPO` works).
 //! - [`http`]: bounded request heads (`httparse`), response heads, `Range`.
 //! - [`store`]: the only code that reads the store, through its API.
+//! - [`auth`]: access for a LAN (`--htpasswd`: Basic, or Bearer tokens from `/token`), decided
+//!   before a request is routed; [`htpasswd`] reads the users.
 //! - [`send`]: blob bodies: `sendfile` on plain TCP, a buffered copy under TLS, a hashing
 //!   copy with `--verify-reads`.
 //!
@@ -26,6 +28,8 @@
 // which are bounded by their own length; the server targets 64-bit Linux (sendfile).
 #![allow(clippy::cast_possible_truncation)]
 
+pub mod auth;
+pub mod htpasswd;
 pub mod http;
 pub mod route;
 mod send;
@@ -65,6 +69,8 @@ pub struct Options {
     /// How long a client may take to send a head, stay idle, or not read what is sent.
     pub client_timeout: Duration,
     pub tls: Option<TlsFiles>,
+    /// Who may read; `None`: anyone who can connect.
+    pub access: Option<auth::Access>,
     /// One line per request, to `log`.
     pub access_log: bool,
     /// Receives every line the server has to say.
@@ -79,6 +85,7 @@ impl std::fmt::Debug for Options {
             .field("max_per_client", &self.max_per_client)
             .field("client_timeout", &self.client_timeout)
             .field("tls", &self.tls)
+            .field("access", &self.access)
             .field("access_log", &self.access_log)
             .finish_non_exhaustive()
     }
@@ -92,6 +99,7 @@ impl Default for Options {
             max_per_client: 64,
             client_timeout: Duration::from_secs(30),
             tls: None,
+            access: None,
             access_log: false,
             log: Arc::new(|_| {}),
         }
@@ -115,6 +123,10 @@ pub enum ServeError {
     #[error("cannot use `{}` for TLS: {reason}", path.display())]
     Tls { path: PathBuf, reason: String },
     #[error(transparent)]
+    Htpasswd(#[from] htpasswd::HtpasswdError),
+    #[error("cannot draw a random token key: {0}")]
+    Random(String),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -137,6 +149,8 @@ impl ServeError {
                  (PKCS#8, PKCS#1 or SEC1)"
                     .into(),
             ),
+            ServeError::Htpasswd(e) => Some(e.hint()),
+            ServeError::Random(_) => None,
             ServeError::Store(e) => e.hint(),
         }
     }
@@ -217,6 +231,7 @@ struct Shared {
     view: StoreView,
     opts: Options,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    gate: Option<auth::Gate>,
 }
 
 impl Server {
@@ -243,9 +258,25 @@ impl Server {
                 addr: addr.to_owned(),
                 source,
             })?;
+        let gate = match &opts.access {
+            Some(access) => {
+                let local = listener.local_addr().map_err(|source| ServeError::Bind {
+                    addr: addr.to_owned(),
+                    source,
+                })?;
+                let log = Arc::clone(&opts.log);
+                Some(auth::Gate::new(access, tls.is_some(), local, log)?)
+            }
+            None => None,
+        };
         Ok(Server {
             listener,
-            shared: Arc::new(Shared { view, opts, tls }),
+            shared: Arc::new(Shared {
+                view,
+                opts,
+                tls,
+                gate,
+            }),
         })
     }
 
@@ -294,7 +325,7 @@ impl Server {
                     let _permit = permit;
                     let _slot = slot;
                     let _ = tcp.set_nodelay(true);
-                    serve_connection(tcp, shared).await;
+                    serve_connection(tcp, peer.ip(), shared).await;
                 });
             }
         };
@@ -363,7 +394,7 @@ impl Conn {
     }
 }
 
-async fn serve_connection(tcp: TcpStream, shared: Arc<Shared>) {
+async fn serve_connection(tcp: TcpStream, peer: IpAddr, shared: Arc<Shared>) {
     let timeout = shared.opts.client_timeout;
     let mut conn = match &shared.tls {
         None => Conn::Plain(tcp),
@@ -410,14 +441,22 @@ async fn serve_connection(tcp: TcpStream, shared: Arc<Shared>) {
             }
         };
         let close = req.close || req.has_body;
-        let resp = respond(&shared, &req).await;
+        let (user, resp) = match &shared.gate {
+            None => (None, respond(&shared, &req).await),
+            Some(gate) => match gate.admit(&req, peer).await {
+                auth::Verdict::Pass(user) => (Some(user), respond(&shared, &req).await),
+                auth::Verdict::Answer(user, resp) => (user, resp),
+            },
+        };
         if shared.opts.access_log {
+            let user = user.map(|u| format!(" user={}", cudaimg_oci::text::shown(&u)));
             (shared.opts.log)(&format!(
-                "{} {} {} {}",
+                "{} {} {} {}{}",
                 req.method,
                 cudaimg_oci::text::shown(&req.target),
                 resp.status,
-                resp.length
+                resp.length,
+                user.unwrap_or_default()
             ));
         }
         match send::send(&mut conn, resp, req.method == "HEAD", close, &shared.opts).await {

@@ -28,13 +28,17 @@ struct Served {
 
 impl Served {
     fn start(sandbox: &Sandbox, extra: &[&str]) -> Served {
+        Self::start_at(sandbox, "127.0.0.1:0", extra)
+    }
+
+    fn start_at(sandbox: &Sandbox, addr: &str, extra: &[&str]) -> Served {
         let log = sandbox
             .root()
             .join(format!("serve-{}.log", fastrand_suffix()));
         let mut cmd = sandbox.cudaimg();
         cmd.arg("--store")
             .arg(sandbox.store_dir())
-            .args(["--json", "-v", "serve", "--addr", "127.0.0.1:0"])
+            .args(["--json", "-v", "serve", "--addr", addr])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -368,30 +372,7 @@ fn serve_skopeo_copies_from_it_and_cudaimg_pulls_through_it_as_a_mirror() {
 #[test]
 fn serve_over_tls_copies_with_skopeo() {
     let f = filled(runtime());
-    let dir = f.sandbox.root().join("tls");
-    std::fs::create_dir_all(&dir).unwrap();
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output();
-    if !ok.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: openssl cannot make a test certificate");
-        return;
-    }
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
+    let (cert, key) = test_cert(&f.sandbox);
     let s = Served::start(
         &f.sandbox,
         &[
@@ -426,6 +407,35 @@ fn serve_over_tls_copies_with_skopeo() {
         !buf.starts_with(b"HTTP/1.1 200"),
         "TLS port answered plain HTTP"
     );
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, made by openssl in the sandbox.
+fn test_cert(sandbox: &Sandbox) -> (PathBuf, PathBuf) {
+    let dir = sandbox.root().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl (Debian package openssl) makes the test certificate");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir.join("cert.pem"), dir.join("key.pem"))
 }
 
 fn docker_or_skip() -> bool {
@@ -507,5 +517,6 @@ impl Drop for Containerd {
     }
 }
 
+mod auth;
 mod clients;
 mod greedy;
