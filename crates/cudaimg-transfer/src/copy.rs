@@ -281,6 +281,9 @@ impl Session {
         reporter: Arc<dyn Reporter>,
     ) -> Result<PushReport, PushError> {
         let image = &target.name.image;
+        // The store first: the health record is read from it (and written back), so a copy
+        // into a new store still remembers the mirrors it found silent.
+        let store = self.store()?;
         let run = CopyRun {
             session: self,
             image,
@@ -296,7 +299,7 @@ impl Session {
         let extra = run.extra_mounts(dest);
         let upload = |desc, mounts, opts| run.copy_blob(dest, desc, mounts, opts);
         let mut report = send(
-            self.store()?,
+            store,
             target.input,
             &plan,
             dest,
