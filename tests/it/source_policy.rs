@@ -205,3 +205,74 @@ fn a_tag_list_comes_from_a_mirror_only_when_the_official_registry_is_out_of_reac
         |log| lists(log) > 0,
     );
 }
+
+/// `copy --stall-timeout` reaches the session's settings, so its manifest requests get it as
+/// its blobs do. The official registry is out of reach and the only mirror is silent on every
+/// manifest body: the mirror sees the manifest asked again one 3 s wait (and a short backoff)
+/// after the first request, where the default would wait 30 s. The witness is when the
+/// proxy's log shows each request, polled while the copy runs.
+#[test]
+fn copy_stall_timeout_bounds_its_manifest_requests_too() {
+    let registry = TestRegistry::start();
+    let image = fx("12.4.1", Flavor::Base);
+    Pusher::new(&registry).push(&image);
+    let mirror = FaultProxy::start(&registry.url());
+    mirror.add(Fault::Stall {
+        path_contains: "/manifests/sha256:".into(),
+        after_bytes: 0,
+        for_secs: 120,
+        times: ALWAYS,
+    });
+    let dest = TestRegistry::start();
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_hub_config(&common::dead_endpoint(), &[&mirror.url()]);
+    let to = format!("{}/team/cuda:1", dest.host());
+    let mut child = sandbox
+        .cli(
+            &config,
+            &[
+                "copy",
+                "--platform",
+                "linux/amd64",
+                "--stall-timeout",
+                "3",
+                &image.reference(),
+                &to,
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stalled = || {
+        mirror
+            .requests()
+            .iter()
+            .filter(|q| {
+                q.method == "GET" && q.path.contains("/manifests/sha256:") && q.fault_fired()
+            })
+            .count()
+    };
+    // When the first and the second stalled manifest request reached the proxy.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen: Vec<Instant> = Vec::new();
+    while seen.len() < 2 && Instant::now() < deadline {
+        if stalled() > seen.len() {
+            seen.push(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        seen.len(),
+        2,
+        "the stalled manifest was not asked twice: {:?}",
+        mirror.requests()
+    );
+    let gap = seen[1] - seen[0];
+    assert!(
+        gap >= Duration::from_millis(2500) && gap < Duration::from_secs(15),
+        "the manifest was asked again after {gap:?}"
+    );
+}
