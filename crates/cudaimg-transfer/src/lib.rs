@@ -5,9 +5,10 @@
 //! it prints nothing and reports through [`cudaimg_oci::progress::Reporter`].
 //!
 //! Modules depend one way: `session` and `error` at the bottom; `resolve` (a tag's digest, a
-//! manifest by digest) and the blob movers (`blob`, `parallel`, `spread` lives in the
-//! mirrors crate) on them; `steps` on those; the orchestrators (`pull`, `pull_all`, `lock`,
-//! `copy`, `push`) on top. This root only declares them and says what is public.
+//! manifest by digest) and the blob movers (`blob`, `parallel`; which mirror a blob asks
+//! first is the mirrors crate's `order`) on them; `steps` on those; the orchestrators
+//! (`pull`, `pull_all`, `lock`, `copy`, `push`) on top. This root only declares them and
+//! says what is public.
 
 pub mod archive;
 pub mod archive_in;
