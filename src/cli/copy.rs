@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use cudaimg_oci::platform::Platform;
-use cudaimg_transfer::{CopySource, PlatformChoice, DEFAULT_STALL_SECS};
+use cudaimg_transfer::{CopyTarget, PlatformChoice, DEFAULT_STALL_SECS};
 
 use super::push::SendArgs;
 use super::Ctx;
@@ -39,6 +39,17 @@ pub struct Args {
     send: SendArgs,
 }
 
+impl Args {
+    /// What the session takes from the arguments: the stall timeout (for manifest requests
+    /// as for blobs) and `--require-upstream`.
+    pub(crate) fn transfer(&self) -> (Duration, bool) {
+        (
+            Duration::from_secs(self.stall_timeout),
+            self.require_upstream,
+        )
+    }
+}
+
 pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
     let config = ctx.config()?;
     let name = config.canonicalize(&args.source)?;
@@ -51,28 +62,17 @@ pub async fn run(ctx: &Ctx, args: Args) -> Result<(), Error> {
         })
     };
     let session = &ctx.session;
-    let http = session.http()?;
-    let dest = super::push::destination(config, &args.destination, http)?;
-    let src = CopySource {
-        config,
-        http,
-        memory: &session.memory,
+    let dest = super::push::destination(config, &args.destination, session.http()?)?;
+    let target = CopyTarget {
         input: &args.source,
         name: &name,
         platform,
-        require_upstream: args.require_upstream,
-        stall: Duration::from_secs(args.stall_timeout),
     };
     let started = Instant::now();
     let reporter: Arc<dyn cudaimg_oci::progress::Reporter> = Arc::from(ctx.reporter());
-    let report = cudaimg_transfer::copy(
-        &src,
-        ctx.store()?,
-        &dest,
-        &args.send.options(),
-        reporter.clone(),
-    )
-    .await;
+    let report = session
+        .copy(&target, &dest, &args.send.options(), reporter.clone())
+        .await;
     drop(reporter);
     super::push::print(ctx, &report?, started.elapsed().as_secs_f64());
     Ok(())

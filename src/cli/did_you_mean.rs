@@ -119,8 +119,17 @@ pub(crate) async fn not_found_hint(ctx: &super::Ctx, name: &Canonical) -> Option
         ..name.image.clone()
     }
     .docker_form();
-    let (listed, _) = super::tags::list(&set, &name.image.repository, &repository, 1000).await;
-    let (list, source) = listed.ok()?;
+    let what = format!("the tag list of {repository}");
+    let listed = set
+        .tag_list(
+            &name.image.repository,
+            1000,
+            &what,
+            &cudaimg_oci::progress::Silent,
+        )
+        .await
+        .ok()?;
+    let (list, source) = (listed.list, listed.source);
     let near = known::nearest(tag, list.tags.iter().map(String::as_str), 3);
     let mean = did_you_mean(&repository, &near)?;
     Some(format!(

@@ -277,6 +277,10 @@ impl Cli {
             Command::Manifest(a) | Command::Digest(a) => {
                 (defaults.jobs, defaults.stall_timeout, a.require_upstream)
             }
+            Command::Copy(a) => {
+                let (stall_timeout, require_upstream) = a.transfer();
+                (defaults.jobs, stall_timeout, require_upstream)
+            }
             _ => (defaults.jobs, defaults.stall_timeout, false),
         };
         Settings {
@@ -339,6 +343,8 @@ pub fn main() -> ExitCode {
         columns: width::columns(cli.no_trunc),
         tally: Arc::default(),
     };
+    // `emit` may end the process early (a closed stdout); it saves the record first.
+    let _ = EARLY_EXIT_SAVES.set(ctx.session.health_record());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -365,6 +371,9 @@ pub fn main() -> ExitCode {
             _ = tokio::signal::ctrl_c() => None,
         }
     });
+    // What the run learned about the mirrors' health, written back on every way out of a
+    // command: explicitly, since `process::exit` runs no destructor.
+    ctx.session.save_health();
     let code = match result {
         None => interrupted(&ctx),
         Some(Ok(())) => {
@@ -542,12 +551,19 @@ pub(crate) fn report_error(e: &Error) {
     note!("{}", cudaimg_oci::text::shown_lines(&text));
 }
 
+/// The run's mirror-health record, for `emit` to save before it ends the process early.
+static EARLY_EXIT_SAVES: std::sync::OnceLock<cudaimg_transfer::HealthRecord> =
+    std::sync::OnceLock::new();
+
 /// Writes a result line to stdout. A closed pipe (`cudaimg images | head`) ends the
 /// process quietly with exit 0, as ripgrep does, instead of panicking as `println!` would;
 /// any other failure to write results (`> /dev/full`) ends it with exit 1.
 pub(crate) fn emit(line: &str) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if let Some(health) = EARLY_EXIT_SAVES.get() {
+            health.save();
+        }
         if output::note_stdout_error(&e) {
             std::process::exit(i32::from(exit::OK));
         }

@@ -139,24 +139,16 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
     let name = config.canonicalize(&args.repository)?;
     let repository = name.image.name();
     let set = ctx.session.sources(&name)?;
-    let repo = name.image.repository.clone();
-    let (result, official_down) = list(&set, &repo, &repository, args.page_size).await;
+    let what = format!("the tag list of {repository}");
+    let listed = set
+        .tag_list(&name.image.repository, args.page_size, &what, &Silent)
+        .await;
     let mut warnings = set.warnings();
     warnings.extend(os_warning);
     // A failure names every source tried and why: no warnings on top.
-    let (list, source) = result?;
-    if source.role == Role::Mirror {
-        warnings.push(format!(
-            "the tag list came from the mirror {}{}: a mirror's list can lag the official \
-             registry's, so the newest tags and the recommendation may be missing",
-            source.label(),
-            if official_down {
-                " because the official registry did not answer"
-            } else {
-                ""
-            }
-        ));
-    }
+    let listed = listed?;
+    warnings.extend(listed.mirror_warning(&what));
+    let (list, source) = (listed.list, listed.source);
     let mut parsed = Vec::new();
     let mut unparsed = Vec::new();
     for t in &list.tags {
@@ -204,52 +196,6 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         print(ctx, &listing);
     }
     Ok(())
-}
-
-/// The tag list of `repo`: the official registry's when it answers (it is the authority; a
-/// mirror's list can lag it), else the first mirror's that does; and whether the official
-/// registry was asked and did not answer.
-pub(crate) async fn list(
-    set: &cudaimg_mirrors::sources::SourceSet,
-    repo: &str,
-    repository: &str,
-    page_size: u32,
-) -> (
-    Result<
-        (
-            cudaimg_registry::TagList,
-            std::sync::Arc<cudaimg_mirrors::sources::Source>,
-        ),
-        cudaimg_mirrors::fallback::FallbackError,
-    >,
-    bool,
-) {
-    let what = format!("the tag list of {repository}");
-    let official = match set.official() {
-        Some(o) => match o.client.tags(repo, page_size).await {
-            Ok(list) => {
-                set.succeeded(o);
-                Some((list, o.clone()))
-            }
-            Err(e) => {
-                set.note_failure(o.as_ref(), &e, &Silent, &what);
-                None
-            }
-        },
-        None => None,
-    };
-    let official_down = set.official().is_some() && official.is_none();
-    let result = match official {
-        Some(found) => Ok(found),
-        None => {
-            set.first_success(&what, &Silent, |s| {
-                let repo = repo.to_owned();
-                async move { s.client.tags(&repo, page_size).await }
-            })
-            .await
-        }
-    };
-    (result, official_down)
 }
 
 fn print(ctx: &Ctx, l: &Listing) {

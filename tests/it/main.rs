@@ -48,6 +48,7 @@ mod pull;
 mod push;
 mod resilience;
 mod serve;
+mod source_policy;
 mod sync_select;
 mod trust;
 mod upload;

@@ -21,68 +21,24 @@
 //!   a blob moves on (it resumes from where it is); either way the silent source is asked
 //!   last from then on, by this run and the next ([`crate::health`]), and the wait is said.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::future::{select, Either};
 
 use cudaimg_oci::progress::Reporter;
 use cudaimg_registry::{Next, RegistryError};
 
-use crate::sources::{Classify, Pick, Source, SourceSet, MAX_FAILURES_PER_ITEM, MAX_WAIT};
+pub use crate::order::{Attempt, ItemState};
+use crate::order::{Pick, Spread, SpreadLease};
+pub use crate::sources::FIRST_BYTE_WAIT;
+use crate::sources::{Classify, Source, SourceSet, MAX_FAILURES_PER_ITEM, MAX_WAIT};
 
 /// Cuts and stalls after which bytes had arrived, per item, that do not count as failures:
 /// enough to ride out a flaky link, bounded so a source that cuts every connection cannot
 /// loop forever.
 pub const MAX_RESUMES: u32 = 50;
-
-/// How long a source that has not answered yet in this run gets to send its first byte
-/// before another is asked: long enough for a registry on another continent, short enough
-/// that a mirror that accepts connections and says nothing costs little.
-pub const FIRST_BYTE_WAIT: Duration = Duration::from_secs(2);
-
-/// Per-item bookkeeping: which sources are done for this item, and their failure counts.
-pub struct ItemState<E = RegistryError> {
-    excluded: HashSet<usize>,
-    failures: BTreeMap<usize, u32>,
-    resumes: u32,
-    pub attempts: Vec<Attempt<E>>,
-}
-
-impl<E> Default for ItemState<E> {
-    fn default() -> Self {
-        ItemState {
-            excluded: HashSet::new(),
-            failures: BTreeMap::new(),
-            resumes: 0,
-            attempts: Vec::new(),
-        }
-    }
-}
-
-impl<E> ItemState<E> {
-    pub fn exclude(&mut self, source: &Source) {
-        self.excluded.insert(source.index);
-    }
-
-    /// Lets an excluded source serve the item again.
-    pub fn readmit(&mut self, source: &Source) {
-        self.excluded.remove(&source.index);
-    }
-
-    pub fn is_excluded(&self, source: &Source) -> bool {
-        self.excluded.contains(&source.index)
-    }
-}
-
-/// One failed attempt, for the error that lists them all.
-#[derive(Debug)]
-pub struct Attempt<E = RegistryError> {
-    pub source: String,
-    pub role: crate::sources::Role,
-    pub error: E,
-}
 
 /// How the fallback loop ended without a result.
 #[derive(Debug, thiserror::Error)]
@@ -179,8 +135,10 @@ pub struct Fallback<'s, E> {
     item: ItemState<E>,
     what: String,
     reporter: &'s dyn Reporter,
-    /// Asked first while it is usable for the item ([`Fallback::prefer`]).
+    /// Asked first while it is usable for the item ([`Fallback::spread_over`]).
     preferred: Option<Arc<Source>>,
+    /// Its bytes, counted against `preferred` until the item is done.
+    lease: Option<SpreadLease<'s>>,
 }
 
 impl<'s, E: Classify> Fallback<'s, E> {
@@ -196,15 +154,39 @@ impl<'s, E: Classify> Fallback<'s, E> {
             what: what.into(),
             reporter,
             preferred: None,
+            lease: None,
         }
     }
 
-    /// Asks `source` first for this item, as long as it is usable now (not excluded, not
-    /// backing off, not asked last while another could serve); otherwise the usual order.
-    /// A pull spreads its blobs over healthy mirrors this way, one link each, without
-    /// changing what a failure does.
-    pub fn prefer(&mut self, source: Arc<Source>) {
-        self.preferred = Some(source);
+    /// An item whose bookkeeping outlives one run of the loop (`copy` opens a blob's
+    /// download again for each upload attempt): the loop starts from `item`'s exclusions,
+    /// counts and attempts, and [`Fallback::take_item`] hands them back.
+    pub fn resume(
+        sources: &'s SourceSet,
+        what: impl Into<String>,
+        reporter: &'s dyn Reporter,
+        item: ItemState<E>,
+    ) -> Self {
+        let mut fallback = Fallback::new(sources, what, reporter);
+        fallback.item = item;
+        fallback
+    }
+
+    /// The item's bookkeeping, for a later [`Fallback::resume`].
+    pub fn take_item(&mut self) -> ItemState<E> {
+        std::mem::take(&mut self.item)
+    }
+
+    /// Asks first, for the rest of this item (`bytes`), the usable mirror with the fewest
+    /// bytes in flight ([`Spread`]), as long as it stays usable (not excluded, not backing
+    /// off, not asked last while another could serve); otherwise the usual order. A pull
+    /// spreads its blobs over healthy mirrors this way, one link each, without changing
+    /// what a failure does. The bytes count against that mirror until the loop is dropped.
+    pub fn spread_over(&mut self, spread: &'s Spread, bytes: u64) {
+        if let Some((first, lease)) = spread.assign(&self.usable_now(), bytes) {
+            self.preferred = Some(first);
+            self.lease = Some(lease);
+        }
     }
 
     pub fn sources(&self) -> &'s SourceSet {
@@ -448,17 +430,6 @@ impl SourceSet {
             error,
         });
         Ok(())
-    }
-
-    /// Waits for a source to offer itself for `item`, or says none is left.
-    pub async fn next_source<E>(&self, item: &ItemState<E>) -> Option<Arc<Source>> {
-        loop {
-            match self.pick(item) {
-                Pick::Now(s) => return Some(s),
-                Pick::Wait(d) if d <= MAX_WAIT => tokio::time::sleep(d).await,
-                Pick::Wait(_) | Pick::None => return None,
-            }
-        }
     }
 
     /// Runs `op` for the item `what` through the fallback loop.

@@ -1,6 +1,6 @@
 //! Mirror health that outlives a run: per source URL, its recent timeouts and failures, how
 //! fast it answered, and until when it counts as unhealthy. A mirror that kept a run waiting
-//! (it accepted the connection and sent nothing within [`crate::fallback::FIRST_BYTE_WAIT`])
+//! (it accepted the connection and sent nothing within the first-byte wait, `FIRST_BYTE_WAIT`)
 //! is asked last by the runs after it, until the mark expires ([`UNHEALTHY_FOR`]), so a silent
 //! mirror costs one short wait once, not one on every run.
 //!

@@ -1,6 +1,7 @@
 //! The mirror policy at run time: the ordered sources for one registry, what the run has
-//! learned about each (backoff after failures, `Retry-After`). The loop that moves through
-//! them is [`crate::fallback`].
+//! learned about each (backoff after failures, `Retry-After`). Which of them an item asks
+//! next is `order`'s, and the loop that moves through them is `fallback`'s; both build on
+//! this module, which uses neither.
 //!
 //! Order: the mirror named in the reference (`mirror.example/nvidia/cuda`) first, then the
 //! configured mirrors in file order, then the official endpoint. Each request goes to the
@@ -9,7 +10,7 @@
 //! longer, a 429 for its `Retry-After`), so a dead or throttling mirror is not asked first
 //! again for every blob while others can serve; a success clears its backoff.
 //!
-//! Health across runs ([`crate::health`]): a mirror that kept an earlier run waiting (marked
+//! Health across runs (the `health` module): a mirror that kept an earlier run waiting (marked
 //! unhealthy, not yet expired) is moved behind every other source, official included, and
 //! not asked to resolve tags; the run says so once. A source that keeps this run waiting past
 //! the first-byte wait is marked slow: asked after every source that is not, for the rest of
@@ -17,7 +18,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::fallback::ItemState;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +40,11 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Transient failures of one source for one item before that source is given up for it.
 /// Failures after which bytes had arrived (a cut, a stall) count only when nothing arrived.
 pub const MAX_FAILURES_PER_ITEM: u32 = 3;
+
+/// How long a source that has not answered yet in this run gets to send its first byte
+/// before another is asked: long enough for a registry on another continent, short enough
+/// that a mirror that accepts connections and says nothing costs little.
+pub const FIRST_BYTE_WAIT: Duration = Duration::from_secs(2);
 
 /// Whether a source is a mirror or the registry itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -174,6 +179,18 @@ impl SourceMemory {
         any.then(|| book.to_bytes())
     }
 
+    /// The sources of `registry` (`preferred`: a mirror host named in the reference), in
+    /// the order this memory says: mirrors an earlier run found unhealthy go last.
+    pub fn sources(
+        &self,
+        config: &Config,
+        registry: &str,
+        preferred: Option<&str>,
+        http: &HttpClients,
+    ) -> SourceSet {
+        SourceSet::new(config, registry, preferred, http, self)
+    }
+
     /// The record's entry for `url` if it is marked unhealthy now.
     fn unhealthy(&self, url: &str) -> Option<Entry> {
         let book = self.book.lock().ok()?;
@@ -211,6 +228,16 @@ impl Source {
     /// Asked last: an earlier run marked it unhealthy, or it kept this run waiting.
     pub fn asked_last(&self) -> bool {
         self.demoted || self.backoff.lock().is_ok_and(|b| b.seen.slow)
+    }
+
+    /// When its backoff ends, if it is backing off.
+    pub(crate) fn not_before(&self) -> Option<Instant> {
+        self.backoff.lock().ok().and_then(|b| b.not_before)
+    }
+
+    /// Its last failure was a refused connection, and nothing succeeded since.
+    pub(crate) fn is_down(&self) -> bool {
+        self.backoff.lock().is_ok_and(|b| b.down)
     }
 
     /// It answered a request in this run.
@@ -272,15 +299,6 @@ fn demotion_notice(source: &Source, entry: &Entry) -> String {
     )
 }
 
-/// The next source to ask for an item.
-pub enum Pick {
-    Now(Arc<Source>),
-    /// Every usable source is backing off; the earliest is free after this long.
-    Wait(Duration),
-    /// No source is left for this item.
-    None,
-}
-
 /// An error and its causes on one line, as `a: b: c`.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
@@ -296,8 +314,10 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl SourceSet {
-    /// Sources for `registry`; `preferred` is a mirror host named in the reference.
-    pub fn new(
+    /// Sources for `registry`; `preferred` is a mirror host named in the reference. Private
+    /// to the crate: sets come from [`SourceMemory::sources`], so every one orders by the
+    /// run's memory and the health record.
+    pub(crate) fn new(
         config: &Config,
         registry: &str,
         preferred: Option<&str>,
@@ -506,90 +526,6 @@ impl SourceSet {
             .collect()
     }
 
-    /// The first source, in order, that is usable for this item now.
-    /// Sources asked last (see [`Source::asked_last`]) come after every other.
-    pub fn pick<E>(&self, item: &ItemState<E>) -> Pick {
-        let now = Instant::now();
-        let mut earliest: Option<Instant> = None;
-        let ordered = self.in_order();
-        for s in ordered {
-            if item.is_excluded(s) || !s.capabilities.pull {
-                continue;
-            }
-            let not_before = s.backoff.lock().ok().and_then(|h| h.not_before);
-            match not_before {
-                Some(t) if t > now => earliest = Some(earliest.map_or(t, |e| e.min(t))),
-                _ => return Pick::Now(s.clone()),
-            }
-        }
-        match earliest {
-            Some(t) => Pick::Wait(t - now),
-            None => Pick::None,
-        }
-    }
-
-    /// The sources in the order they are asked: those asked last after the others.
-    fn in_order(&self) -> Vec<&Arc<Source>> {
-        let (mut first, last): (Vec<_>, Vec<_>) =
-            self.sources.iter().partition(|s| !s.asked_last());
-        first.extend(last);
-        first
-    }
-
-    /// Every source that could serve the item right now, in order. Sources asked last are
-    /// left out while another could serve: a slow mirror must not hold up a parallel fill.
-    pub fn usable_now<E>(&self, item: &ItemState<E>) -> Vec<Arc<Source>> {
-        let now = Instant::now();
-        let usable: Vec<Arc<Source>> = self
-            .in_order()
-            .into_iter()
-            .filter(|s| s.capabilities.pull && !item.is_excluded(s))
-            .filter(|s| {
-                s.backoff
-                    .lock()
-                    .ok()
-                    .and_then(|h| h.not_before)
-                    .is_none_or(|t| t <= now)
-            })
-            .cloned()
-            .collect();
-        if usable.iter().any(|s| !s.asked_last()) {
-            usable.into_iter().filter(|s| !s.asked_last()).collect()
-        } else {
-            usable
-        }
-    }
-
-    /// How long `source` gets to send a first byte before the loop asks another source too
-    /// (or instead, for a blob): [`crate::fallback::FIRST_BYTE_WAIT`] while it has neither
-    /// answered in this run nor kept it waiting already, and another source could serve the
-    /// item; `None` (the request's own stall timeout only) otherwise. So each source costs
-    /// the run at most one short wait, and a slow source that is all there is still gets
-    /// the full stall timeout: the run says so once (see [`SourceSet::waiting_for_alone`]).
-    pub fn first_byte_wait<E>(
-        &self,
-        source: &Source,
-        item: &ItemState<E>,
-        reporter: &dyn Reporter,
-    ) -> Option<Duration> {
-        if source.answered() || source.asked_last() {
-            return None;
-        }
-        if self.another_could_serve(source, item) {
-            return Some(crate::fallback::FIRST_BYTE_WAIT);
-        }
-        self.waiting_for_alone(source, reporter);
-        None
-    }
-
-    /// Whether a source other than `source` could serve the item now: usable, and not
-    /// known to be down (its last answer a refused connection).
-    fn another_could_serve<E>(&self, source: &Source, item: &ItemState<E>) -> bool {
-        self.usable_now(item)
-            .iter()
-            .any(|s| s.index != source.index && !s.backoff.lock().is_ok_and(|b| b.down))
-    }
-
     /// `source` has not answered yet and is the only source in reach: it gets the whole
     /// stall timeout, and the run says once what it waits for (a cold mirror can take
     /// seconds to start an answer; without the line the pull would look hung).
@@ -619,7 +555,7 @@ impl SourceSet {
             first
         });
         if first {
-            let secs = crate::fallback::FIRST_BYTE_WAIT.as_secs();
+            let secs = FIRST_BYTE_WAIT.as_secs();
             let line = match next {
                 Some(n) => format!(
                     "{} has not answered in {secs} s; asking {}",

@@ -19,8 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cudaimg_config::Canonical;
-use cudaimg_mirrors::fallback::FallbackError;
-use cudaimg_mirrors::sources::Role;
+
 use cudaimg_oci::digest::Digest;
 use cudaimg_oci::manifest::{Descriptor, Manifest};
 use cudaimg_oci::platform::Platform;
@@ -193,50 +192,22 @@ pub async fn select(
     })
 }
 
-/// A repository's tags: the official registry's list; the mirrors' only when the official
-/// registry is out of reach. Returns the tags, the source's label, and a warning when a
-/// mirror answered.
+/// A repository's tags, under the one tag-list rule
+/// ([`cudaimg_mirrors::tag_list`]). Returns the tags, the source's label, and a warning when
+/// a mirror answered.
 async fn list_tags(
     session: &Session,
     repo: &Canonical,
     reporter: &dyn Reporter,
 ) -> Result<(Vec<String>, String, Option<String>), SyncError> {
     let set = session.sources(repo)?;
-    let repository = repo.image.repository.clone();
     let what = format!("the tag list of {}", repo.image.name());
-    if let Some(official) = set.official().cloned() {
-        match official.client.tags(&repository, TAG_PAGE).await {
-            Ok(list) => return Ok((list.tags, official.label().to_owned(), None)),
-            // The authority says there is no such repository: no mirror overrules it.
-            Err(e) if e.is_not_found() => {
-                return Err(SyncError::Tags(FallbackError::Exhausted {
-                    what,
-                    attempts: vec![cudaimg_mirrors::fallback::Attempt {
-                        source: official.label().to_owned(),
-                        role: Role::Official,
-                        error: e,
-                    }],
-                }))
-            }
-            Err(e) => set.note_failure(&official, &e, reporter, &what),
-        }
-    }
-    let (list, source) = set
-        .first_success(&what, reporter, |s| {
-            let repository = repository.clone();
-            // The official registry, asked and failed above, comes last again: a retry.
-            async move { s.client.tags(&repository, TAG_PAGE).await }
-        })
+    let listed = set
+        .tag_list(&repo.image.repository, TAG_PAGE, &what, reporter)
         .await
         .map_err(SyncError::Tags)?;
-    let warning = (source.role == Role::Mirror).then(|| {
-        format!(
-            "{what} came from the mirror {}: the official registry was out of reach, and a \
-             mirror's list can lag it",
-            source.label()
-        )
-    });
-    Ok((list.tags, source.label().to_owned(), warning))
+    let warning = listed.mirror_warning(&what);
+    Ok((listed.list.tags, listed.source.label().to_owned(), warning))
 }
 
 /// Fetches one image into the store and returns what is stored for it.

@@ -14,13 +14,18 @@ use cudaimg_oci::manifest::Descriptor;
 use cudaimg_oci::progress::Reporter;
 use cudaimg_registry::RegistryError;
 
-use crate::FetchError;
+use crate::error::FetchError;
 use cudaimg_mirrors::fallback::{Fallback, FallbackError, Operation, Outcome};
+use cudaimg_mirrors::order::Spread;
 use cudaimg_mirrors::sources::{Source, SourceSet};
 use cudaimg_store::{BlobWriter, CommitError, Store, StoreError, WriteError};
 
 /// Complete downloads that hashed wrong, per blob, before giving up on it.
 const MAX_MISMATCHES: u32 = 3;
+
+/// Blobs with at least this much left to fetch, and several sources to ask, are filled from
+/// all of them at once (`parallel`); below it, one stream is as good.
+pub(crate) const PARALLEL_MIN: u64 = 64 << 20;
 
 /// How a blob reached the store.
 pub(super) enum Fetched {
@@ -38,7 +43,7 @@ pub(super) struct BlobJob<'a> {
     pub stall: Duration,
     pub reporter: &'a dyn Reporter,
     /// Which mirror each blob asks first.
-    pub spread: &'a super::spread::Spread,
+    pub spread: &'a Spread,
 }
 
 fn give_up(e: StoreError) -> FallbackError<FetchError> {
@@ -70,7 +75,7 @@ impl BlobJob<'_> {
             mismatches: 0,
         };
         // A large blob with several sources to ask: fill it from all of them at once.
-        if desc.size - op.writer.written() >= super::parallel::PARALLEL_MIN {
+        if desc.size - op.writer.written() >= PARALLEL_MIN {
             op.contributors = self
                 .fill_parallel(desc, &mut op.writer, &mut fallback)
                 .await?;
@@ -86,14 +91,7 @@ impl BlobJob<'_> {
             }
         }
         // The rest from one source: the least loaded healthy mirror first.
-        let rest = desc.size - op.writer.written();
-        let _lease = self
-            .spread
-            .assign(&fallback.usable_now(), rest)
-            .map(|(first, lease)| {
-                fallback.prefer(first);
-                lease
-            });
+        fallback.spread_over(self.spread, desc.size - op.writer.written());
         fallback.run(&mut op).await.map(|(fetched, _)| fetched)
     }
 }

@@ -1,41 +1,40 @@
 //! `copy`: registry to registry, with no copy of the image on disk. The source reference is
-//! resolved under pull's rules (the official registry says what a tag means, mirrors carry
-//! the bytes); each blob streams from a source straight into the destination's upload,
-//! hashed on the way by the upload.
+//! resolved and its platform selected by pull's own steps ([`Session::resolve`],
+//! [`Session::select`], [`Session::select_child`]) on the session's sources; each blob
+//! streams from a source straight into the destination's upload, hashed on the way by the
+//! upload.
 //!
-//! A blob's bytes come from a [`RangeSource`]: a task that downloads from the first usable
-//! source and, when that source cuts or stalls, asks the same or the next one for the rest
-//! with `Range`, so the destination's upload just continues. Bytes that do not hash to the
+//! A blob's bytes come from a [`RangeSource`]: a task that walks the sources with the one
+//! fallback loop ([`Fallback`]), and when a source cuts or stalls, asks the same or the next
+//! one for the rest with `Range`, so the destination's upload just continues. Bytes that do not hash to the
 //! digest are never committed: the upload cancels its session (`DELETE`), the sources that
 //! delivered them are dropped for that blob, and the blob is sent again from another.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
 
-use crate::pull::manifest_by_digest;
+use crate::error::PullError;
 use crate::push::{
     blob_list, send, ChannelReader, Destination, Doc, Plan, PushError, PushOptions, PushReport,
 };
-use crate::resolve::resolve_tag;
-use crate::PullError;
-use cudaimg_config::{Canonical, Config};
-use cudaimg_mirrors::fallback::{FallbackError, ItemState};
-use cudaimg_mirrors::sources::{Source, SourceMemory, SourceSet};
+use crate::session::Session;
+use crate::steps::Resolved;
+use cudaimg_config::Canonical;
+use cudaimg_mirrors::fallback::{Fallback, FallbackError, ItemState, Operation, Outcome};
+use cudaimg_mirrors::sources::{Source, SourceSet};
 use cudaimg_oci::digest::Digest;
-use cudaimg_oci::manifest::{Descriptor, ImageManifest, IndexEntry, Manifest, ManifestError};
+use cudaimg_oci::manifest::{Descriptor, Manifest};
 use cudaimg_oci::platform::Platform;
 use cudaimg_oci::progress::Reporter;
 use cudaimg_oci::reference::ImageRef;
 use cudaimg_registry::{
-    BlobResponse, BlobSource, FetchedManifest, HttpClients, Pushed, RegistryError, UploadError,
-    UploadOptions,
+    BlobResponse, BlobSource, Pushed, RegistryError, UploadError, UploadOptions,
 };
-use cudaimg_store::Store;
 
 /// Times a blob's bytes may hash wrong before the copy gives up on it.
 const MAX_MISMATCHES: u32 = 3;
@@ -49,18 +48,13 @@ pub enum PlatformChoice {
     All,
 }
 
-/// What `copy` reads, and how.
-pub struct CopySource<'a> {
-    pub config: &'a Config,
-    pub http: &'a HttpClients,
-    pub memory: &'a SourceMemory,
-    /// The source reference as the user wrote it, and canonical.
+/// What `copy` reads: the source reference as the user wrote it and canonical, and which
+/// of its platforms. How (the stall timeout, `--require-upstream`, the sources) is the
+/// session's.
+pub struct CopyTarget<'a> {
     pub input: &'a str,
     pub name: &'a Canonical,
     pub platform: PlatformChoice,
-    pub require_upstream: bool,
-    /// A download that delivers no byte for this long is resumed elsewhere.
-    pub stall: Duration,
 }
 
 /// Per-blob state shared by the copy loop and its download tasks.
@@ -106,53 +100,84 @@ enum Relayed {
     Dropped,
 }
 
-impl RangeSource {
-    /// Sends the blob from `pos` to its end into `tx`, resuming after cuts and stalls: the
-    /// next source ([`Self::request`]), its body into the channel ([`Self::relay`]), its
-    /// failure booked ([`Self::fail`]), until the end or no source is left.
-    async fn download(self, mut pos: u64, tx: mpsc::Sender<std::io::Result<Bytes>>) {
-        let what = format!("blob {}", self.digest);
-        loop {
-            let Some(source) = self.next_source(&what).await else {
-                return give_up(tx).await;
-            };
-            let (outcome, progressed) = match self.request(&source, pos).await {
-                Ok(resp) => {
-                    let start = pos;
-                    let outcome = self.relay(&source, resp, &mut pos, &tx).await;
-                    (outcome, pos > start)
+/// The blob's state, locked for a moment (never across an await).
+fn lock(state: &Mutex<BlobState>) -> MutexGuard<'_, BlobState> {
+    // A panic while it was held cannot leave it half-written: each update is one assignment.
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One try at the rest of the blob from one source, as the fallback loop runs it.
+struct Relay<'a> {
+    blob: &'a RangeSource,
+    /// Where the next byte of the blob starts.
+    pos: u64,
+    tx: &'a mpsc::Sender<std::io::Result<Bytes>>,
+}
+
+impl Operation for Relay<'_> {
+    type Output = ();
+    type Error = RegistryError;
+
+    async fn attempt(
+        &mut self,
+        source: Arc<Source>,
+        _fallback: &mut Fallback<'_, RegistryError>,
+    ) -> Outcome<(), RegistryError> {
+        let start = self.pos;
+        let resp = match self.blob.request(&source, self.pos).await {
+            Ok(r) => r,
+            Err(error) => {
+                return Outcome::Failed {
+                    error,
+                    progressed: false,
                 }
-                Err(e) => (Relayed::Failed(e), false),
-            };
-            if matches!(outcome, Relayed::Dropped) {
-                return;
             }
-            if progressed {
-                self.sources.succeeded(&source);
-            }
-            match outcome {
-                Relayed::Done | Relayed::Dropped => return,
-                Relayed::Failed(e) => {
-                    if self.fail(&source, e, progressed, &what).await {
-                        return give_up(tx).await;
-                    }
-                }
-            }
+        };
+        match self.blob.relay(&source, resp, &mut self.pos, self.tx).await {
+            // A dropped reader took bytes from this source first: it answered.
+            Relayed::Done | Relayed::Dropped => Outcome::Done(()),
+            Relayed::Failed(error) => Outcome::Failed {
+                error,
+                progressed: self.pos > start,
+            },
         }
     }
+}
 
-    /// The next usable source for this blob, or `None` (the failure kept for the copy).
-    async fn next_source(&self, what: &str) -> Option<Arc<Source>> {
-        let mut st = self.state.lock().await;
-        if let Some(source) = self.sources.next_source(&st.item).await {
-            return Some(source);
+/// The loop of one download, handing the blob's bookkeeping back to its state however the
+/// download ends: done, given up, or dropped mid-way because the upload reopened it.
+struct Resumed<'a> {
+    fallback: Fallback<'a, RegistryError>,
+    state: &'a Mutex<BlobState>,
+}
+
+impl Drop for Resumed<'_> {
+    fn drop(&mut self) {
+        lock(self.state).item = self.fallback.take_item();
+    }
+}
+
+impl RangeSource {
+    /// Sends the blob from `pos` to its end into `tx` through the fallback loop, resuming
+    /// after cuts and stalls, until the end or no source is left (then the failure is kept
+    /// for the copy, and the upload told).
+    async fn download(self, pos: u64, tx: mpsc::Sender<std::io::Result<Bytes>>) {
+        let what = format!("blob {}", self.digest);
+        let item = std::mem::take(&mut lock(&self.state).item);
+        let mut run = Resumed {
+            fallback: Fallback::resume(&self.sources, what, self.reporter.as_ref(), item),
+            state: &self.state,
+        };
+        let mut relay = Relay {
+            blob: &self,
+            pos,
+            tx: &tx,
+        };
+        if let Err(failed) = run.fallback.run(&mut relay).await {
+            lock(&self.state).failed = Some(failed);
+            drop(run);
+            give_up(tx).await;
         }
-        let attempts = std::mem::take(&mut st.item.attempts);
-        st.failed = Some(FallbackError::Exhausted {
-            what: what.to_owned(),
-            attempts,
-        });
-        None
     }
 
     /// The blob from `pos` at `source`, within the stall time; the source is noted as a
@@ -169,7 +194,7 @@ impl RangeSource {
                 })
             }
         };
-        let mut st = self.state.lock().await;
+        let mut st = lock(&self.state);
         if !st.contributors.iter().any(|c| c.index == source.index) {
             st.contributors.push(source.clone());
         }
@@ -231,87 +256,65 @@ impl RangeSource {
             }
         }
     }
-
-    /// Books a source's failure for this blob; `true` when the blob cannot be had.
-    async fn fail(&self, source: &Source, e: RegistryError, progressed: bool, what: &str) -> bool {
-        let mut st = self.state.lock().await;
-        let failed = self.sources.failed(
-            source,
-            &mut st.item,
-            e,
-            progressed,
-            what,
-            self.reporter.as_ref(),
-        );
-        match failed {
-            Ok(()) => false,
-            Err(f) => {
-                st.failed = Some(f);
-                true
-            }
-        }
-    }
 }
 
-/// A copy in progress: the source reference's sources, and what the steps share.
+/// A copy in progress: the session, the source reference's sources, and what the steps
+/// share.
 struct CopyRun<'a> {
-    src: &'a CopySource<'a>,
+    session: &'a Session,
     image: &'a ImageRef,
+    platform: &'a PlatformChoice,
     sources: Arc<SourceSet>,
     reporter: Arc<dyn Reporter>,
     received: Arc<AtomicU64>,
 }
 
-/// Step 1: the top manifest the source reference names now, fetched and parsed.
-struct Top {
-    fetched: FetchedManifest,
-    parsed: Manifest,
-}
-
-/// Copies `src` to `dest`: [`CopyRun::resolve`] the top manifest, [`CopyRun::plan`] what
-/// to send (one platform or all), then [`send`] it, each blob through
-/// [`CopyRun::copy_blob`].
-pub async fn copy(
-    src: &CopySource<'_>,
-    store: &Store,
-    dest: &Destination,
-    options: &PushOptions,
-    reporter: Arc<dyn Reporter>,
-) -> Result<PushReport, PushError> {
-    let image = &src.name.image;
-    let run = CopyRun {
-        src,
-        image,
-        sources: Arc::new(SourceSet::new(
-            src.config,
-            &image.registry,
-            src.name.via_mirror.as_deref(),
-            src.http,
-            src.memory,
-        )),
-        reporter,
-        received: Arc::new(AtomicU64::new(0)),
-    };
-    let top = run.resolve().await?;
-    let plan = run.plan(top).await?;
-    let extra = run.extra_mounts(dest);
-    let upload = |desc, mounts, opts| run.copy_blob(dest, desc, mounts, opts);
-    let mut report = send(
-        store,
-        src.input,
-        &plan,
-        dest,
-        options,
-        &extra,
-        &run.reporter,
-        upload,
-    )
-    .await?;
-    let mut warnings = run.sources.warnings();
-    warnings.append(&mut report.warnings);
-    report.warnings = warnings;
-    report.sources = run.sources.report();
-    Ok(report)
+impl Session {
+    /// Copies `target` to `dest`: resolve the top manifest ([`Session::resolve`]),
+    /// [`CopyRun::plan`] what to send (one platform or all), then [`send`] it, each blob
+    /// through [`CopyRun::copy_blob`].
+    pub async fn copy(
+        &self,
+        target: &CopyTarget<'_>,
+        dest: &Destination,
+        options: &PushOptions,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<PushReport, PushError> {
+        let image = &target.name.image;
+        // The store first: the health record is read from it (and written back), so a copy
+        // into a new store still remembers the mirrors it found silent.
+        let store = self.store()?;
+        let run = CopyRun {
+            session: self,
+            image,
+            platform: &target.platform,
+            sources: Arc::new(self.sources(target.name).map_err(PullError::from)?),
+            reporter,
+            received: Arc::new(AtomicU64::new(0)),
+        };
+        let resolved = self
+            .resolve(&run.sources, image, None, run.reporter.as_ref())
+            .await?;
+        let plan = run.plan(resolved).await?;
+        let extra = run.extra_mounts(dest);
+        let upload = |desc, mounts, opts| run.copy_blob(dest, desc, mounts, opts);
+        let mut report = send(
+            store,
+            target.input,
+            &plan,
+            dest,
+            options,
+            &extra,
+            &run.reporter,
+            upload,
+        )
+        .await?;
+        let mut warnings = run.sources.warnings();
+        warnings.append(&mut report.warnings);
+        report.warnings = warnings;
+        report.sources = run.sources.report();
+        Ok(report)
+    }
 }
 
 impl CopyRun<'_> {
@@ -319,134 +322,73 @@ impl CopyRun<'_> {
         self.image.repository.as_str()
     }
 
-    /// Step 1: the digest the reference names (a pinned one, or the tag's under pull's
-    /// rules), and its manifest from the sources.
-    async fn resolve(&self) -> Result<Top, PushError> {
-        let image = self.image;
-        let digest = match (&image.digest, &image.tag) {
-            (Some(d), _) => d.clone(),
-            (None, tag) => {
-                let tag = tag.as_deref().unwrap_or("latest");
-                resolve_tag(
-                    &self.sources,
-                    image,
-                    tag,
-                    self.src.require_upstream,
-                    self.reporter.as_ref(),
-                )
-                .await?
-                .0
-            }
-        };
-        let what = format!("manifest {digest} of `{image}`");
-        let ((fetched, parsed), _) = manifest_by_digest(
-            &self.sources,
-            self.repo(),
-            &digest,
-            None,
-            &what,
-            self.reporter.as_ref(),
-        )
-        .await
-        .map_err(|e| PullError::giving_up(image, e))?;
-        Ok(Top { fetched, parsed })
-    }
-
-    /// A child manifest of an index: an image manifest (a nested index is refused).
-    async fn child(
-        &self,
-        entry: &IndexEntry,
-    ) -> Result<(FetchedManifest, ImageManifest), PullError> {
-        let image = self.image;
-        let label = entry
-            .platform
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        let what = format!("{label} manifest of `{image}`");
-        let ((m, parsed), _) = manifest_by_digest(
-            &self.sources,
-            self.repo(),
-            &entry.descriptor.digest,
-            Some(entry.descriptor.size),
-            &what,
-            self.reporter.as_ref(),
-        )
-        .await
-        .map_err(|e| PullError::giving_up(image, e))?;
-        match parsed {
-            Manifest::Image(img) => Ok((m, img)),
-            Manifest::Index(_) => Err(PullError::Unusable {
-                reference: image.to_string(),
-                source: ManifestError::UnsupportedMediaType(
-                    "an index nested inside an index".into(),
-                ),
-            }),
-        }
-    }
-
     /// Step 2: what the destination gets: a single-platform image as it is, one platform of
-    /// an index, or the whole index with every child.
-    async fn plan(&self, top: Top) -> Result<Plan, PushError> {
-        let image = self.image;
-        Ok(match (top.parsed, &self.src.platform) {
-            (Manifest::Image(img), choice) => Plan {
-                blobs: blob_list([&img]),
-                top: Doc {
-                    bytes: top.fetched.bytes,
-                    media_type: img.media_type.clone(),
-                    digest: top.fetched.digest,
-                },
-                children: Vec::new(),
-                platforms: match choice {
-                    PlatformChoice::One(p) => vec![p.to_string()],
-                    PlatformChoice::All => Vec::new(),
-                },
-            },
-            (Manifest::Index(idx), PlatformChoice::One(p)) => {
-                let entry = idx.select(p).ok_or_else(|| PullError::NoPlatform {
-                    reference: image.to_string(),
-                    platform: p.to_string(),
-                    available: idx.platforms().join(", "),
-                })?;
-                let (m, img) = self.child(entry).await?;
-                Plan {
+    /// an index ([`Session::select`]), or the whole index with every child
+    /// ([`Session::select_child`]).
+    async fn plan(&self, resolved: Resolved) -> Result<Plan, PushError> {
+        let (session, image) = (self.session, self.image);
+        let reporter = self.reporter.as_ref();
+        let idx = match (self.platform, resolved.parsed) {
+            (PlatformChoice::One(p), parsed) => {
+                let resolved = Resolved { parsed, ..resolved };
+                let selected = session
+                    .select(&self.sources, image, resolved, p, None, reporter)
+                    .await?;
+                let img = selected.image;
+                return Ok(Plan {
                     blobs: blob_list([&img]),
                     top: Doc {
-                        bytes: m.bytes,
+                        bytes: selected.manifest.bytes,
                         media_type: img.media_type.clone(),
-                        digest: m.digest,
+                        digest: selected.manifest.digest,
                     },
                     children: Vec::new(),
-                    platforms: vec![entry
+                    platforms: vec![selected
                         .platform
                         .as_ref()
                         .map_or_else(|| p.to_string(), ToString::to_string)],
-                }
+                });
             }
-            (Manifest::Index(idx), PlatformChoice::All) => {
-                let mut children = Vec::new();
-                let mut images = Vec::new();
-                for entry in &idx.manifests {
-                    let (m, img) = self.child(entry).await?;
-                    children.push(Doc {
-                        bytes: m.bytes,
-                        media_type: img.media_type.clone(),
-                        digest: m.digest,
-                    });
-                    images.push(img);
-                }
-                Plan {
-                    blobs: blob_list(&images),
+            (PlatformChoice::All, Manifest::Image(img)) => {
+                return Ok(Plan {
+                    blobs: blob_list([&img]),
                     top: Doc {
-                        bytes: top.fetched.bytes,
-                        media_type: idx.media_type.clone(),
-                        digest: top.fetched.digest,
+                        bytes: resolved.manifest.bytes,
+                        media_type: img.media_type.clone(),
+                        digest: resolved.manifest.digest,
                     },
-                    children,
-                    platforms: idx.platforms(),
-                }
+                    children: Vec::new(),
+                    platforms: Vec::new(),
+                })
             }
+            (PlatformChoice::All, Manifest::Index(idx)) => idx,
+        };
+        let mut children = Vec::new();
+        let mut images = Vec::new();
+        for entry in &idx.manifests {
+            let which = entry
+                .platform
+                .as_ref()
+                .map_or_else(|| "platformless".to_owned(), ToString::to_string);
+            let (m, img) = session
+                .select_child(&self.sources, image, &entry.descriptor, &which, reporter)
+                .await?;
+            children.push(Doc {
+                bytes: m.bytes,
+                media_type: img.media_type.clone(),
+                digest: m.digest,
+            });
+            images.push(img);
+        }
+        Ok(Plan {
+            blobs: blob_list(&images),
+            top: Doc {
+                bytes: resolved.manifest.bytes,
+                media_type: idx.media_type.clone(),
+                digest: resolved.manifest.digest,
+            },
+            children,
+            platforms: idx.platforms(),
         })
     }
 
@@ -480,7 +422,7 @@ impl CopyRun<'_> {
             digest: desc.digest.clone(),
             size: desc.size,
             state: state.clone(),
-            stall: self.src.stall,
+            stall: self.session.settings.stall_timeout,
             reporter: self.reporter.clone(),
             received: self.received.clone(),
         };
@@ -506,7 +448,7 @@ impl CopyRun<'_> {
             match pushed {
                 Ok(p) => {
                     if matches!(p, Pushed::Uploaded { .. }) {
-                        if let Some(last) = state.lock().await.contributors.last() {
+                        if let Some(last) = lock(&state).contributors.last() {
                             self.sources.blob_done(last);
                         }
                     }
@@ -514,10 +456,11 @@ impl CopyRun<'_> {
                 }
                 Err(UploadError::SourceMismatch { actual, .. }) => {
                     mismatches += 1;
-                    self.blame(&state, &desc, &actual, mismatches).await?;
+                    self.blame(&state, &desc, &actual, mismatches)?;
                 }
                 Err(e @ UploadError::Source { .. }) => {
-                    return Err(match state.lock().await.failed.take() {
+                    let failed = lock(&state).failed.take();
+                    return Err(match failed {
                         Some(f) => source_failed(&desc, self.image, f),
                         None => upload_failed(e),
                     });
@@ -529,7 +472,7 @@ impl CopyRun<'_> {
 
     /// Bytes of `desc` hashed to `actual`: the sources that delivered them fail for it, and
     /// after [`MAX_MISMATCHES`] the blob is given up.
-    async fn blame(
+    fn blame(
         &self,
         state: &Mutex<BlobState>,
         desc: &Descriptor,
@@ -537,7 +480,7 @@ impl CopyRun<'_> {
         mismatches: u32,
     ) -> Result<(), PushError> {
         let what = format!("blob {}", desc.digest);
-        let mut st = state.lock().await;
+        let mut st = lock(state);
         let blamed = std::mem::take(&mut st.contributors);
         let names: Vec<&str> = blamed.iter().map(|c| c.label()).collect();
         self.sources.warn(format!(

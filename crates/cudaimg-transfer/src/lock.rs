@@ -1,9 +1,9 @@
 //! `lock`: resolve a reference the way `pull` does and record the digests it names, for
 //! every platform, without downloading any layer.
 
-use super::pull::PullError;
-use super::resolve::ResolvedBy;
-use super::Session;
+use crate::error::PullError;
+use crate::resolve::ResolvedBy;
+use crate::session::Session;
 use cudaimg_config::lockfile::Pin;
 use cudaimg_config::Canonical;
 use cudaimg_oci::manifest::Manifest;

@@ -18,17 +18,15 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 
-use super::blob::BlobJob;
+use crate::blob::{BlobJob, PARALLEL_MIN};
 use cudaimg_oci::manifest::Descriptor;
 use cudaimg_registry::RegistryError;
 
-use crate::FetchError;
+use crate::error::FetchError;
 use cudaimg_mirrors::fallback::{Fallback, FallbackError};
 use cudaimg_mirrors::sources::Source;
 use cudaimg_store::{BlobWriter, RangedWriter, StoreError};
 
-/// Below this much left to fetch, one stream is as good.
-pub(super) const PARALLEL_MIN: u64 = 64 << 20;
 const RANGE_BYTES: u64 = 16 << 20;
 const MAX_SOURCES: usize = 4;
 const PIECE: usize = 1 << 20;

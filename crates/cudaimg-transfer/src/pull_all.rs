@@ -1,7 +1,7 @@
 //! `pull --all-platforms`: a whole multi-platform image into the store, byte-exact, so that
 //! `push` can send it on with the same index digest.
 //!
-//! The same steps as a single-platform pull ([`super::steps`]), with select, plan and commit
+//! The same steps as a single-platform pull ([`crate::steps`]), with select, plan and commit
 //! taken for every child of the index, attestations (`unknown/unknown`) included: resolve
 //! once; fetch every child manifest by digest; plan each child's blobs, and fetch their
 //! union once (a layer that two platforms share is downloaded once); then store the child
@@ -12,10 +12,11 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::pull::{as_text, PullError, PullTarget};
-use super::resolve::ResolvedBy;
-use super::steps::{drop_corrupt, Plan};
-use crate::Session;
+use crate::error::PullError;
+use crate::pull::as_text;
+use crate::resolve::ResolvedBy;
+use crate::session::Session;
+use crate::steps::{check_pin, drop_corrupt, Plan, PullTarget};
 use cudaimg_mirrors::sources::SourceReport;
 use cudaimg_oci::digest::Digest;
 use cudaimg_oci::manifest::{Descriptor, ImageConfig, ImageManifest, Manifest, MAX_MANIFEST_BYTES};
@@ -105,7 +106,7 @@ impl Session {
                         // A lockfile pins the index by digest, so its children are fixed;
                         // a platform it also pins must agree (attestations it need not list).
                         if pin.platforms.contains_key(&p.to_string()) {
-                            super::pull::check_pin(image, pin, entry, &idx)?;
+                            check_pin(image, pin, entry, &idx)?;
                         }
                     }
                     let which = entry

@@ -28,7 +28,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
-use crate::PullError;
+use crate::error::PullError;
 use cudaimg_config::Config;
 use cudaimg_mirrors::fallback::FallbackError;
 use cudaimg_mirrors::sources::SourceReport;
@@ -64,7 +64,7 @@ impl Default for PushOptions {
     fn default() -> Self {
         let upload = UploadOptions::default();
         PushOptions {
-            jobs: crate::DEFAULT_JOBS.into(),
+            jobs: crate::session::DEFAULT_JOBS.into(),
             chunk_size: upload.chunk_size,
             mount_from: Vec::new(),
             upload,

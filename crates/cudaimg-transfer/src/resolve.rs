@@ -1,4 +1,5 @@
-//! Which digest a tag names. The official registry is the authority: a HEAD there decides.
+//! Which digest a tag names, and a manifest by digest from whichever source has it. The
+//! official registry is the authority on tags: a HEAD there decides.
 //! Mirrors that may resolve are asked too, and one that answers with another digest is
 //! reported as stale. When the official registry is out of reach (the common case behind a
 //! blocked link), the mirrors' answer is used if they agree, with a warning that it is only
@@ -9,13 +10,15 @@ use std::time::Duration;
 
 use futures_util::future::{join_all, select, Either};
 
-use super::pull::PullError;
+use crate::error::PullError;
 use cudaimg_mirrors::fallback::{Attempt, FallbackError};
 use cudaimg_mirrors::sources::{Source, SourceSet};
+use cudaimg_mirrors::tag_list::out_of_reach;
 use cudaimg_oci::digest::Digest;
+use cudaimg_oci::manifest::{self, Manifest};
 use cudaimg_oci::progress::Reporter;
 use cudaimg_oci::reference::ImageRef;
-use cudaimg_registry::RegistryError;
+use cudaimg_registry::{FetchedManifest, RegistryError};
 
 /// How long a mirror's answer to a tag lookup is waited for once the official registry
 /// said it has no such tag, so a silent mirror costs that pull at most this much.
@@ -37,7 +40,7 @@ pub enum ResolvedBy {
     Lock,
 }
 
-pub(super) async fn resolve_tag(
+pub(crate) async fn resolve_tag(
     sources: &SourceSet,
     image: &ImageRef,
     tag: &str,
@@ -131,13 +134,13 @@ pub(super) async fn resolve_tag(
             source: e,
         });
     }
-    let out_of_reach = OutOfReach {
+    let unreachable = OutOfReach {
         official: &official,
         error: e,
         what,
         attempts,
     };
-    mirrors_decide(sources, image, answers, out_of_reach)
+    mirrors_decide(sources, image, answers, unreachable)
 }
 
 /// The official registry's failure, and the mirrors' failures before it.
@@ -207,12 +210,6 @@ struct Asked<'a> {
     reporter: &'a dyn Reporter,
 }
 
-/// The official registry did not answer at all (as opposed to answering "no such tag" or
-/// "denied"): the mirrors are all that is in reach.
-fn out_of_reach(e: &RegistryError) -> bool {
-    !e.is_not_found() && !matches!(e, RegistryError::Denied { .. })
-}
-
 impl Asked<'_> {
     /// Asks the official registry and the mirrors at once. Each mirror's answer lands in
     /// its slot as it comes. Once the official registry has answered, slow mirrors get only
@@ -277,4 +274,45 @@ impl Asked<'_> {
             .collect();
         (from_official, from_mirrors)
     }
+}
+
+async fn fetch_parsed(
+    client: &cudaimg_registry::RegistryClient,
+    repo: &str,
+    reference: &str,
+    expected: Option<&Digest>,
+) -> Result<(FetchedManifest, Manifest), RegistryError> {
+    let m = client.manifest(repo, reference, expected).await?;
+    let parsed = manifest::parse(&m.bytes, m.media_type.as_deref()).map_err(|source| {
+        RegistryError::BadManifest {
+            url: m.url.clone(),
+            source,
+        }
+    })?;
+    Ok((m, parsed))
+}
+
+/// A manifest by digest from the first source that has it, verified against the digest and,
+/// when a descriptor gave it, the size.
+pub(crate) async fn manifest_by_digest(
+    sources: &SourceSet,
+    repo: &str,
+    digest: &Digest,
+    size: Option<u64>,
+    what: &str,
+    reporter: &dyn Reporter,
+) -> Result<((FetchedManifest, Manifest), Arc<Source>), FallbackError> {
+    sources
+        .first_success(what, reporter, |s| async move {
+            let (m, parsed) = fetch_parsed(&s.client, repo, digest.as_str(), Some(digest)).await?;
+            match size {
+                Some(want) if m.bytes.len() as u64 != want => Err(RegistryError::SizeMismatch {
+                    url: m.url,
+                    expected: want,
+                    actual: m.bytes.len() as u64,
+                }),
+                _ => Ok((m, parsed)),
+            }
+        })
+        .await
 }

@@ -1,5 +1,6 @@
 //! The steps of a pull, each a function from one typed value to the next, so that `lock`
-//! (resolve only), and later `copy`, `push` and bundles, reuse them instead of copying them:
+//! (resolve only) and `copy` (resolve and select, then its own upload) reuse them instead
+//! of copying them:
 //!
 //! 1. [`Session::resolve`]: which digest the reference names now, and its manifest;
 //! 2. [`Session::select`]: the platform's image manifest, from a list or index;
@@ -13,23 +14,35 @@ use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
-use super::blob::{BlobJob, Fetched};
-use super::pull::{check_pin, manifest_by_digest, PullError, PullTarget};
-use super::resolve::{resolve_tag, ResolvedBy};
-use super::spread::Spread;
-use crate::{FetchError, Session};
+use crate::blob::{BlobJob, Fetched};
+use crate::error::{FetchError, PullError};
+use crate::resolve::{manifest_by_digest, resolve_tag, ResolvedBy};
+use crate::session::Session;
 use cudaimg_config::lockfile::Pin;
+use cudaimg_config::Canonical;
 use cudaimg_mirrors::fallback::FallbackError;
+use cudaimg_mirrors::order::Spread;
 use cudaimg_mirrors::sources::{Source, SourceSet};
 use cudaimg_oci::digest::Digest;
 use cudaimg_oci::manifest::{
-    self, Descriptor, ImageConfig, ImageManifest, Manifest, ManifestError,
+    self, Descriptor, ImageConfig, ImageManifest, Index, IndexEntry, Manifest, ManifestError,
 };
 use cudaimg_oci::platform::Platform;
 use cudaimg_oci::progress::Reporter;
 use cudaimg_oci::reference::ImageRef;
 use cudaimg_registry::FetchedManifest;
 use cudaimg_store::{NamedImage, Store, StoreError};
+
+/// What to pull: a canonical name, and, from a lockfile, the digests it must be.
+pub struct PullTarget<'a> {
+    /// The reference as the user wrote it.
+    pub input: &'a str,
+    pub name: &'a Canonical,
+    pub pin: Option<&'a Pin>,
+    /// The user asked for this platform: a single-platform image of another is an error
+    /// (otherwise a warning, as with docker).
+    pub platform_explicit: bool,
+}
 
 /// Step 1: what the reference names now.
 pub struct Resolved {
@@ -389,4 +402,36 @@ pub(crate) fn drop_corrupt(
         }
     }
     Ok(removed)
+}
+
+/// The platform manifest an index names must be the one the lockfile pinned.
+pub(crate) fn check_pin(
+    image: &ImageRef,
+    pin: &Pin,
+    entry: &IndexEntry,
+    idx: &Index,
+) -> Result<(), PullError> {
+    let platform = entry
+        .platform
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let locked = pin
+        .platforms
+        .get(&platform)
+        .ok_or_else(|| PullError::LockedPlatformMissing {
+            reference: image.without_digest().to_string(),
+            platform: platform.clone(),
+            available: pin.platforms.keys().cloned().collect::<Vec<_>>().join(", "),
+        })?;
+    if *locked != entry.descriptor.digest {
+        return Err(PullError::LockInconsistent {
+            reference: image.without_digest().to_string(),
+            platform,
+            indexed: entry.descriptor.digest.clone(),
+            locked: locked.clone(),
+        });
+    }
+    debug_assert!(idx.manifests.iter().any(|e| e.descriptor.digest == *locked));
+    Ok(())
 }
