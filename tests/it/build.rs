@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::docker::{unavailable_reason, TestDocker};
 use common::python_base::{stand_in_torch_wheel, PythonBase};
-use common::{run_fails, run_ok, Pusher, Sandbox, TestRegistry};
+use common::{run_fails, run_ok, FaultProxy, Pusher, Sandbox, TestRegistry};
 
 /// Debian's 20.10 CLI: `BuildKit` with `DOCKER_BUILDKIT=1`, no buildx needed (FIELD.md).
 pub(crate) const DEBIAN_DOCKER: &str = "/usr/bin/docker";
@@ -375,13 +375,13 @@ pub(crate) const BASE_TAG: &str = "12.4.1-runtime-ubuntu22.04";
 /// printing SKIPPED) where that cannot be had.
 pub(crate) fn env() -> Option<Env> {
     if let Some(why) = unavailable_reason() {
-        eprintln!("SKIPPED: {why}");
+        common::skip(&why);
         return None;
     }
     let base = match PythonBase::build("runtime") {
         Ok(b) => b,
         Err(why) => {
-            eprintln!("SKIPPED: no fixture base: {why}");
+            common::skip(&format!("no fixture base: {why}"));
             return None;
         }
     };
@@ -583,9 +583,7 @@ pub(crate) fn pypi_server_with(dir: &Path, options: &[&str]) -> Option<(PypiServ
         .stderr(Stdio::null())
         .spawn();
     let Ok(child) = child else {
-        eprintln!(
-            "SKIPPED: pypi-server is not installed (scripts/setup.sh: pip install pypiserver)"
-        );
+        common::skip("pypi-server is not installed (scripts/setup.sh: pip install pypiserver)");
         return None;
     };
     let mut server = PypiServer(child);
@@ -594,10 +592,10 @@ pub(crate) fn pypi_server_with(dir: &Path, options: &[&str]) -> Option<(PypiServ
     // Any HTTP answer (a 401 from an index that wants a password) means it is up.
     while reqwest::blocking::get(&url).is_err() {
         if let Ok(Some(status)) = server.0.try_wait() {
-            eprintln!(
-                "SKIPPED: pypi-server {options:?} exited ({status}); `-P` needs passlib \
+            common::skip(&format!(
+                "pypi-server {options:?} exited ({status}); `-P` needs passlib \
                  (scripts/setup.sh: pip install 'pypiserver[passlib]')"
-            );
+            ));
             return None;
         }
         assert!(Instant::now() < deadline, "pypi-server did not start");
@@ -702,6 +700,46 @@ fn a_failing_matrix_cell_does_not_stop_the_rest() {
     );
 }
 
+/// What the proxy in front of the registry saw of `cudaimg push`: the base layer mounted
+/// (a `201` to `POST …?mount=BASE`), never uploaded, and exactly the bytes of the image's
+/// other blobs (their sizes read back by skopeo from the pushed manifest) sent as uploads.
+fn on_the_wire_only_the_new_blobs(wire: &FaultProxy, sandbox: &Sandbox, image: &str, base: &str) {
+    let requests = wire.requests();
+    assert!(
+        requests.iter().any(|r| r.method == "POST"
+            && r.path.contains(&format!("mount={base}"))
+            && r.status == Some(201)),
+        "the base layer was not mounted: {requests:#?}"
+    );
+    let uploads: Vec<_> = requests
+        .iter()
+        .filter(|r| r.path.contains("/blobs/uploads/"))
+        .collect();
+    assert!(
+        !uploads
+            .iter()
+            .any(|r| r.path.contains(base) && !r.path.contains("mount=")),
+        "the base layer was uploaded: {uploads:#?}"
+    );
+    let raw = run_ok(sandbox.skopeo().args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{image}"),
+    ]));
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let size = |d: &serde_json::Value| d["size"].as_u64().unwrap();
+    let layers = manifest["layers"].as_array().unwrap_or_else(|| panic!("{manifest}"));
+    assert_eq!(layers[0]["digest"], base, "{manifest}");
+    let new: u64 = size(&manifest["config"]) + layers[1..].iter().map(size).sum::<u64>();
+    let sent: u64 = uploads.iter().map(|r| r.request_bytes).sum();
+    assert_eq!(
+        sent, new,
+        "upload bytes on the wire are not the new blobs' ({} of them): {uploads:#?}",
+        layers.len()
+    );
+}
+
 #[test]
 fn push_stores_the_build_keeps_the_base_blobs_and_uploads_no_base_byte() {
     let Some(e) = env() else { return };
@@ -709,13 +747,16 @@ fn push_stores_the_build_keeps_the_base_blobs_and_uploads_no_base_byte() {
     // The team's registry already holds the base, pushed there by cudaimg (so the store's
     // blob-location record knows it is in `nvidia/cuda` there).
     let dest = TestRegistry::start();
-    let reg = format!("127.0.0.1:{}", dest.port());
+    // Every byte sent to the team's registry passes this proxy, which counts it.
+    let wire = FaultProxy::start(&dest.url());
+    let reg = wire.host();
     let base = format!("nvidia/cuda:{BASE_TAG}");
     run_ok(&mut e.sandbox.cli(&e.config, &["pull", &base]));
     run_ok(&mut e.sandbox.cli(
         &e.config,
         &["push", &base, &format!("{reg}/nvidia/cuda:{BASE_TAG}")],
     ));
+    wire.clear_requests();
 
     let out = run_ok(
         e.build(&[
@@ -788,6 +829,7 @@ fn push_stores_the_build_keeps_the_base_blobs_and_uploads_no_base_byte() {
             "{l} neither the base's nor uploaded: {report}"
         );
     }
+    on_the_wire_only_the_new_blobs(&wire, &e.sandbox, &image, &e.base.layer_digest);
 
     // A fresh pull from the registry runs: the image is whole there.
     run_ok(&mut e.docker.docker(&["rmi", &image]));

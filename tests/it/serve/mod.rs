@@ -387,7 +387,7 @@ fn serve_over_tls_copies_with_skopeo() {
         .arg(dir.join("cert.pem"))
         .output();
     if !ok.is_ok_and(|o| o.status.success()) {
-        eprintln!("SKIPPED: openssl cannot make a test certificate");
+        common::skip("openssl cannot make a test certificate (Debian package openssl)");
         return;
     }
     let cert = dir.join("cert.pem");
@@ -431,7 +431,7 @@ fn serve_over_tls_copies_with_skopeo() {
 fn docker_or_skip() -> bool {
     match unavailable_reason() {
         Some(why) => {
-            eprintln!("SKIPPED: {why}");
+            common::skip(&why);
             false
         }
         None => true,
