@@ -729,12 +729,15 @@ fn on_the_wire_only_the_new_blobs(wire: &FaultProxy, sandbox: &Sandbox, image: &
     ]));
     let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
     let size = |d: &serde_json::Value| d["size"].as_u64().unwrap();
-    let layers = manifest["layers"].as_array().unwrap_or_else(|| panic!("{manifest}"));
+    let layers = manifest["layers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{manifest}"));
     assert_eq!(layers[0]["digest"], base, "{manifest}");
     let new: u64 = size(&manifest["config"]) + layers[1..].iter().map(size).sum::<u64>();
     let sent: u64 = uploads.iter().map(|r| r.request_bytes).sum();
     assert_eq!(
-        sent, new,
+        sent,
+        new,
         "upload bytes on the wire are not the new blobs' ({} of them): {uploads:#?}",
         layers.len()
     );

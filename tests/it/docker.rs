@@ -366,7 +366,11 @@ fn gc_during_a_pull_waits_and_deletes_nothing_the_pull_needs() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     };
     let gc = gc.wait_with_output().unwrap();
-    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
     let out = pull.wait_with_output().unwrap();
     assert!(
         out.status.success(),

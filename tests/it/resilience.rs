@@ -92,7 +92,10 @@ fn two_processes_pulling_into_one_store_both_succeed_and_download_each_blob_once
     let downloaded =
         ja["bytes_downloaded"].as_u64().unwrap() + jb["bytes_downloaded"].as_u64().unwrap();
     let total = amd64.layers_size() + amd64.config.size();
-    assert_eq!(downloaded, total, "between them the two pulls fetched each byte once");
+    assert_eq!(
+        downloaded, total,
+        "between them the two pulls fetched each byte once"
+    );
 
     let idx: Value =
         serde_json::from_slice(&std::fs::read(store.join("index.json")).unwrap()).unwrap();

@@ -216,7 +216,10 @@ mod tests {
             ]
         );
         assert_eq!(closure[2].digest, Digest::of(shared));
-        assert!(store.closure("x/none:1").unwrap_or_else(|e| panic!("{e}")).is_none());
+        assert!(store
+            .closure("x/none:1")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
 
         // A manifest that is not what its name says is not followed.
         let path = store.blob_path(&amd.digest);

@@ -261,7 +261,10 @@ impl TestRegistry {
             return false;
         };
         let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.host());
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.host()
+        );
         let mut answer = Vec::new();
         c.write_all(request.as_bytes()).is_ok()
             && c.read_to_end(&mut answer).is_ok()
