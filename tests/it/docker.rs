@@ -372,11 +372,6 @@ fn gc_during_a_pull_waits_and_deletes_nothing_the_pull_needs() {
         String::from_utf8_lossy(&gc.stderr)
     );
     let out = pull.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let fetched = slow.body_bytes_sent();
     assert!(
         at_gc_start < fetched,
@@ -385,6 +380,11 @@ fn gc_during_a_pull_waits_and_deletes_nothing_the_pull_needs() {
     assert_eq!(
         at_gc_end, fetched,
         "gc ended while the pull was still fetching: it did not wait"
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let gc: Value = serde_json::from_slice(&gc.stdout).unwrap();
     assert_eq!(
