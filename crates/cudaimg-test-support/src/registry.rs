@@ -2,8 +2,8 @@
 //!
 //! Each [`TestRegistry`] is its own process on 127.0.0.1 with a free port, its storage, config
 //! and log in a temporary directory, and is killed when dropped. Tests talk HTTP to it like to
-//! any mirror; its access log ([`TestRegistry::requests`], settled by a marker request, or polled with
-//! [`TestRegistry::wait_for`]) tells which requests reached it.
+//! any mirror; its access log ([`TestRegistry::requests`], settled by a marker request whose line is
+//! polled for) tells which requests reached it.
 //!
 //! Variants: anonymous ([`TestRegistry::start`]), htpasswd Basic auth
 //! ([`TestRegistry::start_with_basic_auth`]; distribution 2.8 does not require TLS for it),
@@ -30,7 +30,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// pull-through cache does not forward them upstream; answered 404 and logged.
 const MARKER: &str = "/cudaimg-test-log-marker-";
 static MARKERS: AtomicU64 = AtomicU64::new(0);
-/// How long a marker's log line, or a request [`TestRegistry::wait_for`] waits for, may take.
+/// How long a marker's log line may take to appear.
 const LOG_DEADLINE: Duration = Duration::from_secs(30);
 /// Spawn attempts: another process may take the port between our probe and the registry's bind.
 const ATTEMPTS: usize = 5;
@@ -186,29 +186,6 @@ impl TestRegistry {
     /// exact counts, and "nothing was requested", hold for everything answered before the call.
     pub fn requests(&self) -> Vec<Request> {
         self.log().lines().filter_map(parse_access_line).collect()
-    }
-    /// Polls the access log until `done` holds for the requests logged so far, and returns
-    /// them; panics naming `what` (and the log's tail) if it does not within 30 s. For a
-    /// request that a process still running, or a server's background work, makes.
-    pub fn wait_for(&self, what: &str, done: impl Fn(&[Request]) -> bool) -> Vec<Request> {
-        let deadline = Instant::now() + LOG_DEADLINE;
-        loop {
-            let requests: Vec<Request> = self
-                .raw_log()
-                .lines()
-                .filter(|l| !l.contains(MARKER))
-                .filter_map(parse_access_line)
-                .collect();
-            if done(&requests) {
-                return requests;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the registry's log never showed {what} within {LOG_DEADLINE:?}; its tail:\n{}",
-                tail(&self.log_path(), 30)
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
     }
     /// Digests of blobs this registry served with a GET (any status < 400, ranges included).
     pub fn blob_downloads(&self) -> Vec<String> {
