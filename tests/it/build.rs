@@ -10,12 +10,12 @@
 use cudaimg_test_support as common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use crate::build_index::pypi_server;
 use common::docker::{unavailable_reason, TestDocker};
 use common::python_base::{stand_in_torch_wheel, PythonBase};
-use common::{run_fails, run_ok, Pusher, Sandbox, TestRegistry};
+use common::{run_fails, run_ok, FaultProxy, Pusher, Sandbox, TestRegistry};
 
 /// Debian's 20.10 CLI: `BuildKit` with `DOCKER_BUILDKIT=1`, no buildx needed (FIELD.md).
 pub(crate) const DEBIAN_DOCKER: &str = "/usr/bin/docker";
@@ -375,13 +375,13 @@ pub(crate) const BASE_TAG: &str = "12.4.1-runtime-ubuntu22.04";
 /// printing SKIPPED) where that cannot be had.
 pub(crate) fn env() -> Option<Env> {
     if let Some(why) = unavailable_reason() {
-        eprintln!("SKIPPED: {why}");
+        common::skip(&why);
         return None;
     }
     let base = match PythonBase::build("runtime") {
         Ok(b) => b,
         Err(why) => {
-            eprintln!("SKIPPED: no fixture base: {why}");
+            common::skip(&format!("no fixture base: {why}"));
             return None;
         }
     };
@@ -554,58 +554,6 @@ fn buildkit_installs_from_a_wheelhouse_and_the_image_carries_labels_and_the_driv
     );
 }
 
-pub(crate) struct PypiServer(Child);
-
-impl Drop for PypiServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub(crate) fn pypi_server(dir: &Path) -> Option<(PypiServer, String)> {
-    pypi_server_with(dir, &[])
-}
-
-/// pypiserver with more options (`-P htpasswd -a download,list`: an index that wants a
-/// password); its health is checked on a page it never protects.
-pub(crate) fn pypi_server_with(dir: &Path, options: &[&str]) -> Option<(PypiServer, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("pypi-server")
-        .args(["run", "-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(options)
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(child) = child else {
-        eprintln!(
-            "SKIPPED: pypi-server is not installed (scripts/setup.sh: pip install pypiserver)"
-        );
-        return None;
-    };
-    let mut server = PypiServer(child);
-    let url = format!("http://127.0.0.1:{port}/simple/");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Any HTTP answer (a 401 from an index that wants a password) means it is up.
-    while reqwest::blocking::get(&url).is_err() {
-        if let Ok(Some(status)) = server.0.try_wait() {
-            eprintln!(
-                "SKIPPED: pypi-server {options:?} exited ({status}); `-P` needs passlib \
-                 (scripts/setup.sh: pip install 'pypiserver[passlib]')"
-            );
-            return None;
-        }
-        assert!(Instant::now() < deadline, "pypi-server did not start");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Some((server, url))
-}
-
 #[test]
 fn the_classic_builder_installs_through_a_real_package_index_on_loopback() {
     let Some(e) = env() else { return };
@@ -702,6 +650,52 @@ fn a_failing_matrix_cell_does_not_stop_the_rest() {
     );
 }
 
+/// What the proxy in front of the registry saw of `cudaimg push`: the base layer mounted
+/// (a `201` to `POST …?mount=BASE`), never uploaded, and exactly the bytes of the image's
+/// other blobs (their sizes read back by skopeo from the pushed manifest) sent as uploads.
+fn on_the_wire_only_the_new_blobs(wire: &FaultProxy, sandbox: &Sandbox, image: &str, base: &str) {
+    let requests = wire.requests();
+    // The digest is in the query, URL-encoded (`sha256%3A…`): matched by its hex.
+    let hex = base.trim_start_matches("sha256:");
+    assert!(
+        requests.iter().any(|r| r.method == "POST"
+            && r.path.contains("mount=")
+            && r.path.contains(hex)
+            && r.status == Some(201)),
+        "the base layer was not mounted: {requests:#?}"
+    );
+    let uploads: Vec<_> = requests
+        .iter()
+        .filter(|r| r.path.contains("/blobs/uploads/"))
+        .collect();
+    assert!(
+        !uploads
+            .iter()
+            .any(|r| r.path.contains(hex) && !r.path.contains("mount=")),
+        "the base layer was uploaded: {uploads:#?}"
+    );
+    let raw = run_ok(sandbox.skopeo().args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{image}"),
+    ]));
+    let manifest: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let size = |d: &serde_json::Value| d["size"].as_u64().unwrap();
+    let layers = manifest["layers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{manifest}"));
+    assert_eq!(layers[0]["digest"], base, "{manifest}");
+    let new: u64 = size(&manifest["config"]) + layers[1..].iter().map(size).sum::<u64>();
+    let sent: u64 = uploads.iter().map(|r| r.request_bytes).sum();
+    assert_eq!(
+        sent,
+        new,
+        "upload bytes on the wire are not the new blobs' ({} of them): {uploads:#?}",
+        layers.len()
+    );
+}
+
 #[test]
 fn push_stores_the_build_keeps_the_base_blobs_and_uploads_no_base_byte() {
     let Some(e) = env() else { return };
@@ -709,13 +703,16 @@ fn push_stores_the_build_keeps_the_base_blobs_and_uploads_no_base_byte() {
     // The team's registry already holds the base, pushed there by cudaimg (so the store's
     // blob-location record knows it is in `nvidia/cuda` there).
     let dest = TestRegistry::start();
-    let reg = format!("127.0.0.1:{}", dest.port());
+    // Every byte sent to the team's registry passes this proxy, which counts it.
+    let wire = FaultProxy::start(&dest.url());
+    let reg = wire.host();
     let base = format!("nvidia/cuda:{BASE_TAG}");
     run_ok(&mut e.sandbox.cli(&e.config, &["pull", &base]));
     run_ok(&mut e.sandbox.cli(
         &e.config,
         &["push", &base, &format!("{reg}/nvidia/cuda:{BASE_TAG}")],
     ));
+    wire.clear_requests();
 
     let out = run_ok(
         e.build(&[
@@ -788,6 +785,7 @@ fn push_stores_the_build_keeps_the_base_blobs_and_uploads_no_base_byte() {
             "{l} neither the base's nor uploaded: {report}"
         );
     }
+    on_the_wire_only_the_new_blobs(&wire, &e.sandbox, &image, &e.base.layer_digest);
 
     // A fresh pull from the registry runs: the image is whole there.
     run_ok(&mut e.docker.docker(&["rmi", &image]));

@@ -6,10 +6,10 @@
 use cudaimg_test_support as common;
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{run_fails, run_ok, Sandbox};
-
-use crate::build::pypi_server;
 
 const VARIANTS: &[&str] = &["cu126", "cu130", "cu132"];
 
@@ -263,4 +263,55 @@ fn explain_sources_prints_each_tables_date_and_sources() {
     let out = run_ok(&mut sandbox.cli(&config, &["explain", "13.4.2-runtime-ubuntu24.04"]));
     let (shown, _) = text(&out);
     assert!(shown.contains("end of life: no"), "{shown}");
+}
+
+/// A real package index (pypiserver) on loopback serving `dir`, killed on drop.
+pub(crate) struct PypiServer(Child);
+
+impl Drop for PypiServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub(crate) fn pypi_server(dir: &Path) -> Option<(PypiServer, String)> {
+    pypi_server_with(dir, &[])
+}
+
+/// pypiserver with more options (`-P htpasswd -a download,list`: an index that wants a
+/// password); its health is checked on a page it never protects.
+pub(crate) fn pypi_server_with(dir: &Path, options: &[&str]) -> Option<(PypiServer, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("pypi-server")
+        .args(["run", "-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(options)
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        common::skip("pypi-server is not installed (scripts/setup.sh: pip install pypiserver)");
+        return None;
+    };
+    let mut server = PypiServer(child);
+    let url = format!("http://127.0.0.1:{port}/simple/");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Any HTTP answer (a 401 from an index that wants a password) means it is up.
+    while reqwest::blocking::get(&url).is_err() {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            common::skip(&format!(
+                "pypi-server {options:?} exited ({status}); `-P` needs passlib \
+                 (scripts/setup.sh: pip install 'pypiserver[passlib]')"
+            ));
+            return None;
+        }
+        assert!(Instant::now() < deadline, "pypi-server did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Some((server, url))
 }

@@ -18,9 +18,8 @@ use std::sync::{Arc, Mutex};
 
 use common::{run_fails, run_ok};
 
-use crate::build::{
-    env, offline, pypi_server_with, stderr, stdout, wheelhouse, BASE_TAG, DEBIAN_DOCKER,
-};
+use crate::build::{env, offline, stderr, stdout, wheelhouse, BASE_TAG, DEBIAN_DOCKER};
+use crate::build_index::pypi_server_with;
 
 const PIP_SECRET: &str = "pw-5ecret-b7f3";
 const APT_SECRET: &str = "apt-5ecret-91ac";

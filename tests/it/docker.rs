@@ -24,7 +24,7 @@ use serde_json::Value;
 fn docker_or_skip() -> Option<TestDocker> {
     match unavailable_reason() {
         Some(why) => {
-            eprintln!("SKIPPED: {why}");
+            common::skip(&why);
             None
         }
         None => Some(TestDocker::start()),
@@ -344,8 +344,43 @@ fn gc_during_a_pull_waits_and_deletes_nothing_the_pull_needs() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let gc = run_ok(&mut e.cmd(None, &["--json", "gc"]));
-    let out = child.wait_with_output().unwrap();
+    // gc starts while the pull is in flight, and the proxy's byte count (not either
+    // process's account) tells when it ended: only after the pull had fetched everything.
+    let mut pull = child;
+    let mut gc = e
+        .cmd(None, &["--json", "gc"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let at_gc_start = slow.body_bytes_sent();
+    assert!(
+        pull.try_wait().unwrap().is_none(),
+        "the pull ended before gc started: no overlap to test"
+    );
+    let at_gc_end = loop {
+        if gc.try_wait().unwrap().is_some() {
+            break slow.body_bytes_sent();
+        }
+        assert!(std::time::Instant::now() < deadline, "gc never ended");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let gc = gc.wait_with_output().unwrap();
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    let out = pull.wait_with_output().unwrap();
+    let fetched = slow.body_bytes_sent();
+    assert!(
+        at_gc_start < fetched,
+        "gc started after the pull's last byte ({at_gc_start} of {fetched}): no overlap"
+    );
+    assert_eq!(
+        at_gc_end, fetched,
+        "gc ended while the pull was still fetching: it did not wait"
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -470,7 +505,7 @@ fn char_device(path: &Path) -> Option<u64> {
 #[test]
 fn export_writes_through_devices_and_fifos_and_never_replaces_them() {
     if !is_root() {
-        eprintln!("SKIPPED: mknod needs root");
+        common::skip("mknod needs root");
         return;
     }
     let s = stored();
@@ -592,7 +627,7 @@ fn export_replaces_a_file_only_when_the_archive_is_whole_and_leaves_no_temp_file
     assert_eq!(names_in(&out_dir), ["image.tar", "link.tar"]);
 
     if !is_root() {
-        eprintln!("SKIPPED (the failing export): it runs as another user, which needs root");
+        common::skip("the failing export runs as another user, which needs root");
         return;
     }
     // A layer that cannot be read makes the export fail after the archive's first entries

@@ -50,7 +50,7 @@ fn getting_started_runs_as_written() {
         );
     }
     if let Some(why) = unavailable_reason() {
-        eprintln!("SKIPPED: {why}");
+        common::skip(&why);
         return;
     }
 

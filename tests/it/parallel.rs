@@ -133,6 +133,24 @@ fn one_source_failing_midway_leaves_the_rest_to_the_other() {
         total(&t.fx),
         "bytes were fetched twice"
     );
+    // The cut fired on the large layer's ranges from the failing source, midway (after
+    // some of its bytes went out), and the other source carried the rest of that layer.
+    let cut: Vec<_> =
+        t.b.requests()
+            .into_iter()
+            .filter(|q| q.path.contains(&big.digest) && q.faults.contains(&"CutAfter"))
+            .collect();
+    assert!(!cut.is_empty(), "the cut never fired: {:?}", t.b.requests());
+    assert!(
+        cut.iter().any(|q| q.body_bytes >= 3_000_000),
+        "cut before midway: {cut:?}"
+    );
+    let (from_a, from_b) = (t.big_from(&t.a), t.big_from(&t.b));
+    assert!(
+        from_a > 0 && from_a + from_b >= big.size,
+        "the other source did not carry the rest: {from_a} + {from_b} of {}",
+        big.size
+    );
     run_ok(
         t.sandbox
             .cudaimg()

@@ -242,7 +242,7 @@ fn push_to_a_token_auth_registry_uses_docker_config_credentials() {
 fn docker_pulls_and_runs_what_was_pushed() {
     let Some(reason_or_docker) = (match unavailable_reason() {
         Some(why) => {
-            eprintln!("SKIPPED: {why}");
+            common::skip(&why);
             None
         }
         None => Some(TestDocker::start()),

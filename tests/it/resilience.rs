@@ -5,10 +5,11 @@ use cudaimg_test_support as common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::{
-    run_fails, run_ok, Arch, CudaSpec, Fixture, FixtureStore, Flavor, MediaTypes, Pusher, Sandbox,
-    Scale, TestRegistry,
+    run_fails, run_ok, Arch, CudaSpec, Fault, FaultProxy, Fixture, FixtureStore, Flavor,
+    MediaTypes, Pusher, Sandbox, Scale, TestRegistry,
 };
 use serde_json::Value;
 
@@ -28,19 +29,30 @@ fn json(out: &std::process::Output) -> Value {
 #[test]
 fn two_processes_pulling_into_one_store_both_succeed_and_download_each_blob_once() {
     let official = TestRegistry::start();
-    // Large enough (~30 MB) that the two pulls overlap.
     let fx =
-        FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Runtime).scale(Scale(0.02)));
+        FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Runtime).scale(Scale(0.005)));
     Pusher::new(&official).push(&fx);
+    // Each process reaches the registry through a throttled proxy of its own, so that both
+    // are in flight for seconds, and each proxy's log tells when its process was.
+    let (via_a, via_b) = (
+        FaultProxy::start(&official.url()),
+        FaultProxy::start(&official.url()),
+    );
+    for p in [&via_a, &via_b] {
+        p.add(Fault::Throttle {
+            bytes_per_sec: 4_000_000,
+        });
+    }
     let sandbox = Sandbox::new();
-    let config = sandbox.write_hub_config(&official.url(), &[]);
+    let config_a = sandbox.write("a.toml", hub_config(&via_a.url()));
+    let config_b = sandbox.write("b.toml", hub_config(&via_b.url()));
     let store = sandbox.store_dir();
-    let before = official.blob_downloads().len();
+    let before = official.requests().len();
 
-    let a = pull_cmd(&sandbox, &config, &store, &fx.reference())
+    let a = pull_cmd(&sandbox, &config_a, &store, &fx.reference())
         .spawn()
         .unwrap();
-    let b = pull_cmd(&sandbox, &config, &store, &fx.reference())
+    let b = pull_cmd(&sandbox, &config_b, &store, &fx.reference())
         .spawn()
         .unwrap();
     let a = a.wait_with_output().unwrap();
@@ -48,23 +60,42 @@ fn two_processes_pulling_into_one_store_both_succeed_and_download_each_blob_once
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
     assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
 
+    // The runs overlapped: each process asked its proxy something after the other began.
+    let span = |p: &FaultProxy| {
+        let times: Vec<_> = p.requests().iter().map(|r| r.received_at).collect();
+        (*times.iter().min().unwrap(), *times.iter().max().unwrap())
+    };
+    let ((a_first, a_last), (b_first, b_last)) = (span(&via_a), span(&via_b));
+    assert!(
+        a_first < b_last && b_first < a_last,
+        "the two pulls did not overlap: a {:?}..{:?}, b from {:?} after a began, to {:?}",
+        Duration::ZERO,
+        a_last - a_first,
+        b_first.saturating_duration_since(a_first),
+        b_last.saturating_duration_since(a_first)
+    );
+
+    // The registry's own log: every blob of the image served once, none twice.
     let amd64 = fx.platform(Arch::Amd64);
-    let total = amd64.layers_size() + amd64.config.size();
+    let mut wanted: Vec<String> = amd64.layers.iter().map(|l| l.digest.clone()).collect();
+    wanted.push(amd64.config.digest.clone());
+    wanted.sort();
+    let mut served: Vec<String> = official.requests()[before..]
+        .iter()
+        .filter(|r| r.method == "GET" && r.status < 400 && r.path.contains("/blobs/"))
+        .map(|r| r.path.rsplit('/').next().unwrap().to_owned())
+        .collect();
+    served.sort();
+    assert_eq!(served, wanted, "each blob served once");
+
     let (ja, jb) = (json(&a), json(&b));
     let downloaded =
         ja["bytes_downloaded"].as_u64().unwrap() + jb["bytes_downloaded"].as_u64().unwrap();
+    let total = amd64.layers_size() + amd64.config.size();
     assert_eq!(
         downloaded, total,
         "between them the two pulls fetched each byte once"
     );
-
-    // The registry agrees: no blob was served twice.
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let mut served = official.blob_downloads()[before..].to_vec();
-    let n = served.len();
-    served.sort();
-    served.dedup();
-    assert_eq!(served.len(), n, "a blob was downloaded twice");
 
     let idx: Value =
         serde_json::from_slice(&std::fs::read(store.join("index.json")).unwrap()).unwrap();
@@ -72,6 +103,11 @@ fn two_processes_pulling_into_one_store_both_succeed_and_download_each_blob_once
     let mut verify = sandbox.cudaimg();
     verify.arg("--store").arg(&store).arg("verify");
     run_ok(&mut verify);
+}
+
+/// `mirrors.toml` with `endpoint` as docker.io's registry and no mirrors.
+fn hub_config(endpoint: &str) -> String {
+    format!("[registries.\"docker.io\"]\nendpoint = \"{endpoint}\"\nmirrors = []\n")
 }
 
 #[test]
@@ -151,8 +187,7 @@ fn a_full_disk_is_a_clear_error_and_commits_nothing_partial() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
-        assert!(!is_root(), "running as root, the tmpfs mount must work");
+        common::skip("cannot mount a tmpfs here (needs root)");
         return;
     }
     struct Unmount(std::path::PathBuf);
@@ -184,13 +219,6 @@ fn a_full_disk_is_a_clear_error_and_commits_nothing_partial() {
     let mut verify = sandbox.cudaimg();
     verify.arg("--store").arg(&store).arg("verify");
     run_ok(&mut verify);
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// The layout an earlier cudaimg run leaves before it has stored any image.

@@ -202,7 +202,7 @@ mod tests {
         let closure = store
             .closure("x/a:1")
             .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_default();
+            .unwrap_or_else(|| panic!("x/a:1 has no closure"));
         let roles: Vec<BlobRole> = closure.iter().map(|r| r.role).collect();
         // Two manifests, two configs (they differ by architecture), one shared layer.
         assert_eq!(
@@ -216,11 +216,14 @@ mod tests {
             ]
         );
         assert_eq!(closure[2].digest, Digest::of(shared));
-        assert!(store.closure("x/none:1").unwrap_or_default().is_none());
+        assert!(store
+            .closure("x/none:1")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
 
         // A manifest that is not what its name says is not followed.
         let path = store.blob_path(&amd.digest);
-        let mut bytes = std::fs::read(&path).unwrap_or_default();
+        let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}"));
         bytes[0] = b' ';
         std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{e}"));
         let err = store.closure("x/a:1").expect_err("a corrupt manifest");

@@ -530,7 +530,7 @@ mod tests {
         assert_eq!(report.images.len(), 1, "{report:?}");
         assert_eq!(report.skipped.len(), 2, "{report:?}");
         assert_eq!((report.blobs_written, report.blobs_present), (2, 0));
-        let listed = store.list().unwrap_or_default();
+        let listed = store.list().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].name.as_deref(), Some("x/cuda:12.4"));
         assert_eq!(listed[0].manifest.as_ref(), Some(&l.amd));
@@ -548,7 +548,7 @@ mod tests {
         let again = block_on(store.import_layout(&l.dir, &Naming::As("y/z:1".into())))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((again.blobs_written, again.blobs_present), (0, 2));
-        assert_eq!(store.list().unwrap_or_default().len(), 2);
+        assert_eq!(store.list().unwrap_or_else(|e| panic!("{e}")).len(), 2);
     }
 
     #[test]
@@ -566,7 +566,7 @@ mod tests {
             "{err}"
         );
         assert!(err.hint().is_some());
-        assert!(store.list().unwrap_or_default().is_empty());
+        assert!(store.list().unwrap_or_else(|e| panic!("{e}")).is_empty());
         assert!(!store.has_blob(&l.layer, 11));
 
         // A link where the blob belongs is refused, not read through.
@@ -577,7 +577,7 @@ mod tests {
         let err =
             block_on(store.import_layout(&l.dir, &Naming::AsRecorded)).expect_err("a linked layer");
         assert!(err.to_string().contains("symbolic link"), "{err}");
-        assert!(store.list().unwrap_or_default().is_empty());
+        assert!(store.list().unwrap_or_else(|e| panic!("{e}")).is_empty());
 
         // Too long: refused as well.
         std::fs::remove_file(&layer).unwrap_or_else(|e| panic!("{e}"));

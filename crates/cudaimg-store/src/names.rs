@@ -336,7 +336,7 @@ pub(crate) mod tests {
         );
         let names: Vec<_> = store
             .list()
-            .unwrap_or_default()
+            .unwrap_or_else(|e| panic!("{e}"))
             .into_iter()
             .filter_map(|l| l.name)
             .collect();
@@ -359,7 +359,7 @@ pub(crate) mod tests {
         };
         let err = store.name("x/a:1", &image).expect_err("a layer is missing");
         assert!(err.to_string().contains("layer"), "{err}");
-        assert!(store.list().unwrap_or_default().is_empty());
+        assert!(store.list().unwrap_or_else(|e| panic!("{e}")).is_empty());
 
         // A manifest list recorded by digest must be stored as well.
         put_image(&store, "amd64", b"layer");

@@ -57,6 +57,19 @@ pub use push::Pusher;
 pub use registry::{dead_endpoint, Blackhole, RegistryOptions, Request, TestRegistry};
 pub use token::TokenServer;
 
+/// Says why a test cannot run here, for it to return next. As root or under `CI=true`
+/// ([`chroot::must_run`]) this panics instead: a suite that skips there has not tested
+/// anything, so a missing tool or privilege is a failure that names what to install. Only a
+/// developer's run as another user prints SKIPPED and passes.
+pub fn skip(why: &str) {
+    assert!(
+        !chroot::must_run(),
+        "cannot run this test: {why} (as root or with CI set, this is a failure, not a skip; \
+         scripts/setup.sh installs what the tests use)"
+    );
+    eprintln!("SKIPPED: {why}");
+}
+
 /// A temporary home for one CLI run (or several): HOME, XDG dirs and `DOCKER_CONFIG` all point
 /// inside it. Everything is removed when the sandbox is dropped, so keep it alive until the
 /// commands built from it have finished.

@@ -2,7 +2,8 @@
 //!
 //! Each [`TestRegistry`] is its own process on 127.0.0.1 with a free port, its storage, config
 //! and log in a temporary directory, and is killed when dropped. Tests talk HTTP to it like to
-//! any mirror; its access log ([`TestRegistry::requests`]) tells which requests reached it.
+//! any mirror; its access log ([`TestRegistry::requests`], settled by a marker request whose line is
+//! polled for) tells which requests reached it.
 //!
 //! Variants: anonymous ([`TestRegistry::start`]), htpasswd Basic auth
 //! ([`TestRegistry::start_with_basic_auth`]; distribution 2.8 does not require TLS for it),
@@ -15,6 +16,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,12 @@ use tempfile::TempDir;
 const REGISTRY_BIN: &str = "docker-registry";
 /// How long a registry may take to answer `GET /v2/` after spawning.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The path prefix of [`TestRegistry::log`]'s marker requests: outside `/v2/`, so a
+/// pull-through cache does not forward them upstream; answered 404 and logged.
+const MARKER: &str = "/cudaimg-test-log-marker-";
+static MARKERS: AtomicU64 = AtomicU64::new(0);
+/// How long a marker's log line may take to appear.
+const LOG_DEADLINE: Duration = Duration::from_secs(30);
 /// Spawn attempts: another process may take the port between our probe and the registry's bind.
 const ATTEMPTS: usize = 5;
 
@@ -164,12 +172,18 @@ impl TestRegistry {
     pub fn storage_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
-    /// The registry's whole log (application and access log).
+    /// The registry's whole log (application and access log), settled: every request
+    /// answered before this call is in it. distribution writes an access-log line after
+    /// the answer, so a log read right after a request may lack it; this sends a marker
+    /// request first and reads the log once the marker's line is there (the marker lines
+    /// themselves are left out). A stopped registry logs nothing more: its log is read as is.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+        let text = self.settled_log();
+        let kept: Vec<&str> = text.lines().filter(|l| !l.contains(MARKER)).collect();
+        kept.join("\n")
     }
-    /// Requests answered so far, in order, from the access log. The log line is written when the
-    /// handler returns, which can be a moment after a client has read the response.
+    /// Requests answered so far, in order, from the settled access log ([`TestRegistry::log`]):
+    /// exact counts, and "nothing was requested", hold for everything answered before the call.
     pub fn requests(&self) -> Vec<Request> {
         self.log().lines().filter_map(parse_access_line).collect()
     }
@@ -183,6 +197,55 @@ impl TestRegistry {
                 Some(digest.split('?').next()?.to_string())
             })
             .collect()
+    }
+}
+
+impl TestRegistry {
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    fn raw_log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The log up to (not including) the access-log line of a new marker request.
+    fn settled_log(&self) -> String {
+        let path = format!("{MARKER}{}", MARKERS.fetch_add(1, SeqCst));
+        if !self.send_marker(&path) {
+            return self.raw_log();
+        }
+        let line = format!("\"GET {path} HTTP/1.1\"");
+        let deadline = Instant::now() + LOG_DEADLINE;
+        loop {
+            let text = self.raw_log();
+            if let Some(at) = text.find(&line) {
+                let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+                return text[..start].to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the registry answered {path} but did not log it within {LOG_DEADLINE:?}"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `GET path` on a connection of its own; whether the registry answered.
+    fn send_marker(&self, path: &str) -> bool {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.host()
+        );
+        let mut answer = Vec::new();
+        c.write_all(request.as_bytes()).is_ok()
+            && c.read_to_end(&mut answer).is_ok()
+            && answer.starts_with(b"HTTP/1.1 ")
     }
 }
 

@@ -45,7 +45,7 @@ fn engine_with_built_image(host: &Host) -> TestDocker {
 #[test]
 fn doctor_checks_an_image_only_the_engine_holds_against_the_driver() {
     if let Some(why) = unavailable_reason() {
-        eprintln!("SKIPPED: {why}");
+        common::skip(&why);
         return;
     }
     let mut host = Host::new();

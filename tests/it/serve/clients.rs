@@ -270,7 +270,7 @@ fn serve_ctr_pulls_through_a_hosts_toml_mirror() {
             .output()
             .is_err()
     {
-        eprintln!("SKIPPED: containerd needs root and the Debian package containerd");
+        common::skip("containerd needs root and the Debian package containerd");
         return;
     }
     let f = filled(runtime());

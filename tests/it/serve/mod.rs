@@ -441,7 +441,7 @@ fn test_cert(sandbox: &Sandbox) -> (PathBuf, PathBuf) {
 fn docker_or_skip() -> bool {
     match unavailable_reason() {
         Some(why) => {
-            eprintln!("SKIPPED: {why}");
+            common::skip(&why);
             false
         }
         None => true,

@@ -30,6 +30,7 @@ pub(super) fn handle(shared: &Shared, connection: u64, client: &TcpStream) -> io
         body_bytes: 0,
         request_bytes: 0,
         faults: Vec::new(),
+        received_at: Instant::now(),
     });
     // Request bodies are counted as they arrive, and paced under a throttle.
     let count = |n: u64| {

@@ -272,6 +272,9 @@ pub struct ProxyRequest {
     pub request_bytes: u64,
     /// Names of the faults that fired on this request, e.g. `["IgnoreRange", "FlipByte"]`.
     pub faults: Vec<&'static str>,
+    /// When its head was read: which clients were in flight at once (two processes
+    /// overlapping) is told from these, not from the clients' own accounts.
+    pub received_at: Instant,
 }
 
 impl ProxyRequest {
