@@ -302,8 +302,8 @@ fn a_bundle_json_with_200k_entries_is_checked_in_linear_time() {
         "`unlisted.tar`, which is not one of its parts",
     );
     let took = start.elapsed();
-    // Linear, this is ~5 s of a debug build on an idle 2-core machine (12 s under a load
-    // of 13); quadratic, 10^10 name comparisons, it would be minutes.
+    // Linear, a debug build took 11 to 13 s on a 2-core machine under a load of 13;
+    // quadratic, 10^10 name comparisons, it would take minutes.
     assert!(took < Duration::from_secs(40), "{took:?}: {err}");
 }
 
