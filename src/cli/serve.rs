@@ -1,12 +1,17 @@
 //! `cudaimg serve`: the store as a read-only registry, until interrupted (Ctrl-C, SIGTERM).
 //! Prints one line when it listens (`--json`: `{"addr":…,"store":…,"tls":…}`), so a script
-//! or a test that asked for port 0 learns the port.
+//! or a test that asked for port 0 learns the port. With `--pull-through`, what the store
+//! lacks is fetched through mirrors.toml (see `serve_upstream`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Error;
+use cudaimg_serve::through::PullThrough;
 use cudaimg_serve::{Options, Server, TlsFiles};
+use cudaimg_transfer::Session;
+
+use super::serve_upstream::SessionUpstream;
 
 use super::{emit, emit_json, Ctx};
 
@@ -37,10 +42,38 @@ pub struct Args {
     #[arg(long, default_value_t = 30, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     client_timeout: u64,
+    /// Fetch what the store lacks through mirrors.toml, as `pull` does (mirrors first, the
+    /// official registry the authority on tags), store it, and serve it while it arrives.
+    /// Creates the store if there is none [default: serve only what is stored]
+    #[arg(long)]
+    pull_through: bool,
+    /// With `--pull-through`: seconds a tag's answer from upstream is served before it is
+    /// asked again; when upstream cannot answer, the stored digest is served, marked stale
+    #[arg(long, default_value_t = 300, value_name = "SECS", requires = "pull_through",
+          value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
+    tag_ttl: u64,
 }
 
 pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
-    let store = ctx.existing_store()?;
+    let log: cudaimg_serve::Log = std::sync::Arc::new(|line: &str| note!("{line}"));
+    let (store, pull_through) = if args.pull_through {
+        // A session of its own: the server's tasks outlive any borrow of `ctx`. Its store
+        // handle is the server's, so clients follow the downloads it writes.
+        let session = std::sync::Arc::new(Session::new(ctx.session.settings.clone()));
+        session.config()?;
+        let store = session.store()?.clone();
+        let upstream = SessionUpstream {
+            session,
+            log: log.clone(),
+        };
+        let through = PullThrough {
+            upstream: std::sync::Arc::new(upstream),
+            tag_ttl: Duration::from_secs(args.tag_ttl),
+        };
+        (store, Some(through))
+    } else {
+        (ctx.existing_store()?, None)
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert: cert.clone(),
@@ -55,7 +88,8 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
         client_timeout: Duration::from_secs(args.client_timeout),
         tls: tls.clone(),
         access_log: ctx.verbose,
-        log: std::sync::Arc::new(|line: &str| note!("{line}")),
+        log,
+        pull_through,
     };
     let root = store.root().to_owned();
     let server = Server::bind(&args.addr, store, opts).await?;
@@ -70,10 +104,16 @@ pub async fn run(ctx: &Ctx, args: &Args) -> Result<(), Error> {
             "store": root,
             "tls": tls.is_some(),
             "verify_reads": args.verify_reads,
+            "pull_through": args.pull_through,
         }));
     } else {
+        let how = if args.pull_through {
+            "pulling through mirrors.toml"
+        } else {
+            "read-only"
+        };
         emit(&format!(
-            "serving {} read-only at {scheme}://{addr} (Ctrl-C stops)",
+            "serving {} {how} at {scheme}://{addr} (Ctrl-C stops)",
             root.display()
         ));
     }
