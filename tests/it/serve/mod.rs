@@ -509,3 +509,4 @@ impl Drop for Containerd {
 
 mod clients;
 mod greedy;
+mod pull_through;
