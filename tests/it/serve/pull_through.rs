@@ -38,11 +38,7 @@ impl Upstream {
     }
 
     fn serve(&self, extra: &[&str]) -> Served {
-        let mut args = vec![
-            "--config",
-            self.config.to_str().unwrap(),
-            "--pull-through",
-        ];
+        let mut args = vec!["--config", self.config.to_str().unwrap(), "--pull-through"];
         args.extend_from_slice(extra);
         assert!(
             !self.sandbox.store_dir().join("index.json").exists(),
@@ -128,8 +124,14 @@ fn pull_through_skopeo_and_ctr_get_upstreams_digests_and_a_second_node_sends_not
         "--tls-verify=false",
         &format!("docker://{}/nvidia/cuda:{}", up.official.host(), fx.tag),
     ]));
-    let raw = run_ok(node.skopeo().args(["inspect", "--raw", "--tls-verify=false", &src]));
-    assert_eq!(raw.stdout, upstream_raw.stdout, "skopeo saw other manifest bytes");
+    let raw = run_ok(
+        node.skopeo()
+            .args(["inspect", "--raw", "--tls-verify=false", &src]),
+    );
+    assert_eq!(
+        raw.stdout, upstream_raw.stdout,
+        "skopeo saw other manifest bytes"
+    );
     assert_eq!(raw.stdout, index.bytes);
     let dir = node.root().join("first");
     skopeo_copy(&node, &src, &dir);
@@ -145,7 +147,11 @@ fn pull_through_skopeo_and_ctr_get_upstreams_digests_and_a_second_node_sends_not
     run_ok(&mut up.sandbox.cli(&up.config, &["verify"]));
 
     // A second node (containerd through hosts.toml, then skopeo again): nothing upstream.
-    let before = (up.registry_requests(), up.front.requests().len(), up.mirror.requests().len());
+    let before = (
+        up.registry_requests(),
+        up.front.requests().len(),
+        up.mirror.requests().len(),
+    );
     let c = Containerd::start();
     let hosts = c.path().join("certs.d/docker.io");
     std::fs::create_dir_all(&hosts).unwrap();
@@ -173,12 +179,24 @@ fn pull_through_skopeo_and_ctr_get_upstreams_digests_and_a_second_node_sends_not
     );
     let ls = run_ok(&mut c.ctr(&["image", "ls"]));
     let ls = String::from_utf8_lossy(&ls.stdout);
-    assert!(ls.contains(&reference) && ls.contains(index.digest.as_str()), "{ls}");
+    assert!(
+        ls.contains(&reference) && ls.contains(index.digest.as_str()),
+        "{ls}"
+    );
     skopeo_copy(&node, &src, &node.root().join("second"));
     // The server answered both (its access log), and nothing reached upstream meanwhile.
     wait_for_log(&s, "?ns=docker.io");
-    let after = (up.registry_requests(), up.front.requests().len(), up.mirror.requests().len());
-    assert_eq!(before, after, "the second node's pulls went upstream:\n{}", s.log());
+    let after = (
+        up.registry_requests(),
+        up.front.requests().len(),
+        up.mirror.requests().len(),
+    );
+    assert_eq!(
+        before,
+        after,
+        "the second node's pulls went upstream:\n{}",
+        s.log()
+    );
 }
 
 #[test]
@@ -187,7 +205,11 @@ fn pull_through_a_mirror_cut_at_half_a_layer_costs_skopeo_no_failed_pull() {
     let fx = medium();
     Pusher::new(&up.official).push(&fx);
     let layer = fx.largest_layer(Arch::Amd64);
-    assert!(layer.size > 4 << 20, "the layer is too small: {}", layer.size);
+    assert!(
+        layer.size > 4 << 20,
+        "the layer is too small: {}",
+        layer.size
+    );
     up.mirror.add(Fault::CutAfter {
         path_contains: layer.digest.clone(),
         bytes: layer.size / 2,
@@ -207,7 +229,7 @@ fn pull_through_a_mirror_cut_at_half_a_layer_costs_skopeo_no_failed_pull() {
         .mirror
         .requests()
         .into_iter()
-        .filter(|r| r.fault_fired())
+        .filter(common::ProxyRequest::fault_fired)
         .count();
     assert_eq!(cut, 1, "the cut never fired");
     // Resumed, not fetched again: upstream sent the layer about once.
@@ -229,11 +251,18 @@ fn pull_through_many_clients_of_one_blob_share_one_download() {
     let layer = fx.largest_layer(Arch::Amd64).clone();
     // About 2 s for the layer: every client arrives while it downloads.
     let rate = layer.size / 2;
-    up.mirror.add(Fault::Throttle { bytes_per_sec: rate });
-    up.front.add(Fault::Throttle { bytes_per_sec: rate });
+    up.mirror.add(Fault::Throttle {
+        bytes_per_sec: rate,
+    });
+    up.front.add(Fault::Throttle {
+        bytes_per_sec: rate,
+    });
     let s = up.serve(&[]);
     let amd = fx.platform(Arch::Amd64);
-    let (st, _, _) = s.get(&format!("/v2/nvidia/cuda/manifests/{}", amd.manifest.digest), "");
+    let (st, _, _) = s.get(
+        &format!("/v2/nvidia/cuda/manifests/{}", amd.manifest.digest),
+        "",
+    );
     assert_eq!(st, 200);
     let started = Instant::now();
     let clients: Vec<_> = (0..16)
@@ -251,7 +280,11 @@ fn pull_through_many_clients_of_one_blob_share_one_download() {
                 let mut all = Vec::new();
                 let _ = c.read_to_end(&mut all);
                 let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-                (all[..12].to_vec(), all[split + 4..].to_vec(), Instant::now())
+                (
+                    all[..12].to_vec(),
+                    all[split + 4..].to_vec(),
+                    Instant::now(),
+                )
             })
         })
         .collect();
@@ -301,7 +334,11 @@ fn pull_through_tags_are_checked_again_after_the_ttl_and_served_stale_when_upstr
     let asked = up.front.requests().len();
     let (_, head, _) = s.get(&target, "");
     assert_eq!(digest_of(&head), a);
-    assert_eq!(up.front.requests().len(), asked, "asked upstream within the TTL");
+    assert_eq!(
+        up.front.requests().len(),
+        asked,
+        "asked upstream within the TTL"
+    );
 
     // Upstream moves the tag; after the TTL the new digest is served.
     let second = Fixture::cuda("12.4.1", Flavor::Base, MediaTypes::Oci, Scale::TINY);
@@ -309,7 +346,11 @@ fn pull_through_tags_are_checked_again_after_the_ttl_and_served_stale_when_upstr
     std::thread::sleep(Duration::from_millis(2200));
     let (st, head, _) = s.get(&target, "");
     assert_eq!(st, 200);
-    assert_eq!(digest_of(&head), second.top().digest, "the moved tag was not re-checked");
+    assert_eq!(
+        digest_of(&head),
+        second.top().digest,
+        "the moved tag was not re-checked"
+    );
     assert!(header(&head, "X-Cudaimg-Stale").is_none());
 
     // Upstream down: after the TTL, the stored answer, marked stale, and a log line.
@@ -320,7 +361,10 @@ fn pull_through_tags_are_checked_again_after_the_ttl_and_served_stale_when_upstr
     assert_eq!(st, 200, "{}", s.log());
     assert_eq!(digest_of(&head), second.top().digest);
     assert!(header(&head, "X-Cudaimg-Stale").is_some(), "{head}");
-    assert!(header(&head, "Warning").is_some_and(|w| w.starts_with("110")), "{head}");
+    assert!(
+        header(&head, "Warning").is_some_and(|w| w.starts_with("110")),
+        "{head}"
+    );
     wait_for_log(&s, "possibly stale");
 }
 
@@ -357,22 +401,37 @@ fn engine_pulls_through(kind: EngineKind) {
     };
     assert_eq!(inspect["Id"], *id.as_str(), "{kind:?}");
     let repo_digests = inspect["RepoDigests"].to_string();
-    assert!(repo_digests.contains(&image.manifest.digest), "{repo_digests}");
+    assert!(
+        repo_digests.contains(&image.manifest.digest),
+        "{repo_digests}"
+    );
     let run = d
         .docker(&["run", "--rm", "--network", "none", &reference])
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "hello through cudaimg");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hello through cudaimg"
+    );
     // Fetched through cudaimg: the engine asked the server, the server asked upstream.
     // (containerd's resolver, in the containerd store, adds `?ns=docker.io`.)
     let asked = format!("/v2/nvidia/cuda/manifests/{tag}");
     assert!(
-        s.log().lines().any(|l| l.contains(&asked) && l.contains(" 200 ")),
+        s.log()
+            .lines()
+            .any(|l| l.contains(&asked) && l.contains(" 200 ")),
         "{}",
         s.log()
     );
-    assert!(up.sent_for(&image.layer.0) > 0, "the layer never came from upstream");
+    assert!(
+        up.sent_for(&image.layer.0) > 0,
+        "the layer never came from upstream"
+    );
 }
 
 #[test]
@@ -392,4 +451,51 @@ fn pull_through_docker_28_containerd_store_pulls_through_registry_mirrors() {
     engine_pulls_through(EngineKind::Current {
         containerd_store: true,
     });
+}
+
+#[test]
+fn pull_through_a_flipped_byte_costs_the_client_a_retry_never_a_wrong_layer() {
+    let up = Upstream::start();
+    let fx = medium();
+    Pusher::new(&up.official).push(&fx);
+    let layer = fx.largest_layer(Arch::Amd64).clone();
+    // Slow enough that the client reads the flipped byte before the download ends.
+    up.mirror.add(Fault::Throttle {
+        bytes_per_sec: layer.size,
+    });
+    up.mirror.add(Fault::FlipByte {
+        path_contains: layer.digest.clone(),
+        offset: 100,
+        times: 1,
+    });
+    let s = up.serve(&[]);
+    let amd = fx.platform(Arch::Amd64);
+    let (st, _, _) = s.get(
+        &format!("/v2/nvidia/cuda/manifests/{}", amd.manifest.digest),
+        "",
+    );
+    assert_eq!(st, 200);
+    let target = format!("/v2/nvidia/cuda/blobs/{}", layer.digest);
+    let (st, head, body) = s.get(&target, "");
+    assert_eq!(st, 200);
+    assert_eq!(
+        header(&head, "Content-Length"),
+        Some(layer.size.to_string().as_str())
+    );
+    let flipped = up
+        .mirror
+        .requests()
+        .iter()
+        .any(common::ProxyRequest::fault_fired);
+    assert!(flipped, "the flip never fired");
+    // Either the answer ended short (the client retries), or it is the right layer: never
+    // a complete body that is not the layer.
+    assert!(
+        (body.len() as u64) < layer.size || sha256_digest(&body) == layer.digest,
+        "a wrong layer was sent whole"
+    );
+    // The retry gets the layer.
+    let (st, _, body) = s.get(&target, "");
+    assert_eq!(st, 200);
+    assert_eq!(sha256_digest(&body), layer.digest, "{}", s.log());
 }

@@ -113,6 +113,9 @@ struct Pending {
     platform: Option<Platform>,
 }
 
+/// A pending image and the blobs (digest, size) it waits for.
+type Waiting = (Pending, Vec<(Digest, u64)>);
+
 #[derive(Default)]
 struct State {
     /// `(repo, tag)`: the digest upstream last answered, and when.
@@ -124,7 +127,7 @@ struct State {
     /// `(repo, child digest)`: the tag and index a manifest was reached from.
     children: HashMap<(String, Digest), Pending>,
     /// `(repo, manifest digest)`: images waiting for their blobs.
-    pending: HashMap<(String, Digest), (Pending, Vec<(Digest, u64)>)>,
+    pending: HashMap<(String, Digest), Waiting>,
     in_flight: HashMap<Digest, Arc<InFlight>>,
 }
 
@@ -215,7 +218,7 @@ impl Through {
                     .blobs
                     .get(&(name.key.clone(), d.clone()))
                     .copied()?;
-                Some(self.blob(name, d, size, req).await)
+                Some(self.blob(name, d, size, req))
             }
             _ => None,
         }
@@ -416,13 +419,7 @@ impl Through {
 
     /// A blob the store lacks (or has, but not yet under a name): its file if stored,
     /// else the download, joined or started, followed as it arrives.
-    async fn blob(
-        self: &Arc<Self>,
-        name: &RepoName,
-        d: &Digest,
-        size: u64,
-        req: &Request,
-    ) -> Response {
+    fn blob(self: &Arc<Self>, name: &RepoName, d: &Digest, size: u64, req: &Request) -> Response {
         let (status, start, len) = match parse_range(req.range.as_deref(), size) {
             // Only a range to the end (a resumed download) is cut: a shorter one would end
             // before the digest is checked, so it gets the whole blob, as HTTP allows.
