@@ -242,7 +242,16 @@ impl Through {
         let reference = ManifestRef::Tag(tag.to_owned());
         match self.upstream.manifest(&name.key, &reference).await {
             Ok(f) => {
-                let m = self.learn(name, &f, Some(tag)).await;
+                // Unchanged since it was stored: nothing to learn or name again.
+                let stored = snap
+                    .repos
+                    .get(&name.key)
+                    .filter(|r| r.tags.get(tag) == Some(&f.digest))
+                    .and_then(|r| r.manifests.get(&f.digest).cloned());
+                let m = match stored {
+                    Some(m) => m,
+                    None => self.learn(name, &f, Some(tag)).await,
+                };
                 self.state()
                     .tags
                     .insert(key, (f.digest.clone(), Instant::now()));
