@@ -177,7 +177,8 @@ fn main() {
             "cutting": cutter.as_ref().map(FaultProxy::url),
         })
     );
-    // Serve until the benchmark closes our stdin; `arm` lines re-arm the cuts, a `publish`
+    // Serve until the benchmark closes our stdin; `arm` lines re-arm the cuts, `sent` prints
+    // the body bytes the `--proxies` have sent so far, a `publish`
     // line pushes one new tag (12.4.2 of the same flavor: its OS layer shared, its CUDA
     // layers new), as upstream does between two syncs (`bench/sync.sh`).
     for line in std::io::stdin().lines().map_while(Result::ok) {
@@ -185,6 +186,12 @@ fn main() {
             (Some(p), "arm") => {
                 arm(p, throttle, &blobs);
                 println!("armed");
+            }
+            (_, "sent") => {
+                // What the proxies have sent so far (`bench/pull-through.sh`'s bytes taken
+                // from upstream).
+                let sent: u64 = fronts.iter().map(FaultProxy::body_bytes_sent).sum();
+                println!("sent {sent}");
             }
             (_, "publish") => {
                 let next = store.cuda(

@@ -39,6 +39,7 @@ mod push;
 mod rm;
 mod run_config;
 mod serve;
+mod serve_upstream;
 mod sync;
 mod tag;
 mod tags;

@@ -34,6 +34,7 @@ pub mod http;
 pub mod route;
 mod send;
 pub mod store;
+pub mod through;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -75,6 +76,8 @@ pub struct Options {
     pub access_log: bool,
     /// Receives every line the server has to say.
     pub log: Log,
+    /// `--pull-through`: what the store lacks is fetched upstream (see [`through`]).
+    pub pull_through: Option<through::PullThrough>,
 }
 
 impl std::fmt::Debug for Options {
@@ -87,6 +90,7 @@ impl std::fmt::Debug for Options {
             .field("tls", &self.tls)
             .field("access", &self.access)
             .field("access_log", &self.access_log)
+            .field("pull_through", &self.pull_through.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -102,6 +106,7 @@ impl Default for Options {
             access: None,
             access_log: false,
             log: Arc::new(|_| {}),
+            pull_through: None,
         }
     }
 }
@@ -232,6 +237,7 @@ struct Shared {
     opts: Options,
     tls: Option<tokio_rustls::TlsAcceptor>,
     gate: Option<auth::Gate>,
+    through: Option<Arc<through::Through>>,
 }
 
 impl Server {
@@ -249,6 +255,13 @@ impl Server {
                 opts.max_connections = allowed.max(1);
             }
         }
+        let through = opts.pull_through.as_ref().map(|p| {
+            Arc::new(through::Through::new(
+                p,
+                store.clone(),
+                Arc::clone(&opts.log),
+            ))
+        });
         let view = StoreView::new(store, Arc::clone(&opts.log));
         // A store that cannot be read is an error now, not on the first request.
         view.snapshot()?;
@@ -276,6 +289,7 @@ impl Server {
                 opts,
                 tls,
                 gate,
+                through,
             }),
         })
     }
@@ -494,6 +508,8 @@ pub(crate) enum Body {
     Bytes(Vec<u8>),
     /// `length` bytes of a blob file from `start`.
     File(BlobFile, u64),
+    /// A blob as it downloads (`--pull-through`).
+    Stream(through::Stream),
 }
 
 fn json_response(status: u16, content_type: &str, body: Vec<u8>) -> Response {
@@ -537,6 +553,11 @@ async fn respond(shared: &Arc<Shared>, req: &Request) -> Response {
         }
         Err(_) => return error(500, "UNKNOWN", "the store cannot be read", ""),
     };
+    if let Some(through) = &shared.through {
+        if let Some(r) = through.respond(&snap, &route, req).await {
+            return r;
+        }
+    }
     match route {
         Route::Base => json_response(200, "application/json", b"{}".to_vec()),
         Route::Catalog(page) => {

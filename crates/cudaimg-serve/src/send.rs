@@ -51,7 +51,25 @@ pub(crate) async fn send(
             write(conn, &all, timeout).await
         }
         Body::Bytes(_) => write(conn, &head, timeout).await,
-        Body::File(_, _) if head_only => write(conn, &head, timeout).await,
+        Body::File(_, _) | Body::Stream(_) if head_only => write(conn, &head, timeout).await,
+        Body::Stream(mut s) => {
+            write(conn, &head, timeout).await?;
+            let mut sent = 0u64;
+            while let Some(piece) = s.next().await {
+                let piece = piece?;
+                write(conn, &piece, timeout).await?;
+                sent += piece.len() as u64;
+            }
+            // Short means the follower stopped without an error (never expected): the
+            // connection must not carry on as if the body were complete.
+            if sent < length {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the blob's download ended early",
+                ));
+            }
+            Ok(())
+        }
         Body::File(file, start) => {
             write(conn, &head, timeout).await?;
             match (file, &mut *conn) {

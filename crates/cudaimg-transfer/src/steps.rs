@@ -283,7 +283,11 @@ impl Session {
         let config = plan.blobs.first().map(|d| &d.digest);
         let mut order: Vec<&Descriptor> = plan.missing.iter().collect();
         order.sort_by_key(|d| (Some(&d.digest) != config, std::cmp::Reverse(d.size)));
-        let from: Vec<(Digest, Option<String>)> = stream::iter(order)
+        // The futures are made first, not by a closure inside the stream: a stream of
+        // `map(closure over &Descriptor)` cannot be proven `Send` (a compiler limit on
+        // higher-ranked lifetimes), and `serve --pull-through` runs this on spawned tasks.
+        let jobs: Vec<_> = order
+            .into_iter()
             .map(|d| {
                 let job = &job;
                 async move {
@@ -294,6 +298,8 @@ impl Session {
                     Ok::<_, FallbackError<FetchError>>((d.digest.clone(), url))
                 }
             })
+            .collect();
+        let from: Vec<(Digest, Option<String>)> = stream::iter(jobs)
             .buffer_unordered(self.settings.jobs.max(1))
             .try_collect()
             .await

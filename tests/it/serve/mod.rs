@@ -520,3 +520,4 @@ impl Drop for Containerd {
 mod auth;
 mod clients;
 mod greedy;
+mod pull_through;
