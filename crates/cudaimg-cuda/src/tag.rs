@@ -261,10 +261,14 @@ fn known_families() -> String {
         .join(", ")
 }
 
+/// How a note for something the tables do not know ends ([`CudaTag::seen_in_registry`]
+/// replaces it for a tag a registry listed).
+const TREATED_AS_UNKNOWN: &str = "; treated as unknown";
+
 /// The note for something the tables do not know.
 fn not_in_table(what: &str) -> String {
     format!(
-        "{what} is not in cudaimg's table (as of {}); treated as unknown",
+        "{what} is not in cudaimg's table (as of {}){TREATED_AS_UNKNOWN}",
         eol::AS_OF
     )
 }
@@ -529,10 +533,9 @@ impl CudaTag {
     /// What the tables lack about a tag read from a registry's own tag list (a newer CUDA,
     /// a new OS family): the tag exists, so each is reported as seen there, not as unknown.
     pub fn seen_in_registry(&self) -> Vec<String> {
-        const UNKNOWN: &str = "; treated as unknown";
         self.unknown
             .iter()
-            .map(|note| match note.strip_suffix(UNKNOWN) {
+            .map(|note| match note.strip_suffix(TREATED_AS_UNKNOWN) {
                 Some(fact) => {
                     format!("{fact}; seen in the registry's tag list, so NVIDIA built it")
                 }
