@@ -240,17 +240,8 @@ fn serve_docker_pulls_nvidia_cuda_through_registry_mirrors_and_runs_it() {
         s.log()
     );
     assert_eq!(d.inspect(&reference)["Id"], image.config.digest);
-    let run = d
-        .docker(&["run", "--rm", "--network", "none", &reference])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&run.stdout).trim(),
+        crate::loaded::run_output(&d, &reference),
         "hello from the served store"
     );
     // Docker asked the mirror for Hub's name (a HEAD by tag, then the digest).

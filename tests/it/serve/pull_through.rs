@@ -405,17 +405,8 @@ fn engine_pulls_through(kind: EngineKind) {
         repo_digests.contains(&image.manifest.digest),
         "{repo_digests}"
     );
-    let run = d
-        .docker(&["run", "--rm", "--network", "none", &reference])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&run.stdout).trim(),
+        crate::loaded::run_output(&d, &reference),
         "hello through cudaimg"
     );
     // Fetched through cudaimg: the engine asked the server, the server asked upstream.
