@@ -490,3 +490,67 @@ fn pull_through_a_flipped_byte_costs_the_client_a_retry_never_a_wrong_layer() {
     assert_eq!(st, 200);
     assert_eq!(sha256_digest(&body), layer.digest, "{}", s.log());
 }
+
+/// Health memory: a mirror that `pull` found silent (its stall fired, the store records it)
+/// is asked for nothing by the server's pull-through, which takes every byte from the
+/// official endpoint well before the 30 s a silent mirror asked first would cost a blob.
+#[test]
+fn pull_through_asks_a_mirror_that_pull_found_silent_last() {
+    let up = Upstream::start();
+    let pulled = FixtureStore::shared().cuda(&CudaSpec::new("12.4.1", Flavor::Base));
+    let served = medium();
+    Pusher::new(&up.official).push(&pulled);
+    Pusher::new(&up.official).push(&served);
+    up.mirror.add(Fault::Stall {
+        path_contains: "/v2/".into(),
+        after_bytes: 0,
+        for_secs: 60,
+        times: common::proxy::ALWAYS,
+    });
+    run_ok(&mut up.sandbox.cli(
+        &up.config,
+        &["pull", "--platform", "linux/amd64", &pulled.reference()],
+    ));
+    assert!(
+        up.mirror
+            .requests()
+            .iter()
+            .any(common::ProxyRequest::fault_fired),
+        "the stall never fired: {:?}",
+        up.mirror.requests()
+    );
+    up.mirror.clear_requests();
+
+    // Not `up.serve`: the store is not empty, it holds the pull and its health record.
+    let s = Served::start(
+        &up.sandbox,
+        &["--config", up.config.to_str().unwrap(), "--pull-through"],
+    );
+    let started = Instant::now();
+    let node = Sandbox::new();
+    let dir = node.root().join("copied");
+    skopeo_copy(
+        &node,
+        &format!("docker://{}/nvidia/cuda:{}", s.addr, served.tag),
+        &dir,
+    );
+    let took = started.elapsed();
+    let amd = served.platform(Arch::Amd64);
+    let blobs = copied_blobs(&dir);
+    for layer in &amd.layers {
+        assert!(blobs.contains(&layer.digest), "{} not copied", layer.digest);
+        assert!(up.front.body_bytes_sent_for(&layer.digest) >= layer.size);
+    }
+    let asked: Vec<_> = up
+        .mirror
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert!(asked.is_empty(), "the silent mirror was asked: {asked:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "took {took:?}:\n{}",
+        s.log()
+    );
+}
